@@ -1,0 +1,167 @@
+r"""What a network predicts, and what a sampler needs.
+
+With ``x_t = alpha x_0 + sigma eps`` a network may predict the noise ``eps``, the clean data
+``x_0``, the velocity ``v = alpha eps - sigma x_0`` (Salimans & Ho 2022) or the score
+``grad log p_t(x_t)``. For the optimal predictors all four carry the same information, related by
+Tweedie's formula
+
+    E[x_0 | x_t] = (x_t + sigma^2 grad log p_t(x_t)) / alpha,   E[eps | x_t] = -sigma grad log p_t(x_t).
+
+Every conversion is written once here. :class:`Denoiser` turns a network ``model(x_t, t)`` of any
+prediction type into the function ``D(x_t, t) = x0_pred`` that every sampler uses.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .errors import ScorekitError
+from .processes import GaussianProcess, expand_like
+
+Tensor = torch.Tensor
+
+PREDICTION_TYPES = ("eps", "x0", "v", "score")
+
+
+def x0_from_eps(x_t: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """``x_0 = (x_t - sigma eps) / alpha``."""
+    return (x_t - sigma * eps) / alpha
+
+
+def eps_from_x0(x_t: Tensor, x0: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """``eps = (x_t - alpha x_0) / sigma``."""
+    return (x_t - alpha * x0) / sigma
+
+
+def v_from_x0_eps(x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """``v = alpha eps - sigma x_0``."""
+    return alpha * eps - sigma * x0
+
+
+def x0_from_v(x_t: Tensor, v: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """``x_0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2)`` (``alpha x_t - sigma v`` when VP)."""
+    return (alpha * x_t - sigma * v) / (alpha ** 2 + sigma ** 2)
+
+
+def eps_from_v(x_t: Tensor, v: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """``eps = (sigma x_t + alpha v) / (alpha^2 + sigma^2)``."""
+    return (sigma * x_t + alpha * v) / (alpha ** 2 + sigma ** 2)
+
+
+def score_from_eps(eps: Tensor, sigma: Tensor) -> Tensor:
+    """``grad log p_t(x_t) = -eps / sigma``."""
+    return -eps / sigma
+
+
+def eps_from_score(score: Tensor, sigma: Tensor) -> Tensor:
+    """``eps = -sigma grad log p_t(x_t)``."""
+    return -sigma * score
+
+
+def x0_from_score(x_t: Tensor, score: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """Tweedie's formula: ``E[x_0 | x_t] = (x_t + sigma^2 grad log p_t(x_t)) / alpha``."""
+    return (x_t + sigma ** 2 * score) / alpha
+
+
+def score_from_x0(x_t: Tensor, x0: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """``grad log p_t(x_t) = (alpha x_0 - x_t) / sigma^2``."""
+    return (alpha * x0 - x_t) / sigma ** 2
+
+
+def _check_type(kind: str) -> None:
+    if kind not in PREDICTION_TYPES:
+        raise ScorekitError(f"unknown prediction type {kind!r}; choose one of {', '.join(PREDICTION_TYPES)}")
+
+
+def to_x0(output: Tensor, kind: str, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """The ``x_0`` prediction implied by a network output of the given kind."""
+    _check_type(kind)
+    if kind == "x0":
+        return output
+    if kind == "eps":
+        return x0_from_eps(x_t, output, alpha, sigma)
+    if kind == "v":
+        return x0_from_v(x_t, output, alpha, sigma)
+    return x0_from_score(x_t, output, alpha, sigma)
+
+
+def from_x0(x0: Tensor, kind: str, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """The network output of the given kind that corresponds to the prediction ``x0``."""
+    _check_type(kind)
+    if kind == "x0":
+        return x0
+    eps = eps_from_x0(x_t, x0, alpha, sigma)
+    if kind == "eps":
+        return eps
+    if kind == "v":
+        return v_from_x0_eps(x0, eps, alpha, sigma)
+    return score_from_eps(eps, sigma)
+
+
+def convert(output: Tensor, source: str, target: str, x_t: Tensor, alpha, sigma) -> Tensor:
+    """Convert a prediction between any two of ``eps``, ``x0``, ``v`` and ``score``.
+
+    ``alpha`` and ``sigma`` may be numbers or per-sample tensors of shape ``(N,)``.
+    """
+    alpha = expand_like(torch.as_tensor(alpha, dtype=torch.float64), x_t)
+    sigma = expand_like(torch.as_tensor(sigma, dtype=torch.float64), x_t)
+    if source == target:
+        _check_type(source)
+        return output
+    return from_x0(to_x0(output, source, x_t, alpha, sigma), target, x_t, alpha, sigma)
+
+
+class Denoiser:
+    r"""``D(x_t, t) = x0_pred``: a network of any prediction type, seen as a denoiser.
+
+    Args:
+        model: ``model(x_t, t) -> Tensor`` of the same shape as ``x_t``. ``t`` is passed as a
+            tensor of shape ``(N,)``: integer (``torch.long``) when the process is discrete and
+            the time is a whole number (the DDPM / diffusers convention ``0 .. T-1``), float
+            otherwise. ``time_input`` overrides this.
+        process: the forward process the model was trained with.
+        prediction_type: what the model predicts: ``"eps"``, ``"x0"``, ``"v"`` or ``"score"``.
+        time_input: optional ``fn(t: Tensor(N,) float64) -> Tensor`` mapping process time to the
+            model's time input (e.g. ``lambda t: 1000 * t`` or a noise-level embedding).
+    """
+
+    def __init__(self, model: Callable[[Tensor, Tensor], Tensor], process: GaussianProcess,
+                 prediction_type: str = "eps", *, time_input: Callable[[Tensor], Tensor] | None = None):
+        _check_type(prediction_type)
+        if not callable(model):
+            raise ScorekitError("model must be callable as model(x_t, t)")
+        self.model = model
+        self.process = process
+        self.prediction_type = prediction_type
+        self.time_input = time_input
+
+    def model_time(self, t, batch: int, device) -> Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64, device=device)
+        t = t.expand(batch) if t.ndim == 0 else t
+        if self.time_input is not None:
+            return self.time_input(t)
+        if self.process.discrete and torch.all(t == torch.round(t)):
+            return t.to(torch.long)
+        return t.to(torch.float32)
+
+    def output(self, x_t: Tensor, t) -> Tensor:
+        """The raw network output at ``(x_t, t)``, with its shape checked."""
+        out = self.model(x_t, self.model_time(t, x_t.shape[0], x_t.device))
+        if not isinstance(out, Tensor):
+            # diffusers models return an output object with a .sample field
+            out = getattr(out, "sample", out)
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+        if not isinstance(out, Tensor) or out.shape != x_t.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ScorekitError(
+                f"model output has shape {got} but x_t has shape {tuple(x_t.shape)}; the model must "
+                f"return a {self.prediction_type!r} prediction of the same shape as its input")
+        return out
+
+    def __call__(self, x_t: Tensor, t) -> Tensor:
+        out = self.output(x_t, t)
+        alpha = expand_like(self.process.alpha(t), x_t)
+        sigma = expand_like(self.process.sigma(t), x_t)
+        return to_x0(out, self.prediction_type, x_t, alpha, sigma)

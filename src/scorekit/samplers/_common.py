@@ -1,0 +1,71 @@
+"""What every sampler shares: input checks, the step loop with its progress bar, the callback."""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ScorekitError
+from ..processes import GaussianProcess
+from ..timesteps import check_timesteps
+
+Tensor = torch.Tensor
+
+#: ``callback(i, t, x_t, x0_pred)``: called once per network evaluation of a sampler.
+Callback = Callable[[int, float, Tensor, Tensor], None]
+
+
+def check_start(x: Tensor, name: str = "x_T") -> Tensor:
+    """Refuse a start point that is not a finite floating-point tensor with a batch dimension."""
+    if not isinstance(x, Tensor):
+        raise ScorekitError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ScorekitError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if x.ndim < 2:
+        raise ScorekitError(f"{name} must have shape (N, ...) with a batch dimension, got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ScorekitError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def steps(process: GaussianProcess, timesteps, *, progress: bool = False, desc: str = "sampling",
+          reverse: bool = False) -> Iterator[tuple[int, float, float]]:
+    """Yield ``(i, t_i, t_{i+1})`` over a validated grid, with an optional progress bar.
+
+    The grid is descending (noise to data). ``reverse=True`` walks it from the end back to the
+    start, yielding ascending pairs (for inversion).
+    """
+    ts = check_timesteps(timesteps)
+    if ts[0] > process.t_max + 1e-9 or ts[:-1].min() < min(process.t_min, process.t_max) - 1e-9:
+        raise ScorekitError(
+            f"model times must lie in [{process.t_min}, {process.t_max}] for {type(process).__name__}; "
+            f"got {ts[0].item()} .. {ts[-2].item()}")
+    if ts[-1] < process.t_data:
+        raise ScorekitError(f"the end time {ts[-1].item()} is before the data time {process.t_data}")
+    values = ts.tolist()[::-1] if reverse else ts.tolist()
+    n = len(values) - 1
+    bar = tqdm(total=n, desc=desc, disable=not progress, leave=False)
+    try:
+        for i in range(n):
+            yield i, values[i], values[i + 1]
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def coef(value: Tensor, x: Tensor) -> Tensor:
+    """A float64 scalar coefficient as a tensor of x's dtype and device."""
+    return value.to(dtype=x.dtype, device=x.device)
+
+
+def check_generator(generator, sampler: str) -> torch.Generator:
+    """Stochastic samplers draw noise only from an explicit generator (never torch's global one)."""
+    if not isinstance(generator, torch.Generator):
+        raise ScorekitError(f"{sampler} draws random noise: pass generator=torch.Generator().manual_seed(seed)")
+    return generator
+
+
+def randn_like(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Standard normal noise shaped like ``x``, drawn only from the given generator."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)

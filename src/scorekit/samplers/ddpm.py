@@ -1,0 +1,62 @@
+"""Ancestral sampling (Ho et al. 2020, Algorithm 2), for any process and any step sub-sequence."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ScorekitError
+from ..processes import GaussianProcess
+from ._common import Callback, check_generator, check_start, coef, randn_like, steps
+
+Tensor = torch.Tensor
+
+VARIANCES = ("small", "large")
+
+
+def ddpm(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *,
+         variance: str = "small", generator: torch.Generator | None = None,
+         callback: Callback | None = None, progress: bool = False) -> Tensor:
+    r"""Ancestral sampling: ``x_s ~ N(mu~(x_t, x0_pred), sigma_ts^2 I)`` from ``t`` to ``s < t``.
+
+    The mean is the posterior mean of ``q(x_s | x_t, x_0)`` at ``x_0 = D(x_t, t)``,
+
+        mu~ = (alpha_{t|s} sigma_s^2 / sigma_t^2) x_t + (alpha_s sigma_{t|s}^2 / sigma_t^2) x0_pred,
+
+    which for DDPM with ``s = t - 1`` and an eps-model equals Algorithm 2's
+    ``(x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t)``. The variance is
+
+    * ``"small"``: the posterior variance ``beta~ = sigma_{t|s}^2 sigma_s^2 / sigma_t^2`` (exact
+      when the data is a single point), or
+    * ``"large"``: the forward step variance ``beta = sigma_{t|s}^2`` (exact when the data is
+      ``N(0, I)``); ``1 - alpha_bar_t / alpha_bar_s`` for DDPM.
+
+    No noise is added on the final step to the data time (``z = 0`` at ``t = 1`` in Algorithm 2).
+    For the simple variance-exploding process the step is ``x_{t-1} = (1 - 1/t) x_t + x0_pred / t
+    + sqrt(1 - 1/t) z``.
+
+    Args:
+        denoiser: ``D(x_t, t) -> x0_pred`` (see :class:`scorekit.prediction.Denoiser`).
+        process: the forward process.
+        x_T: the start, shape ``(N, ...)``.
+        timesteps: descending grid ending at the end time (see :mod:`scorekit.timesteps`).
+        variance: ``"small"`` (``beta~_t``) or ``"large"`` (``beta_t``).
+        generator: the source of the noise (required).
+        callback: ``callback(i, t, x_t, x0_pred)`` after each network evaluation.
+        progress: show a progress bar.
+    """
+    if variance not in VARIANCES:
+        raise ScorekitError(f"unknown variance {variance!r}; choose 'small' (beta~_t) or 'large' (beta_t)")
+    x = check_start(x_T)
+    generator = check_generator(generator, "ddpm")
+    for i, t, s in steps(process, timesteps, progress=progress, desc="ddpm"):
+        x0 = denoiser(x, t)
+        if callback is not None:
+            callback(i, t, x, x0)
+        c_x0, c_xt, var = process.posterior_coefficients(t, s)
+        mean = coef(c_x0, x) * x0 + coef(c_xt, x) * x
+        if s <= process.t_data:
+            x = mean
+            continue
+        if variance == "large":
+            var = process.transition(t, s)[1] ** 2
+        x = mean + coef(var.sqrt(), x) * randn_like(x, generator)
+    return x

@@ -1,0 +1,95 @@
+"""``scorekit.sample``: one entry point that runs any sampler on any model."""
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import torch
+
+from .errors import ScorekitError
+from .guidance import clip_x0, threshold_x0
+from .prediction import Denoiser
+from .processes import DDPM, GaussianProcess
+from .samplers import SAMPLERS
+from .samplers._common import Callback
+from .timesteps import make_timesteps
+
+Tensor = torch.Tensor
+
+_COMMON = {"denoiser", "process", "x_T", "timesteps", "generator", "callback", "progress"}
+
+
+def sampler_options(name: str) -> dict:
+    """The extra keyword options a sampler accepts, with their defaults."""
+    fn = _lookup(name)
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
+            if p.kind == p.KEYWORD_ONLY and k not in _COMMON}
+
+
+def _lookup(name: str):
+    if name not in SAMPLERS:
+        raise ScorekitError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
+           betas=None, alpha_bar=None, process: GaussianProcess | None = None,
+           prediction_type: str = "eps", sampler: str = "ddim", num_steps: int = 50,
+           spacing: str | None = None, timesteps=None, generator: torch.Generator | None = None,
+           clip: float | None = None, threshold: float | None = None, threshold_max: float = 1.0,
+           callback: Callback | None = None, progress: bool = False,
+           time_input: Callable[[Tensor], Tensor] | None = None, **options) -> Tensor:
+    """Sample from a diffusion model: run ``sampler`` from ``x_T`` to the data.
+
+    Args:
+        model: ``model(x_t, t) -> Tensor`` shaped like ``x_t``. For a DDPM schedule ``t`` is a
+            ``torch.long`` tensor of shape ``(N,)`` with steps ``0 .. T-1``, as in the DDPM paper
+            (shifted by one) and diffusers, so models trained with either work unchanged.
+            A diffusers ``UNet2DModel`` can be passed directly.
+        x_T: the initial noise, shape ``(N, ...)``; e.g. ``process.prior_sample(shape, generator=g)``.
+        betas / alpha_bar: the model's DDPM schedule (``T`` values), or
+        process: any :class:`scorekit.processes.GaussianProcess` instead.
+        prediction_type: ``"eps"``, ``"x0"``, ``"v"`` or ``"score"``.
+        sampler: a name in :data:`scorekit.samplers.SAMPLERS` (``"ddpm"``, ``"ddim"``).
+        num_steps: number of network evaluations (at most ``T`` for a DDPM schedule).
+        spacing: how the steps are chosen (:mod:`scorekit.timesteps`); default ``"trailing"``
+            for discrete processes, ``"uniform"`` for continuous ones.
+        timesteps: an explicit descending grid ending at the end time (overrides the two above).
+        generator: the only source of randomness (required by stochastic samplers).
+        clip: clamp ``x0_pred`` to ``[-clip, clip]`` at every step.
+        threshold: dynamic thresholding of ``x0_pred`` at this percentile (e.g. 0.995), with
+            ``threshold_max`` the largest threshold.
+        callback: ``callback(i, t, x_t, x0_pred)`` after each network evaluation.
+        progress: show a progress bar.
+        time_input: maps process time to the model's time input (see :class:`Denoiser`).
+        **options: the sampler's own options, e.g. ``eta`` for DDIM, ``variance`` for DDPM.
+
+    Returns:
+        The samples ``x_0``, shaped and typed like ``x_T``.
+    """
+    fn = _lookup(sampler)
+    allowed = sampler_options(sampler)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ScorekitError(f"sampler {sampler!r} has no option {', '.join(unknown)}; "
+                            f"its options are: {', '.join(allowed) or 'none'}")
+    if process is None:
+        if betas is None and alpha_bar is None:
+            raise ScorekitError("give the model's schedule: betas=..., alpha_bar=... or process=...")
+        if betas is not None and alpha_bar is not None:
+            raise ScorekitError("give either betas or alpha_bar, not both")
+        process = DDPM(betas=betas) if betas is not None else DDPM(alpha_bar=alpha_bar)
+    elif betas is not None or alpha_bar is not None:
+        raise ScorekitError("give either a process or a schedule (betas / alpha_bar), not both")
+    denoiser = Denoiser(model, process, prediction_type, time_input=time_input)
+    if clip is not None and threshold is not None:
+        raise ScorekitError("use either clip or threshold, not both")
+    if clip is not None:
+        denoiser = clip_x0(denoiser, clip)
+    if threshold is not None:
+        denoiser = threshold_x0(denoiser, threshold, threshold_max)
+    if timesteps is None:
+        timesteps = make_timesteps(process, num_steps, spacing)
+    with torch.no_grad():
+        return fn(denoiser, process, x_T, timesteps, generator=generator, callback=callback,
+                  progress=progress, **options)
