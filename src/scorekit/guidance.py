@@ -30,7 +30,10 @@ def dynamic_threshold(x0: Tensor, percentile: float = 0.995, max_value: float = 
         s = clamp(quantile(|x0|, percentile), 1, max_value),   x0 <- clamp(x0, -s, s) / s.
     """
     flat = x0.reshape(x0.shape[0], -1)
-    s = torch.quantile(flat.abs().float(), percentile, dim=1)
+    flat = flat.abs()
+    if flat.dtype not in (torch.float32, torch.float64):   # quantile needs float32 or float64
+        flat = flat.float()
+    s = torch.quantile(flat, percentile, dim=1)
     s = s.clamp(min=1.0, max=max_value).to(x0.dtype).reshape((-1,) + (1,) * (x0.ndim - 1))
     return torch.maximum(torch.minimum(x0, s), -s) / s
 

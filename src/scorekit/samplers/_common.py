@@ -29,13 +29,9 @@ def check_start(x: Tensor, name: str = "x_T") -> Tensor:
     return x
 
 
-def steps(process: GaussianProcess, timesteps, *, progress: bool = False, desc: str = "sampling",
-          reverse: bool = False) -> Iterator[tuple[int, float, float]]:
-    """Yield ``(i, t_i, t_{i+1})`` over a validated grid, with an optional progress bar.
-
-    The grid is descending (noise to data). ``reverse=True`` walks it from the end back to the
-    start, yielding ascending pairs (for inversion).
-    """
+def grid(process: GaussianProcess, timesteps) -> Tensor:
+    """The validated float64 grid: descending, model times inside the process's range, and an
+    end time no earlier than the data time."""
     ts = check_timesteps(timesteps)
     if ts[0] > process.t_max + 1e-9 or ts[:-1].min() < min(process.t_min, process.t_max) - 1e-9:
         raise ScorekitError(
@@ -43,12 +39,15 @@ def steps(process: GaussianProcess, timesteps, *, progress: bool = False, desc: 
             f"got {ts[0].item()} .. {ts[-2].item()}")
     if ts[-1] < process.t_data:
         raise ScorekitError(f"the end time {ts[-1].item()} is before the data time {process.t_data}")
-    values = ts.tolist()[::-1] if reverse else ts.tolist()
-    n = len(values) - 1
+    return ts
+
+
+def progress_range(n: int, progress: bool, desc: str) -> Iterator[int]:
+    """``range(n)`` with a progress bar when asked for."""
     bar = tqdm(total=n, desc=desc, disable=not progress, leave=False)
     try:
         for i in range(n):
-            yield i, values[i], values[i + 1]
+            yield i
             bar.update(1)
     finally:
         bar.close()

@@ -5,7 +5,7 @@ import torch
 
 from ..errors import ScorekitError
 from ..processes import GaussianProcess
-from ._common import Callback, check_generator, check_start, coef, randn_like, steps
+from ._common import Callback, check_generator, check_start, coef, grid, progress_range, randn_like
 
 Tensor = torch.Tensor
 
@@ -19,10 +19,11 @@ def ddim(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *, eta: flo
         eps_pred = (x_t - alpha_t x0_pred) / sigma_t,
         c = eta sqrt(sigma_{t|s}^2 sigma_s^2 / sigma_t^2)   (eta times the posterior std).
 
-    ``eta = 0`` is the deterministic DDIM map, a first-order solver of the probability-flow ODE;
-    ``eta = 1`` gives exactly the ancestral step with the posterior variance ``beta~``. Values above
-    1 are allowed while ``c <= sigma_s``. A clipped or thresholded ``x0_pred`` (see
-    :mod:`scorekit.guidance`) also changes ``eps_pred``, keeping the two consistent.
+    ``eta = 0`` is the deterministic DDIM map, Euler's method for the probability-flow ODE in the
+    variables ``x / alpha`` and ``sigma / alpha``; ``eta = 1`` gives exactly the ancestral step
+    with the posterior variance ``beta~``. Values above 1 are allowed while ``c <= sigma_s``. A
+    clipped or thresholded ``x0_pred`` (see :mod:`scorekit.guidance`) also changes ``eps_pred``,
+    keeping the two consistent.
 
     Args:
         denoiser: ``D(x_t, t) -> x0_pred``.
@@ -40,22 +41,26 @@ def ddim(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *, eta: flo
     x = check_start(x_T)
     if eta > 0:
         generator = check_generator(generator, "ddim with eta > 0")
-    for i, t, s in steps(process, timesteps, progress=progress, desc="ddim"):
-        x0 = denoiser(x, t)
+    ts = grid(process, timesteps)
+    alpha, sigma = process.alpha(ts), process.sigma(ts)
+    c = eta * process.posterior_coefficients(ts[:-1], ts[1:])[2].sqrt()
+    c = torch.where(sigma[1:] > 0, c, torch.zeros_like(c))
+    too_large = c > sigma[1:] * (1 + 1e-12)
+    if too_large.any():
+        i = int(too_large.nonzero()[0])
+        raise ScorekitError(f"eta={eta} is too large for the step {ts[i].item()} -> {ts[i + 1].item()}: "
+                            f"the noise std {c[i].item():.4g} exceeds sigma_s={sigma[i + 1].item():.4g}")
+    direction = (sigma[1:] ** 2 - c ** 2).clamp_min(0).sqrt()
+    alpha, sigma, c, direction = coef(alpha, x), coef(sigma, x), coef(c, x), coef(direction, x)
+    times = ts[:-1].tolist()
+    for i in progress_range(len(times), progress, "ddim"):
+        x0 = denoiser(x, times[i])
         if callback is not None:
-            callback(i, t, x, x0)
-        alpha_t, sigma_t = process.alpha(t), process.sigma(t)
-        alpha_s, sigma_s = process.alpha(s), process.sigma(s)
-        eps = (x - coef(alpha_t, x) * x0) / coef(sigma_t, x)
-        c = torch.zeros((), dtype=torch.float64)
-        if eta > 0 and sigma_s > 0:
-            c = eta * process.posterior_coefficients(t, s)[2].sqrt()
-            if c > sigma_s * (1 + 1e-12):
-                raise ScorekitError(f"eta={eta} is too large for the step {t} -> {s}: the noise "
-                                    f"std {c.item():.4g} exceeds sigma_s={sigma_s.item():.4g}")
-        x_next = coef(alpha_s, x) * x0 + coef((sigma_s ** 2 - c ** 2).clamp_min(0).sqrt(), x) * eps
-        if c > 0:
-            x_next = x_next + coef(c, x) * randn_like(x, generator)
+            callback(i, times[i], x, x0)
+        eps = (x - alpha[i] * x0) / sigma[i]
+        x_next = alpha[i + 1] * x0 + direction[i] * eps
+        if c[i] > 0:
+            x_next = x_next + c[i] * randn_like(x, generator)
         x = x_next
     return x
 
@@ -73,29 +78,32 @@ def ddim_invert(denoiser, process: GaussianProcess, x0: Tensor, timesteps, *,
     is the DDIM step solved for the other end. The standard inversion takes ``eps`` at the
     current point, ``eps(x_a, a)``. From the data (``sigma_a = 0``, where no model is evaluated)
     it takes ``eps(alpha_b x_a, b)``. With ``fixed_point_iters = k > 0`` each step is refined by
-    ``k`` fixed-point iterations ``x_b <- alpha_b (x_a / alpha_a + (...) eps(x_b, b))``, which
-    converge to the exact inverse of the sampling step, so DDIM sampling from the returned
-    ``x_T`` reproduces ``x_0`` up to the iteration's tolerance.
+    ``k`` fixed-point iterations ``x_b <- alpha_b (x_a / alpha_a + (...) eps(x_b, b))``. Where
+    this map contracts (small enough steps) they converge to the exact inverse of the sampling
+    step, and DDIM sampling from the returned ``x_T`` reproduces ``x_0`` to rounding error; on
+    coarse grids they can fail to converge for points between modes, so check the
+    reconstruction. (On eight 2-D Gaussians: 100 steps and 30 iterations reconstruct to 1e-8;
+    with 20 steps most points reach 1e-5 but a few do not converge.)
     """
     x = check_start(x0, "x0")
     if int(fixed_point_iters) < 0:
         raise ScorekitError(f"fixed_point_iters must be >= 0, got {fixed_point_iters}")
-    for i, a, b in steps(process, timesteps, progress=progress, desc="ddim inversion", reverse=True):
-        alpha_a, sigma_a = process.alpha(a), process.sigma(a)
-        alpha_b, sigma_b = process.alpha(b), process.sigma(b)
-        scaled = x / coef(alpha_a, x)
-        gap = coef(sigma_b / alpha_b - sigma_a / alpha_a, x)
-        if sigma_a > 0:
-            x_eval, t_eval = x, a
+    ts = grid(process, timesteps).flip(0)          # ascending: data towards noise
+    alpha, sigma = process.alpha(ts), process.sigma(ts)
+    gap = coef(sigma[1:] / alpha[1:] - sigma[:-1] / alpha[:-1], x)
+    times = ts.tolist()
+    alpha, sigma = coef(alpha, x), coef(sigma, x)
+    for i in progress_range(len(times) - 1, progress, "ddim inversion"):
+        scaled = x / alpha[i]
+        if sigma[i] > 0:
+            x_eval, j = x, i
         else:
-            x_eval, t_eval = coef(alpha_b, x) * scaled, b
-        for k in range(int(fixed_point_iters) + 1):
-            x0_pred = denoiser(x_eval, t_eval)
-            alpha_e, sigma_e = process.alpha(t_eval), process.sigma(t_eval)
-            eps = (x_eval - coef(alpha_e, x) * x0_pred) / coef(sigma_e, x)
-            x_b = coef(alpha_b, x) * (scaled + gap * eps)
-            x_eval, t_eval = x_b, b
+            x_eval, j = alpha[i + 1] * scaled, i + 1
+        for _ in range(int(fixed_point_iters) + 1):
+            x0_pred = denoiser(x_eval, times[j])
+            eps = (x_eval - alpha[j] * x0_pred) / sigma[j]
+            x_eval, j = alpha[i + 1] * (scaled + gap[i] * eps), i + 1
         if callback is not None:
-            callback(i, b, x_b, x0_pred)
-        x = x_b
+            callback(i, times[i + 1], x_eval, x0_pred)
+        x = x_eval
     return x

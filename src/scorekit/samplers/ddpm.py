@@ -5,7 +5,7 @@ import torch
 
 from ..errors import ScorekitError
 from ..processes import GaussianProcess
-from ._common import Callback, check_generator, check_start, coef, randn_like, steps
+from ._common import Callback, check_generator, check_start, coef, grid, progress_range, randn_like
 
 Tensor = torch.Tensor
 
@@ -15,7 +15,7 @@ VARIANCES = ("small", "large")
 def ddpm(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *,
          variance: str = "small", generator: torch.Generator | None = None,
          callback: Callback | None = None, progress: bool = False) -> Tensor:
-    r"""Ancestral sampling: ``x_s ~ N(mu~(x_t, x0_pred), sigma_ts^2 I)`` from ``t`` to ``s < t``.
+    r"""Ancestral sampling: ``x_s ~ N(mu~(x_t, x0_pred), var I)`` from ``t`` to the next time ``s``.
 
     The mean is the posterior mean of ``q(x_s | x_t, x_0)`` at ``x_0 = D(x_t, t)``,
 
@@ -47,16 +47,20 @@ def ddpm(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *,
         raise ScorekitError(f"unknown variance {variance!r}; choose 'small' (beta~_t) or 'large' (beta_t)")
     x = check_start(x_T)
     generator = check_generator(generator, "ddpm")
-    for i, t, s in steps(process, timesteps, progress=progress, desc="ddpm"):
-        x0 = denoiser(x, t)
+    ts = grid(process, timesteps)
+    t, s = ts[:-1], ts[1:]
+    c_x0, c_xt, var = process.posterior_coefficients(t, s)
+    if variance == "large":
+        var = process.transition(t, s)[1] ** 2
+    std = torch.where(s > process.t_data, var.sqrt(), torch.zeros_like(var))   # no noise into the data
+    c_x0, c_xt, std = coef(c_x0, x), coef(c_xt, x), coef(std, x)
+    times = t.tolist()
+    for i in progress_range(len(times), progress, "ddpm"):
+        x0 = denoiser(x, times[i])
         if callback is not None:
-            callback(i, t, x, x0)
-        c_x0, c_xt, var = process.posterior_coefficients(t, s)
-        mean = coef(c_x0, x) * x0 + coef(c_xt, x) * x
-        if s <= process.t_data:
-            x = mean
-            continue
-        if variance == "large":
-            var = process.transition(t, s)[1] ** 2
-        x = mean + coef(var.sqrt(), x) * randn_like(x, generator)
+            callback(i, times[i], x, x0)
+        x_next = c_x0[i] * x0 + c_xt[i] * x
+        if std[i] > 0:
+            x_next = x_next + std[i] * randn_like(x, generator)
+        x = x_next
     return x

@@ -1,0 +1,22 @@
+"""Measures of sample quality.
+
+:mod:`scorekit.metrics.distribution` compares samples with a known distribution (the exact
+Gaussian mixtures of :mod:`scorekit.toy`): sliced Wasserstein distance against its own noise
+floor, mode weights, and within-mode (fine-scale) error.
+"""
+from .distribution import (
+    mode_weight_error,
+    mode_weight_stderr,
+    mode_weights,
+    random_directions,
+    sliced_wasserstein,
+    swd_noise_floor,
+    within_mode_spread,
+    within_mode_swd,
+)
+
+__all__ = [
+    "sliced_wasserstein", "swd_noise_floor", "random_directions",
+    "mode_weights", "mode_weight_error", "mode_weight_stderr",
+    "within_mode_swd", "within_mode_spread",
+]

@@ -1,0 +1,229 @@
+"""Tests of the distribution-error measures (scorekit.metrics.distribution).
+
+Exact cases (shifts, replicated sample sets, Gaussian scale errors) are checked to rounding;
+Monte-Carlo cases with tolerances of a few standard errors and fixed seeds.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, stats
+
+from scorekit.errors import ScorekitError
+from scorekit.metrics import (
+    mode_weight_error,
+    mode_weight_stderr,
+    mode_weights,
+    random_directions,
+    sliced_wasserstein,
+    swd_noise_floor,
+    within_mode_spread,
+    within_mode_swd,
+)
+from scorekit.metrics.distribution import _normal_w2_sq
+from scorekit.toy import GaussianMixture, eight_gaussians, image_mixture, multiscale_2d
+
+F64 = torch.float64
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# --- sliced Wasserstein ----------------------------------------------------------------------------
+
+def test_swd_is_zero_for_identical_sets():
+    x = torch.randn(300, 5, generator=gen(0), dtype=F64)
+    assert sliced_wasserstein(x, x, generator=gen(1)) == 0.0
+    assert sliced_wasserstein(x, x[torch.randperm(300, generator=gen(2))], generator=gen(1)) == 0.0
+    # the same empirical distribution with twice the samples
+    assert sliced_wasserstein(x, torch.cat([x, x]), generator=gen(1)) < 1e-12
+
+
+def test_swd_of_a_pure_shift_in_1d_is_the_shift():
+    x = torch.randn(1000, 1, generator=gen(3), dtype=F64)
+    for s in (0.3, -2.0):
+        assert sliced_wasserstein(x, x + s, num_projections=7, generator=gen(4)) == pytest.approx(abs(s), rel=1e-12)
+
+
+def test_swd_of_shifted_independent_gaussians_in_1d():
+    """|W2(x, y0 + s) - s| <= W2(x, y0) (triangle inequality): within the noise floor of |s|."""
+    n, s = 2000, 1.0
+    unit = GaussianMixture([1.0], [[0.0]], stds=1.0)
+    x = unit.sample(n, generator=gen(5), dtype=F64)
+    y = unit.sample(n, generator=gen(6), dtype=F64) + s
+    floor, floor_std = swd_noise_floor(unit, n, repeats=10, num_projections=1, generator=gen(7))
+    assert abs(sliced_wasserstein(x, y, num_projections=1, generator=gen(8)) - s) < floor + 4 * floor_std
+    assert floor < 0.1 * s                                           # the check is not vacuous
+
+
+def test_sliced_swd_of_a_shift_vector():
+    """For y = x + m, each projection moves by m.u, so SW2^2 = mean_p (m.u_p)^2 ~ |m|^2 / D."""
+    D, P = 8, 2000
+    x = torch.randn(500, D, generator=gen(9), dtype=F64)
+    m = torch.linspace(-1.0, 1.0, D, dtype=F64)
+    sw = sliced_wasserstein(x, x + m, num_projections=P, generator=gen(10))
+    u = random_directions(P, D, generator=gen(10))                   # the same directions
+    assert sw ** 2 == pytest.approx(float(((u @ m) ** 2).mean()), rel=1e-10)
+    # (m.u)^2 / |m|^2 ~ Beta(1/2, (D-1)/2): mean 1/D, variance 2 (D-1) / (D^2 (D+2))
+    m2 = float(m @ m)
+    se = m2 * math.sqrt(2 * (D - 1) / (D ** 2 * (D + 2)) / P)
+    assert abs(sw ** 2 - m2 / D) < 4 * se
+
+
+@pytest.mark.parametrize("n,m", [(6, 4), (37, 23), (10, 1)])
+def test_unequal_sizes_equal_replicated_equal_sizes(n, m):
+    """The exact empirical W2 for N != M equals that of copies replicated to lcm(N, M) samples."""
+    x = torch.randn(n, 3, generator=gen(n), dtype=F64)
+    y = torch.randn(m, 3, generator=gen(m + 100), dtype=F64) + 0.5
+    L = n * m // math.gcd(n, m)
+    got = sliced_wasserstein(x, y, num_projections=16, generator=gen(11))
+    want = sliced_wasserstein(x.repeat(L // n, 1), y.repeat(L // m, 1), num_projections=16, generator=gen(11))
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_1d_w2_matches_scipy_quantile_integral():
+    x = torch.tensor([[0.3], [-1.2], [2.0], [0.1]], dtype=F64)
+    y = torch.tensor([[1.0], [-0.5], [0.4]], dtype=F64)
+    qx = lambda u: np.quantile(x.numpy()[:, 0], u, method="inverted_cdf")
+    qy = lambda u: np.quantile(y.numpy()[:, 0], u, method="inverted_cdf")
+    cuts = sorted(set([i / 4 for i in range(5)] + [j / 3 for j in range(4)]))
+    w2sq = sum(integrate.quad(lambda u: (qx(u) - qy(u)) ** 2, a, b)[0] for a, b in zip(cuts[:-1], cuts[1:]))
+    assert sliced_wasserstein(x, y, num_projections=3, generator=gen(0)) == pytest.approx(math.sqrt(w2sq), rel=1e-8)
+
+
+def test_noise_floor_shrinks_with_n():
+    # One Gaussian: SW2 between two samples of size n falls like 1/sqrt(n).
+    unit = GaussianMixture([1.0], [[0.0, 0.0]], stds=1.0)
+    a, _ = swd_noise_floor(unit, 250, repeats=16, num_projections=32, generator=gen(12))
+    b, _ = swd_noise_floor(unit, 1000, repeats=16, num_projections=32, generator=gen(13))
+    assert 1.6 < a / b < 2.5
+    # Well-separated modes: the floor is dominated by moving the multinomial imbalance of the mode
+    # weights, O(n^{-1/2}) mass, across the distance between modes, so W2^2 ~ n^{-1/2} and
+    # SW2 ~ n^{-1/4}: a factor sqrt(2), not 2, for four times the samples.
+    sep = eight_gaussians(std=0.02)
+    a, _ = swd_noise_floor(sep, 250, repeats=16, num_projections=32, generator=gen(14))
+    b, _ = swd_noise_floor(sep, 1000, repeats=16, num_projections=32, generator=gen(15))
+    assert 1.15 < a / b < 1.75
+
+
+def test_swd_detects_a_wrong_distribution():
+    n = 1000
+    exact = eight_gaussians()
+    wrong = eight_gaussians(radius=2.6)
+    floor, floor_std = swd_noise_floor(exact, n, repeats=8, num_projections=64, generator=gen(16))
+    x = exact.sample(n, generator=gen(17), dtype=F64)
+    y = wrong.sample(n, generator=gen(18), dtype=F64)
+    assert sliced_wasserstein(x, y, num_projections=64, generator=gen(19)) > floor + 5 * floor_std
+
+
+# --- mode weights ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [eight_gaussians, multiscale_2d, image_mixture])
+def test_mode_weights_of_exact_samples(make):
+    mixture = make()
+    n = 4000
+    x = mixture.sample(n, generator=gen(20))
+    w = mode_weights(x, mixture)
+    se = mode_weight_stderr(mixture, n)
+    assert w.shape == (mixture.num_components,) and float(w.sum()) == pytest.approx(1.0)
+    assert torch.all((w - mixture.weights).abs() < 4 * se)
+    assert mode_weight_error(x, mixture) == pytest.approx(float((w - mixture.weights).abs().max()))
+    torch.testing.assert_close(se, torch.sqrt(mixture.weights * (1 - mixture.weights) / n))
+
+
+def test_mode_weight_error_detects_a_missing_mode():
+    mixture = multiscale_2d()
+    n = 4000
+    x, comp = mixture.sample(n, generator=gen(21), return_components=True)
+    kept = x[comp != 1]                                          # a sampler that misses mode 1
+    assert mode_weights(kept, mixture)[1] == 0
+    assert mode_weight_error(kept, mixture) > 10 * float(mode_weight_stderr(mixture, kept.shape[0]).max())
+
+
+# --- within-mode error --------------------------------------------------------------------------------
+
+def test_normal_w2_matches_numerical_integral():
+    z = torch.tensor([[-0.7], [0.2], [1.9], [0.4], [-2.5]], dtype=F64)
+    zs = np.sort(z.numpy()[:, 0])
+    n = len(zs)
+    total = sum(integrate.quad(lambda u: (zs[i] - stats.norm.ppf(u)) ** 2, i / n, (i + 1) / n)[0]
+                for i in range(n))
+    assert float(_normal_w2_sq(z)[0]) == pytest.approx(total, rel=1e-7)
+
+
+def _scaled(mixture, x, comp, factor):
+    """Samples whose deviations from their own component mean are multiplied by ``factor``."""
+    flat = x.reshape(x.shape[0], -1).to(F64)
+    return mixture.means[comp] + factor * (flat - mixture.means[comp])
+
+
+@pytest.mark.parametrize("make,n", [(eight_gaussians, 4000), (multiscale_2d, 4000), (image_mixture, 2000)])
+def test_within_mode_spread(make, n):
+    mixture = make()
+    x, comp = mixture.sample(n, generator=gen(22), dtype=F64, return_components=True)
+    # s_k^2 averages D sample variances of n_k samples, so s has standard error ~ 1 / sqrt(2 n D)
+    se = 1 / math.sqrt(2 * n * mixture.dim)
+    assert abs(within_mode_spread(x, mixture) - 1.0) < 4 * se
+    assert abs(within_mode_spread(_scaled(mixture, x, comp, 0.5), mixture) - 0.5) < 4 * 0.5 * se
+    per = within_mode_spread(x, mixture, per_component=True)
+    assert per.shape == (mixture.num_components,) and torch.all(torch.isfinite(per))
+    # a pure shift within a component is not a spread error (when it moves no sample to
+    # another component, as in these well-separated mixtures)
+    if make is not multiscale_2d:
+        shifted = _scaled(mixture, x, comp, 1.0) + 0.1 * mixture.std_per_dim()[comp]
+        assert torch.equal(mixture.classify(shifted), mixture.classify(x))
+        assert abs(within_mode_spread(shifted, mixture) - within_mode_spread(x, mixture)) < 1e-12
+
+
+@pytest.mark.parametrize("make,n", [(eight_gaussians, 4000), (image_mixture, 2000)])
+@pytest.mark.parametrize("projections", [None, 32])
+def test_within_mode_swd(make, n, projections):
+    mixture = make()
+    x, comp = mixture.sample(n, generator=gen(23), dtype=F64, return_components=True)
+    exact = within_mode_swd(x, mixture, num_projections=projections, generator=gen(24))
+    # exact samples: the empirical-vs-normal W2 of n_k samples, well below any visible error
+    assert exact < 0.1
+    # a scale error s in every whitened direction gives W = |s - 1|; by the triangle inequality
+    # the empirical value differs from that by at most s times the exact samples' value
+    for s in (0.5, 1.5):
+        got = within_mode_swd(_scaled(mixture, x, comp, s), mixture, num_projections=projections,
+                              generator=gen(24))
+        assert abs(got - abs(s - 1)) <= s * exact + 1e-9
+    per = within_mode_swd(x, mixture, per_component=True)
+    assert per.shape == (mixture.num_components,) and torch.all(per > 0)
+
+
+def test_within_mode_swd_sees_fine_scale_error_swd_misses():
+    """Halving the spread along the image components' narrowest dimensions (std < 0.02) is
+    invisible to SWD at this sample size, but not to the within-mode measure."""
+    mixture = image_mixture()
+    n = 1000
+    x = mixture.sample(n, generator=gen(25), dtype=F64)
+    x2, comp = mixture.sample(n, generator=gen(26), dtype=F64, return_components=True)
+    narrow = (mixture.std_per_dim() < 0.02).to(F64)[comp]
+    y = mixture.means[comp] + (1 - 0.5 * narrow) * (x2.reshape(n, -1) - mixture.means[comp])
+    floor, floor_std = swd_noise_floor(mixture, n, repeats=4, num_projections=64, generator=gen(27))
+    assert sliced_wasserstein(x, y, num_projections=64, generator=gen(28)) < floor + 2 * floor_std
+    ref = torch.tensor([within_mode_swd(mixture.sample(n, generator=gen(30 + i), dtype=F64), mixture)
+                        for i in range(4)])
+    assert within_mode_swd(y, mixture) > ref.mean() + 10 * ref.std()
+
+
+# --- user errors ---------------------------------------------------------------------------------------
+
+def test_bad_inputs_raise_scorekit_error():
+    x = torch.zeros(4, 2)
+    with pytest.raises(ScorekitError, match="dimension"):
+        sliced_wasserstein(x, torch.zeros(4, 3))
+    with pytest.raises(ScorekitError, match="num_projections"):
+        sliced_wasserstein(x, x, num_projections=0)
+    with pytest.raises(ScorekitError, match="y"):
+        sliced_wasserstein(x, torch.zeros(0, 2))
+    with pytest.raises(ScorekitError, match="repeats"):
+        swd_noise_floor(eight_gaussians(), 10, repeats=1)
+    with pytest.raises(ScorekitError, match="n"):
+        mode_weight_stderr(eight_gaussians(), 0)
+    with pytest.raises(ScorekitError, match="x"):
+        mode_weights(torch.zeros(4, 3), eight_gaussians())
