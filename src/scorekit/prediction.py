@@ -137,6 +137,9 @@ class Denoiser:
         self.time_input = time_input
 
     def model_time(self, t, batch: int, device) -> Tensor:
+        if isinstance(t, (int, float)) and self.time_input is None:     # one time for the batch
+            whole = self.process.discrete and float(t).is_integer()
+            return torch.full((batch,), t, dtype=torch.long if whole else torch.float32, device=device)
         t = torch.as_tensor(t, dtype=torch.float64, device=device)
         t = t.expand(batch) if t.ndim == 0 else t
         if self.time_input is not None:
@@ -162,6 +165,9 @@ class Denoiser:
 
     def __call__(self, x_t: Tensor, t) -> Tensor:
         out = self.output(x_t, t)
-        alpha = expand_like(self.process.alpha(t), x_t)
-        sigma = expand_like(self.process.sigma(t), x_t)
+        if isinstance(t, (int, float)):                      # one time for the batch
+            alpha, sigma = self.process.alpha(t).item(), self.process.sigma(t).item()
+        else:
+            alpha = expand_like(self.process.alpha(t), x_t)
+            sigma = expand_like(self.process.sigma(t), x_t)
         return to_x0(out, self.prediction_type, x_t, alpha, sigma)

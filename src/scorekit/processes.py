@@ -297,6 +297,8 @@ class DDPM(GaussianProcess):
 
     def log_alpha_bar(self, t) -> Tensor:
         """``log alpha_bar(t)``; exact at integers, linearly interpolated between them."""
+        if isinstance(t, (int, float)) and float(t).is_integer() and -1 <= t < self.num_steps:
+            return self._grid_log_ab[int(t) + 1]          # a whole step: a table look-up
         t = _t64(t)
         u = (t + 1).clamp(0, self.num_steps)        # position on the grid -1 .. T-1
         lo = torch.floor(u).clamp(max=self.num_steps - 1)

@@ -53,11 +53,6 @@ def progress_range(n: int, progress: bool, desc: str) -> Iterator[int]:
         bar.close()
 
 
-def coef(value: Tensor, x: Tensor) -> Tensor:
-    """A float64 scalar coefficient as a tensor of x's dtype and device."""
-    return value.to(dtype=x.dtype, device=x.device)
-
-
 def check_generator(generator, sampler: str) -> torch.Generator:
     """Stochastic samplers draw noise only from an explicit generator (never torch's global one)."""
     if not isinstance(generator, torch.Generator):

@@ -5,7 +5,7 @@ import torch
 
 from ..errors import ScorekitError
 from ..processes import GaussianProcess
-from ._common import Callback, check_generator, check_start, coef, grid, progress_range, randn_like
+from ._common import Callback, check_generator, check_start, grid, progress_range, randn_like
 
 Tensor = torch.Tensor
 
@@ -51,7 +51,8 @@ def ddim(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *, eta: flo
         raise ScorekitError(f"eta={eta} is too large for the step {ts[i].item()} -> {ts[i + 1].item()}: "
                             f"the noise std {c[i].item():.4g} exceeds sigma_s={sigma[i + 1].item():.4g}")
     direction = (sigma[1:] ** 2 - c ** 2).clamp_min(0).sqrt()
-    alpha, sigma, c, direction = coef(alpha, x), coef(sigma, x), coef(c, x), coef(direction, x)
+    # python floats: x's dtype decides the precision, and per-step indexing stays cheap
+    alpha, sigma, c, direction = alpha.tolist(), sigma.tolist(), c.tolist(), direction.tolist()
     times = ts[:-1].tolist()
     for i in progress_range(len(times), progress, "ddim"):
         x0 = denoiser(x, times[i])
@@ -90,9 +91,9 @@ def ddim_invert(denoiser, process: GaussianProcess, x0: Tensor, timesteps, *,
         raise ScorekitError(f"fixed_point_iters must be >= 0, got {fixed_point_iters}")
     ts = grid(process, timesteps).flip(0)          # ascending: data towards noise
     alpha, sigma = process.alpha(ts), process.sigma(ts)
-    gap = coef(sigma[1:] / alpha[1:] - sigma[:-1] / alpha[:-1], x)
+    gap = (sigma[1:] / alpha[1:] - sigma[:-1] / alpha[:-1]).tolist()
     times = ts.tolist()
-    alpha, sigma = coef(alpha, x), coef(sigma, x)
+    alpha, sigma = alpha.tolist(), sigma.tolist()
     for i in progress_range(len(times) - 1, progress, "ddim inversion"):
         scaled = x / alpha[i]
         if sigma[i] > 0:

@@ -5,7 +5,7 @@ import torch
 
 from ..errors import ScorekitError
 from ..processes import GaussianProcess
-from ._common import Callback, check_generator, check_start, coef, grid, progress_range, randn_like
+from ._common import Callback, check_generator, check_start, grid, progress_range, randn_like
 
 Tensor = torch.Tensor
 
@@ -53,7 +53,7 @@ def ddpm(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *,
     if variance == "large":
         var = process.transition(t, s)[1] ** 2
     std = torch.where(s > process.t_data, var.sqrt(), torch.zeros_like(var))   # no noise into the data
-    c_x0, c_xt, std = coef(c_x0, x), coef(c_xt, x), coef(std, x)
+    c_x0, c_xt, std = c_x0.tolist(), c_xt.tolist(), std.tolist()   # python floats: x's dtype decides
     times = t.tolist()
     for i in progress_range(len(times), progress, "ddpm"):
         x0 = denoiser(x, times[i])
