@@ -1,0 +1,574 @@
+r"""Training objectives: denoising score matching under every weighting of the lectures.
+
+One training step draws a time ``t``, noise ``eps ~ N(0, I)`` and ``x_t = alpha_t x_0 + sigma_t eps``,
+asks the network for its prediction and scores it against the matching target. Seen through the
+same ``x0_hat`` (``eps - eps_hat = -(alpha / sigma) (x_0 - x0_hat)``), the four targets' squared
+errors are one error at different scales, ``||eps - eps_hat||^2 = r(t) ||target - prediction||^2``:
+
+* ``eps``: target ``eps``, ``r = 1``;
+* ``x0``: target ``x_0``, ``r = SNR = alpha^2 / sigma^2``;
+* ``v``: target ``v = alpha eps - sigma x_0`` (Salimans & Ho 2022), ``r = alpha^2 / (alpha^2 + sigma^2)^2``
+  (``alpha^2 = SNR / (SNR + 1)`` for a variance-preserving process);
+* ``score``: target ``grad log q(x_t | x_0) = -eps / sigma``, ``r = sigma^2``.
+
+A weighting is a weight ``w_eps(t)`` on ``||eps - eps_hat||^2``; the loss is computed in the
+network's own space with the weight ``w_eps(t) r(t)``, so each weighting is the same objective
+whatever the network predicts (except ``simple``, defined as weight 1 on the network's own target).
+The weightings (``w_x0 = w_eps SNR`` is the weight on ``||x_0 - x0_hat||^2``):
+
+* ``simple`` -- L_simple (Ho et al. 2020): weight 1 on the network's own error, i.e.
+  ``w_eps = 1 / r``: ``||eps - eps_hat||^2`` for an eps net, ``||x_0 - x0_hat||^2`` for an x0 net,
+  ``||v - v_hat||^2`` for a v net.
+* ``elbo`` -- the variational bound, in nats. Discrete: ``w_eps = beta_t^2 / (2 s_t^2 alpha_t (1 - abar_t))``
+  with ``alpha_t = 1 - beta_t`` (``= ||mu~ - mu_theta||^2 / (2 s_t^2)``, Ho et al. 2020, eq. 8 and 12);
+  continuous: ``w_eps = -1/2 d log SNR / dt = g(t)^2 / (2 sigma(t)^2)``, i.e.
+  ``w_x0 = -1/2 d SNR / dt`` (Kingma et al. 2021, VDM eq. 17). Details below.
+* ``min_snr`` -- Min-SNR-gamma (Hang et al. 2023): ``w_x0 = min(SNR, gamma)``, so
+  ``w_eps = min(SNR, gamma) / SNR`` and, for a VP process, ``min(SNR, gamma) / (SNR + 1)`` on the v error.
+* ``lambda`` -- denoising score matching with ``lambda(t)`` (Song et al. 2021, eq. 7):
+  ``lambda(t) ||s_theta - grad log q(x_t | x_0)||^2``, so ``w_eps = lambda(t) / sigma^2``; the default
+  ``lambda = sigma^2`` is the eps-MSE (``w_eps = 1``) and ``lambda = g(t)^2`` the continuous ELBO
+  (up to the factor 1/2 and the mean over dimensions).
+* ``edm`` -- EDM (Karras et al. 2022, eq. 8 and table 1): ``w_x0 = (sigma~^2 + sigma_data^2) /
+  (sigma~ sigma_data)^2`` on the noise level ``sigma~ = sigma / alpha`` (``= t`` for the
+  :class:`~scorekit.processes.EDM` process, where this is exactly the paper's weight; other processes
+  use their VE-equivalent noise level), so ``w_eps = 1 + sigma~^2 / sigma_data^2``. It is weight 1 on
+  EDM's preconditioned target ``F``. The weight grows like ``sigma~^2`` at high noise; EDM pairs it
+  with log-normal noise levels (:class:`LogNormalTimesteps`), not uniform ones.
+
+Reduction over the ``D`` dimensions of one sample: the mean for every weighting except ``elbo``,
+which sums (so that ``per_sample`` is in nats).
+
+**The ELBO terms.** For a discrete process (DDPM steps ``0 .. T-1``, or :class:`~scorekit.processes.SimpleVE`)
+the term of step ``t`` with previous time ``s = t - 1`` is
+
+    L_t = KL(q(x_s | x_t, x_0) || p_theta(x_s | x_t)),   p_theta(x_s | x_t) = N(mu_theta, s_t^2 I),
+
+with ``mu~ = c_x0 x_0 + c_xt x_t`` the posterior mean, ``mu_theta`` the same with ``x0_hat`` in place of
+``x_0`` and ``beta~_t`` the posterior variance (Ho et al. 2020, eq. 5-7). Then
+
+    L_t = c_x0^2 ||x_0 - x0_hat||^2 / (2 s_t^2) + D/2 (beta~_t / s_t^2 - 1 - log(beta~_t / s_t^2)),
+
+and ``c_x0^2 sigma_t^2 / alpha_t^2 = beta_t^2 / ((1 - beta_t)(1 - abar_t))`` for DDPM, giving the
+table's ``w_eps``. ``elbo_variance`` chooses ``s_t^2``: ``"small"`` is ``beta~_t`` (the second term
+vanishes) and ``"large"`` is ``beta_t`` (the transition variance ``sigma_{t|s}^2``). At the first step
+(DDPM ``t = 0``, the paper's ``L_0``) there is no KL: the term is the decoder's negative
+log-likelihood. Here the decoder is the Gaussian ``N(x_0; mu_theta, s_0^2 I)`` (``mu_theta = x0_hat``
+at this step), so
+
+    L_0 = ||x_0 - x0_hat||^2 / (2 s_0^2) + D/2 log(2 pi s_0^2),
+
+a density in nats for continuous data (for 8-bit images improved-diffusion's discretised decoder
+gives a probability instead; this loss keeps the Gaussian). As in improved-diffusion, ``s_0^2 = beta~_1`` for both variance
+choices (``beta~_0 = 0``). ``sum_t E[L_t]`` plus the prior term ``KL(q(x_T | x_0) || p(x_T))``, which has
+no parameters, bounds ``-log p_theta(x_0)``; a uniform ``t`` makes ``T * mean(per_sample)`` an unbiased
+estimate of the sum.
+
+For a continuous process ``per_sample`` is the integrand of the continuous-time diffusion loss
+(Kingma et al. 2021, eq. 17): ``L = int_{t_min}^{t_max} E[per_sample | t] dt``, estimated by
+``(t_max - t_min) * mean(per_sample)`` under uniform ``t``.
+
+Time sampling: :class:`UniformTimesteps` (the default), :class:`ImportanceTimesteps`
+(improved-diffusion's loss-aware sampler) and :class:`LogNormalTimesteps` (EDM's training
+distribution of noise levels). A sampler returns ``(t, weight)``; ``loss = mean(weight * per_sample)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import torch
+
+from .errors import ScorekitError
+from .prediction import PREDICTION_TYPES, score_from_eps, v_from_x0_eps
+from .processes import GaussianProcess, expand_like
+
+Tensor = torch.Tensor
+
+WEIGHTINGS = ("simple", "elbo", "min_snr", "lambda", "edm")
+ELBO_VARIANCES = ("small", "large")
+
+_F64 = torch.float64
+
+
+class LossOutput(NamedTuple):
+    """What :func:`diffusion_loss` returns.
+
+    Attributes:
+        loss: scalar ``mean(weight * per_sample)`` to back-propagate.
+        per_sample: (N,) the weighted error of each sample at its time (before the time
+            sampler's ``weight``); feed it to ``timestep_sampler.update(t, per_sample)``.
+        t: (N,) the process times used, exactly as passed to the network (``torch.long`` for
+            discrete processes, the data's float dtype otherwise).
+        weight: (N,) the time sampler's weights (``1 / (K p_t)`` for importance sampling, ones for
+            uniform), in the data's dtype.
+    """
+
+    loss: Tensor
+    per_sample: Tensor
+    t: Tensor
+    weight: Tensor
+
+
+# ---------------------------------------------------------------------------------------------
+# Time samplers
+# ---------------------------------------------------------------------------------------------
+
+def _check_generator(generator) -> None:
+    if not isinstance(generator, torch.Generator):
+        raise ScorekitError("generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)); "
+                            f"got {type(generator).__name__}")
+
+
+def _check_n(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ScorekitError(f"n must be a positive integer, got {n!r}")
+    return n
+
+
+def _training_steps(process: GaussianProcess) -> tuple[int, int]:
+    """The integer training times ``first .. last`` of a discrete process (DDPM: ``0 .. T-1``)."""
+    return int(round(process.t_min)), int(round(process.t_max))
+
+
+class UniformTimesteps:
+    r"""Uniform training times: integers ``t_min .. t_max`` for a discrete process (``0 .. T-1`` for
+    DDPM), ``t ~ U[t_min, t_max]`` for a continuous one. Weights are all one."""
+
+    def __init__(self, process: GaussianProcess):
+        self.process = process
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``(t, weight)``: ``n`` times (``torch.long`` if discrete, float64 otherwise) and ones."""
+        n = _check_n(n)
+        _check_generator(generator)
+        dev = generator.device
+        if self.process.discrete:
+            first, last = _training_steps(self.process)
+            t = torch.randint(first, last + 1, (n,), generator=generator, device=dev)
+        else:
+            u = torch.rand(n, generator=generator, dtype=_F64, device=dev)
+            t = self.process.t_min + (self.process.t_max - self.process.t_min) * u
+        return t, torch.ones(n, dtype=_F64, device=dev)
+
+    def update(self, t: Tensor, losses: Tensor) -> None:
+        """Nothing to learn."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ScorekitError(f"UniformTimesteps has no state, got keys {sorted(state)}")
+
+
+class ImportanceTimesteps:
+    r"""Loss-aware time sampling for a discrete process (Nichol & Dhariwal 2021, section 3.3).
+
+    Keeps the last ``history`` values of ``L_t`` for each of the ``K`` training steps and draws
+
+        p_t = (1 - u) sqrt(E[L_t^2]) / sum_s sqrt(E[L_s^2]) + u / K,      u = uniform_prob,
+
+    once every step has a full history (uniform before that). Each draw carries the weight
+    ``1 / (K p_t)``, so ``mean(weight * L_t)`` stays an unbiased estimate of the uniform average
+    ``(1/K) sum_t E[L_t]`` while its variance drops (most for the ELBO, whose terms span orders of
+    magnitude).
+
+    Args:
+        process: a discrete process (:class:`~scorekit.processes.DDPM`, ``SimpleVE``).
+        history: losses remembered per step.
+        uniform_prob: the share ``u`` of uniform sampling mixed in, in ``[0, 1]``.
+    """
+
+    def __init__(self, process: GaussianProcess, history: int = 10, uniform_prob: float = 0.001):
+        if not process.discrete:
+            raise ScorekitError(f"ImportanceTimesteps needs a discrete process (DDPM or SimpleVE), got "
+                                f"{type(process).__name__}; use UniformTimesteps for continuous time")
+        if isinstance(history, bool) or not isinstance(history, int) or history < 1:
+            raise ScorekitError(f"history must be a positive integer, got {history!r}")
+        if not 0.0 <= float(uniform_prob) <= 1.0:
+            raise ScorekitError(f"uniform_prob must lie in [0, 1], got {uniform_prob!r}")
+        self.process = process
+        self.history = history
+        self.uniform_prob = float(uniform_prob)
+        self.first, last = _training_steps(process)
+        self.num_steps = last - self.first + 1
+        self.loss_history = torch.zeros(self.num_steps, history, dtype=_F64)
+        self.loss_counts = torch.zeros(self.num_steps, dtype=torch.long)
+
+    def warmed_up(self) -> bool:
+        """Whether every step has a full history (until then sampling is uniform)."""
+        return bool(torch.all(self.loss_counts == self.history))
+
+    def probabilities(self) -> Tensor:
+        """(K,) float64 ``p_t`` for the steps ``t_min .. t_max``."""
+        K = self.num_steps
+        if not self.warmed_up():
+            return torch.full((K,), 1.0 / K, dtype=_F64)
+        w = torch.sqrt(torch.mean(self.loss_history ** 2, dim=1))
+        total = w.sum()
+        if not total > 0:
+            return torch.full((K,), 1.0 / K, dtype=_F64)
+        return (1 - self.uniform_prob) * w / total + self.uniform_prob / K
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``(t, weight)``: ``n`` steps ``t ~ p`` (``torch.long``) and ``weight = 1 / (K p_t)`` (float64)."""
+        n = _check_n(n)
+        _check_generator(generator)
+        p = self.probabilities()
+        index = torch.multinomial(p.to(generator.device), n, replacement=True, generator=generator)
+        weight = 1.0 / (self.num_steps * p.to(generator.device)[index])
+        return index + self.first, weight
+
+    def update(self, t: Tensor, losses: Tensor) -> None:
+        """Record the losses ``L_t`` just observed at steps ``t`` (oldest forgotten first)."""
+        t = torch.as_tensor(t).detach().reshape(-1).cpu()
+        losses = torch.as_tensor(losses).detach().reshape(-1).to("cpu", _F64)
+        if t.numel() != losses.numel():
+            raise ScorekitError(f"update needs one loss per time: got {t.numel()} times and "
+                                f"{losses.numel()} losses")
+        if not torch.all(torch.isfinite(losses)):
+            raise ScorekitError("update got non-finite losses (NaN or inf); the training step diverged "
+                                "— lower the learning rate or check the data")
+        index = torch.round(t.to(_F64)).long() - self.first
+        if t.numel() and (index.min() < 0 or index.max() >= self.num_steps):
+            raise ScorekitError(f"update got times outside the training steps {self.first} .. "
+                                f"{self.first + self.num_steps - 1}")
+        for k, loss in zip(index.tolist(), losses.tolist()):
+            c = int(self.loss_counts[k])
+            if c == self.history:
+                self.loss_history[k, :-1] = self.loss_history[k, 1:].clone()
+                self.loss_history[k, -1] = loss
+            else:
+                self.loss_history[k, c] = loss
+                self.loss_counts[k] = c + 1
+
+    def state_dict(self) -> dict:
+        """Tensors only: ``loss_history`` (K, history) float64 and ``loss_counts`` (K,) long."""
+        return {"loss_history": self.loss_history.clone(), "loss_counts": self.loss_counts.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            hist = torch.as_tensor(state["loss_history"], dtype=_F64)
+            counts = torch.as_tensor(state["loss_counts"], dtype=torch.long)
+        except (KeyError, TypeError) as err:
+            raise ScorekitError(f"ImportanceTimesteps state needs loss_history and loss_counts: {err}") from None
+        if hist.shape != self.loss_history.shape or counts.shape != self.loss_counts.shape:
+            raise ScorekitError(
+                f"ImportanceTimesteps state has shapes {tuple(hist.shape)}, {tuple(counts.shape)} but this "
+                f"sampler expects {tuple(self.loss_history.shape)}, {tuple(self.loss_counts.shape)} "
+                "(same process and history)")
+        self.loss_history = hist.clone()
+        self.loss_counts = counts.clone()
+
+
+class LogNormalTimesteps:
+    r"""EDM's training distribution (Karras et al. 2022, table 1): ``ln sigma~ ~ N(p_mean, p_std^2)``
+    for the noise level ``sigma~ = sigma / alpha`` (``= t`` for :class:`~scorekit.processes.EDM`).
+
+    The time is ``t = t_from_log_snr(-2 ln sigma~)``, clamped to ``[t_min, t_max]`` (and rounded for
+    a discrete process). Weights are all one: the objective is the expectation under this
+    distribution, as in EDM, not an importance-corrected uniform average.
+    """
+
+    def __init__(self, process: GaussianProcess, p_mean: float = -1.2, p_std: float = 1.2):
+        if not p_std > 0:
+            raise ScorekitError(f"p_std must be positive, got {p_std!r}")
+        self.process = process
+        self.p_mean, self.p_std = float(p_mean), float(p_std)
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        n = _check_n(n)
+        _check_generator(generator)
+        z = torch.randn(n, generator=generator, dtype=_F64, device=generator.device)
+        log_sigma = self.p_mean + self.p_std * z
+        t = self.process.t_from_log_snr(-2 * log_sigma).clamp(self.process.t_min, self.process.t_max)
+        if self.process.discrete:
+            t = torch.round(t).long()
+        return t, torch.ones(n, dtype=_F64, device=generator.device)
+
+    def update(self, t: Tensor, losses: Tensor) -> None:
+        """Nothing to learn."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ScorekitError(f"LogNormalTimesteps has no state, got keys {sorted(state)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+# ---------------------------------------------------------------------------------------------
+
+def own_error_ratio(process: GaussianProcess, t, prediction_type: str) -> Tensor:
+    r"""``r(t) = ||eps - eps_hat||^2 / ||target - prediction||^2`` for the same ``x0_hat`` (float64):
+    ``1`` (eps), ``SNR`` (x0), ``alpha^2 / (alpha^2 + sigma^2)^2`` (v), ``sigma^2`` (score)."""
+    _check_prediction_type(prediction_type)
+    t = torch.as_tensor(t, dtype=_F64)
+    alpha2, sigma2 = process.alpha(t) ** 2, process.sigma(t) ** 2
+    if prediction_type == "eps":
+        return torch.ones_like(alpha2)
+    if prediction_type == "x0":
+        return alpha2 / sigma2
+    if prediction_type == "v":
+        return alpha2 / (alpha2 + sigma2) ** 2
+    return sigma2
+
+
+def _previous_time(process: GaussianProcess, t: Tensor) -> Tensor:
+    """``s = t - 1`` for a discrete step; the data time ``t_data`` before the first step."""
+    first, _ = _training_steps(process)
+    return torch.where(t <= first, torch.full_like(t, process.t_data), t - 1)
+
+
+def elbo_terms(process: GaussianProcess, t, variance: str = "small") -> tuple[Tensor, Tensor]:
+    r"""``(w_eps, c)`` with ``L_t = w_eps ||eps - eps_hat||^2 + D c``: the ELBO term per time (float64).
+
+    Discrete processes (module docstring): ``w_eps = c_x0^2 sigma_t^2 / (2 alpha_t^2 s_t^2)``, ``c`` the
+    variance-mismatch constant ``(r - 1 - log r) / 2`` with ``r = beta~_t / s_t^2``, and at the first
+    step the Gaussian decoder's normaliser ``log(2 pi s_0^2) / 2``. Continuous processes:
+    ``w_eps = -1/2 d log SNR / dt = g(t)^2 / (2 sigma(t)^2)`` (since ``d log SNR / dt = 2 f - (d sigma^2/dt) /
+    sigma^2 = -g^2 / sigma^2``) and ``c = 0``.
+    """
+    if variance not in ELBO_VARIANCES:
+        raise ScorekitError(f"unknown elbo_variance {variance!r}; choose one of {', '.join(ELBO_VARIANCES)}")
+    t = torch.as_tensor(t, dtype=_F64)
+    if not process.discrete:
+        return process.g2(t) / (2 * process.sigma(t) ** 2), torch.zeros_like(t)
+
+    first, last = _training_steps(process)
+    s = _previous_time(process, t)
+    c_x0, _, post_var = process.posterior_coefficients(t, s)
+    _, trans_std = process.transition(t, s)
+    model_var = post_var if variance == "small" else trans_std ** 2
+    # the first step: s_0^2 = beta~ of the next step (beta~_0 = 0), as improved-diffusion does
+    at_first = t <= first
+    if last > first:
+        _, _, next_var = process.posterior_coefficients(torch.tensor(first + 1.0, dtype=_F64),
+                                                        torch.tensor(float(first), dtype=_F64))
+    else:
+        next_var = process.transition(torch.tensor(float(first), dtype=_F64),
+                                      torch.tensor(process.t_data, dtype=_F64))[1] ** 2
+    model_var = torch.where(at_first, next_var.to(model_var), model_var)
+
+    snr = torch.exp(process.log_snr(t))
+    w_eps = c_x0 ** 2 / (2 * model_var * snr)
+    ratio = torch.where(at_first, torch.ones_like(model_var), post_var / model_var)
+    mismatch = 0.5 * (ratio - 1 - torch.log(ratio))
+    decoder = 0.5 * torch.log(2 * math.pi * model_var)
+    return w_eps, torch.where(at_first, decoder, mismatch)
+
+
+def eps_weight(process: GaussianProcess, t, weighting: str, prediction_type: str = "eps", *,
+               min_snr_gamma: float = 5.0, elbo_variance: str = "small",
+               lambda_fn: Callable[[Tensor], Tensor] | None = None,
+               sigma_data: float | None = None) -> Tensor:
+    r"""``w_eps(t)``: the weighting's weight on ``||eps - eps_hat||^2`` (float64), per the module's table.
+
+    ``prediction_type`` matters only for ``simple`` (``w_eps = 1 / r(t)``). For ``elbo`` this is the
+    weight of the summed error, for the others of the mean.
+    """
+    _check_weighting(weighting)
+    t = torch.as_tensor(t, dtype=_F64)
+    if weighting == "simple":
+        return 1.0 / own_error_ratio(process, t, prediction_type)
+    if weighting == "elbo":
+        return elbo_terms(process, t, elbo_variance)[0]
+    snr = torch.exp(process.log_snr(t))
+    if weighting == "min_snr":
+        gamma = _check_gamma(min_snr_gamma)
+        return torch.clamp(snr, max=gamma) / snr
+    if weighting == "lambda":
+        sigma2 = process.sigma(t) ** 2
+        if lambda_fn is None:
+            return torch.ones_like(sigma2)
+        lam = torch.as_tensor(lambda_fn(t), dtype=_F64)
+        if lam.shape not in ((), t.shape) or not torch.all(torch.isfinite(lam)) or torch.any(lam < 0):
+            raise ScorekitError(f"lambda_fn(t) must return finite non-negative values of shape {tuple(t.shape)}")
+        return lam.expand(t.shape) / sigma2
+    # edm: w_x0 = (s^2 + sd^2) / (s sd)^2 with s^2 = 1 / SNR, so w_eps = w_x0 / SNR = 1 + s^2 / sd^2
+    sd = _sigma_data(process, sigma_data)
+    return 1.0 + 1.0 / (snr * sd ** 2)
+
+
+def loss_weight(process: GaussianProcess, t, weighting: str = "simple", prediction_type: str = "eps",
+                **options) -> Tensor:
+    r"""The weight on the network's own squared error ``||target - prediction||^2``:
+    ``w_eps(t) r(t)`` (exactly 1 for ``simple``). ``options`` as for :func:`eps_weight`."""
+    _check_weighting(weighting)
+    _check_prediction_type(prediction_type)
+    t = torch.as_tensor(t, dtype=_F64)
+    if weighting == "simple":
+        return torch.ones_like(t)
+    return eps_weight(process, t, weighting, prediction_type, **options) * own_error_ratio(process, t, prediction_type)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss
+# ---------------------------------------------------------------------------------------------
+
+def diffusion_loss(net: Callable, process: GaussianProcess, x0: Tensor, *, prediction_type: str = "eps",
+                   weighting: str = "simple", generator: torch.Generator, y: Tensor | None = None,
+                   timestep_sampler=None, min_snr_gamma: float = 5.0, elbo_variance: str = "small",
+                   lambda_fn: Callable[[Tensor], Tensor] | None = None,
+                   sigma_data: float | None = None) -> LossOutput:
+    r"""The weighted denoising loss of ``net`` on the batch ``x0``.
+
+    Draws ``(t, weight)`` from ``timestep_sampler`` (default :class:`UniformTimesteps`; for the EDM
+    process that is uniform in ``sigma`` on ``[sigma_min, sigma_max]``, and EDM's own choice is
+    :class:`LogNormalTimesteps`), then
+    ``eps ~ N(0, I)`` from ``generator`` (in that order), forms ``x_t = alpha_t x_0 + sigma_t eps``,
+    calls ``net(x_t, t, y)`` and returns
+
+        per_sample_i = w(t_i) * reduce(||target_i - net_i||^2) (+ D c(t_i) for elbo),
+        loss = mean_i(weight_i * per_sample_i),
+
+    with the target and the weight ``w = w_eps r`` of the prediction type and weighting in the
+    module's tables, ``reduce`` the mean over dimensions (the sum for ``elbo``).
+
+    Args:
+        net: ``net(x_t, t, y) -> Tensor`` shaped like ``x_t``; ``t`` is an (N,) ``torch.long`` tensor
+            of steps for a discrete process, a float tensor of the data's dtype otherwise.
+        process: the forward process.
+        x0: (N, ...) clean data.
+        prediction_type: ``"eps"``, ``"x0"``, ``"v"`` or ``"score"``.
+        weighting: ``"simple"``, ``"elbo"``, ``"min_snr"``, ``"lambda"`` or ``"edm"``.
+        generator: the only source of randomness.
+        y: optional (N,) class labels, passed on to ``net``.
+        timestep_sampler: an object with ``sample(n, generator) -> (t, weight)``.
+        min_snr_gamma: ``gamma`` of ``min_snr`` (> 0).
+        elbo_variance: ``"small"`` (``beta~_t``) or ``"large"`` (``beta_t``) reverse variance for the
+            discrete ``elbo``.
+        lambda_fn: ``lambda(t)`` of the ``lambda`` weighting, called on the (N,) float64 times;
+            default ``sigma(t)^2``.
+        sigma_data: the data's standard deviation for ``edm``; default ``process.sigma_data`` when
+            the process has one, else 0.5.
+    """
+    _check_prediction_type(prediction_type)
+    _check_weighting(weighting)
+    _check_generator(generator)
+    options = dict(min_snr_gamma=_check_gamma(min_snr_gamma), elbo_variance=elbo_variance,
+                   lambda_fn=lambda_fn, sigma_data=sigma_data)
+    if elbo_variance not in ELBO_VARIANCES:
+        raise ScorekitError(f"unknown elbo_variance {elbo_variance!r}; choose one of {', '.join(ELBO_VARIANCES)}")
+    x0 = _check_x0(x0)
+    n = x0.shape[0]
+    if y is not None and (not isinstance(y, Tensor) or y.shape != (n,)):
+        raise ScorekitError(f"y must be an (N,) = ({n},) tensor of class labels, got "
+                            f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
+    sampler = UniformTimesteps(process) if timestep_sampler is None else timestep_sampler
+
+    t, sampler_weight = sampler.sample(n, generator)
+    t_net, t64 = _times(process, t, n, x0)
+    sampler_weight = torch.as_tensor(sampler_weight).reshape(-1)
+    if sampler_weight.numel() != n:
+        raise ScorekitError(f"timestep_sampler returned {sampler_weight.numel()} weights for {n} samples")
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    x_t = process.sample_marginal(x0, t64, eps)
+
+    out = _output(net(x_t, t_net, y), x_t)
+    alpha = expand_like(process.alpha(t64), x0)
+    sigma = expand_like(process.sigma(t64), x0)
+    if prediction_type == "eps":
+        target = eps
+    elif prediction_type == "x0":
+        target = x0
+    elif prediction_type == "v":
+        target = v_from_x0_eps(x0, eps, alpha, sigma)
+    else:
+        target = score_from_eps(eps, sigma)
+
+    sq = (out - target).pow(2).reshape(n, -1)
+    w = loss_weight(process, t64, weighting, prediction_type, **options)
+    if weighting == "elbo":
+        const = elbo_terms(process, t64, elbo_variance)[1] * sq.shape[1]
+        per_sample = w.to(sq) * sq.sum(1) + const.to(sq)
+    else:
+        per_sample = w.to(sq) * sq.mean(1)
+    sampler_weight = sampler_weight.to(per_sample)
+    return LossOutput(loss=(sampler_weight * per_sample).mean(), per_sample=per_sample, t=t_net,
+                      weight=sampler_weight)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------------
+
+def _check_prediction_type(kind) -> None:
+    if kind not in PREDICTION_TYPES:
+        raise ScorekitError(f"unknown prediction_type {kind!r}; choose one of {', '.join(PREDICTION_TYPES)}")
+
+
+def _check_weighting(weighting) -> None:
+    if weighting not in WEIGHTINGS:
+        raise ScorekitError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+
+
+def _check_gamma(gamma) -> float:
+    try:
+        gamma = float(gamma)
+    except (TypeError, ValueError):
+        raise ScorekitError(f"min_snr_gamma must be a positive number, got {gamma!r}") from None
+    if not (gamma > 0 and math.isfinite(gamma)):
+        raise ScorekitError(f"min_snr_gamma must be a positive number (5 in the paper), got {gamma!r}")
+    return gamma
+
+
+def _sigma_data(process: GaussianProcess, sigma_data) -> float:
+    sd = getattr(process, "sigma_data", 0.5) if sigma_data is None else sigma_data
+    try:
+        sd = float(sd)
+    except (TypeError, ValueError):
+        raise ScorekitError(f"sigma_data must be a positive number, got {sigma_data!r}") from None
+    if not (sd > 0 and math.isfinite(sd)):
+        raise ScorekitError(f"sigma_data must be a positive number (the data's standard deviation), got {sd!r}")
+    return sd
+
+
+def _check_x0(x0) -> Tensor:
+    if not isinstance(x0, Tensor) or not x0.is_floating_point():
+        raise ScorekitError(f"x0 must be a floating-point tensor, got "
+                            f"{x0.dtype if isinstance(x0, Tensor) else type(x0).__name__}")
+    if x0.ndim < 2 or x0.shape[0] == 0 or x0[0].numel() == 0:
+        raise ScorekitError(f"x0 must be a non-empty batch (N, C, H, W) or (N, D), got shape {tuple(x0.shape)}")
+    if not torch.all(torch.isfinite(x0)):
+        raise ScorekitError("x0 contains NaN or infinite values; check the data (images must be scaled to [-1, 1])")
+    return x0
+
+
+def _times(process: GaussianProcess, t, n: int, x0: Tensor) -> tuple[Tensor, Tensor]:
+    """The times as the network sees them, and the same values in float64 for the coefficients."""
+    t = torch.as_tensor(t).reshape(-1).to(x0.device)
+    if t.numel() != n:
+        raise ScorekitError(f"timestep_sampler returned {t.numel()} times for {n} samples")
+    t64 = t.to(_F64)
+    if not torch.all(torch.isfinite(t64)) or torch.any(t64 < process.t_min - 1e-9) \
+            or torch.any(t64 > process.t_max + 1e-9):
+        raise ScorekitError(f"timestep_sampler returned times outside the process's training range "
+                            f"[{process.t_min}, {process.t_max}]")
+    if process.discrete:
+        t_net = torch.round(t64).long()
+        if torch.any((t64 - t_net).abs() > 1e-6):
+            raise ScorekitError("timestep_sampler returned non-integer times for a discrete process")
+    else:
+        t_net = t64.to(x0.dtype)
+    return t_net, t_net.to(_F64)
+
+
+def _output(out, x_t: Tensor) -> Tensor:
+    if not isinstance(out, Tensor):
+        out = getattr(out, "sample", out)          # diffusers models return an output object
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+    if not isinstance(out, Tensor) or out.shape != x_t.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ScorekitError(f"network output has shape {got} but x_t has shape {tuple(x_t.shape)}; "
+                            "net(x_t, t, y) must return a prediction shaped like x_t")
+    return out
+
+
+__all__ = ["ELBO_VARIANCES", "WEIGHTINGS", "ImportanceTimesteps", "LogNormalTimesteps", "LossOutput",
+           "UniformTimesteps", "diffusion_loss", "elbo_terms", "eps_weight", "loss_weight",
+           "own_error_ratio"]
