@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
             examples:
               {PROG} demo                         sample an exact model, write figures and a table
               {PROG} demo --dataset multiscale_2d --steps 20,200
+              {PROG} train --data digits --out runs/digits     train a U-Net on 8x8 digits
+              {PROG} sample runs/digits --sampler ddim --steps 50 --out digits.png
+              {PROG} info runs/digits             what a run or checkpoint holds
               {PROG} COMMAND --help               the options of one command
             """))
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -130,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seed of every random draw (the output is reproducible)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     demo.set_defaults(handler=_cmd_demo)
+    _add_train(commands)
+    _add_sample(commands)
+    _add_info(commands)
     return parser
 
 
@@ -155,6 +161,562 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print("wrote:")
     for path in result.files.values():
         print(f"  {path}")
+    return 0
+
+
+# --- train -------------------------------------------------------------------------------------
+
+def _key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as JSON when it parses (numbers, true/false, lists), else text."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _positive_float(what: str, *, allow_zero: bool = False):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (v >= 0 if allow_zero else v > 0) or v != v or v in (float("inf"),):
+            raise argparse.ArgumentTypeError(f"{what} must be a {'non-negative' if allow_zero else 'positive'} "
+                                             f"finite number, got {text}")
+        return v
+    return parse
+
+
+def _unit_interval(what: str, *, closed_top: bool = False):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (0.0 <= v <= 1.0 if closed_top else 0.0 <= v < 1.0):
+            raise argparse.ArgumentTypeError(f"{what} must be in [0, 1{']' if closed_top else ')'}, got {text}")
+        return v
+    return parse
+
+
+_BIG = 2 ** 31 - 1
+
+#: ``scorekit train`` options that map one to one onto TrainConfig fields (dest -> field)
+_TRAIN_FIELDS = {
+    "data": "data", "model": "model", "process": "process", "prediction": "prediction",
+    "weighting": "weighting", "timesteps": "timesteps", "steps": "steps", "batch_size": "batch_size",
+    "grad_accum": "grad_accum", "lr": "lr", "lr_schedule": "lr_schedule", "warmup": "warmup_steps",
+    "min_lr": "min_lr", "weight_decay": "weight_decay", "ema": "ema_decay",
+    "label_dropout": "label_dropout", "mixed_precision": "mixed_precision", "seed": "seed",
+    "device": "device", "threads": "num_threads", "log_every": "log_every",
+    "checkpoint_every": "checkpoint_every", "sample_every": "sample_every",
+    "sample_num": "sample_num", "sample_steps": "sample_steps", "sample_sampler": "sample_sampler",
+}
+
+#: torch threads ``scorekit train`` and ``sample`` use unless --threads says otherwise (measured:
+#: on a busy 2-core machine one thread runs the small U-Nets many times faster than two)
+DEFAULT_TRAIN_THREADS = 1
+
+
+def _add_train(commands) -> None:
+    from .losses import WEIGHTINGS
+    from .models import PRESETS
+    from .prediction import PREDICTION_TYPES
+    from .processes import BETA_SCHEDULES
+    from .samplers import SAMPLERS
+    from .train.trainer import (DEFAULT_DDPM_SCHEDULE, LR_SCHEDULES, MIXED_PRECISION, PROCESS_NAMES,
+                                TIMESTEP_SAMPLERS, TrainConfig)
+
+    d = TrainConfig()
+
+    def dflt(value) -> str:
+        return f" (default: {value})"
+
+    p = commands.add_parser(
+        "train", formatter_class=_Formatter,
+        help="train a diffusion model on a dataset; write checkpoints, metrics, loss curve and samples",
+        description=textwrap.dedent(f"""\
+            Train a denoising network (U-Net for images, MLP for 2-D points) with AdamW, a
+            learning-rate warm-up, gradient clipping and an exponential moving average (EMA) of the
+            weights. Everything is reproducible from --seed, and --resume continues a stopped run
+            exactly as if it had never stopped.
+
+            Data (--data): digits (scikit-learn's 8x8 digits, built in), the 2-D sets swiss_roll,
+            moons, checkerboard, eight_gaussians, multiscale_2d, or mnist:PATH (IDX files),
+            folder:PATH (an image folder or .tar.gz), npz:PATH (arrays x [, y]). Labelled data train a
+            class-conditional network; --label-dropout of the labels (default 0.1) also trains it
+            without labels, for classifier-free guidance.
+
+            Writes into --out:
+              config.json                  everything to rebuild model, process, loss and data
+              metrics.jsonl                step, loss, lr, grad_norm, images/s, seconds per line
+              loss.png                     the loss curve (raw and smoothed) with the learning rate
+              samples/step-NNNNNNN.png     samples from the EMA weights (fixed noise, DDIM)
+              checkpoints/step-NNNNNNN/    model, EMA and trainer state (safetensors + JSON)
+              latest                       the name of the newest complete checkpoint"""),
+        epilog=textwrap.dedent(f"""\
+            examples:
+              {PROG} train --data digits --out runs/digits
+              {PROG} train --data digits --model tiny --prediction v --schedule cosine \\
+                  --steps 3000 --batch-size 64 --lr 2e-3 --sample-every 500 --out runs/digits
+              {PROG} train --data mnist:../shared/data/mnist-test --data-option pad_to=32 \\
+                  --model small --prediction v --out runs/mnist
+              {PROG} train --data eight_gaussians --steps 2000 --batch-size 256 --out runs/8g
+              {PROG} train --out runs/digits --resume --steps 6000    continue, for longer
+            """))
+    g = p.add_argument_group("data and model")
+    g.add_argument("--data", metavar="SPEC", help="dataset name or KIND:PATH" + dflt(d.data))
+    g.add_argument("--data-option", metavar="KEY=VALUE", action="append", type=_key_value,
+                   help="a dataset option, e.g. pad_to=32, stop=8000, size=16, channels=3 (repeatable)")
+    g.add_argument("--flip", action="store_true", default=None,
+                   help="augment images by random horizontal flips (not for digits!)")
+    g.add_argument("--model", metavar="PRESET", choices=["auto", *PRESETS],
+                   help=f"network preset: auto, {', '.join(PRESETS)}; auto is tiny for images and mlp "
+                        f"for points" + dflt(d.model))
+    g.add_argument("--model-option", metavar="KEY=VALUE", action="append", type=_key_value,
+                   help="override a preset setting, e.g. base_channels=32, dropout=0.1 (repeatable)")
+    g = p.add_argument_group("diffusion")
+    g.add_argument("--process", choices=list(PROCESS_NAMES),
+                   help="forward process: discrete DDPM, continuous VP / sub-VP / VE SDEs, EDM, or the "
+                        "simple x_t = x_0 + sqrt(t) eps" + dflt(d.process))
+    g.add_argument("--schedule", choices=list(BETA_SCHEDULES),
+                   help=f"DDPM beta schedule (default: {DEFAULT_DDPM_SCHEDULE})")
+    g.add_argument("--diffusion-steps", metavar="T", type=_int_in(1, 100000, "--diffusion-steps"),
+                   help="number of DDPM / simple_ve steps T (default: 1000)")
+    g.add_argument("--process-option", metavar="KEY=VALUE", action="append", type=_key_value,
+                   help="another process setting, e.g. beta_max=20 or sigma_max=80 (repeatable)")
+    g.add_argument("--prediction", choices=list(PREDICTION_TYPES),
+                   help="what the network predicts" + dflt(d.prediction))
+    g.add_argument("--weighting", choices=list(WEIGHTINGS), help="loss weighting" + dflt(d.weighting))
+    g.add_argument("--min-snr-gamma", metavar="G", type=_positive_float("--min-snr-gamma"),
+                   help="gamma of --weighting min_snr (default: 5)")
+    g.add_argument("--timesteps", choices=list(TIMESTEP_SAMPLERS),
+                   help="how training times are drawn" + dflt(d.timesteps))
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", metavar="N", type=_int_in(1, _BIG, "--steps"),
+                   help="optimiser steps" + dflt(d.steps))
+    g.add_argument("--batch-size", metavar="B", type=_int_in(1, _BIG, "--batch-size"),
+                   help="samples per optimiser step" + dflt(d.batch_size))
+    g.add_argument("--grad-accum", metavar="A", type=_int_in(1, 4096, "--grad-accum"),
+                   help="split each batch into A micro-batches (gradient accumulation)" + dflt(d.grad_accum))
+    g.add_argument("--lr", metavar="LR", type=_positive_float("--lr"), help="peak learning rate" + dflt(d.lr))
+    g.add_argument("--lr-schedule", choices=list(LR_SCHEDULES),
+                   help="after the warm-up: constant, or cosine decay to --min-lr" + dflt(d.lr_schedule))
+    g.add_argument("--warmup", metavar="N", type=_int_in(0, _BIG, "--warmup"),
+                   help="linear learning-rate warm-up steps" + dflt(d.warmup_steps))
+    g.add_argument("--min-lr", metavar="LR", type=_positive_float("--min-lr", allow_zero=True),
+                   help="final learning rate of the cosine schedule" + dflt(d.min_lr))
+    g.add_argument("--weight-decay", metavar="W", type=_positive_float("--weight-decay", allow_zero=True),
+                   help="AdamW weight decay" + dflt(d.weight_decay))
+    g.add_argument("--grad-clip", metavar="NORM", type=_positive_float("--grad-clip", allow_zero=True),
+                   help=f"clip the gradient norm (0: no clipping)" + dflt(d.grad_clip))
+    g.add_argument("--ema", metavar="DECAY", type=_unit_interval("--ema"),
+                   help="EMA decay of the weights, with warm-up min(DECAY, (1+k)/(10+k))" + dflt(d.ema_decay))
+    g.add_argument("--no-ema-warmup", action="store_true", default=None,
+                   help="use the EMA decay from the first step")
+    g.add_argument("--label-dropout", metavar="P", type=_unit_interval("--label-dropout"),
+                   help="probability of training a labelled sample without its label (default: 0.1 "
+                        "for labelled data)")
+    g.add_argument("--mixed-precision", choices=list(MIXED_PRECISION),
+                   help="bf16 autocast (CPU or GPU) or fp16 (GPU)" + dflt(d.mixed_precision))
+    g = p.add_argument_group("machine and outputs")
+    g.add_argument("--out", metavar="DIR", required=True, help="the run folder (created)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest checkpoint (options given again "
+                        "must agree, except --steps, the learning-rate options and the outputs)")
+    g.add_argument("--seed", metavar="S", type=_int_in(0, 2 ** 63 - 1, "--seed"),
+                   help="seed of every random draw" + dflt(d.seed))
+    g.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N" + dflt(d.device))
+    g.add_argument("--threads", metavar="N", type=_int_in(1, 1024, "--threads"),
+                   help=f"torch CPU threads (default: {DEFAULT_TRAIN_THREADS}; on a busy machine more "
+                        f"threads can be much slower)")
+    g.add_argument("--log-every", metavar="N", type=_int_in(1, _BIG, "--log-every"),
+                   help="steps per metrics line" + dflt(d.log_every))
+    g.add_argument("--checkpoint-every", metavar="N", type=_int_in(1, _BIG, "--checkpoint-every"),
+                   help="steps between checkpoints (one is always saved at the end)" + dflt(d.checkpoint_every))
+    g.add_argument("--keep", metavar="K", type=_int_in(0, _BIG, "--keep"),
+                   help=f"keep the newest K checkpoints, 0 for all" + dflt(d.keep_checkpoints))
+    g.add_argument("--sample-every", metavar="N", type=_int_in(0, _BIG, "--sample-every"),
+                   help="steps between sample grids (0: only at the end)" + dflt(d.sample_every))
+    g.add_argument("--sample-num", metavar="N", type=_int_in(1, 100000, "--sample-num"),
+                   help="samples per grid (default: 64 images or 2000 points)")
+    g.add_argument("--sample-steps", metavar="N", type=_int_in(1, 100000, "--sample-steps"),
+                   help="sampler steps for the grids" + dflt(d.sample_steps))
+    g.add_argument("--sample-sampler", choices=list(SAMPLERS),
+                   help="sampler for the grids" + dflt(d.sample_sampler))
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(handler=_cmd_train)
+
+
+def _train_config(args: argparse.Namespace):
+    """The TrainConfig the command line asks for: the run's own settings when resuming, the
+    defaults otherwise, with every option given on the command line applied."""
+    import dataclasses
+
+    from .train.checkpoint import read_config
+    from .train.trainer import TrainConfig
+
+    base = TrainConfig(num_threads=DEFAULT_TRAIN_THREADS)
+    run_config = os.path.join(args.out, "config.json")
+    if args.resume and os.path.isfile(run_config):
+        base = TrainConfig.from_dict(read_config(args.out).get("train", {}), run_config)
+    changes = {field: getattr(args, dest) for dest, field in _TRAIN_FIELDS.items()
+               if getattr(args, dest) is not None}
+    if args.grad_clip is not None:
+        changes["grad_clip"] = args.grad_clip or None
+    if args.keep is not None:
+        changes["keep_checkpoints"] = args.keep or None
+    if args.no_ema_warmup:
+        changes["ema_warmup"] = False
+    data_options = dict(base.data_options) if "data" not in changes else {}
+    data_options.update(dict(args.data_option or []))
+    if args.flip:
+        data_options["flip"] = True
+    model_options = dict(base.model_options)
+    model_options.update(dict(args.model_option or []))
+    process_options = dict(base.process_options) if "process" not in changes else {}
+    process_options.update(dict(args.process_option or []))
+    if args.schedule is not None:
+        process_options["schedule"] = args.schedule
+    if args.diffusion_steps is not None:
+        process_options["num_steps"] = args.diffusion_steps
+    weighting_options = dict(base.weighting_options)
+    if args.min_snr_gamma is not None:
+        weighting_options["min_snr_gamma"] = args.min_snr_gamma
+    changes.update(data_options=data_options, model_options=model_options,
+                   process_options=process_options, weighting_options=weighting_options)
+    return dataclasses.replace(base, **changes)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ScorekitError(f"--out {args.out!r} is an existing file; give a folder (new, or a run "
+                            f"to --resume)")
+    config = _train_config(args)
+    progress = not args.no_progress
+
+    def log(line: str) -> None:
+        print(f"{PROG} train: {line}", file=sys.stderr, flush=True)
+
+    try:
+        result = train(config, args.out, resume=args.resume, progress=progress, log=log)
+    except OSError as err:
+        raise ScorekitError(f"cannot write the run folder {args.out!r}: "
+                            f"{err.strerror or err} ({err.filename or args.out})") from None
+    print(f"trained to step {result.step} in {result.seconds:.1f} s "
+          f"({result.images_per_second:.1f} samples/s); last logged loss {result.loss:.4g}")
+    print("wrote:")
+    for path in (result.checkpoint, *result.files.values()):
+        if path:
+            print(f"  {path}")
+    return 0
+
+
+# --- sample ------------------------------------------------------------------------------------
+
+def _sampler_option_flags() -> dict:
+    """Every option of every sampler: ``{name: (type, {sampler names})}``."""
+    from .samplers import SAMPLERS
+    from .sampling import sampler_options
+
+    flags = {}
+    for sampler in SAMPLERS:
+        for name, default in sampler_options(sampler).items():
+            kind = type(default) if default is not None else str
+            flags.setdefault(name, (kind, set()))[1].add(sampler)
+    return flags
+
+
+def _add_sample(commands) -> None:
+    from .samplers import SAMPLERS
+    from .timesteps import CONTINUOUS_SPACINGS, DISCRETE_SPACINGS
+
+    p = commands.add_parser(
+        "sample", formatter_class=_Formatter,
+        help="sample a trained model: write a PNG grid (or scatter plot) and an .npz of the samples",
+        description=textwrap.dedent("""\
+            Draw samples from a run folder (its newest checkpoint) or a checkpoint folder, with any
+            sampler, from the EMA weights by default. Writes --out (a PNG: an image grid, or a
+            scatter plot for 2-D points) and the samples themselves beside it as .npz (x: float32
+            samples in the data's scale, y: the class labels for a class-conditional model).
+            Prints the time taken and the number of network evaluations (NFE) per sample.
+
+            Class-conditional models sample the classes in turn (0, 1, ..., one column each) unless
+            --class names one. The noise comes from --seed; a deterministic sampler (DDIM with
+            eta 0) gives the same samples whatever the --batch-size."""),
+        epilog=textwrap.dedent(f"""\
+            examples:
+              {PROG} sample runs/digits --out digits.png
+              {PROG} sample runs/digits --sampler ddpm --steps 100 --variance large --out ddpm.png
+              {PROG} sample runs/digits/checkpoints/step-0001000 --no-ema --num 100 --out raw.png
+              {PROG} sample runs/8g --sampler ddim --eta 1 --num 5000 --out points.png
+            """))
+    p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint folder")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="the sampler")
+    p.add_argument("--steps", metavar="N", type=_int_in(1, 100000, "--steps"), default=50,
+                   help="sampler steps (network evaluations for DDIM and DDPM)")
+    p.add_argument("--spacing", choices=sorted(set(DISCRETE_SPACINGS) | set(CONTINUOUS_SPACINGS)),
+                   help="how the steps are spaced (default: trailing for DDPM, uniform otherwise)")
+    for name, (kind, samplers) in sorted(_sampler_option_flags().items()):
+        p.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", metavar=name.upper(),
+                       type=float if kind in (int, float) else str, default=None,
+                       help=f"option of the {', '.join(sorted(samplers))} sampler (see its documentation)")
+    p.add_argument("--clip", metavar="X", type=_positive_float("--clip"),
+                   help="clamp the predicted x_0 to [-X, X] at every step (e.g. 1 for images)")
+    p.add_argument("--num", metavar="N", type=_int_in(1, 1000000, "--num"), default=64,
+                   help="number of samples")
+    p.add_argument("--class", dest="label", metavar="K", type=_int_in(0, _BIG, "--class"),
+                   help="class label for a class-conditional model (default: all classes in turn)")
+    p.add_argument("--unconditional", action="store_true",
+                   help="sample a class-conditional model without labels (it learnt this through "
+                        "label dropout)")
+    p.add_argument("--seed", metavar="S", type=_int_in(0, 2 ** 63 - 1, "--seed"), default=0,
+                   help="seed of the noise")
+    p.add_argument("--batch-size", metavar="B", type=_int_in(1, 1000000, "--batch-size"), default=256,
+                   help="samples per network call")
+    p.add_argument("--out", metavar="FILE.png", default="samples.png",
+                   help="the image to write; the samples go to the same name with .npz")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", metavar="DEV", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", metavar="N", type=_int_in(1, 1024, "--threads"),
+                   default=DEFAULT_TRAIN_THREADS,
+                   help="torch CPU threads (on a busy machine more threads can be much slower)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(handler=_cmd_sample)
+
+
+class _Counted:
+    """Counts the calls of a model (one call evaluates the network on a whole batch)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.calls = 0
+
+    def __call__(self, x_t, t):
+        self.calls += 1
+        return self.model(x_t, t)
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+    import torch
+
+    from .plotting import atomic_path
+    from .sampling import sample, sampler_options
+    from .train.checkpoint import checkpoint_denoiser, load_checkpoint
+    from .train.distributed import resolve_device
+    from .train.trainer import write_samples
+
+    out = args.out
+    if not out.lower().endswith(".png"):
+        raise ScorekitError(f"--out {out!r} must name a .png file (the samples go beside it as .npz)")
+    if os.path.isdir(out):
+        raise ScorekitError(f"--out {out!r} is a folder; give a file name ending in .png")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise ScorekitError(f"the folder of --out {out!r} does not exist; create it first")
+    options = {name: getattr(args, f"opt_{name}") for name in _sampler_option_flags()
+               if getattr(args, f"opt_{name}") is not None}
+    allowed = sampler_options(args.sampler)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        flags = ", ".join("--" + u.replace("_", "-") for u in unknown)
+        raise ScorekitError(f"sampler {args.sampler!r} has no option {flags}; its options are: "
+                            f"{', '.join('--' + a.replace('_', '-') for a in allowed) or 'none'}")
+    for name, value in list(options.items()):
+        default = allowed[name]
+        if isinstance(default, int) and not isinstance(default, bool) and float(value).is_integer():
+            options[name] = int(value)
+    device = resolve_device(args.device)
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        ckpt = load_checkpoint(args.checkpoint, device=device)
+        num_classes = ckpt.num_classes
+        if args.unconditional and args.label is not None:
+            raise ScorekitError("give either --class or --unconditional, not both")
+        if args.unconditional:
+            if num_classes is None:
+                raise ScorekitError("--unconditional: this model was trained without labels; it is "
+                                    "unconditional already")
+            labels = None
+        elif args.label is not None:
+            if num_classes is None:
+                raise ScorekitError(f"--class {args.label}: this model was trained without labels")
+            if args.label >= num_classes:
+                raise ScorekitError(f"--class {args.label} is outside 0..{num_classes - 1} (the model "
+                                    f"has {num_classes} classes)")
+            labels = torch.full((args.num,), args.label, dtype=torch.long)
+        elif num_classes is not None:
+            labels = torch.arange(args.num) % num_classes
+        else:
+            labels = None
+        shape = (args.num, *ckpt.sample_shape)
+        x_T = ckpt.process.prior_sample(shape, generator=torch.Generator().manual_seed(args.seed))
+        noise = torch.Generator(device=device).manual_seed(args.seed + 1)
+        if ckpt.process.discrete and args.steps > ckpt.process.num_steps:
+            raise ScorekitError(f"--steps {args.steps} is more than the model's {ckpt.process.num_steps} "
+                                f"diffusion steps")
+        parts, nfe_calls, batches = [], 0, 0
+        start = time.perf_counter()
+        for lo in range(0, args.num, args.batch_size):
+            hi = min(lo + args.batch_size, args.num)
+            y = None if labels is None else labels[lo:hi].to(device)
+            d = checkpoint_denoiser(ckpt, ema=not args.no_ema, y=y)
+            model = _Counted(d.model)
+            x = sample(model, x_T[lo:hi].to(device), process=ckpt.process,
+                       prediction_type=ckpt.prediction_type, sampler=args.sampler,
+                       num_steps=args.steps, spacing=args.spacing, generator=noise, clip=args.clip,
+                       progress=not args.no_progress, **options)
+            parts.append(x.cpu())
+            nfe_calls += model.calls
+            batches += 1
+        seconds = time.perf_counter() - start
+        x0 = torch.cat(parts)
+    finally:
+        torch.set_num_threads(threads_before)
+    if not torch.isfinite(x0).all():
+        bad = int((~torch.isfinite(x0.reshape(x0.shape[0], -1)).all(1)).sum())
+        print(f"{PROG} sample: warning: {bad} of {args.num} samples hold NaN or Inf values",
+              file=sys.stderr)
+    npz = os.path.splitext(out)[0] + ".npz"
+    data = None
+    if len(ckpt.sample_shape) == 1:                       # points: draw the data beside them
+        try:
+            from .data import dataset_from_config
+
+            data = dataset_from_config(ckpt.data_config).x if ckpt.data_config else None
+        except ScorekitError:
+            data = None
+    title = f"{args.sampler}, {args.steps} steps, {'raw' if args.no_ema else 'EMA'} weights, step {ckpt.step}"
+    try:
+        arrays = {"x": x0.numpy().astype(np.float32)}
+        if labels is not None:
+            arrays["y"] = labels.numpy()
+        with atomic_path(npz) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+        try:
+            write_samples(x0, out, data=data, title=title,
+                          nrow=num_classes if labels is not None and args.label is None else None)
+        except BaseException:
+            os.remove(npz)
+            raise
+    except OSError as err:
+        raise ScorekitError(f"cannot write {out!r}: {err.strerror or err}") from None
+    nfe = nfe_calls / max(batches, 1)
+    print(f"sampled {args.num} in {seconds:.2f} s with {args.sampler} ({args.steps} steps, "
+          f"NFE {nfe:g} per sample) from step {ckpt.step} of {ckpt.path}")
+    print("wrote:")
+    print(f"  {out}")
+    print(f"  {npz}")
+    return 0
+
+
+# --- info --------------------------------------------------------------------------------------
+
+def _add_info(commands) -> None:
+    p = commands.add_parser(
+        "info", formatter_class=_Formatter,
+        help="describe a run or checkpoint: model, process, data, step, EMA, files",
+        description=textwrap.dedent("""\
+            Print what a run folder (its newest checkpoint) or a checkpoint folder holds: the
+            network (kind, preset, parameters), the forward process, the prediction type and loss,
+            the data, the step, the EMA, the last logged loss and the sizes of the files. Loading
+            checks the files: a corrupt configuration or weights that do not fit it are reported."""),
+        epilog=textwrap.dedent(f"""\
+            examples:
+              {PROG} info runs/digits
+              {PROG} info runs/digits/checkpoints/step-0001000
+            """))
+    p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint folder")
+    p.set_defaults(handler=_cmd_info)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .models import count_parameters
+    from .train.checkpoint import is_run_dir, list_checkpoints, load_checkpoint
+    from .train.logging import read_metrics
+
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = ckpt.config
+    model = cfg["model"]
+    train = cfg.get("train", {})
+    preset = cfg.get("model_preset") or train.get("model")
+    details = ", ".join(f"{k} {v}" for k, v in model.items()
+                        if k in ("in_channels", "dim", "base_channels", "channel_mults", "hidden",
+                                 "depth", "num_classes") and v is not None)
+    lines = [("checkpoint", f"{ckpt.path} (step {ckpt.step})")]
+    run = os.path.dirname(os.path.dirname(os.path.abspath(ckpt.path)))
+    if is_run_dir(run):
+        steps = [s for s, _ in list_checkpoints(run)]
+        lines.append(("run", f"{run}: {len(steps)} checkpoint(s) at step{'s' if len(steps) > 1 else ''} "
+                              f"{', '.join(map(str, steps))}"))
+    lines += [
+        ("model", f"{model['kind']}" + (f" preset {preset}" if preset else "")
+         + f", {count_parameters(ckpt.net):,} parameters ({details})"),
+        ("process", repr(ckpt.process)),
+        ("prediction", ckpt.prediction_type),
+    ]
+    loss = cfg.get("loss", {})
+    if loss:
+        opts = ", ".join(f"{k}={v}" for k, v in loss.get("options", {}).items())
+        lines.append(("loss", f"{loss.get('weighting')} weighting{f' ({opts})' if opts else ''}, "
+                              f"{loss.get('timesteps')} timesteps"))
+    data = ckpt.data_config or {}
+    size = ckpt.trainer.get("data", {}).get("size")
+    data_text = data.get("spec", "?")
+    opts = ", ".join(f"{k}={v}" for k, v in data.items() if k != "spec")
+    if opts:
+        data_text += f" ({opts})"
+    data_text += f": {size if size is not None else '?'} samples of shape {tuple(ckpt.sample_shape)}"
+    if ckpt.num_classes is not None:
+        data_text += f", {ckpt.num_classes} classes, label dropout {cfg.get('label_dropout')}"
+    lines.append(("data", data_text))
+    total = train.get("steps")
+    lines.append(("step", f"{ckpt.step}" + (f" of {total}" if total else "")
+                  + (f", batch size {train.get('batch_size')}" if train.get("batch_size") else "")
+                  + (f", lr {train.get('lr')} ({train.get('lr_schedule')}, warm-up "
+                     f"{train.get('warmup_steps')})" if train.get("lr") else "")))
+    ema = ckpt.trainer.get("ema", cfg.get("ema", {}))
+    if ema:
+        lines.append(("EMA", f"decay {ema.get('decay')}{' with warm-up' if ema.get('warmup') else ''}"
+                             + (f", {ema['num_updates']} updates" if "num_updates" in ema else "")))
+    if is_run_dir(run):
+        rows = [r for r in read_metrics(os.path.join(run, "metrics.jsonl")) if r["step"] <= ckpt.step]
+        if rows:
+            r = rows[-1]
+            lines.append(("last loss", f"{r['loss']:.4g} at step {r['step']} "
+                                       f"({r.get('seconds', 0):.0f} s of training, "
+                                       f"{r.get('images_per_second', 0):.0f} samples/s)"))
+    files = []
+    for name in sorted(os.listdir(ckpt.path)):
+        path = os.path.join(ckpt.path, name)
+        if os.path.isfile(path):
+            files.append(f"{name} {_size(os.path.getsize(path))}")
+    lines.append(("files", ", ".join(files)))
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        print(f"{key + ':':<{width + 1}} {value}")
     return 0
 
 
@@ -186,6 +748,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
         return 130
+    except BrokenPipeError:                            # e.g. `scorekit info RUN | head -1`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())          # no second error when Python flushes stdout
+        return 1
 
 
 if __name__ == "__main__":

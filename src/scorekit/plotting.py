@@ -352,7 +352,12 @@ def loss_curve(steps, losses, path, *, lr=None, title: str | None = None,
         raise ScorekitError("loss_curve: no finite loss values to plot")
     if smoothing is None:                          # about 2 % of the run, at least a few points
         smoothing = float(np.clip(1 - 1 / max(3.0, 0.02 * s.size), 0.0, 0.995))
-    fig = _new_figure((7.0, 4.0))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.0))                # fixed margins: much faster than a layout engine
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.1, right=0.87 if lr is not None else 0.97, bottom=0.12, top=0.91)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(s, y, color=SAMPLE_COLOR, alpha=0.25, linewidth=0.8, label="loss")
     ax.plot(s, smooth(y, smoothing), color=SAMPLE_COLOR, linewidth=1.8, label="smoothed")
@@ -373,8 +378,8 @@ def loss_curve(steps, losses, path, *, lr=None, title: str | None = None,
         handles.append(line)
         labels.append("learning rate")
     ax.legend(handles, labels, loc="upper right", fontsize=8)
-    ax.set_title(title or f"training loss (last {s[-1]:.0f} steps: "
-                          f"{smooth(y, smoothing)[-1]:.4g} smoothed)", fontsize=10)
+    ax.set_title(title or f"training loss: {smooth(y, smoothing)[-1]:.4g} (smoothed) at step "
+                          f"{s[-1]:.0f}", fontsize=10)
     return save_figure(fig, path, dpi=dpi)
 
 

@@ -14,6 +14,7 @@ from .distribution import (
     within_mode_spread,
     within_mode_swd,
 )
+from .frechet import feature_statistics, frechet_distance, frechet_distance_from_features
 
 __all__ = [
     "sliced_wasserstein", "swd_noise_floor", "random_directions",

@@ -1,0 +1,521 @@
+"""Checkpoints: safetensors + JSON folders, written atomically, loaded with every check.
+
+A run folder holds::
+
+    config.json                          everything to rebuild model, process, loss and data
+    metrics.jsonl                        one line of training metrics per logged step
+    checkpoints/step-0000500/            one folder per checkpoint:
+        config.json                        the run's config.json
+        model.safetensors                  the trained weights
+        ema.safetensors                    the moving average of the weights (sample from these)
+        trainer.safetensors                optimiser tensors, random-generator states, data order
+        trainer.json                       step, data epoch and position, optimiser settings, versions
+    latest                               the name of the newest complete checkpoint
+
+Nothing is pickled: tensors are stored with ``safetensors`` and everything else as JSON, so
+loading a checkpoint from anywhere runs no code from it.
+
+Atomic saving (:func:`save_checkpoint`): the checkpoint is written into a hidden temporary folder
+beside its final place, every file and the folder are flushed to disk (``fsync``), the folder is
+renamed into place (``os.rename``, atomic on POSIX), and only then is ``latest`` replaced (a
+temporary file + ``os.replace``). A process killed at any moment therefore leaves either the
+previous ``latest`` or the new one, each naming a complete checkpoint; half-written folders keep
+their hidden temporary names, are never taken for checkpoints and are removed by the next save.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import ScorekitError
+
+CHECKPOINTS_DIR = "checkpoints"
+LATEST_FILE = "latest"
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+TRAINER_TENSORS_FILE = "trainer.safetensors"
+TRAINER_JSON_FILE = "trainer.json"
+CHECKPOINT_FILES = (CONFIG_FILE, MODEL_FILE, EMA_FILE, TRAINER_TENSORS_FILE, TRAINER_JSON_FILE)
+CONFIG_FORMAT = "scorekit.run"
+
+_STEP_DIR = re.compile(r"^step-(\d{7,})$")
+
+
+def checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint after ``step`` optimiser steps: ``step-0000500``."""
+    return f"step-{int(step):07d}"
+
+
+# --- low-level file helpers -----------------------------------------------------------------------
+
+def fsync_path(path: str) -> None:
+    """Flush a file or folder to disk (a no-op where folders cannot be opened, e.g. Windows)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else os.O_RDONLY
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json(path: str, data) -> None:
+    """Write ``data`` as indented JSON and flush it to disk (not atomic; see :func:`write_latest`)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=False, allow_nan=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_json(path: str, what: str):
+    """Parse a JSON file; a missing or corrupt file raises :class:`ScorekitError` naming it."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise ScorekitError(f"{what} {path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ScorekitError(f"{what} {path} is corrupt (not valid JSON: {err}); restore it or use "
+                            f"another checkpoint") from None
+    except OSError as err:
+        raise ScorekitError(f"cannot read {what} {path}: {err.strerror or err}") from None
+
+
+def save_tensors(tensors: dict, path: str, metadata: dict | None = None) -> None:
+    """Write tensors with safetensors (contiguous CPU copies) and flush the file to disk."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    save_file(flat, path, metadata={k: str(v) for k, v in (metadata or {}).items()})
+    fsync_path(path)
+
+
+def load_tensors(path: str, what: str) -> dict:
+    """Read a safetensors file (no code is run); errors name the file."""
+    from safetensors.torch import load_file
+
+    if not os.path.isfile(path):
+        raise ScorekitError(f"{what} {path} is missing; the checkpoint is incomplete")
+    try:
+        return load_file(path, device="cpu")
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise ScorekitError(f"{what} {path} cannot be read ({type(err).__name__}: "
+                            f"{' '.join(str(err).split())}); the file is corrupt or not a "
+                            f"safetensors file") from None
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+def _trash(path: str) -> None:
+    """Remove a folder safely: rename it to a hidden name first (atomic), then delete it."""
+    parent, name = os.path.split(path)
+    hidden = os.path.join(parent, f".trash-{name}-{os.getpid()}")
+    with contextlib.suppress(OSError):
+        os.rename(path, hidden)
+        shutil.rmtree(hidden, ignore_errors=True)
+
+
+def clean_partial(run_dir: str) -> list[str]:
+    """Delete hidden temporary folders left by interrupted saves; returns their names."""
+    folder = os.path.join(run_dir, CHECKPOINTS_DIR)
+    removed = []
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.startswith((".tmp-", ".trash-", ".old-")):
+                shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+                removed.append(name)
+    return removed
+
+
+def write_latest(run_dir: str, name: str) -> None:
+    """Point ``run_dir/latest`` at ``checkpoints/<name>`` atomically (temp file + os.replace)."""
+    target = os.path.join(run_dir, LATEST_FILE)
+    tmp = os.path.join(run_dir, f".{LATEST_FILE}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(f"{CHECKPOINTS_DIR}/{name}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    fsync_path(run_dir)
+
+
+def list_checkpoints(run_dir: str) -> list[tuple[int, str]]:
+    """``(step, folder)`` of every checkpoint folder in ``run_dir/checkpoints``, by step.
+
+    Only folders named ``step-NNNNNNN`` that hold all five files count; hidden temporary
+    folders of interrupted saves never do.
+    """
+    folder = os.path.join(run_dir, CHECKPOINTS_DIR)
+    found = []
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            m = _STEP_DIR.match(name)
+            path = os.path.join(folder, name)
+            if m and all(os.path.isfile(os.path.join(path, f)) for f in CHECKPOINT_FILES):
+                found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def save_checkpoint(run_dir: str, step: int, *, config: dict, model_state: dict, ema_state: dict,
+                    trainer_tensors: dict, trainer_info: dict, keep: int | None = None,
+                    metadata: dict | None = None) -> str:
+    """Write the checkpoint after ``step`` steps into ``run_dir/checkpoints/`` atomically.
+
+    Args:
+        run_dir: the run folder.
+        step: optimiser steps taken; the folder is ``checkpoints/step-NNNNNNN``.
+        config: the run's configuration (written as ``config.json``).
+        model_state, ema_state: ``state_dict`` of the network and of its moving average.
+        trainer_tensors: every other tensor needed to resume (optimiser, generator states).
+        trainer_info: JSON-serialisable resume information (step, data position, ...).
+        keep: keep only the newest ``keep`` checkpoints (``None``: keep all).
+        metadata: strings stored in the header of each safetensors file.
+
+    Returns the checkpoint folder. See the module docstring for why a kill at any moment is safe.
+    """
+    folder = os.path.join(run_dir, CHECKPOINTS_DIR)
+    os.makedirs(folder, exist_ok=True)
+    clean_partial(run_dir)
+    name = checkpoint_name(step)
+    final = os.path.join(folder, name)
+    tmp = os.path.join(folder, f".tmp-{name}-{os.getpid()}")
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    try:
+        write_json(os.path.join(tmp, CONFIG_FILE), config)
+        save_tensors(model_state, os.path.join(tmp, MODEL_FILE), metadata)
+        save_tensors(ema_state, os.path.join(tmp, EMA_FILE), metadata)
+        save_tensors(trainer_tensors, os.path.join(tmp, TRAINER_TENSORS_FILE), metadata)
+        write_json(os.path.join(tmp, TRAINER_JSON_FILE), trainer_info)
+        fsync_path(tmp)
+        if os.path.exists(final):                   # a checkpoint of an abandoned run past this step
+            old = os.path.join(folder, f".old-{name}-{os.getpid()}")
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        fsync_path(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_latest(run_dir, name)
+    if keep is not None:
+        if int(keep) < 1:
+            raise ScorekitError(f"keep must be at least 1 checkpoint, got {keep}")
+        for _, path in list_checkpoints(run_dir)[:-int(keep)]:
+            if os.path.abspath(path) != os.path.abspath(final):
+                _trash(path)
+    return final
+
+
+def remove_checkpoints_after(run_dir: str, step: int) -> list[str]:
+    """Delete checkpoints later than ``step`` (left by a run that is being resumed from ``step``)."""
+    removed = []
+    for s, path in list_checkpoints(run_dir):
+        if s > step:
+            _trash(path)
+            removed.append(path)
+    return removed
+
+
+# --- locating -------------------------------------------------------------------------------------
+
+def is_run_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, LATEST_FILE)) or \
+        os.path.isdir(os.path.join(path, CHECKPOINTS_DIR))
+
+
+def resolve_checkpoint(path) -> str:
+    """The checkpoint folder meant by ``path``: a checkpoint folder itself, or a run folder
+    (then the checkpoint ``latest`` names, or the newest complete one if ``latest`` is missing).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ScorekitError(f"{path!r} does not exist; give a run folder (the --out of scorekit "
+                            f"train) or one of its checkpoints/step-NNNNNNN folders")
+    if not os.path.isdir(path):
+        raise ScorekitError(f"{path!r} is a file; give a run folder (the --out of scorekit train) "
+                            f"or one of its checkpoints/step-NNNNNNN folders")
+    if os.path.isfile(os.path.join(path, CONFIG_FILE)) and \
+            os.path.isfile(os.path.join(path, MODEL_FILE)):
+        return path
+    if not is_run_dir(path):
+        raise ScorekitError(f"{path!r} is not a scorekit run or checkpoint folder (it has no "
+                            f"'{LATEST_FILE}' file, no '{CHECKPOINTS_DIR}' folder and no "
+                            f"{MODEL_FILE}); give the --out folder of scorekit train")
+    latest = os.path.join(path, LATEST_FILE)
+    if os.path.isfile(latest):
+        try:
+            with open(latest, encoding="utf-8") as fh:
+                rel = fh.read().strip()
+        except (OSError, UnicodeDecodeError):
+            rel = ""
+        target = os.path.normpath(os.path.join(path, rel)) if rel else ""
+        inside = os.path.abspath(target).startswith(os.path.abspath(os.path.join(path, CHECKPOINTS_DIR)))
+        if rel and inside and all(os.path.isfile(os.path.join(target, f)) for f in CHECKPOINT_FILES):
+            return target
+    found = list_checkpoints(path)
+    if not found:
+        raise ScorekitError(f"run folder {path!r} holds no complete checkpoint yet; train longer "
+                            f"(see --checkpoint-every) or give another folder")
+    return found[-1][1]
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The checkpoint folder a resumed run continues from, or ``None`` if there is none."""
+    if not os.path.isdir(run_dir) or not is_run_dir(run_dir):
+        return None
+    try:
+        return resolve_checkpoint(run_dir)
+    except ScorekitError:
+        return None
+
+
+# --- checking weights against a model ---------------------------------------------------------------
+
+def check_state_fits(net: nn.Module, state: dict, source: str) -> None:
+    """Raise :class:`ScorekitError` naming the first tensor of ``state`` that does not fit ``net``."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    hint = "the weights belong to another model than the one config.json describes"
+    if missing:
+        raise ScorekitError(f"{source} does not fit the model: tensor {missing[0]!r} is missing "
+                            f"({len(missing)} missing in all); {hint}")
+    if unexpected:
+        raise ScorekitError(f"{source} does not fit the model: it has tensor {unexpected[0]!r} that "
+                            f"the model lacks ({len(unexpected)} extra in all); {hint}")
+    for k, v in expected.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise ScorekitError(f"{source} does not fit the model: tensor {k!r} has shape "
+                                f"{tuple(state[k].shape)} in the file but {tuple(v.shape)} in the "
+                                f"model; {hint}")
+        if state[k].is_floating_point() != v.is_floating_point():
+            raise ScorekitError(f"{source} does not fit the model: tensor {k!r} has dtype "
+                                f"{state[k].dtype} in the file but {v.dtype} in the model; {hint}")
+        if state[k].is_floating_point() and not torch.isfinite(state[k]).all():
+            raise ScorekitError(f"{source}: tensor {k!r} holds NaN or Inf values; the checkpoint is "
+                                f"unusable, take an earlier one")
+
+
+# --- optimiser state <-> safetensors + JSON --------------------------------------------------------
+
+def flatten_optimizer_state(state_dict: dict, prefix: str = "optimizer") -> tuple[dict, dict]:
+    """Split an optimiser ``state_dict`` into tensors (for safetensors) and a JSON structure."""
+    tensors, per_param = {}, {}
+    for idx, slots in state_dict["state"].items():
+        entry = {}
+        for key, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}.state.{idx}.{key}"] = value
+                entry[key] = {"tensor": f"{prefix}.state.{idx}.{key}"}
+            else:
+                entry[key] = {"value": value}
+        per_param[str(idx)] = entry
+    groups = []
+    for group in state_dict["param_groups"]:
+        g = {}
+        for k, v in group.items():
+            g[k] = list(v) if isinstance(v, tuple) else v
+        g["_tuples"] = [k for k, v in group.items() if isinstance(v, tuple)]
+        groups.append(g)
+    return tensors, {"param_groups": groups, "state": per_param}
+
+
+def unflatten_optimizer_state(structure: dict, tensors: dict) -> dict:
+    """Inverse of :func:`flatten_optimizer_state`."""
+    state = {}
+    for idx, entry in structure["state"].items():
+        slots = {}
+        for key, where in entry.items():
+            if "tensor" in where:
+                if where["tensor"] not in tensors:
+                    raise ScorekitError(f"optimiser tensor {where['tensor']!r} is missing from "
+                                        f"{TRAINER_TENSORS_FILE}; the checkpoint is corrupt")
+                slots[key] = tensors[where["tensor"]]
+            else:
+                slots[key] = where["value"]
+        state[int(idx)] = slots
+    groups = []
+    for g in structure["param_groups"]:
+        g = dict(g)
+        tuples = g.pop("_tuples", [])
+        for k in tuples:
+            g[k] = tuple(g[k])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+# --- loading ----------------------------------------------------------------------------------------
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint.
+
+    Attributes:
+        path: the checkpoint folder.
+        config: the run configuration (``config.json``).
+        net: the trained network (eval mode).
+        ema_net: the network with the moving-average weights (eval mode); sample from this.
+        process: the forward process it was trained with.
+        prediction_type: ``"eps"``, ``"x0"``, ``"v"`` or ``"score"``.
+        step: optimiser steps taken.
+        data_config: the dataset configuration (``scorekit.data.dataset_from_config`` rebuilds it).
+        trainer: the contents of ``trainer.json``.
+    """
+
+    path: str
+    config: dict
+    net: nn.Module
+    ema_net: nn.Module
+    process: object
+    prediction_type: str
+    step: int
+    data_config: dict | None
+    trainer: dict = field(default_factory=dict)
+
+    @property
+    def model_config(self) -> dict:
+        return self.config["model"]
+
+    @property
+    def train_config(self) -> dict:
+        return self.config.get("train", {})
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.config["model"].get("num_classes")
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample, ``(C, H, W)`` or ``(D,)``."""
+        return tuple(self.config["sample_shape"])
+
+
+_REQUIRED = ("model", "process", "prediction_type", "sample_shape")
+
+
+def read_config(ckpt_dir: str) -> dict:
+    """``config.json`` of a checkpoint or run folder, checked for the required entries."""
+    path = os.path.join(ckpt_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise ScorekitError(f"{ckpt_dir!r} has no {CONFIG_FILE}; it is not a scorekit checkpoint")
+    config = read_json(path, "the run configuration")
+    if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
+        raise ScorekitError(f"{path} is not a scorekit run configuration (expected a JSON object with "
+                            f"\"format\": \"{CONFIG_FORMAT}\")")
+    missing = [k for k in _REQUIRED if k not in config]
+    if missing:
+        raise ScorekitError(f"{path} lacks the entr{'y' if len(missing) == 1 else 'ies'} "
+                            f"{', '.join(missing)}; the configuration is corrupt")
+    if not isinstance(config["model"], dict) or "kind" not in config["model"]:
+        raise ScorekitError(f"{path}: 'model' must be a model configuration with a 'kind'")
+    return config
+
+
+def build_from_config(config: dict, source: str = "config.json"):
+    """``(net, process)`` built from a run configuration (random initial weights)."""
+    from ..models import build_model
+    from ..processes import process_from_config
+
+    try:
+        net = build_model(dict(config["model"]))
+    except ScorekitError as err:
+        raise ScorekitError(f"{source}: cannot build the model: {err}") from None
+    except (TypeError, ValueError, KeyError) as err:
+        raise ScorekitError(f"{source}: cannot build the model ({type(err).__name__}: {err}); "
+                            f"the configuration is corrupt") from None
+    try:
+        process = process_from_config(dict(config["process"]))
+    except ScorekitError as err:
+        raise ScorekitError(f"{source}: {err}") from None
+    except (TypeError, ValueError, KeyError) as err:
+        raise ScorekitError(f"{source}: cannot build the process ({err})") from None
+    return net, process
+
+
+def load_checkpoint(path, *, device="cpu") -> Checkpoint:
+    """Load a checkpoint folder, or the newest checkpoint of a run folder.
+
+    Checks that ``config.json`` exists and parses, builds the model and process it describes,
+    and checks that every tensor of ``model.safetensors`` and ``ema.safetensors`` fits that model
+    (same names and shapes); anything wrong raises :class:`ScorekitError` naming the file and,
+    for weights, the mismatching tensor. No pickle is involved.
+    """
+    ckpt_dir = resolve_checkpoint(path)
+    config = read_config(ckpt_dir)
+    from ..prediction import PREDICTION_TYPES
+
+    if config["prediction_type"] not in PREDICTION_TYPES:
+        raise ScorekitError(f"{os.path.join(ckpt_dir, CONFIG_FILE)}: unknown prediction type "
+                            f"{config['prediction_type']!r}")
+    net, process = build_from_config(config, os.path.join(ckpt_dir, CONFIG_FILE))
+    ema_net, _ = build_from_config(config, os.path.join(ckpt_dir, CONFIG_FILE))
+    for module, fname in ((net, MODEL_FILE), (ema_net, EMA_FILE)):
+        file = os.path.join(ckpt_dir, fname)
+        state = load_tensors(file, "weights file")
+        check_state_fits(module, state, file)
+        module.load_state_dict(state)
+        module.to(device).eval()
+    trainer_path = os.path.join(ckpt_dir, TRAINER_JSON_FILE)
+    trainer = read_json(trainer_path, "trainer state") if os.path.isfile(trainer_path) else {}
+    step = int(trainer.get("step", config.get("step", 0))) if isinstance(trainer, dict) else 0
+    return Checkpoint(path=ckpt_dir, config=config, net=net, ema_net=ema_net, process=process,
+                      prediction_type=config["prediction_type"], step=step,
+                      data_config=config.get("data"), trainer=trainer if isinstance(trainer, dict) else {})
+
+
+class LabelledModel(nn.Module):
+    """``model(x_t, t) = net(x_t, t, y)`` with fixed labels ``y`` (what samplers call)."""
+
+    def __init__(self, net: nn.Module, y: torch.Tensor | None):
+        super().__init__()
+        self.net = net
+        self.y = y
+
+    def forward(self, x_t, t):
+        y = self.y
+        if y is not None and y.shape[0] != x_t.shape[0]:
+            raise ScorekitError(f"{y.shape[0]} labels for a batch of {x_t.shape[0]} samples")
+        return self.net(x_t, t, y)
+
+
+def checkpoint_denoiser(ckpt: Checkpoint, *, ema: bool = True, y: torch.Tensor | None = None):
+    """What :func:`scorekit.sample` needs, as a :class:`scorekit.prediction.Denoiser`.
+
+    ``denoiser.model`` (the network, the EMA copy by default, called as ``model(x_t, t)`` with
+    labels ``y`` if given), ``denoiser.process`` and ``denoiser.prediction_type``::
+
+        d = checkpoint_denoiser(load_checkpoint("runs/digits"))
+        x0 = scorekit.sample(d.model, x_T, process=d.process, prediction_type=d.prediction_type)
+    """
+    from ..prediction import Denoiser
+
+    net = ckpt.ema_net if ema else ckpt.net
+    return Denoiser(LabelledModel(net, y), ckpt.process, ckpt.prediction_type)
+
+
+__all__ = ["CHECKPOINT_FILES", "Checkpoint", "checkpoint_denoiser", "checkpoint_name",
+           "check_state_fits", "clean_partial", "flatten_optimizer_state", "latest_checkpoint",
+           "list_checkpoints", "load_checkpoint", "read_config", "remove_checkpoints_after",
+           "resolve_checkpoint", "save_checkpoint", "unflatten_optimizer_state", "write_latest"]

@@ -1,0 +1,303 @@
+"""``scorekit train / sample / info`` end to end through ``cli.main``, and every bad input: exit
+status 2, one line on standard error, no traceback, no partial files."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from scorekit.cli import main
+from scorekit.train import list_checkpoints, load_checkpoint, read_metrics
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+POINTS = ["--data", "moons", "--data-option", "n=256", "--model-option", "hidden=32",
+          "--model-option", "depth=1", "--batch-size", "16", "--checkpoint-every", "3",
+          "--log-every", "1", "--sample-num", "50", "--sample-steps", "4", "--no-progress"]
+IMAGES = ["--data", "digits", "--data-option", "stop=64", "--model", "tiny", "--model-option",
+          "base_channels=8", "--model-option", "groups=4", "--prediction", "v", "--schedule",
+          "cosine", "--batch-size", "8", "--sample-num", "10", "--sample-steps", "3", "--no-progress"]
+
+
+def run_main(capsys, argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("scorekit: error: ") and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def listing(folder):
+    return sorted(os.listdir(folder))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A 2-D run (6 steps) and an image run (4 steps) trained through the command line."""
+    root = tmp_path_factory.mktemp("cli")
+    capture = pytest.MonkeyPatch()
+    import io
+    import sys
+
+    results = {}
+    for name, argv in (("points", POINTS + ["--steps", "6"]), ("images", IMAGES + ["--steps", "4"])):
+        out, err = io.StringIO(), io.StringIO()
+        capture.setattr(sys, "stdout", out)
+        capture.setattr(sys, "stderr", err)
+        try:
+            code = main(["train", *argv, "--out", str(root / name)])
+        finally:
+            capture.undo()
+        results[name] = {"code": code, "run": str(root / name), "stdout": out.getvalue(),
+                         "stderr": err.getvalue()}
+    results["root"] = root
+    return results
+
+
+# --- help ------------------------------------------------------------------------------------------
+
+def test_help_lists_every_command(capsys):
+    code, out, _ = run_main(capsys, ["--help"])
+    assert code == 0
+    for command in ("demo", "train", "sample", "info"):
+        assert f"\n    {command} " in out
+    assert "scorekit train --data digits" in out
+
+
+@pytest.mark.parametrize("command, needles", [
+    ("train", ["--data", "--model", "--process", "--prediction", "--weighting", "--steps",
+               "--batch-size", "--lr", "--ema", "--out", "--resume", "--seed", "--device",
+               "--sample-every", "--checkpoint-every", "--threads", "--grad-accum", "--grad-clip",
+               "--mixed-precision", "--label-dropout", "examples:", "metrics.jsonl", "loss.png"]),
+    ("sample", ["RUN_OR_CKPT", "--sampler", "--eta", "--variance", "--steps", "--num", "--seed",
+                "--batch-size", "--out", "--no-ema", "examples:", ".npz", "NFE"]),
+    ("info", ["RUN_OR_CKPT", "examples:"]),
+])
+def test_command_help(capsys, command, needles):
+    code, out, _ = run_main(capsys, [command, "--help"])
+    assert code == 0
+    for needle in needles:
+        assert needle in out, needle
+
+
+# --- end to end ------------------------------------------------------------------------------------
+
+def test_train_writes_a_complete_run(runs):
+    for name, steps, sample_ext in (("points", 6, ".png"), ("images", 4, ".png")):
+        r = runs[name]
+        assert r["code"] == 0, r["stderr"]
+        run = r["run"]
+        assert f"trained to step {steps}" in r["stdout"]
+        assert "Traceback" not in r["stderr"]
+        assert listing(run) == ["checkpoints", "config.json", "latest", "loss.png", "metrics.jsonl",
+                                "samples"]
+        assert load_checkpoint(run).step == steps
+        with open(os.path.join(run, "samples", f"step-{steps:07d}{sample_ext}"), "rb") as fh:
+            assert fh.read(8) == PNG_MAGIC
+        assert [row["step"] for row in read_metrics(os.path.join(run, "metrics.jsonl"))][-1] == steps
+    cfg = json.load(open(os.path.join(runs["images"]["run"], "config.json")))
+    assert cfg["prediction_type"] == "v" and cfg["process"]["schedule"] == "cosine"
+    assert cfg["model"]["base_channels"] == 8 and cfg["model"]["num_classes"] == 10
+    assert cfg["train"]["num_threads"] == 1                   # the command line's default
+
+
+def test_sample_writes_grid_and_npz_and_reports_nfe(runs, capsys, tmp_path):
+    out = tmp_path / "digits.png"
+    code, stdout, err = run_main(capsys, ["sample", runs["images"]["run"], "--steps", "4", "--num",
+                                          "12", "--batch-size", "5", "--out", out, "--no-progress"])
+    assert code == 0, err
+    assert "NFE 4 per sample" in stdout and "sampled 12 in" in stdout
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    saved = np.load(tmp_path / "digits.npz")
+    assert saved["x"].shape == (12, 1, 8, 8) and saved["x"].dtype == np.float32
+    assert saved["y"].tolist() == [i % 10 for i in range(12)]     # classes in turn
+    # deterministic DDIM: the batch size does not change the samples
+    code, _, err = run_main(capsys, ["sample", runs["images"]["run"], "--steps", "4", "--num", "12",
+                                     "--batch-size", "12", "--out", tmp_path / "again.png",
+                                     "--no-progress"])
+    assert code == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "again.npz")["x"], saved["x"], atol=1e-5)
+
+
+def test_sample_any_sampler_with_its_options_and_raw_weights(runs, capsys, tmp_path):
+    ckpt = os.path.join(runs["points"]["run"], "checkpoints", "step-0000003")
+    code, stdout, err = run_main(capsys, ["sample", ckpt, "--sampler", "ddpm", "--variance", "large",
+                                          "--steps", "5", "--num", "40", "--no-ema", "--class", "1",
+                                          "--out", tmp_path / "p.png", "--no-progress"])
+    assert code == 0, err
+    assert "from step 3" in stdout and "NFE 5" in stdout
+    saved = np.load(tmp_path / "p.npz")
+    assert saved["x"].shape == (40, 2) and set(saved["y"].tolist()) == {1}
+    code, _, err = run_main(capsys, ["sample", runs["points"]["run"], "--sampler", "ddim", "--eta", "1",
+                                     "--steps", "5", "--num", "40", "--out", tmp_path / "q.png",
+                                     "--no-progress"])
+    assert code == 0, err
+    assert not np.allclose(np.load(tmp_path / "q.npz")["x"], saved["x"])
+    code, _, err = run_main(capsys, ["sample", runs["points"]["run"], "--unconditional", "--steps", "3",
+                                     "--num", "10", "--out", tmp_path / "u.png", "--no-progress"])
+    assert code == 0, err
+    assert "y" not in np.load(tmp_path / "u.npz")                # sampled without labels
+
+
+def test_info_describes_the_run(runs, capsys):
+    code, out, err = run_main(capsys, ["info", runs["images"]["run"]])
+    assert code == 0, err
+    for needle in ("checkpoint:", "step-0000004", "unet preset tiny", "parameters", "DDPM(schedule='cosine'",
+                   "prediction: v", "digits", "64 samples of shape (1, 8, 8)", "10 classes",
+                   "EMA:", "decay 0.999", "4 updates", "model.safetensors", "ema.safetensors",
+                   "kB", "last loss:"):
+        assert needle in out, needle
+    code, out, _ = run_main(capsys, ["info", os.path.join(runs["points"]["run"], "checkpoints",
+                                                          "step-0000003")])
+    assert code == 0 and "mlp preset mlp" in out and "(step 3)" in out
+
+
+def test_train_resume_continues_through_the_command_line(runs, capsys, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["points"]["run"], run)
+    code, out, err = run_main(capsys, ["train", "--out", run, "--resume", "--steps", "9",
+                                       "--no-progress"])
+    assert code == 0, err
+    assert "resuming at step 6 of 9" in err and "trained to step 9" in out
+    assert [s for s, _ in list_checkpoints(str(run))] == [3, 6, 9]
+    assert [r["step"] for r in read_metrics(str(run / "metrics.jsonl"))] == list(range(1, 10))
+    code, _, err = run_main(capsys, ["train", "--out", run, "--resume", "--prediction", "x0"])
+    assert_one_line_error(code, err, "cannot resume", "prediction 'v' -> 'x0'")
+    code, _, err = run_main(capsys, ["train", *POINTS, "--steps", "2", "--out", run])
+    assert_one_line_error(code, err, "already holds a training run", "--resume")
+
+
+# --- bad inputs ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def bad_checkpoints(runs, tmp_path):
+    """Copies of a checkpoint made bad in one way each."""
+    src = os.path.join(runs["points"]["run"], "checkpoints", "step-0000006")
+    made = {}
+    foreign = tmp_path / "foreign"                    # an image network's weights, 2-D config
+    shutil.copytree(src, foreign)
+    img = os.path.join(runs["images"]["run"], "checkpoints", "step-0000004")
+    shutil.copy(os.path.join(img, "model.safetensors"), foreign / "model.safetensors")
+    made["foreign"] = foreign
+    reshaped = tmp_path / "reshaped"                  # the same names, one shape changed
+    shutil.copytree(src, reshaped)
+    w = load_file(str(reshaped / "ema.safetensors"))
+    w["linear_out.weight"] = torch.zeros(3, 32)
+    save_file(w, str(reshaped / "ema.safetensors"))
+    made["reshaped"] = reshaped
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(src, corrupt)
+    (corrupt / "config.json").write_text('{"format": "scorekit.run", "model": {')
+    made["corrupt"] = corrupt
+    (tmp_path / "empty").mkdir()
+    made["empty"] = tmp_path / "empty"
+    made["file"] = tmp_path / "file.txt"
+    made["file"].write_text("hello")
+    return made
+
+
+@pytest.mark.parametrize("which, fragments", [
+    ("missing", ["does not exist"]),
+    ("empty", ["is not a scorekit run or checkpoint folder"]),
+    ("file", ["is a file"]),
+    ("foreign", ["model.safetensors does not fit the model", "weights belong to another model"]),
+    ("reshaped", ["ema.safetensors does not fit the model", "'linear_out.weight' has shape (3, 32)"]),
+    ("corrupt", ["config.json", "is corrupt"]),
+])
+@pytest.mark.parametrize("command", ["sample", "info"])
+def test_bad_checkpoints_give_one_line(capsys, tmp_path, bad_checkpoints, which, fragments, command):
+    path = bad_checkpoints.get(which, tmp_path / "missing")
+    out_png = tmp_path / "out.png"
+    argv = [command, path] + (["--out", out_png, "--no-progress"] if command == "sample" else [])
+    before = listing(tmp_path)
+    code, _, err = run_main(capsys, argv)
+    assert_one_line_error(code, err, *fragments)
+    assert listing(tmp_path) == before                 # nothing written, no temporary files
+
+
+@pytest.mark.parametrize("extra, fragments", [
+    (["--sampler", "euler"], ["invalid choice: 'euler'"]),
+    (["--sampler", "ddpm", "--eta", "0.5"], ["sampler 'ddpm' has no option --eta", "--variance"]),
+    (["--sampler", "ddpm", "--variance", "huge"], ["variance"]),
+    (["--class", "2"], ["--class 2 is outside 0..1"]),
+    (["--steps", "2000"], ["more than the model's 1000"]),
+    (["--steps", "0"], ["--steps must be from 1"]),
+    (["--out", "{tmp}/samples.jpg"], ["must name a .png file"]),
+    (["--out", "{tmp}/no/such/folder/s.png"], ["does not exist"]),
+])
+def test_bad_sample_options_give_one_line_and_no_files(capsys, tmp_path, runs, extra, fragments):
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    argv = ["sample", runs["points"]["run"], "--out", tmp_path / "s.png", "--num", "8",
+            "--no-progress"] + extra
+    code, _, err = run_main(capsys, argv)
+    assert_one_line_error(code, err, *fragments)
+    assert listing(tmp_path) == []
+
+
+def write_npz(path, x, y=None):
+    arrays = {"x": x} if y is None else {"x": x, "y": y}
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("make, extra, fragments", [
+    (lambda d: write_npz(d / "nan.npz", np.where(np.arange(64 * 2).reshape(64, 2) == 77, np.nan,
+                                                  0.5).astype(np.float32)),
+     ["--model", "mlp"], ["NaN at index 38", "nan.npz"]),
+    (lambda d: write_npz(d / "odd.npz", np.zeros((16, 1, 30, 30), np.float32)),
+     ["--model", "tiny"], ["30x30", "multiple"]),
+    (lambda d: write_npz(d / "grey.npz", np.zeros((16, 1, 8, 8), np.float32)),
+     ["--model", "tiny", "--model-option", "in_channels=3"], ["1 channel", "takes 3"]),
+    (lambda d: write_npz(d / "points.npz", np.zeros((16, 2), np.float32)),
+     ["--model", "tiny"], ["U-Net for images", "--model mlp"]),
+    (lambda d: d / "absent.npz", [], ["absent.npz"]),
+    (None, ["--data", "nonsense"], ["unknown dataset 'nonsense'"]),
+    (None, ["--data", "moons", "--batch-size", "10", "--grad-accum", "3"], ["multiple of grad_accum"]),
+    (None, ["--data", "moons", "--model", "mlp", "--model-option", "depth=0"], ["depth"]),
+    (None, ["--data", "moons", "--lr", "-1"], ["--lr must be a positive"]),
+    (None, ["--data", "moons", "--mixed-precision", "fp16"], ["fp16", "CUDA"]),
+    (None, ["--data", "moons", "--device", "cuda"], ["CUDA is not available"]),
+])
+def test_bad_training_inputs_give_one_line_and_no_run_folder(capsys, tmp_path, make, extra, fragments):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    argv = ["train", "--steps", "2", "--out", tmp_path / "run", "--no-progress"]
+    if make is not None:
+        argv += ["--data", f"npz:{make(data_dir)}"]
+    code, _, err = run_main(capsys, argv + extra)
+    assert_one_line_error(code, err, *fragments)
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_that_diverges_reports_the_last_good_checkpoint(capsys, tmp_path):
+    run = tmp_path / "run"
+    code, _, err = run_main(capsys, ["train", "--data", "moons", "--data-option", "n=64",
+                                     "--model-option", "hidden=16", "--model-option", "depth=1",
+                                     "--lr", "1e12", "--warmup", "0", "--grad-clip", "0",
+                                     "--prediction", "x0", "--checkpoint-every", "1", "--steps", "5",
+                                     "--out", run, "--no-progress"])
+    # the run had started (its first line says so); the error is one line after it
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("scorekit train: moons")
+    assert lines[1].startswith("scorekit: error: gradient norm became infinite at step 2")
+    assert "the last good checkpoint is at" in lines[1] and "step-0000001" in lines[1]
+    assert load_checkpoint(str(run)).step == 1
+
+
+def test_out_that_is_a_file(capsys, tmp_path):
+    target = tmp_path / "taken"
+    target.write_text("x")
+    code, _, err = run_main(capsys, ["train", "--data", "moons", "--out", target, "--no-progress"])
+    assert_one_line_error(code, err, "is an existing file")
+    assert target.read_text() == "x"
