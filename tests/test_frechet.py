@@ -25,6 +25,7 @@ from scorekit.metrics.digits_classifier import (
     confident_share,
     inception_score,
     load_digit_classifier,
+    outlier_images,
     pad_digits,
     random_shift,
     save_digit_classifier,
@@ -289,12 +290,28 @@ def test_random_shift_moves_each_image_by_at_most_the_shift_uniformly():
     assert torch.equal(random_shift(x, 0, gen(10)), x)
 
 
+def test_outlier_images_are_reproducible_images_in_range():
+    a, b = outlier_images(10, gen(14)), outlier_images(10, gen(14))
+    assert a.shape == (10, 1, 32, 32) and torch.equal(a, b)
+    assert float(a.min()) >= -1 and float(a.max()) <= 1
+    white, smooth = a[:5], a[5:]
+    # white noise varies from pixel to pixel; the smooth blobs change slowly
+    def roughness(x):
+        return float((x[..., 1:] - x[..., :-1]).abs().mean())
+    assert roughness(white) > 5 * roughness(smooth)
+
+
 def test_classifier_learns_mnist_and_is_reproducible(tmp_path):
     train_set, held_out = _mnist(0, 2000), _mnist(8000, 9000)
     net = train_digit_classifier(train_set.x, train_set.y, epochs=2, batch_size=32, lr=3e-3,
                                  generator=gen(11))
     acc = accuracy(net, held_out.x, held_out.y)
     assert acc > 0.9, acc                                    # chance is 0.1; about 0.96 here
+    # trained with outliers, it does not take noise for a digit (without: most noise images
+    # are "recognised" with confidence > 0.9)
+    noise = torch.randn(500, 1, 32, 32, generator=gen(13)).clamp(-1, 1)
+    assert confident_share(net.predict_proba(noise)) < 0.05
+    assert confident_share(net.predict_proba(held_out.x)) > 0.6
     # same generator state, same data: the same network, bit for bit
     small = train_digit_classifier(train_set.x[:200], train_set.y[:200], epochs=1, generator=gen(12))
     again = train_digit_classifier(train_set.x[:200], train_set.y[:200], epochs=1, generator=gen(12))

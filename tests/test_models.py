@@ -12,8 +12,7 @@ import scorekit
 from scorekit import ScorekitError
 from scorekit.models import (MLP, PRESETS, UNet, build_model, count_parameters, describe, preset,
                              preset_name)
-from scorekit.models.layers import (AttentionBlock, FourierFeatures, ResBlock, init_parameters,
-                                    sinusoidal_embedding)
+from scorekit.models.layers import AttentionBlock, FourierFeatures, ResBlock, sinusoidal_embedding
 
 
 def perturbed(net, scale=0.1, seed=0):

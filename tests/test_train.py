@@ -20,7 +20,8 @@ import scorekit
 from scorekit import ScorekitError
 from scorekit import losses as losses_module
 from scorekit.data import load_dataset
-from scorekit.metrics.distribution import mode_weights, sliced_wasserstein, swd_noise_floor
+from scorekit.metrics.distribution import (mode_weights, sliced_wasserstein, swd_noise_floor,
+                                           within_mode_spread)
 from scorekit.train import (EMA, TrainConfig, checkpoint_denoiser, ema_decay, learning_rate,
                             list_checkpoints, load_checkpoint, read_metrics, train)
 from scorekit.train.checkpoint import (flatten_optimizer_state, resolve_checkpoint,
@@ -491,21 +492,28 @@ def test_optimizer_state_round_trips_through_safetensors_and_json():
 # --- learning -------------------------------------------------------------------------------------------
 
 def test_training_learns_eight_gaussians_nearly_as_well_as_the_exact_denoiser(tmp_path):
-    """An MLP trained for 800 steps (v-prediction, DDPM linear schedule) and sampled with DDIM and
-    DDPM (50 steps) from its EMA weights lands within 0.06 sliced-Wasserstein of the exact mixture
-    denoiser sampled from the same noise with the same sampler.
+    """An MLP trained for 800 steps (v-prediction, DDPM cosine schedule, EDM's log-normal training
+    times) and sampled with DDIM and DDPM (50 steps) from its EMA weights, against the exact
+    mixture denoiser sampled from the same noise with the same sampler.
 
-    Tolerance: 0.06 is four standard deviations of the SWD between two exact sample sets of this
-    size (the metric's noise floor, measured below: about 0.059 +- 0.015 at n = 2000), i.e. the
-    trained model is within the metric's resolution of the exact one. An untrained network (the
-    same run after 0 steps: zero output) is far outside it, so the test can fail."""
+    Tolerances, at n = 2000 samples:
+    * sliced-Wasserstein distance to fresh data within ``4 floor_std`` (about 0.06) of the exact
+      denoiser's: ``floor_std`` is the spread of the SWD between two exact sample sets of this size
+      (the metric's own resolution, measured here);
+    * within-mode spread (samples assigned to their nearest mode and whitened by it: 1 is exact)
+      below 1.8. The SWD alone cannot tell a ring from eight modes of width 0.05 on it (a model
+      that learnt only the ring scores about 0.09, within the tolerance, but spreads 3x); the
+      exact sampler gives 0.7-0.8 at 50 steps, this run about 1.5 (1.25-1.5 over seeds 0-2), the
+      same run stopped at 600 steps 2.2;
+    * mode weights within 0.05 of 1/8 (4.5 multinomial standard deviations);
+    * and the test can fail: a network that outputs zeros lands 0.3+ away."""
     run = str(tmp_path / "run")
     cfg = TrainConfig(data="eight_gaussians", model="mlp",
                       model_options={"hidden": 128, "depth": 2, "num_classes": None},
-                      process_options={"schedule": "linear"}, prediction="v", steps=800,
-                      batch_size=128, lr=3e-3, warmup_steps=50,
-                      lr_schedule="cosine", ema_decay=0.99, checkpoint_every=800, log_every=50,
-                      sample_num=500, sample_steps=20, seed=0)
+                      process_options={"schedule": "cosine"}, prediction="v", timesteps="lognormal",
+                      steps=800, batch_size=128, lr=3e-3, warmup_steps=50, lr_schedule="cosine",
+                      ema_decay=0.99, checkpoint_every=800, log_every=50, sample_num=500,
+                      sample_steps=20, seed=0)
     train(cfg, run, progress=False)
     ckpt = load_checkpoint(run)
     mixture = load_dataset("eight_gaussians", n=10).mixture
@@ -513,23 +521,21 @@ def test_training_learns_eight_gaussians_nearly_as_well_as_the_exact_denoiser(tm
     x_T = ckpt.process.prior_sample((n, 2), generator=torch.Generator().manual_seed(1))
     reference = mixture.sample(n, generator=torch.Generator().manual_seed(2))
     floor_mean, floor_std = swd_noise_floor(mixture, n, repeats=8, generator=torch.Generator().manual_seed(5))
-    assert 0.03 < floor_mean < 0.1 and floor_std < 0.03
-    tolerance = 4 * floor_std if floor_std > 0.01 else 0.06
+    assert 0.03 < floor_mean < 0.1 and 0.005 < floor_std < 0.03
     d = checkpoint_denoiser(ckpt)
+    swd = lambda x: sliced_wasserstein(x, reference, generator=torch.Generator().manual_seed(4))
     for sampler in ("ddim", "ddpm"):
         kwargs = dict(process=ckpt.process, sampler=sampler, num_steps=50)
         trained = scorekit.sample(d.model, x_T, prediction_type="v",
                                   generator=torch.Generator().manual_seed(3), **kwargs)
         exact = scorekit.sample(mixture.eps_model(ckpt.process), x_T.double(), prediction_type="eps",
                                 generator=torch.Generator().manual_seed(3), **kwargs)
-        swd = lambda x: sliced_wasserstein(x, reference, generator=torch.Generator().manual_seed(4))
-        swd_trained, swd_exact = swd(trained), swd(exact)
-        assert swd_trained < swd_exact + tolerance, (sampler, swd_trained, swd_exact, floor_std)
-        w = mode_weights(trained, mixture)
-        assert (w - 1 / 8).abs().max() < 0.05              # 4.5 multinomial sd of 1/8 at n = 2000
+        assert swd(trained) < swd(exact) + 4 * floor_std, (sampler, swd(trained), swd(exact), floor_std)
+        assert within_mode_spread(trained, mixture) < 1.8, sampler
+        assert (mode_weights(trained, mixture) - 1 / 8).abs().max() < 0.05, sampler
     untrained = scorekit.sample(lambda x, t: torch.zeros_like(x), x_T, prediction_type="v",
                                 process=ckpt.process, num_steps=50)
-    assert sliced_wasserstein(untrained, reference, generator=torch.Generator().manual_seed(4)) > 0.3
+    assert swd(untrained) > 0.3
     rows = read_metrics(os.path.join(run, "metrics.jsonl"))
     assert rows[-1]["loss"] < rows[0]["loss"]
 

@@ -15,8 +15,12 @@ minute or two on one CPU thread):
     linear 1024 -> 128 -> ReLU               the features, f(x)
     linear 128 -> 10                         the logits; softmax gives p(y|x)
 
-:func:`train_digit_classifier` fits it with Adam and a cosine learning-rate decay on images
-shifted at random by up to two pixels; all randomness (initial weights, batch order, shifts)
+:func:`train_digit_classifier` fits it with AdamW and a cosine learning-rate decay on images
+shifted at random by up to two pixels. A classifier trained on digits alone assigns noise to some
+digit with near certainty, which would make "confidently recognised" meaningless for a poorly
+trained generator; so each batch also holds images that are not digits (:func:`outlier_images`:
+white and smooth noise), trained towards the uniform distribution over the classes (Outlier
+Exposure, Hendrycks et al. 2019). All randomness (initial weights, batch order, shifts, outliers)
 comes from the ``generator`` passed in. :func:`save_digit_classifier` writes a folder with
 ``config.json`` and ``model.safetensors``; :func:`load_digit_classifier` reads it back.
 
@@ -166,6 +170,22 @@ def random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tenso
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def outlier_images(n: int, generator: torch.Generator, size: int = IMAGE_SIZE) -> Tensor:
+    r"""``n`` greyscale ``size x size`` images in ``[-1, 1]`` that are not digits: the first half
+    white noise ``N(0, 1)``, the rest smooth blobs -- ``N(0, 1)`` on a 4x4 or 8x8 grid, bilinearly
+    enlarged, times ``U(1, 3)`` plus ``U(-1, 0.5)`` -- all clipped to ``[-1, 1]``."""
+    n_white = n // 2
+    white = torch.randn(n_white, 1, size, size, generator=generator)
+    parts = [white]
+    for k, m in ((4, (n - n_white) // 2), (8, n - n_white - (n - n_white) // 2)):
+        coarse = torch.randn(m, 1, k, k, generator=generator)
+        blobs = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+        scale = 1 + 2 * torch.rand(m, 1, 1, 1, generator=generator)
+        shift = -1 + 1.5 * torch.rand(m, 1, 1, 1, generator=generator)
+        parts.append(blobs * scale + shift)
+    return torch.cat(parts).clamp(-1, 1)
+
+
 def _check_training_data(x, y, num_classes: int) -> tuple[Tensor, Tensor]:
     if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != 1 or not x.is_floating_point():
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -187,13 +207,20 @@ def _check_training_data(x, y, num_classes: int) -> tuple[Tensor, Tensor]:
 def train_digit_classifier(x: Tensor, y: Tensor, *, epochs: int, generator: torch.Generator,
                            batch_size: int = 64, lr: float = 2e-3, max_shift: int = 2,
                            num_classes: int = 10, weight_decay: float = 1e-4,
+                           outlier_share: float = 0.25, outlier_weight: float = 0.5,
                            log: Callable[[str], None] | None = None) -> DigitClassifier:
     r"""Fit a :class:`DigitClassifier` to images ``x`` (N, 1, 28 or 32, 28 or 32) in ``[-1, 1]``
     with labels ``y``, minimising the cross-entropy with AdamW.
 
     Every epoch visits the images in a fresh random order, in batches of ``batch_size``, each
-    image shifted by up to ``max_shift`` pixels (:func:`random_shift`). The learning rate decays
-    from ``lr`` to 0 along a half cosine over all steps, ``lr_k = lr (1 + cos(pi k / K)) / 2``.
+    image shifted by up to ``max_shift`` pixels (:func:`random_shift`), plus
+    ``round(outlier_share * batch_size)`` :func:`outlier_images`. The loss is
+
+        mean_digits CE(y, p(.|x))  +  outlier_weight * mean_outliers (1/K) sum_y -log p(y|x),
+
+    the second term the cross-entropy to the uniform distribution over the ``K`` classes. The
+    learning rate decays from ``lr`` to 0 along a half cosine over all steps,
+    ``lr_k = lr (1 + cos(pi k / K_steps)) / 2``.
     The initial weights, the order and the shifts all come from ``generator``; the same generator
     state and data give the same network. ``log`` receives one line per epoch (loss, accuracy on
     the training batches). Returns the network in evaluation mode, with ``info`` recording the
@@ -203,6 +230,8 @@ def train_digit_classifier(x: Tensor, y: Tensor, *, epochs: int, generator: torc
 
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ScorekitError(f"epochs must be a whole number >= 1, got {epochs!r}")
+    if not 0 <= outlier_share or not 0 <= outlier_weight:
+        raise ScorekitError(f"outlier_share and outlier_weight must be >= 0, got {outlier_share}, {outlier_weight}")
     if not isinstance(generator, torch.Generator):
         raise ScorekitError("train_digit_classifier needs generator=torch.Generator() (its only source of randomness)")
     x, y = _check_training_data(x, y, int(num_classes))
@@ -220,10 +249,16 @@ def train_digit_classifier(x: Tensor, y: Tensor, *, epochs: int, generator: torc
         for i in range(0, n, batch_size):
             idx = order[i:i + batch_size]
             xb = random_shift(x[idx], max_shift, generator)
+            n_out = round(outlier_share * batch_size)
+            if n_out:
+                xb = torch.cat([xb, outlier_images(n_out, generator)])
             for group in opt.param_groups:
                 group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * k / total))
-            logits = net(xb)
+            out = net(xb)
+            logits = out[:idx.numel()]
             loss = F.cross_entropy(logits, y[idx])
+            if n_out:
+                loss = loss - outlier_weight * torch.log_softmax(out[idx.numel():], dim=1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -235,7 +270,8 @@ def train_digit_classifier(x: Tensor, y: Tensor, *, epochs: int, generator: torc
                 f"training accuracy {correct / n:.4f}")
     net.eval()
     net.info = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_shift": max_shift,
-                "weight_decay": weight_decay, "num_train": n}
+                "weight_decay": weight_decay, "outlier_share": outlier_share,
+                "outlier_weight": outlier_weight, "num_train": n}
     return net
 
 
@@ -356,5 +392,5 @@ def class_balance(labels, num_classes: int = 10) -> dict:
 
 
 __all__ = ["DigitClassifier", "accuracy", "class_balance", "confident_share", "inception_score",
-           "load_digit_classifier", "pad_digits", "random_shift", "save_digit_classifier",
-           "train_digit_classifier"]
+           "load_digit_classifier", "outlier_images", "pad_digits", "random_shift",
+           "save_digit_classifier", "train_digit_classifier"]

@@ -47,7 +47,8 @@ PRESETS = {
 def build_model(config: dict) -> nn.Module:
     """The network described by ``config`` (a dict from ``net.config()`` or :data:`PRESETS`)."""
     if not isinstance(config, dict) or "kind" not in config:
-        raise ScorekitError(f"a model config must be a dict with a 'kind' key ({', '.join(MODELS)}); got {config!r}")
+        raise ScorekitError(
+            f"a model config must be a dict with a 'kind' key ({', '.join(MODELS)}); got {config!r}")
     options = dict(config)
     kind = options.pop("kind")
     if kind not in MODELS:

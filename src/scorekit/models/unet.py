@@ -98,7 +98,8 @@ class UNet(nn.Module):
         if out_channels is not None and int(out_channels) < 1:
             raise ScorekitError(f"out_channels must be a positive integer or None, got {out_channels}")
         if not channel_mults or min(channel_mults) < 1:
-            raise ScorekitError(f"channel_mults must be a non-empty list of positive integers, got {list(channel_mults)}")
+            raise ScorekitError(
+                f"channel_mults must be a non-empty list of positive integers, got {list(channel_mults)}")
         if num_classes is not None and int(num_classes) < 1:
             raise ScorekitError(f"num_classes must be a positive integer or None, got {num_classes}")
         if not 0.0 <= dropout < 1.0:
@@ -170,7 +171,8 @@ class UNet(nn.Module):
         return {k: (list(v) if isinstance(v, list) else v) for k, v in self._config.items()}
 
     def check_input(self, x: Tensor) -> None:
-        """Raise :class:`ScorekitError` unless ``x`` is ``(N, in_channels, H, W)`` with H, W multiples of ``2^downsamplings``."""
+        """Raise :class:`ScorekitError` unless ``x`` is ``(N, in_channels, H, W)`` with ``H`` and ``W``
+        multiples of ``2 ** downsamplings``."""
         if not isinstance(x, Tensor) or x.ndim != 4:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ScorekitError(f"the U-Net takes images of shape (N, C, H, W); got {shape}")
