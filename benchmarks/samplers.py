@@ -482,7 +482,8 @@ def markdown_report(report: dict, settings: Settings) -> str:
                             [[r["spacing"]] + [r[str(n)] for n in settings.nfes] for r in report["grids"]]),
              "## Distribution error against NFE"]
     parts += [mixture_section(name, rep, settings.nfes) for name, rep in report["mixtures"].items()]
-    parts += ["## Per-step overhead", overhead_section(report["overhead"], settings)]
+    if report["overhead"]:
+        parts += ["## Per-step overhead", overhead_section(report["overhead"], settings)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -543,23 +544,27 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and NFE (5, 20): a smoke run")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
                         help="output folder (default: benchmarks/results/)")
+    parser.add_argument("--part", choices=("all", "error", "overhead"), default="all",
+                        help="run only the distribution-error part or only the per-step overhead")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
-    stem = "samplers-quick" if args.quick else "samplers"
+    stem = ("samplers-quick" if args.quick else "samplers") + ("" if args.part == "all" else f"-{args.part}")
     args.out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
     report = {"environment": environment(), "settings": {**settings.__dict__, "nfes": list(settings.nfes)},
               "grids": grid_summary(settings.nfes),
-              "mixtures": {name: benchmark_mixture(name, settings, args.out / "cache") for name in MIXTURES},
-              "overhead": benchmark_overhead(settings)}
+              "mixtures": {name: benchmark_mixture(name, settings, args.out / "cache") for name in MIXTURES}
+              if args.part != "overhead" else {},
+              "overhead": benchmark_overhead(settings) if args.part != "error" else []}
     report["seconds"] = time.perf_counter() - start
 
     text = markdown_report(report, settings)
     print("\n" + text)
     (args.out / f"{stem}.md").write_text(text)
     (args.out / f"{stem}.json").write_text(json.dumps(without_nan(report), indent=1))
-    plot(report, settings.nfes, args.out / f"{stem}.png")
+    if report["mixtures"]:
+        plot(report, settings.nfes, args.out / f"{stem}.png")
     print(f"wrote {args.out / stem}.md, .json, .png")
     return 0
 

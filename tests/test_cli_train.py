@@ -171,6 +171,8 @@ def test_train_resume_continues_through_the_command_line(runs, capsys, tmp_path)
     assert "resuming at step 6 of 9" in err and "trained to step 9" in out
     assert [s for s, _ in list_checkpoints(str(run))] == [3, 6, 9]
     assert [r["step"] for r in read_metrics(str(run / "metrics.jsonl"))] == list(range(1, 10))
+    code, out, err = run_main(capsys, ["train", "--out", run, "--resume", "--no-progress"])
+    assert code == 0 and "already at step 9: nothing to train" in out
     code, _, err = run_main(capsys, ["train", "--out", run, "--resume", "--prediction", "x0"])
     assert_one_line_error(code, err, "cannot resume", "prediction 'v' -> 'x0'")
     code, _, err = run_main(capsys, ["train", *POINTS, "--steps", "2", "--out", run])
