@@ -38,6 +38,8 @@ between the classifier's 128-d features of the samples and of the 2,000 held-out
 
 Writes ``TAG.md``, ``TAG.json`` and ``TAG-<model>.png`` sample grids into ``--out`` (default
 ``benchmarks/results/``); TAG is ``mnist_quality`` (with ``-<minutes>min`` for other budgets).
+The samples themselves (``TAG-<model>-nfe<n>.pt``), the classifier and the scorekit run go to
+``--out``'s ``cache/``.
 """
 from __future__ import annotations
 
@@ -337,7 +339,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="scorekit batch size (default 32)")
     parser.add_argument("--model-options", default="{}", help="JSON overrides of the preset")
     parser.add_argument("--sampler", default="ddim", help="scorekit sampler (default ddim)")
-    parser.add_argument("--nfe", default="50,10", help="scorekit's numbers of sampling steps (default 50,10)")
+    parser.add_argument("--nfe", default="50,20,10", help="scorekit's numbers of sampling steps (default 50,20,10)")
     parser.add_argument("--peer-nfe", default="50", help="diffusers' numbers of sampling steps (default 50)")
     parser.add_argument("--clip", type=float, default=1.0, help="clip the x0-prediction to [-clip, clip] "
                         "while sampling with scorekit, as diffusers' DDIMScheduler does by default (0: off)")
@@ -414,6 +416,7 @@ def main(argv=None) -> int:
     for nfe in nfes:
         x, secs = sample_scorekit(ckpt, args.num_samples, nfe, sampler=args.sampler, clip=args.clip or None,
                                   batch=250)
+        torch.save(x, cache / f"{tag}-scorekit-nfe{nfe}.pt")        # to score again later
         r = {"nfe": nfe, "seconds": secs, **score(x)}
         entry["samples"].append(r)
         grid_samples = x if grid_samples is None else grid_samples
@@ -432,6 +435,7 @@ def main(argv=None) -> int:
         grid_samples = None
         for nfe in peer_nfes:
             x, secs = sample_peer(peer, args.num_samples, nfe, batch=250)
+            torch.save(x, cache / f"{tag}-diffusers-nfe{nfe}.pt")
             r = {"nfe": nfe, "seconds": secs, **score(x)}
             entry["samples"].append(r)
             grid_samples = x if grid_samples is None else grid_samples

@@ -312,6 +312,12 @@ def test_classifier_learns_mnist_and_is_reproducible(tmp_path):
     noise = torch.randn(500, 1, 32, 32, generator=gen(13)).clamp(-1, 1)
     assert confident_share(net.predict_proba(noise)) < 0.05
     assert confident_share(net.predict_proba(held_out.x)) > 0.6
+    # its features put real digits near held-out digits and noise far away; the features are
+    # taken before the ReLU, so rejected images (all units off after it) still differ
+    f_held, f_real = net.features(held_out.x[:500]), net.features(train_set.x[:500])
+    f_noise, f_faint = net.features(noise), net.features(0.3 * noise)
+    assert frechet_distance_from_features(f_real, f_held) < 0.1 * frechet_distance_from_features(f_noise, f_held)
+    assert frechet_distance_from_features(f_noise, f_faint) > 1.0
     # same generator state, same data: the same network, bit for bit
     small = train_digit_classifier(train_set.x[:200], train_set.y[:200], epochs=1, generator=gen(12))
     again = train_digit_classifier(train_set.x[:200], train_set.y[:200], epochs=1, generator=gen(12))

@@ -12,8 +12,12 @@ minute or two on one CPU thread):
     conv 3x3, 32  -> ReLU -> max-pool 2      32x32 -> 16x16
     conv 3x3, 64  -> ReLU -> max-pool 2      16x16 ->  8x8
     conv 3x3, 64  -> ReLU -> max-pool 2       8x8  ->  4x4
-    linear 1024 -> 128 -> ReLU               the features, f(x)
-    linear 128 -> 10                         the logits; softmax gives p(y|x)
+    linear 1024 -> 128                       the features f(x) (before the ReLU)
+    ReLU -> linear 128 -> 10                 the logits; softmax gives p(y|x)
+
+The features are taken before the ReLU: after it, units that are zero on every digit ("dead"
+units) and images that switch every unit off (noise, once the network has learnt to reject it)
+would all collapse onto the same point, and the Fréchet distance could not tell them apart.
 
 :func:`train_digit_classifier` fits it with AdamW and a cosine learning-rate decay on images
 shifted at random by up to two pixels. A classifier trained on digits alone assigns noise to some
@@ -76,7 +80,7 @@ def pad_digits(x: Tensor, size: int = IMAGE_SIZE) -> Tensor:
 
 class DigitClassifier(nn.Module):
     """The CNN of the module docstring: ``forward(x)`` gives logits, :meth:`features` the 128-d
-    penultimate activations, :meth:`predict_proba` the class probabilities.
+    penultimate pre-activations, :meth:`predict_proba` the class probabilities.
 
     Args:
         num_classes: number of classes (10 for digits).
@@ -120,11 +124,11 @@ class DigitClassifier(nn.Module):
 
     def _features(self, x: Tensor) -> Tensor:
         x = pad_digits(x)
-        return F.relu(self.fc(self.conv(x).flatten(1)))
+        return self.fc(self.conv(x).flatten(1))
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(N, num_classes)`` of ``(N, 1, 28 or 32, 28 or 32)`` images in ``[-1, 1]``."""
-        return self.head(self._features(x))
+        return self.head(F.relu(self._features(x)))
 
     @torch.no_grad()
     def _batched(self, fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int) -> Tensor:
@@ -139,8 +143,8 @@ class DigitClassifier(nn.Module):
         return torch.cat(out)
 
     def features(self, x: Tensor, *, batch_size: int = 500) -> Tensor:
-        """The ``(N, feature_dim)`` penultimate activations ``f(x)`` (after the ReLU), float32, no
-        gradient, in evaluation mode and batches of ``batch_size``."""
+        """The ``(N, feature_dim)`` penultimate pre-activations ``f(x)`` (before the ReLU), float32,
+        no gradient, in evaluation mode and batches of ``batch_size``."""
         return self._batched(self._features, x, batch_size)
 
     def predict_proba(self, x: Tensor, *, batch_size: int = 500) -> Tensor:
