@@ -18,9 +18,8 @@ Data: the MNIST test digits (``../shared/data/mnist-test``), images 0-7999 for t
    Gaussian noise, each against the 2,000 held-out digits.
 3. scorekit: ``scorekit.train.train`` for ``--minutes`` of training time (the loop alone; loading,
    the final checkpoint and the trainer's end-of-run grid are not counted), one torch thread.
-   The trainer takes a number of steps, so the budget is met by resuming the run in a few
-   chunks: each chunk's size comes from the step rate measured so far (resuming is exact, so
-   the chunks train the same network as one call would) and aims at 60% of the time left.
+   The budget is enforced by the trainer itself (``train(max_seconds=...)``, the same limit as
+   ``scorekit train --max-minutes``), which checks the clock before every step.
    Then 1,000 digits from the EMA weights with scorekit's DDIM (eta = 0, the x0-prediction
    clipped to [-1, 1] as diffusers' DDIM does by default) at each ``--nfe``.
 4. With ``--peers``: diffusers' ``UNet2DModel`` (block_out_channels (32, 64, 64), 1.62 M
@@ -38,7 +37,7 @@ between the classifier's 128-d features of the samples and of the 2,000 held-out
 
 Writes ``TAG.md``, ``TAG.json`` and ``TAG-<model>.png`` sample grids into ``--out`` (default
 ``benchmarks/results/``); TAG is ``mnist_quality`` (with ``-<minutes>min`` for other budgets).
-The samples themselves (``TAG-<model>-nfe<n>.pt``), the classifier and the scorekit run go to
+The samples themselves (``TAG-<model>-nfe<n>.safetensors``), the classifier and the scorekit run go to
 ``--out``'s ``cache/``.
 """
 from __future__ import annotations
@@ -58,6 +57,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 import scorekit
 from scorekit.data import load_dataset
@@ -145,39 +145,25 @@ class Scorer:
 
 # --- scorekit --------------------------------------------------------------------------------------------
 
-def train_for_budget(config: TrainConfig, run_dir: Path, seconds: float, *, first_chunk: int = 10) -> dict:
-    """Train ``config`` into ``run_dir`` for ``seconds`` of training-loop time by resuming in chunks.
+def train_for_budget(config: TrainConfig, run_dir: Path, seconds: float) -> dict:
+    """Train ``config`` into ``run_dir`` until its optimiser steps have taken ``seconds``.
 
-    The first call trains ``first_chunk`` steps; each later one as many steps as the step rate
-    measured so far fits into 60% of the remaining time (95% once less than a minute is left), so
-    that a machine that slows down mid-chunk overshoots the budget by little; it stops when less
-    than two steps' time is left.
+    ``train(max_seconds=...)`` checks the clock before every step, so the loop overshoots the
+    budget by at most one step; ``config.steps`` is only an upper bound (the learning rate is
+    constant after warm-up, so it does not shape the schedule).
     """
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    loop_seconds, step, calls = 0.0, 0, []
-    target = first_chunk
     t_start = time.perf_counter()
-    while True:
-        cfg = dataclasses.replace(config, steps=int(target))
-        t0 = time.perf_counter()
-        result = train(cfg, run_dir, resume=step > 0, progress=False)
-        wall = time.perf_counter() - t0
-        loop_seconds += result.seconds
-        calls.append({"steps": result.step - step, "loop_seconds": round(result.seconds, 2),
-                      "call_seconds": round(wall, 2), "loss": result.loss, "load": load_average()})
-        step = result.step
-        rate = step / loop_seconds
-        remaining = seconds - loop_seconds
-        log(f"scorekit: {step} steps in {loop_seconds:.0f} s of training ({rate * config.batch_size:.1f} "
-            f"images/s), loss {result.loss:.4f}; {max(remaining, 0):.0f} s left")
-        if remaining * rate < 2:
-            break
-        share = 0.95 if remaining < 60 else 0.6
-        target = step + max(1, int(share * remaining * rate))
-    return {"steps": step, "train_seconds": loop_seconds, "wall_seconds": time.perf_counter() - t_start,
-            "images_per_second": step * config.batch_size / loop_seconds, "calls": calls,
-            "final_loss": calls[-1]["loss"]}
+    result = train(config, run_dir, progress=False, max_seconds=seconds)
+    wall = time.perf_counter() - t_start
+    if result.step >= config.steps:
+        log(f"scorekit: reached the step limit {config.steps} before the budget; raise --steps")
+    log(f"scorekit: {result.step} steps in {result.seconds:.0f} s ({result.images_per_second:.1f} images/s), "
+        f"loss {result.loss:.4f}")
+    return {"steps": result.step, "train_seconds": result.seconds, "wall_seconds": wall,
+            "images_per_second": result.images_per_second, "final_loss": result.loss,
+            "load": load_average()}
 
 
 def sample_scorekit(ckpt, n: int, nfe: int, *, sampler: str, clip: float | None, batch: int) -> tuple[Tensor, float]:
@@ -389,7 +375,7 @@ def main(argv=None) -> int:
     config = TrainConfig(data=f"mnist:{args.data}", data_options={"pad_to": 32, "start": 0, "stop": NUM_TRAIN},
                          model=args.model, model_options=model_options, process=args.process,
                          process_options=process_options, prediction=args.prediction,
-                         weighting=args.weighting, batch_size=args.batch_size, lr=args.lr,
+                         weighting=args.weighting, steps=10 ** 7, batch_size=args.batch_size, lr=args.lr,
                          warmup_steps=args.warmup, ema_decay=args.ema_decay, seed=SEEDS["train"],
                          num_threads=1, log_every=10, checkpoint_every=10 ** 9, keep_checkpoints=1,
                          sample_num=1, sample_steps=1)
@@ -416,7 +402,7 @@ def main(argv=None) -> int:
     for nfe in nfes:
         x, secs = sample_scorekit(ckpt, args.num_samples, nfe, sampler=args.sampler, clip=args.clip or None,
                                   batch=250)
-        torch.save(x, cache / f"{tag}-scorekit-nfe{nfe}.pt")        # to score again later
+        save_file({"samples": x.contiguous()}, str(cache / f"{tag}-scorekit-nfe{nfe}.safetensors"))        # to score again later
         r = {"nfe": nfe, "seconds": secs, **score(x)}
         entry["samples"].append(r)
         grid_samples = x if grid_samples is None else grid_samples
@@ -435,7 +421,7 @@ def main(argv=None) -> int:
         grid_samples = None
         for nfe in peer_nfes:
             x, secs = sample_peer(peer, args.num_samples, nfe, batch=250)
-            torch.save(x, cache / f"{tag}-diffusers-nfe{nfe}.pt")
+            save_file({"samples": x.contiguous()}, str(cache / f"{tag}-diffusers-nfe{nfe}.safetensors"))
             r = {"nfe": nfe, "seconds": secs, **score(x)}
             entry["samples"].append(r)
             grid_samples = x if grid_samples is None else grid_samples

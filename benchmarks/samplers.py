@@ -200,14 +200,16 @@ def solve_probability_flow(mixture: GaussianMixture, process: DDPM, x_T: Tensor,
 
 
 def cached_ode_reference(name: str, mixture, process, x_T: Tensor, rtol: float, cache: Path):
-    path = cache / f"ode-{name}-n{x_T.shape[0]}-seed{SEEDS['x_T']}-rtol{rtol:g}.pt"
+    from safetensors.torch import load_file, save_file
+
+    path = cache / f"ode-{name}-n{x_T.shape[0]}-seed{SEEDS['x_T']}-rtol{rtol:g}.safetensors"
     if path.exists():
-        stored = torch.load(path)
-        if torch.equal(stored["x_T"], x_T):
-            return stored["refs"], True
+        stored = load_file(str(path))
+        if torch.equal(stored.pop("x_T"), x_T):
+            return stored, True
     refs = solve_probability_flow(mixture, process, x_T, rtol)
     cache.mkdir(parents=True, exist_ok=True)
-    torch.save({"x_T": x_T, "refs": refs}, path)
+    save_file({"x_T": x_T.contiguous(), **{k: v.contiguous() for k, v in refs.items()}}, str(path))
     return refs, False
 
 

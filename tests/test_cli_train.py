@@ -179,6 +179,18 @@ def test_train_resume_continues_through_the_command_line(runs, capsys, tmp_path)
     assert_one_line_error(code, err, "already holds a training run", "--resume")
 
 
+def test_train_max_minutes_stops_with_a_checkpoint(runs, capsys, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["points"]["run"], run)
+    code, out, err = run_main(capsys, ["train", "--out", run, "--resume", "--steps", "9",
+                                       "--max-minutes", "1e-9", "--no-progress"])
+    assert code == 0, err
+    assert "stopped at step 7 of 9 after --max-minutes" in out
+    assert [s for s, _ in list_checkpoints(str(run))][-1] == 7
+    code, _, err = run_main(capsys, ["train", "--out", run, "--resume", "--max-minutes", "0"])
+    assert code == 2 and "--max-minutes" in err
+
+
 # --- bad inputs ---------------------------------------------------------------------------------------
 
 @pytest.fixture

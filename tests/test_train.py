@@ -104,6 +104,24 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
     assert not [n for n in os.listdir(os.path.join(stopped, "checkpoints")) if n.startswith(".")]
 
 
+def test_time_limit_stops_with_a_checkpoint_and_resumes_exactly(tmp_path):
+    """``max_seconds`` is checked before each step: a tiny limit allows exactly one step; the run
+    saves a checkpoint there and a resumed run ends where an uninterrupted one does."""
+    cfg = small_2d(steps=4)
+    straight, limited = str(tmp_path / "straight"), str(tmp_path / "limited")
+    train(cfg, straight, progress=False)
+    first = train(cfg, limited, progress=False, max_seconds=1e-9)
+    assert first.step == 1 and first.checkpoint.endswith("step-0000001")
+    assert load_checkpoint(limited).step == 1
+    train(cfg, limited, progress=False, resume=True)
+    a = tensors_of(os.path.join(straight, "checkpoints", "step-0000004"))
+    b = tensors_of(os.path.join(limited, "checkpoints", "step-0000004"))
+    for name in ("model", "ema"):
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name])
+    with pytest.raises(ScorekitError, match="max_seconds must be positive"):
+        train(cfg, str(tmp_path / "bad"), progress=False, max_seconds=0)
+
+
 def test_resume_refuses_changed_settings_and_fresh_runs_refuse_a_used_folder(tmp_path):
     run = str(tmp_path / "run")
     train(small_2d(steps=2), run, progress=False)

@@ -333,6 +333,9 @@ def _add_train(commands) -> None:
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest checkpoint (options given again "
                         "must agree, except --steps, the learning-rate options and the outputs)")
+    g.add_argument("--max-minutes", metavar="M", type=_positive_float("--max-minutes"),
+                   help="stop after M minutes of training steps, saving a checkpoint; --resume "
+                        "continues exactly (for time-limited jobs)")
     g.add_argument("--seed", metavar="S", type=_int_in(0, 2 ** 63 - 1, "--seed"),
                    help="seed of every random draw" + dflt(d.seed))
     g.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N" + dflt(d.device))
@@ -411,10 +414,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"{PROG} train: {line}", file=sys.stderr, flush=True)
 
     try:
-        result = train(config, args.out, resume=args.resume, progress=progress, log=log)
+        max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
+        result = train(config, args.out, resume=args.resume, progress=progress, log=log,
+                       max_seconds=max_seconds)
     except OSError as err:
         raise ScorekitError(f"cannot write the run folder {args.out!r}: "
                             f"{err.strerror or err} ({err.filename or args.out})") from None
+    if result.step < config.steps and max_seconds is not None and result.step > result.start_step:
+        print(f"stopped at step {result.step} of {config.steps} after --max-minutes "
+              f"{args.max_minutes:g}; --resume continues the run")
     if result.step == result.start_step:
         print(f"the run is already at step {result.step}: nothing to train (give a larger --steps "
               f"to train longer); last logged loss {result.loss:.4g}")

@@ -859,7 +859,7 @@ class _Trainer:
         return path
 
     # -- the loop -----------------------------------------------------------------------------------
-    def run(self, stop_at_step: int | None = None) -> TrainResult:
+    def run(self, stop_at_step: int | None = None, max_seconds: float | None = None) -> TrainResult:
         from tqdm.auto import tqdm
 
         cfg, ctx = self.config, self.ctx
@@ -880,13 +880,18 @@ class _Trainer:
         images_since = 0
         samples_path = None
         last_loss = float("nan")
+        trained_seconds = 0.0
         try:
             end = cfg.steps if stop_at_step is None else min(cfg.steps, int(stop_at_step))
             while self.step < end:
+                # A time limit counts optimiser steps only; every process must agree to stop.
+                if max_seconds is not None and ctx.any(trained_seconds >= max_seconds):
+                    break
                 t0 = time.perf_counter()
                 loss, grad_norm = self.train_step()
                 now = time.perf_counter()
                 self.elapsed += now - t0
+                trained_seconds += now - t0
                 images_since += cfg.batch_size
                 self.interval["loss"] += loss
                 self.interval["grad_norm"] += grad_norm
@@ -958,7 +963,7 @@ def _saved_device(out_dir) -> str:
 
 
 def train(config: TrainConfig | None, out_dir, *, resume: bool = False, progress: bool = True,
-          log=None, stop_at_step: int | None = None) -> TrainResult:
+          log=None, stop_at_step: int | None = None, max_seconds: float | None = None) -> TrainResult:
     """Train a diffusion model as ``config`` says, writing the run into ``out_dir``.
 
     Args:
@@ -971,6 +976,10 @@ def train(config: TrainConfig | None, out_dir, *, resume: bool = False, progress
         log: optional ``log(line)`` for a few lines of information.
         stop_at_step: stop once this step is reached (saving a checkpoint there), as if the run
             had been interrupted; ``resume=True`` continues it (e.g. for time-limited jobs).
+        max_seconds: stop (saving a checkpoint) once the optimiser steps of this call have taken
+            this many seconds; checkpoints, sample grids and start-up do not count. The stopped
+            run resumes exactly like any other; the learning-rate schedule still follows
+            ``config.steps``.
 
     Works unchanged under ``torchrun`` (see :mod:`scorekit.train.distributed`). Threads: with
     ``config.num_threads`` set, torch uses that many during the call (restored afterwards).
@@ -992,7 +1001,9 @@ def train(config: TrainConfig | None, out_dir, *, resume: bool = False, progress
         trainer = _Trainer(config, out_dir, ctx, resume=resume, progress=progress, log=log)
         if trainer.config.num_threads and trainer.config.num_threads != torch.get_num_threads():
             torch.set_num_threads(int(trainer.config.num_threads))
-        return trainer.run(stop_at_step)
+        if max_seconds is not None and not (float(max_seconds) > 0):
+            raise ScorekitError(f"max_seconds must be positive, got {max_seconds}")
+        return trainer.run(stop_at_step, max_seconds)
     finally:
         torch.set_num_threads(threads_before)
         torch.set_rng_state(rng_before)
