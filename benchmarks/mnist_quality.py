@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import datetime
 import json
 import math
@@ -359,7 +358,7 @@ def main(argv=None) -> int:
     idx = torch.randperm(NUM_TRAIN, generator=g)[:args.num_samples]
     noise = torch.randn((args.num_samples, 1, 32, 32), generator=g).clamp(-1, 1)
     references = {f"real: {args.num_samples} training digits": score(train_set.x[idx]),
-                  f"pure noise: N(0, 1) clipped to [-1, 1]": score(noise)}
+                  "pure noise: N(0, 1) clipped to [-1, 1]": score(noise)}
     for name, r in references.items():
         log(f"reference {name}: FD {r['fd']:.1f}, IS {r['inception_score']:.2f}, confident {r['confident_share']:.3f}")
 

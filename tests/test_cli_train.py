@@ -240,7 +240,7 @@ def test_bad_checkpoints_give_one_line(capsys, tmp_path, bad_checkpoints, which,
 
 
 @pytest.mark.parametrize("extra, fragments", [
-    (["--sampler", "euler"], ["invalid choice: 'euler'"]),
+    (["--sampler", "heunish"], ["invalid choice: 'heunish'"]),
     (["--sampler", "ddpm", "--eta", "0.5"], ["sampler 'ddpm' has no option --eta", "--variance"]),
     (["--sampler", "ddpm", "--variance", "huge"], ["variance"]),
     (["--class", "2"], ["--class 2 is outside 0..1"]),

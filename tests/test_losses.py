@@ -150,13 +150,14 @@ def gaussian_kl(m1, v1, m2, v2):
 def test_ddpm_elbo_term_is_the_kl_per_sample(variance, kind):
     """per_sample = KL(q(x_{t-1}|x_t,x_0) || N(mu_theta, s_t^2)) with Ho et al.'s eq. 7 (posterior) and
     eq. 11 (mu_theta from eps_theta), for any network; at t = 0 the Gaussian decoder's NLL with
-    s_0^2 = beta~_1 (improved-diffusion)."""
+    s_0^2 = beta~_1 (improved-diffusion's clipping) for "small", beta_0 (Ho et al.) for "large"."""
     process = DDPM(schedule="linear", num_steps=100, beta_start=1e-3, beta_end=0.1)
     betas, alphas, ab = hand_ddpm(process)
     ab_prev = np.concatenate([[1.0], ab[:-1]])
     post_var = betas * (1 - ab_prev) / (1 - ab)
     model_var = post_var.copy() if variance == "small" else betas.copy()
-    model_var[0] = post_var[1]
+    if variance == "small":
+        model_var[0] = post_var[1]
     t = torch.tensor([0, 1, 2, 30, 99, 0, 50, 98])
     x0 = torch.randn(8, 5, generator=gen(2), dtype=F64)
     seen = {}
@@ -202,7 +203,8 @@ def exact_expected_elbo_terms(ab, betas, s, D, variance):
     ab_prev = np.concatenate([[1.0], ab[:-1]])
     post_var = betas * (1 - ab_prev) / (1 - ab)
     model_var = post_var.copy() if variance == "small" else betas.copy()
-    model_var[0] = post_var[1]
+    if variance == "small":
+        model_var[0] = post_var[1]
     c_x0 = np.sqrt(ab_prev) * betas / (1 - ab)
     v = s ** 2 * (1 - ab) / (ab * s ** 2 + 1 - ab)
     terms = np.empty_like(betas)
@@ -286,7 +288,7 @@ def test_continuous_elbo_integrates_to_the_closed_form(process):
 
 def test_simple_ve_elbo_uses_its_own_posterior():
     """SimpleVE: q(x_{t-1}|x_t,x_0) = N((1 - 1/t) x_t + x_0 / t, (1 - 1/t) I) and q(x_t|x_{t-1}) has
-    variance 1; steps are 1..T with the decoder at t = 1 (s_1^2 = beta~_2 = 1/2)."""
+    variance 1; steps are 1..T with the decoder at t = 1 (s_1^2 = beta~_2 = 1/2 for "small", 1 for "large")."""
     process = SimpleVE(num_steps=50)
     t = torch.tensor([1, 2, 7, 50])
     x0 = batch()
@@ -305,7 +307,8 @@ def test_simple_ve_elbo_uses_its_own_posterior():
         model_mean = (1 - 1 / tt) * x_t + 0.5 * x_t / tt
         post_var = 1 - 1 / tt
         model_var = post_var if variance == "small" else torch.ones_like(tt)
-        model_var = torch.where(tt == 1, torch.full_like(tt, 0.5), model_var)
+        if variance == "small":                    # beta~_1 = 0: clipped to beta~_2 = 1/2
+            model_var = torch.where(tt == 1, torch.full_like(tt, 0.5), model_var)
         kl = gaussian_kl(post_mean, post_var.clamp_min(1e-300), model_mean, model_var)
         nll = (0.5 * (x0 - model_mean) ** 2 / model_var + 0.5 * torch.log(2 * math.pi * model_var)).sum(1)
         want = torch.where(t == 1, nll, kl)
@@ -573,4 +576,4 @@ def test_bad_inputs_are_refused():
         ImportanceTimesteps(process).update(torch.tensor([1]), torch.tensor([float("nan")]))
     with pytest.raises(ScorekitError, match="history"):
         ImportanceTimesteps(process, history=0)
-    assert set(WEIGHTINGS) == {"simple", "elbo", "min_snr", "lambda", "edm"}
+    assert set(WEIGHTINGS) == {"simple", "elbo", "min_snr", "lambda", "edm", "hybrid"}

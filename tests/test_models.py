@@ -504,3 +504,24 @@ def test_bfloat16_compute_stays_close_to_float32():
     assert 1e-4 < rel < 0.03                                  # really in bfloat16, yet close to float32
     approx.pow(2).mean().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in fast.parameters())
+
+
+# --- variance heads (Improved DDPM) --------------------------------------------------------------
+
+def test_learn_variance_doubles_the_output_and_round_trips_through_the_config():
+    """learn_variance=True: 2C outputs (UNet) / 2D (MLP), the flag kept in config() so build_model
+    rebuilds the same network, the preset name unchanged; a conflicting out_channels is refused."""
+    unet = perturbed(tiny_unet(learn_variance=True))
+    x = randn(3, 1, 8, 8)
+    assert unet(x, 5).shape == (3, 2, 8, 8)
+    rebuilt = build_model(json.loads(json.dumps(unet.config())))
+    rebuilt.load_state_dict(unet.state_dict())
+    assert rebuilt.config()["learn_variance"] is True
+    torch.testing.assert_close(rebuilt(x, 5), unet(x, 5))
+    mlp = MLP(3, hidden=16, depth=1, learn_variance=True)
+    assert mlp(randn(4, 3), torch.rand(4)).shape == (4, 6)
+    assert build_model(mlp.config()).config() == mlp.config()
+    assert "learn_variance" not in MLP(3, hidden=16, depth=1).config()       # old configs unchanged
+    assert preset_name(build_model(preset("tiny", learn_variance=True))) == "tiny"
+    with pytest.raises(ScorekitError, match="learn_variance needs out_channels"):
+        tiny_unet(learn_variance=True, out_channels=3)

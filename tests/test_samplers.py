@@ -21,13 +21,26 @@ def gen(seed):
     return torch.Generator().manual_seed(seed)
 
 
+_FLOORS = {}
+
+
+def noise_floor(mixture, n, seed):
+    """:func:`swd_noise_floor`, computed once per mixture, sample size and seed (the conformance
+    suite asks for the same one some 200 times)."""
+    key = (repr(mixture), tuple(mixture.weights.tolist()), tuple(mixture.means.flatten().tolist()),
+           tuple(mixture.std_per_dim().flatten().tolist()), n, seed)
+    if key not in _FLOORS:
+        _FLOORS[key] = swd_noise_floor(mixture, n, generator=gen(seed))
+    return _FLOORS[key]
+
+
 def assert_matches_mixture(x, mixture, seed=123, n_se=4.0):
     """Sliced-Wasserstein distance within n_se standard deviations of the metric's own noise
     floor at this sample size, and every mode weight within n_se multinomial standard errors."""
     n = x.shape[0]
     ref = mixture.sample(n, generator=gen(seed), dtype=torch.float64)
     swd = sliced_wasserstein(x.double(), ref, generator=gen(seed + 1))
-    floor_mean, floor_std = swd_noise_floor(mixture, n, generator=gen(seed + 2))
+    floor_mean, floor_std = noise_floor(mixture, n, seed + 2)
     assert swd < floor_mean + n_se * floor_std, f"SWD {swd:.4g} vs noise floor {floor_mean:.4g} +- {floor_std:.4g}"
     w_err = (scorekit.metrics.distribution.mode_weights(x, mixture) - mixture.weights).abs()
     assert torch.all(w_err < n_se * mode_weight_stderr(mixture, n)), f"mode weights off by {w_err}"
@@ -115,6 +128,17 @@ def test_simple_ve_ancestral_sampler_reproduces_mixture():
 PROCESSES = [DDPM(), DDPM(schedule="cosine"), VPSDE(), SubVPSDE(), VESDE(), EDM()]
 CONFIGS = [("ddpm", {"variance": "small"}), ("ddpm", {"variance": "large"}),
            ("ddim", {"eta": 0.0}), ("ddim", {"eta": 0.5}), ("ddim", {"eta": 1.0})]
+# score-based samplers
+CONFIGS += [("reverse_sde", {}), ("reverse_diffusion", {}),
+            ("pc", {"predictor": "reverse_diffusion", "corrector": "langevin"}),
+            ("pc", {"predictor": "ddim", "corrector": "langevin"})]
+# probability-flow ODE samplers
+CONFIGS += [("ode_euler", {}), ("ode_heun", {}), ("ode_adaptive", {})]
+# fast solvers: DPM-Solver++ and UniPC
+CONFIGS += [("dpmpp_2m", {}), ("dpmpp_3m", {}), ("dpmpp_2s", {}), ("dpmpp_3s", {}), ("dpmpp_2m_sde", {}),
+            ("dpmpp_3m_sde", {}), ("unipc", {"order": 2}), ("unipc", {"order": 3, "variant": "bh1"})]
+# fast solvers: EDM, iPNDM / DEIS, Euler
+CONFIGS += [("euler", {}), ("euler_ancestral", {}), ("edm_heun", {}), ("edm", {}), ("ipndm", {}), ("deis", {})]
 
 
 def test_every_sampler_is_in_the_conformance_suite():

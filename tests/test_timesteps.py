@@ -56,3 +56,83 @@ def test_grids_end_at_data_time():
 def test_bad_requests(call, msg):
     with pytest.raises(ScorekitError, match=msg):
         call()
+
+
+# --- fractional spacings: karras, log_snr and uniform on every process ---------------------------
+
+from scorekit import SubVPSDE, VESDE  # noqa: E402
+from scorekit.timesteps import (CONTINUOUS_SPACINGS, DISCRETE_SPACINGS, edm_sigma,  # noqa: E402
+                                t_from_edm_sigma)
+
+ALL_PROCESSES = [DDPM(), DDPM(schedule="cosine"), SimpleVE(100), VPSDE(), SubVPSDE(), VESDE(), EDM()]
+IDS = [repr(p) for p in ALL_PROCESSES]
+
+
+@pytest.mark.parametrize("process", ALL_PROCESSES, ids=IDS)
+@pytest.mark.parametrize("rho", [1.0, 3.0, 7.0])
+def test_karras_grid(process, rho):
+    """Karras et al. 2022, eq. 5 in sigma / alpha: the ends are sigma / alpha at t_max and t_min
+    (for DDPM t = T-1 and 0), the interior follows the formula to rounding, times decrease."""
+    n = 12
+    ts = make_timesteps(process, n, "karras", rho=rho)
+    assert len(ts) == n + 1 and ts[-1] == process.t_data
+    assert ts[0] == process.t_max and ts[-2] == process.t_min
+    assert torch.all(ts[1:] < ts[:-1])
+    s = edm_sigma(process, ts[:-1])
+    s_max, s_min = edm_sigma(process, torch.tensor([process.t_max, process.t_min], dtype=torch.float64))
+    i = torch.arange(n, dtype=torch.float64)
+    want = (s_max ** (1 / rho) + i / (n - 1) * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    # (the ends are exact by construction, checked above; at the ends the formula itself rounds)
+    torch.testing.assert_close(s[1:-1], want[1:-1], rtol=1e-10, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # numpy 2 notices inside diffusers
+def test_karras_grid_of_ddpm_matches_diffusers():
+    """EulerDiscreteScheduler(use_karras_sigmas=True) builds the same sigmas from its float32
+    tables (which lose ~1e-4 of 1 - alpha_bar to cancellation near t = 0)."""
+    from diffusers import EulerDiscreteScheduler
+    ref = EulerDiscreteScheduler(num_train_timesteps=1000, use_karras_sigmas=True)
+    ref.set_timesteps(10)
+    ours = edm_sigma(DDPM(), make_timesteps(DDPM(), 10, "karras"))
+    torch.testing.assert_close(ours, ref.sigmas.double(), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("process", ALL_PROCESSES, ids=IDS)
+def test_log_snr_grid_is_uniform_in_log_snr(process):
+    n = 9
+    ts = make_timesteps(process, n, "log_snr")
+    lam = process.log_snr(ts[:-1])
+    lam_max, lam_min = process.log_snr(torch.tensor([process.t_min, process.t_max], dtype=torch.float64))
+    want = lam_min + torch.arange(n, dtype=torch.float64) / (n - 1) * (lam_max - lam_min)
+    torch.testing.assert_close(lam, want, rtol=0, atol=1e-10)
+    assert ts[0] == process.t_max and ts[-2] == process.t_min and ts[-1] == process.t_data
+
+
+@pytest.mark.parametrize("process", ALL_PROCESSES, ids=IDS)
+def test_times_round_trip_through_log_snr(process):
+    """t_from_log_snr inverts log_snr, and t_from_edm_sigma inverts edm_sigma = exp(-log_snr / 2)."""
+    t = torch.linspace(process.t_min, process.t_max, 257, dtype=torch.float64)
+    torch.testing.assert_close(process.t_from_log_snr(process.log_snr(t)), t, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(t_from_edm_sigma(process, edm_sigma(process, t)), t, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(edm_sigma(process, t), torch.exp(-process.log_snr(t) / 2), rtol=1e-12, atol=0)
+
+
+def test_uniform_spacing_of_discrete_process_is_fractional_linspace():
+    ts = make_timesteps(DDPM(), 7, "uniform")
+    torch.testing.assert_close(ts[:-1], torch.linspace(999, 0, 7, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert ts[-1] == -1
+    assert make_timesteps(DDPM(), 1, "karras").tolist() == [999.0, -1.0]
+
+
+def test_existing_defaults_unchanged_and_cli_offers_new_spacings():
+    assert make_timesteps(DDPM(), 10).tolist() == list(range(999, 0, -100)) + [-1]
+    assert make_timesteps(VPSDE(), 3).tolist() == [1.0, pytest.approx(0.5005), pytest.approx(1e-3), 0.0]
+    for name in ("karras", "log_snr", "uniform"):
+        assert name in DISCRETE_SPACINGS
+    assert "karras" in CONTINUOUS_SPACINGS
+
+
+@pytest.mark.parametrize("rho", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_rho(rho):
+    with pytest.raises(ScorekitError, match="rho must be a positive number"):
+        make_timesteps(DDPM(), 10, "karras", rho=rho)

@@ -1,15 +1,30 @@
 """scorekit: denoising diffusion and score-based generative models, tested against exact mathematics."""
 from .errors import ScorekitError
+from .likelihood import Elbo, OdeLikelihood, elbo, ode_likelihood
 from .prediction import Denoiser
 from .processes import DDPM, EDM, VESDE, VPSDE, GaussianProcess, SimpleVE, SubVPSDE, beta_schedule
+from .samplers import (SAMPLERS, annealed_langevin, ddim, ddim_invert, ddpm, deis, dpmpp_2m, dpmpp_2m_sde,
+                       dpmpp_2s, dpmpp_3m, dpmpp_3m_sde, dpmpp_3s, edm, edm_heun, euler, euler_ancestral,
+                       ipndm, langevin, ode_adaptive, ode_euler, ode_heun, pc, reverse_diffusion,
+                       reverse_sde, unipc)
 from .sampling import sample
-from .samplers import SAMPLERS, ddim, ddim_invert, ddpm
+from .schedule_tuning import TunedSchedule, load_tuned, save_tuned, tune_timesteps
 from .timesteps import make_timesteps
+from .variances import LearnedVarianceDenoiser, analytic_variances
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DDPM", "EDM", "VESDE", "VPSDE", "SAMPLERS", "Denoiser", "GaussianProcess", "ScorekitError",
-    "SimpleVE", "SubVPSDE", "beta_schedule", "ddim", "ddim_invert", "ddpm", "make_timesteps",
-    "sample",
+    # processes and the prediction layer
+    "DDPM", "EDM", "VESDE", "VPSDE", "GaussianProcess", "SimpleVE", "SubVPSDE", "beta_schedule",
+    "Denoiser", "ScorekitError",
+    # sampling
+    "SAMPLERS", "sample", "make_timesteps", "ddpm", "ddim", "ddim_invert",
+    "reverse_sde", "reverse_diffusion", "pc", "langevin", "annealed_langevin",
+    "ode_euler", "ode_heun", "ode_adaptive",
+    "dpmpp_2m", "dpmpp_3m", "dpmpp_2s", "dpmpp_3s", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc",
+    "euler", "euler_ancestral", "edm_heun", "edm", "ipndm", "deis",
+    "TunedSchedule", "tune_timesteps", "save_tuned", "load_tuned",
+    # likelihood and reverse variances
+    "Elbo", "elbo", "OdeLikelihood", "ode_likelihood", "LearnedVarianceDenoiser", "analytic_variances",
 ]

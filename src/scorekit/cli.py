@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
               {PROG} train --data digits --out runs/digits     train a U-Net on 8x8 digits
               {PROG} sample runs/digits --sampler ddim --steps 50 --out digits.png
               {PROG} info runs/digits             what a run or checkpoint holds
+              {PROG} nll runs/digits --method both  bits/dim: ELBO and probability-flow ODE likelihood
+              {PROG} tune runs/digits --sampler unipc --nfe 10   optimise the time steps for 10 NFE
               {PROG} COMMAND --help               the options of one command
             """))
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -137,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_sample(commands)
     _add_info(commands)
+    _add_nll(commands)
+    _add_tune(commands)
     return parser
 
 
@@ -299,6 +303,9 @@ def _add_train(commands) -> None:
     g.add_argument("--weighting", choices=list(WEIGHTINGS), help="loss weighting" + dflt(d.weighting))
     g.add_argument("--min-snr-gamma", metavar="G", type=_positive_float("--min-snr-gamma"),
                    help="gamma of --weighting min_snr (default: 5)")
+    g.add_argument("--variance", choices=["fixed", "learned"],
+                   help="reverse variance: fixed, or learned by a variance head with the hybrid loss "
+                        "(Improved DDPM; implies --weighting hybrid)" + dflt(d.variance))
     g.add_argument("--timesteps", choices=list(TIMESTEP_SAMPLERS),
                    help="how training times are drawn" + dflt(d.timesteps))
     g = p.add_argument_group("optimisation")
@@ -396,6 +403,10 @@ def _train_config(args: argparse.Namespace):
     weighting_options = dict(base.weighting_options)
     if args.min_snr_gamma is not None:
         weighting_options["min_snr_gamma"] = args.min_snr_gamma
+    if args.variance is not None:
+        changes["variance"] = args.variance
+        if args.variance == "learned" and args.weighting is None:
+            changes["weighting"] = "hybrid"             # the loss that trains the variance head
     changes.update(data_options=data_options, model_options=model_options,
                    process_options=process_options, weighting_options=weighting_options)
     return dataclasses.replace(base, **changes)
@@ -481,6 +492,9 @@ def _add_sample(commands) -> None:
                    help="sampler steps (network evaluations for DDIM and DDPM)")
     p.add_argument("--spacing", choices=sorted(set(DISCRETE_SPACINGS) | set(CONTINUOUS_SPACINGS)),
                    help="how the steps are spaced (default: trailing for DDPM, uniform otherwise)")
+    p.add_argument("--schedule", choices=("default", "tuned"), default="default",
+                   help="tuned: the time steps 'scorekit tune' saved for this sampler and step count "
+                        "(instead of --spacing)")
     for name, (kind, samplers) in sorted(_sampler_option_flags().items()):
         p.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", metavar=name.upper(),
                        type=float if kind in (int, float) else str, default=None,
@@ -509,6 +523,26 @@ def _add_sample(commands) -> None:
     p.set_defaults(handler=_cmd_sample)
 
 
+def _sampler_options_from(args: argparse.Namespace) -> dict:
+    """The ``--option`` flags given for ``args.sampler``, checked against its options; whole
+    numbers become ints where the option's default is an int."""
+    from .sampling import sampler_options
+
+    options = {name: getattr(args, f"opt_{name}") for name in _sampler_option_flags()
+               if getattr(args, f"opt_{name}") is not None}
+    allowed = sampler_options(args.sampler)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        flags = ", ".join("--" + u.replace("_", "-") for u in unknown)
+        raise ScorekitError(f"sampler {args.sampler!r} has no option {flags}; its options are: "
+                            f"{', '.join('--' + a.replace('_', '-') for a in allowed) or 'none'}")
+    for name, value in list(options.items()):
+        default = allowed[name]
+        if isinstance(default, int) and not isinstance(default, bool) and float(value).is_integer():
+            options[name] = int(value)
+    return options
+
+
 class _Counted:
     """Counts the calls of a model (one call evaluates the network on a whole batch)."""
 
@@ -528,7 +562,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .plotting import atomic_path
-    from .sampling import sample, sampler_options
+    from .sampling import sample
     from .train.checkpoint import checkpoint_denoiser, load_checkpoint
     from .train.distributed import resolve_device
     from .train.trainer import write_samples
@@ -541,18 +575,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
         raise ScorekitError(f"the folder of --out {out!r} does not exist; create it first")
-    options = {name: getattr(args, f"opt_{name}") for name in _sampler_option_flags()
-               if getattr(args, f"opt_{name}") is not None}
-    allowed = sampler_options(args.sampler)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        flags = ", ".join("--" + u.replace("_", "-") for u in unknown)
-        raise ScorekitError(f"sampler {args.sampler!r} has no option {flags}; its options are: "
-                            f"{', '.join('--' + a.replace('_', '-') for a in allowed) or 'none'}")
-    for name, value in list(options.items()):
-        default = allowed[name]
-        if isinstance(default, int) and not isinstance(default, bool) and float(value).is_integer():
-            options[name] = int(value)
+    options = _sampler_options_from(args)
     device = resolve_device(args.device)
     threads_before = torch.get_num_threads()
     if args.threads:
@@ -584,17 +607,32 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         if ckpt.process.discrete and args.steps > ckpt.process.num_steps:
             raise ScorekitError(f"--steps {args.steps} is more than the model's {ckpt.process.num_steps} "
                                 f"diffusion steps")
+        timesteps = None
+        if args.schedule == "tuned":
+            from .schedule_tuning import load_tuned_for_steps
+
+            if args.spacing is not None:
+                raise ScorekitError("give either --spacing or --schedule tuned, not both")
+            timesteps = load_tuned_for_steps(ckpt.path, ckpt.process, args.sampler, args.steps,
+                                             **options).timesteps
         parts, nfe_calls, batches = [], 0, 0
         start = time.perf_counter()
         for lo in range(0, args.num, args.batch_size):
             hi = min(lo + args.batch_size, args.num)
             y = None if labels is None else labels[lo:hi].to(device)
             d = checkpoint_denoiser(ckpt, ema=not args.no_ema, y=y)
-            model = _Counted(d.model)
-            x = sample(model, x_T[lo:hi].to(device), process=ckpt.process,
+            if getattr(d, "learned_variance", False):   # the whole network, variance head included
+                from .variances import LearnedVarianceDenoiser
+
+                model = _Counted(d.network)
+                target = LearnedVarianceDenoiser(model, ckpt.process, ckpt.prediction_type,
+                                                 time_input=d.time_input)
+            else:
+                model = target = _Counted(d.model)
+            x = sample(target, x_T[lo:hi].to(device), process=ckpt.process,
                        prediction_type=ckpt.prediction_type, sampler=args.sampler,
-                       num_steps=args.steps, spacing=args.spacing, generator=noise, clip=args.clip,
-                       progress=not args.no_progress, **options)
+                       num_steps=args.steps, spacing=args.spacing, timesteps=timesteps,
+                       generator=noise, clip=args.clip, progress=not args.no_progress, **options)
             parts.append(x.cpu())
             nfe_calls += model.calls
             batches += 1
@@ -733,6 +771,322 @@ def _cmd_info(args: argparse.Namespace) -> int:
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         print(f"{key + ':':<{width + 1}} {value}")
+    return 0
+
+
+# --- tune --------------------------------------------------------------------------------------
+
+def _add_tune(commands) -> None:
+    from .samplers import SAMPLERS
+    from .schedule_tuning import DEFAULT_MAX_EVALS, INITS
+
+    p = commands.add_parser(
+        "tune", formatter_class=_Formatter,
+        help="optimise a deterministic sampler's time steps for a trained model at a given NFE",
+        description=textwrap.dedent("""\
+            Choose the time steps on which a deterministic sampler (e.g. ddim, or a higher-order
+            ODE solver) with --nfe network evaluations comes closest to the exact probability-flow
+            ODE of the model (EMA weights). Draws --num noise samples x_T from the prior (--seed),
+            solves the ODE from them once to high accuracy, then minimises the sampler's mean squared
+            error to that solution over the grids uniform in log-SNR after a smooth reshaping
+            (Nelder-Mead, at most --max-evals sampler runs). Prints the error on the sampler's
+            default grid and on the tuned one, and saves the tuned grid in schedules.json of the
+            checkpoint folder, where 'scorekit sample --schedule tuned' finds it.
+
+            Single-step higher-order solvers make more than one evaluation per step: the grid then
+            has fewer steps than --nfe (an --nfe no grid reaches is refused, naming the nearest)."""),
+        epilog=textwrap.dedent(f"""\
+            examples:
+              {PROG} tune runs/8g --sampler ddim --nfe 10
+              {PROG} sample runs/8g --sampler ddim --steps 10 --schedule tuned --out tuned.png
+              {PROG} tune runs/8g --sampler ode_heun --nfe 9 --num 256 --max-evals 500
+            """))
+    p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint folder")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default="ddim",
+                   help="the sampler (a deterministic one)")
+    p.add_argument("--nfe", metavar="N", type=_int_in(1, 100000, "--nfe"), required=True,
+                   help="network evaluations per sample")
+    for name, (kind, samplers) in sorted(_sampler_option_flags().items()):
+        p.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", metavar=name.upper(),
+                       type=float if kind in (int, float) else str, default=None,
+                       help=f"option of the {', '.join(sorted(samplers))} sampler (see its documentation)")
+    p.add_argument("--num", metavar="N", type=_int_in(1, 100000, "--num"), default=128,
+                   help="noise samples to tune on")
+    p.add_argument("--seed", metavar="S", type=_int_in(0, 2 ** 63 - 1, "--seed"), default=0,
+                   help="seed of the noise")
+    p.add_argument("--max-evals", metavar="M", type=_int_in(0, 1000000, "--max-evals"),
+                   default=DEFAULT_MAX_EVALS, help="most sampler runs the optimiser may make")
+    p.add_argument("--init", choices=list(INITS), default="best",
+                   help="start from the sampler's default grid, the log-SNR-uniform one, or the "
+                        "better of the two")
+    p.add_argument("--device", metavar="DEV", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", metavar="N", type=_int_in(1, 1024, "--threads"),
+                   default=DEFAULT_TRAIN_THREADS,
+                   help="torch CPU threads (on a busy machine more threads can be much slower)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(handler=_cmd_tune)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    import torch
+
+    from .schedule_tuning import save_tuned, tune_timesteps
+    from .train.checkpoint import checkpoint_denoiser, load_checkpoint
+    from .train.distributed import resolve_device
+
+    options = _sampler_options_from(args)
+    device = resolve_device(args.device)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        ckpt = load_checkpoint(args.checkpoint, device=device)
+        labels = None
+        if ckpt.num_classes is not None:                 # the classes in turn, as sample does
+            labels = (torch.arange(args.num) % ckpt.num_classes).to(device)
+        x_T = ckpt.process.prior_sample((args.num, *ckpt.sample_shape),
+                                        generator=torch.Generator().manual_seed(args.seed)).to(device)
+        denoiser = checkpoint_denoiser(ckpt, y=labels)
+        if not args.no_progress:
+            print(f"{PROG} tune: {args.sampler} at NFE {args.nfe} on {args.num} samples from step "
+                  f"{ckpt.step} of {ckpt.path}; solving the probability-flow ODE to high accuracy "
+                  f"first", file=sys.stderr, flush=True)
+        tuned = tune_timesteps(denoiser, ckpt.process, args.sampler, args.nfe, x_T, init=args.init,
+                               max_evals=args.max_evals, progress=not args.no_progress, **options)
+    finally:
+        torch.set_num_threads(threads_before)
+    file = save_tuned(ckpt.path, tuned)
+    ratio = tuned.error_default / tuned.error_tuned if tuned.error_tuned > 0 else math.inf
+    times = ", ".join(f"{t:.4g}" for t in tuned.timesteps.tolist())
+    print(f"tuned {args.sampler} at NFE {tuned.nfe} ({tuned.steps} steps) on {tuned.num_samples} samples "
+          f"in {tuned.seconds:.1f} s ({tuned.evaluations} sampler runs)")
+    print(f"mean squared error to the probability-flow ODE: default grid {tuned.error_default:.4g}, "
+          f"tuned {tuned.error_tuned:.4g} ({ratio:.2f}x lower)")
+    print(f"time steps: {times}")
+    print(f"use it: {PROG} sample {args.checkpoint} --sampler {args.sampler} --steps {tuned.steps} "
+          f"--schedule tuned")
+    print("wrote:")
+    print(f"  {file}")
+    return 0
+
+
+# --- nll ---------------------------------------------------------------------------------------
+
+NLL_METHODS = ("ode", "elbo", "both")
+
+
+def _data_bits(text: str):
+    """``auto``, ``0`` (continuous data) or a bit depth 1..16."""
+    if text == "auto":
+        return text
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, 0 or a bit depth from 1 to 16; got {text!r}") from None
+    if not 0 <= v <= 16:
+        raise argparse.ArgumentTypeError(f"--data-bits must be auto, 0 (continuous) or 1..16, got {v}")
+    return v
+
+
+def _add_nll(commands) -> None:
+    from .likelihood.ode import DIVERGENCES, PROBES
+
+    p = commands.add_parser(
+        "nll", formatter_class=_Formatter,
+        help="negative log-likelihood of data in bits/dim: the exact probability-flow ODE likelihood "
+             "and/or the ELBO",
+        description=textwrap.dedent("""\
+            Evaluate a trained model's negative log-likelihood of data, in bits per dimension, from
+            a run folder (its newest checkpoint) or a checkpoint folder, with the EMA weights by
+            default:
+              ode   the exact likelihood through the probability-flow ODE (adaptive RK45, with
+                    Hutchinson's divergence estimate or the exact trace; scorekit.likelihood.ode)
+              elbo  the variational bound of the discrete chain (scorekit.likelihood.elbo)
+            The data are the checkpoint's training data unless --data names others; --data-option
+            changes their options (e.g. start=1500 for samples not trained on). For 8-bit data
+            (--data-bits auto detects values on the 256 levels of [-1, 1]) both report bits/dim of
+            the discrete values: the ODE through uniform dequantisation, an upper bound. Other data
+            are scored by the continuous density (which can be negative in bits/dim).
+
+            Prints for each method the mean bits/dim +- its standard error over the samples, the
+            network evaluations (NFE) per batch and the wall time; --out writes them, with every
+            sample's value, as JSON."""),
+        epilog=textwrap.dedent(f"""\
+            examples:
+              {PROG} nll runs/digits --num 128
+              {PROG} nll runs/mnist --data mnist:../shared/data/mnist-test --data-option pad_to=32 \\
+                  --method both --out nll.json
+              {PROG} nll runs/8g --data-option seed=1 --divergence exact --rtol 1e-6 --atol 1e-6
+            """))
+    p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint folder")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="SPEC", help="dataset name or KIND:PATH (default: the checkpoint's data)")
+    g.add_argument("--data-option", metavar="KEY=VALUE", action="append", type=_key_value,
+                   help="a dataset option, e.g. start=1500 or seed=1 for held-out samples (repeatable)")
+    g.add_argument("--num", metavar="N", type=_int_in(1, _BIG, "--num"), default=256,
+                   help="evaluate the first N samples (all of them if the data hold fewer)")
+    g.add_argument("--batch-size", metavar="B", type=_int_in(1, _BIG, "--batch-size"), default=64,
+                   help="samples per ODE solve / ELBO pass")
+    g.add_argument("--data-bits", metavar="B", type=_data_bits, default="auto",
+                   help="bit depth of the data: auto (8 if every value is on the 256 levels of [-1, 1], "
+                        "else continuous), 0 for continuous data, or 1..16")
+    g = p.add_argument_group("method")
+    g.add_argument("--method", choices=list(NLL_METHODS), default="ode",
+                   help="the exact ODE likelihood, the ELBO, or both")
+    g.add_argument("--divergence", choices=list(DIVERGENCES), default="hutchinson",
+                   help="ODE: Hutchinson's estimate or the exact trace (one backward pass per dimension)")
+    g.add_argument("--probe", choices=list(PROBES), default="rademacher", help="ODE: Hutchinson's probes")
+    g.add_argument("--num-probes", metavar="K", type=_int_in(1, 4096, "--num-probes"), default=1,
+                   help="ODE: probes per evaluation")
+    g.add_argument("--rtol", metavar="R", type=_positive_float("--rtol"), default=1e-5,
+                   help="ODE: relative tolerance")
+    g.add_argument("--atol", metavar="A", type=_positive_float("--atol"), default=1e-5,
+                   help="ODE: absolute tolerance")
+    g.add_argument("--t-eps", metavar="T", type=float,
+                   help="ODE: start time of the integral (default: the process's t_min)")
+    g.add_argument("--variance", metavar="V",
+                   help="ELBO: the reverse variance, small, large, learned or analytic (default: the "
+                        "library's)")
+    g = p.add_argument_group("other")
+    g.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    g.add_argument("--seed", metavar="S", type=_int_in(0, 2 ** 63 - 1, "--seed"), default=0,
+                   help="seed of the dequantisation noise, the probes and the ELBO's x_t")
+    g.add_argument("--out", metavar="FILE.json", help="write the results as JSON")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(handler=_cmd_nll)
+
+
+def _nll_data(args: argparse.Namespace, ckpt):
+    """The dataset ``scorekit nll`` evaluates: --data (or the checkpoint's), with --data-option."""
+    from .data import load_dataset
+
+    if args.data is not None:
+        spec, options = args.data, {}
+    else:
+        if not ckpt.data_config or "spec" not in ckpt.data_config:
+            raise ScorekitError(f"{ckpt.path} records no dataset; name one with --data")
+        options = {k: v for k, v in ckpt.data_config.items() if k not in ("spec", "flip")}
+        spec = ckpt.data_config["spec"]
+    options.update(dict(args.data_option or []))
+    dataset = load_dataset(spec, **options)
+    if tuple(dataset.shape) != tuple(ckpt.sample_shape):
+        raise ScorekitError(f"{dataset.spec} holds samples of shape {tuple(dataset.shape)}, but the model "
+                            f"takes {tuple(ckpt.sample_shape)}; give data of the model's shape (--data, "
+                            f"--data-option)")
+    return dataset
+
+
+def _cmd_nll(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from .likelihood.ode import is_quantized, ode_likelihood
+    from .train.checkpoint import checkpoint_denoiser, load_checkpoint
+
+    if args.out is not None:
+        if os.path.isdir(args.out):
+            raise ScorekitError(f"--out {args.out!r} is a folder; give a file name ending in .json")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+            raise ScorekitError(f"the folder of --out {args.out!r} does not exist; create it first")
+    elbo_fn = None
+    if args.method in ("elbo", "both"):
+        try:
+            from .likelihood import elbo as elbo_fn
+        except ImportError:
+            raise ScorekitError("--method elbo: this installation has no scorekit.likelihood.elbo; "
+                                "use --method ode") from None
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(DEFAULT_TRAIN_THREADS)
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        dataset = _nll_data(args, ckpt)
+        num = min(args.num, len(dataset))
+        x = dataset.x[:num]
+        labels = None
+        if ckpt.num_classes is not None and dataset.y is not None:
+            labels = dataset.y[:num]
+        if args.data_bits == "auto":
+            data_bits = 8 if is_quantized(x, 8) else None
+        else:
+            data_bits = args.data_bits or None
+        if data_bits is not None and not is_quantized(x, data_bits):
+            raise ScorekitError(f"--data-bits {data_bits}: {dataset.spec} is not on the {2 ** data_bits} "
+                                f"levels of {data_bits}-bit values in [-1, 1]; use --data-bits auto or 0")
+        methods = ["ode", "elbo"] if args.method == "both" else [args.method]
+        results = {}
+        for method in methods:
+            generator = torch.Generator().manual_seed(args.seed)
+            bpd, nfe, start = [], [], time.perf_counter()
+            bar = tqdm(total=num, desc=f"nll {method}", disable=args.no_progress, leave=False)
+            try:
+                for lo in range(0, num, args.batch_size):
+                    hi = min(lo + args.batch_size, num)
+                    d = checkpoint_denoiser(ckpt, ema=not args.no_ema,
+                                            y=None if labels is None else labels[lo:hi])
+                    if getattr(d, "learned_variance", False):   # count the whole network's calls
+                        from .variances import PredictionHead
+
+                        counter = d.network = _Counted(d.network)
+                        d.model = PredictionHead(counter)
+                    else:
+                        counter = d.model = _Counted(d.model)
+                    if method == "ode":
+                        res = ode_likelihood(d, ckpt.process, x[lo:hi], divergence=args.divergence,
+                                             probe=args.probe, num_probes=args.num_probes, rtol=args.rtol,
+                                             atol=args.atol, t_eps=args.t_eps, data_bits=data_bits,
+                                             generator=generator)
+                        bpd.append(res.bits_per_dim)
+                    else:
+                        kwargs = {} if args.variance is None else {"variance": args.variance}
+                        with torch.no_grad():
+                            res = elbo_fn(d, ckpt.process, x[lo:hi], data_bits=data_bits,
+                                          generator=generator, **kwargs)
+                        bpd.append(res.total_bpd)
+                    nfe.append(counter.calls)
+                    bar.update(hi - lo)
+            finally:
+                bar.close()
+            seconds = time.perf_counter() - start
+            values = torch.cat(bpd).to(torch.float64)
+            stderr = values.std().item() / math.sqrt(num) if num > 1 else float("nan")
+            results[method] = {"mean_bpd": values.mean().item(), "stderr_bpd": stderr,
+                               "nfe_per_batch": sum(nfe) / len(nfe), "batches": len(nfe),
+                               "seconds": seconds, "bits_per_dim": values.tolist()}
+    finally:
+        torch.set_num_threads(threads_before)
+
+    kind = f"{data_bits}-bit" if data_bits is not None else "continuous"
+    given = ", given their labels" if labels is not None else ""
+    print(f"{num} samples of {dataset.spec} ({kind} data, {int(x[0].numel())} dims{given}) under step "
+          f"{ckpt.step} of {ckpt.path} ({'raw' if args.no_ema else 'EMA'} weights)")
+    for method, r in results.items():
+        detail = (f"{args.divergence}" + (f", {args.num_probes} {args.probe} probe(s)"
+                                           if args.divergence == "hutchinson" else "")
+                  + f", rtol {args.rtol:g}, atol {args.atol:g}") if method == "ode" else "bound"
+        stderr = "nan" if math.isnan(r["stderr_bpd"]) else f"{r['stderr_bpd']:.4f}"
+        print(f"  {method}: {r['mean_bpd']:.4f} +- {stderr} bits/dim ({detail}); NFE {r['nfe_per_batch']:.0f} "
+              f"per batch of up to {args.batch_size}; {r['seconds']:.2f} s ({r['seconds'] / num:.3g} s per sample)")
+    if args.out is not None:
+        from .plotting import atomic_path
+
+        report = {"checkpoint": ckpt.path, "step": ckpt.step, "data": dataset.config(), "num": num,
+                  "data_bits": data_bits, "conditional": labels is not None, "ema": not args.no_ema,
+                  "seed": args.seed,
+                  "ode_options": {"divergence": args.divergence, "probe": args.probe,
+                                  "num_probes": args.num_probes, "rtol": args.rtol, "atol": args.atol,
+                                  "t_eps": args.t_eps},
+                  "results": {m: {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                                  for k, v in r.items()} for m, r in results.items()}}
+        try:
+            with atomic_path(args.out) as tmp:
+                with open(tmp, "w") as fh:
+                    json.dump(report, fh, indent=1)
+        except OSError as err:
+            raise ScorekitError(f"cannot write {args.out!r}: {err.strerror or err}") from None
+        print("wrote:")
+        print(f"  {args.out}")
     return 0
 
 

@@ -35,6 +35,15 @@ The weightings (``w_x0 = w_eps SNR`` is the weight on ``||x_0 - x0_hat||^2``):
   use their VE-equivalent noise level), so ``w_eps = 1 + sigma~^2 / sigma_data^2``. It is weight 1 on
   EDM's preconditioned target ``F``. The weight grows like ``sigma~^2`` at high noise; EDM pairs it
   with log-normal noise levels (:class:`LogNormalTimesteps`), not uniform ones.
+* ``hybrid`` -- Improved DDPM's ``L_hybrid = L_simple + lambda L_vlb`` (Nichol & Dhariwal 2021, eq. 16,
+  ``lambda = hybrid_lambda = 0.001``) for a network with a variance head (``2 C`` outputs, see
+  :mod:`scorekit.variances`; discrete processes only). ``L_simple`` is the ``simple`` error of the
+  first ``C`` channels; ``L_vlb`` is the bound's term of the drawn step from
+  :func:`scorekit.likelihood.elbo.step_terms` (the KL ``L_t``, or the Gaussian decoder's ``L_0``),
+  with the network's learned variance and a stop-gradient on its mean (``x0_pred`` detached), so
+  ``L_vlb`` trains only the variance head. As in improved-diffusion, ``L_vlb`` is measured in bits
+  per dimension and scaled by the number of steps ``K`` (``K L_t`` estimates ``sum_t L_t`` under
+  uniform ``t``): ``per_sample = mean ||target - prediction||^2 + lambda K L_t / (D ln 2)``.
 
 Reduction over the ``D`` dimensions of one sample: the mean for every weighting except ``elbo``,
 which sums (so that ``per_sample`` is in nats).
@@ -59,8 +68,9 @@ at this step), so
     L_0 = ||x_0 - x0_hat||^2 / (2 s_0^2) + D/2 log(2 pi s_0^2),
 
 a density in nats for continuous data (for 8-bit images improved-diffusion's discretised decoder
-gives a probability instead; this loss keeps the Gaussian). As in improved-diffusion, ``s_0^2 = beta~_1`` for both variance
-choices (``beta~_0 = 0``). ``sum_t E[L_t]`` plus the prior term ``KL(q(x_T | x_0) || p(x_T))``, which has
+gives a probability instead; this loss keeps the Gaussian). ``s_0^2 = beta~_1`` for ``"small"`` (``beta~_0 = 0``;
+improved-diffusion's clipping) and ``beta_0`` for ``"large"`` (Ho et al.'s ``sigma_1^2 = beta_1``), as
+:func:`scorekit.variances.fixed_variance` and :func:`scorekit.likelihood.elbo` choose them. ``sum_t E[L_t]`` plus the prior term ``KL(q(x_T | x_0) || p(x_T))``, which has
 no parameters, bounds ``-log p_theta(x_0)``; a uniform ``t`` makes ``T * mean(per_sample)`` an unbiased
 estimate of the sum.
 
@@ -80,12 +90,13 @@ from typing import Callable, NamedTuple
 import torch
 
 from .errors import ScorekitError
-from .prediction import PREDICTION_TYPES, score_from_eps, v_from_x0_eps
+from .prediction import PREDICTION_TYPES, score_from_eps, to_x0, v_from_x0_eps
 from .processes import GaussianProcess, expand_like
+from .variances import fixed_variance, learned_log_variance, split_output
 
 Tensor = torch.Tensor
 
-WEIGHTINGS = ("simple", "elbo", "min_snr", "lambda", "edm")
+WEIGHTINGS = ("simple", "elbo", "min_snr", "lambda", "edm", "hybrid")
 ELBO_VARIANCES = ("small", "large")
 
 _F64 = torch.float64
@@ -338,20 +349,12 @@ def elbo_terms(process: GaussianProcess, t, variance: str = "small") -> tuple[Te
     if not process.discrete:
         return process.g2(t) / (2 * process.sigma(t) ** 2), torch.zeros_like(t)
 
-    first, last = _training_steps(process)
+    first, _ = _training_steps(process)
     s = _previous_time(process, t)
     c_x0, _, post_var = process.posterior_coefficients(t, s)
-    _, trans_std = process.transition(t, s)
-    model_var = post_var if variance == "small" else trans_std ** 2
-    # the first step: s_0^2 = beta~ of the next step (beta~_0 = 0), as improved-diffusion does
+    # the first step: s_0^2 = beta~ of the next step (beta~_0 = 0) for "small", beta_0 for "large"
+    model_var = fixed_variance(process, t, s, variance)
     at_first = t <= first
-    if last > first:
-        _, _, next_var = process.posterior_coefficients(torch.tensor(first + 1.0, dtype=_F64),
-                                                        torch.tensor(float(first), dtype=_F64))
-    else:
-        next_var = process.transition(torch.tensor(float(first), dtype=_F64),
-                                      torch.tensor(process.t_data, dtype=_F64))[1] ** 2
-    model_var = torch.where(at_first, next_var.to(model_var), model_var)
 
     snr = torch.exp(process.log_snr(t))
     w_eps = c_x0 ** 2 / (2 * model_var * snr)
@@ -367,12 +370,13 @@ def eps_weight(process: GaussianProcess, t, weighting: str, prediction_type: str
                sigma_data: float | None = None) -> Tensor:
     r"""``w_eps(t)``: the weighting's weight on ``||eps - eps_hat||^2`` (float64), per the module's table.
 
-    ``prediction_type`` matters only for ``simple`` (``w_eps = 1 / r(t)``). For ``elbo`` this is the
-    weight of the summed error, for the others of the mean.
+    ``prediction_type`` matters only for ``simple`` (``w_eps = 1 / r(t)``) and ``hybrid`` (the
+    weight of its ``L_simple`` part, the same). For ``elbo`` this is the weight of the summed error,
+    for the others of the mean.
     """
     _check_weighting(weighting)
     t = torch.as_tensor(t, dtype=_F64)
-    if weighting == "simple":
+    if weighting in ("simple", "hybrid"):
         return 1.0 / own_error_ratio(process, t, prediction_type)
     if weighting == "elbo":
         return elbo_terms(process, t, elbo_variance)[0]
@@ -400,9 +404,28 @@ def loss_weight(process: GaussianProcess, t, weighting: str = "simple", predicti
     _check_weighting(weighting)
     _check_prediction_type(prediction_type)
     t = torch.as_tensor(t, dtype=_F64)
-    if weighting == "simple":
+    if weighting in ("simple", "hybrid"):
         return torch.ones_like(t)
     return eps_weight(process, t, weighting, prediction_type, **options) * own_error_ratio(process, t, prediction_type)
+
+
+def hybrid_vlb(process: GaussianProcess, x0: Tensor, x_t: Tensor, t, x0_pred: Tensor, raw_variance: Tensor,
+               hybrid_lambda: float = 0.001) -> Tensor:
+    r"""``lambda K L_t / (D ln 2)`` per sample: the ``L_vlb`` part of the hybrid loss (module docstring).
+
+    ``L_t`` (nats) is :func:`scorekit.likelihood.elbo.step_terms` of the step ``t -> t - 1`` with the
+    reverse variance :func:`scorekit.variances.learned_log_variance` of ``raw_variance`` and the
+    Gaussian decoder at the first step; pass ``x0_pred`` detached for the paper's stop-gradient.
+    """
+    from .likelihood.elbo import step_terms
+
+    t = torch.as_tensor(t, dtype=_F64)
+    s = _previous_time(process, t)
+    log_var = learned_log_variance(raw_variance, process, t, s)
+    vlb = step_terms(process, x0, x_t, t, s, x0_pred, log_var, None)
+    first, last = _training_steps(process)
+    D = x0[0].numel()
+    return float(hybrid_lambda) * (last - first + 1) * vlb / (D * math.log(2.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,7 +436,7 @@ def diffusion_loss(net: Callable, process: GaussianProcess, x0: Tensor, *, predi
                    weighting: str = "simple", generator: torch.Generator, y: Tensor | None = None,
                    timestep_sampler=None, min_snr_gamma: float = 5.0, elbo_variance: str = "small",
                    lambda_fn: Callable[[Tensor], Tensor] | None = None,
-                   sigma_data: float | None = None) -> LossOutput:
+                   sigma_data: float | None = None, hybrid_lambda: float = 0.001) -> LossOutput:
     r"""The weighted denoising loss of ``net`` on the batch ``x0``.
 
     Draws ``(t, weight)`` from ``timestep_sampler`` (default :class:`UniformTimesteps`; for the EDM
@@ -426,7 +449,8 @@ def diffusion_loss(net: Callable, process: GaussianProcess, x0: Tensor, *, predi
         loss = mean_i(weight_i * per_sample_i),
 
     with the target and the weight ``w = w_eps r`` of the prediction type and weighting in the
-    module's tables, ``reduce`` the mean over dimensions (the sum for ``elbo``).
+    module's tables, ``reduce`` the mean over dimensions (the sum for ``elbo``); ``hybrid`` adds
+    its ``lambda K L_t / (D ln 2)`` (module docstring).
 
     Args:
         net: ``net(x_t, t, y) -> Tensor`` shaped like ``x_t``; ``t`` is an (N,) ``torch.long`` tensor
@@ -445,6 +469,7 @@ def diffusion_loss(net: Callable, process: GaussianProcess, x0: Tensor, *, predi
             default ``sigma(t)^2``.
         sigma_data: the data's standard deviation for ``edm``; default ``process.sigma_data`` when
             the process has one, else 0.5.
+        hybrid_lambda: ``lambda`` of ``hybrid`` (0.001 in the paper).
     """
     _check_prediction_type(prediction_type)
     _check_weighting(weighting)
@@ -453,6 +478,13 @@ def diffusion_loss(net: Callable, process: GaussianProcess, x0: Tensor, *, predi
                    lambda_fn=lambda_fn, sigma_data=sigma_data)
     if elbo_variance not in ELBO_VARIANCES:
         raise ScorekitError(f"unknown elbo_variance {elbo_variance!r}; choose one of {', '.join(ELBO_VARIANCES)}")
+    if weighting == "hybrid":
+        if not process.discrete:
+            raise ScorekitError(f"the hybrid loss sums the discrete bound's terms; {type(process).__name__} is "
+                                f"continuous: use process DDPM (or SimpleVE)")
+        if not (isinstance(hybrid_lambda, (int, float)) and not isinstance(hybrid_lambda, bool)
+                and math.isfinite(hybrid_lambda) and hybrid_lambda >= 0):
+            raise ScorekitError(f"hybrid_lambda must be a non-negative number (0.001 in the paper), got {hybrid_lambda!r}")
     x0 = _check_x0(x0)
     n = x0.shape[0]
     if y is not None and (not isinstance(y, Tensor) or y.shape != (n,)):
@@ -468,7 +500,10 @@ def diffusion_loss(net: Callable, process: GaussianProcess, x0: Tensor, *, predi
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     x_t = process.sample_marginal(x0, t64, eps)
 
-    out = _output(net(x_t, t_net, y), x_t)
+    if weighting == "hybrid":
+        out, raw_variance = split_output(net(x_t, t_net, y), x_t)
+    else:
+        out = _output(net(x_t, t_net, y), x_t)
     alpha = expand_like(process.alpha(t64), x0)
     sigma = expand_like(process.sigma(t64), x0)
     if prediction_type == "eps":
@@ -485,6 +520,10 @@ def diffusion_loss(net: Callable, process: GaussianProcess, x0: Tensor, *, predi
     if weighting == "elbo":
         const = elbo_terms(process, t64, elbo_variance)[1] * sq.shape[1]
         per_sample = w.to(sq) * sq.sum(1) + const.to(sq)
+    elif weighting == "hybrid":
+        per_sample = sq.mean(1) + hybrid_vlb(process, x0, x_t, t64, to_x0(out.detach(), prediction_type, x_t,
+                                                                          alpha, sigma),
+                                             raw_variance, hybrid_lambda).to(sq)
     else:
         per_sample = w.to(sq) * sq.mean(1)
     sampler_weight = sampler_weight.to(per_sample)
@@ -570,5 +609,5 @@ def _output(out, x_t: Tensor) -> Tensor:
 
 
 __all__ = ["ELBO_VARIANCES", "WEIGHTINGS", "ImportanceTimesteps", "LogNormalTimesteps", "LossOutput",
-           "UniformTimesteps", "diffusion_loss", "elbo_terms", "eps_weight", "loss_weight",
+           "UniformTimesteps", "diffusion_loss", "elbo_terms", "eps_weight", "hybrid_vlb", "loss_weight",
            "own_error_ratio"]

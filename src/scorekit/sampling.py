@@ -42,7 +42,11 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
     """Sample from a diffusion model: run ``sampler`` from ``x_T`` to the data.
 
     Args:
-        model: ``model(x_t, t) -> Tensor`` shaped like ``x_t``. For a DDPM schedule ``t`` is a
+        model: ``model(x_t, t) -> Tensor`` shaped like ``x_t``, or a ready
+            :class:`~scorekit.prediction.Denoiser` (such as the one
+            :func:`scorekit.train.checkpoint_denoiser` returns for a learned-variance model, which
+            ``sampler="ddpm", variance="learned"`` needs); ``prediction_type`` and ``time_input``
+            are then the denoiser's own. For a DDPM schedule ``t`` is a
             ``torch.long`` tensor of shape ``(N,)`` with steps ``0 .. T-1``, as in the DDPM paper
             (shifted by one) and diffusers, so models trained with either work unchanged.
             A diffusers ``UNet2DModel`` can be passed directly.
@@ -81,7 +85,12 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
         process = DDPM(betas=betas) if betas is not None else DDPM(alpha_bar=alpha_bar)
     elif betas is not None or alpha_bar is not None:
         raise ScorekitError("give either a process or a schedule (betas / alpha_bar), not both")
-    denoiser = Denoiser(model, process, prediction_type, time_input=time_input)
+    if isinstance(model, Denoiser):              # e.g. a learned-variance checkpoint's denoiser
+        if process is not None and model.process is not process and model.process.config() != process.config():
+            raise ScorekitError("the denoiser was built for another process than the one given")
+        denoiser = model
+    else:
+        denoiser = Denoiser(model, process, prediction_type, time_input=time_input)
     if clip is not None and threshold is not None:
         raise ScorekitError("use either clip or threshold, not both")
     if clip is not None:

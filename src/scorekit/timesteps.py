@@ -17,7 +17,18 @@ Spacings for discrete processes with steps ``first .. last`` (DDPM: ``0 .. T-1``
   noise.
 
 For continuous processes (times in ``[t_min, t_max]``): ``uniform`` in ``t``, ``quadratic`` in
-``t``, and ``log_snr`` (uniform in ``log(alpha^2 / sigma^2)``).
+``t``, ``log_snr`` (uniform in ``log(alpha^2 / sigma^2)``) and ``karras`` (Karras et al. 2022,
+eq. 5, in EDM's noise level ``sigma / alpha``).
+
+``uniform``, ``log_snr`` and ``karras`` also serve discrete processes, through their continuous
+embedding (a DDPM's ``log alpha_bar`` is interpolated between steps): they give fractional times
+between ``t_min`` and ``t_max`` (``0`` and ``T - 1`` for DDPM), which a model trained on integer
+steps receives as floats.
+
+The noise level of EDM (Karras et al. 2022, sec. 4) for a process ``x_t = alpha_t x_0 + sigma_t eps``
+is that of the scaled state ``x_t / alpha_t = x_0 + (sigma_t / alpha_t) eps``: :func:`edm_sigma`
+gives it and :func:`t_from_edm_sigma` maps it back to process time through ``log_snr = -2 log(sigma /
+alpha)``.
 """
 from __future__ import annotations
 
@@ -29,8 +40,70 @@ import torch
 from .errors import ScorekitError
 from .processes import GaussianProcess
 
-DISCRETE_SPACINGS = ("linspace", "leading", "trailing", "quadratic")
-CONTINUOUS_SPACINGS = ("uniform", "quadratic", "log_snr")
+DISCRETE_SPACINGS = ("linspace", "leading", "trailing", "quadratic", "uniform", "log_snr", "karras")
+CONTINUOUS_SPACINGS = ("uniform", "quadratic", "log_snr", "karras")
+#: spacings that give fractional times on a discrete process (through its continuous embedding)
+FRACTIONAL_SPACINGS = ("uniform", "log_snr", "karras")
+
+
+def edm_sigma(process: GaussianProcess, t) -> torch.Tensor:
+    r"""EDM's noise level of the scaled state ``x_t / alpha_t``: ``sigma_t / alpha_t``
+    ``= exp(-log_snr(t) / 2)`` (Karras et al. 2022, eq. 4 with ``s(t) = alpha_t``), float64."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return process.sigma(t) / process.alpha(t)
+
+
+def t_from_edm_sigma(process: GaussianProcess, sigma) -> torch.Tensor:
+    r"""Inverse of :func:`edm_sigma`: the time with ``sigma_t / alpha_t = sigma``, i.e.
+    ``process.t_from_log_snr(-2 log sigma)``; ``sigma = 0`` maps to the data time."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    return process.t_from_log_snr(-2.0 * torch.log(sigma))
+
+
+def uniform_times(t_min: float, t_max: float, num_steps: int) -> np.ndarray:
+    """``num_steps`` times evenly spaced in ``t`` from ``t_max`` down to ``t_min`` (float64)."""
+    n = _check_num_steps(num_steps)
+    if n == 1:
+        return np.array([t_max], dtype=np.float64)
+    return np.linspace(float(t_max), float(t_min), n, dtype=np.float64)
+
+
+def log_snr_times(process: GaussianProcess, t_min: float, t_max: float, num_steps: int) -> np.ndarray:
+    r"""Times with ``lambda_i = lambda(t_max) + i / (n - 1) (lambda(t_min) - lambda(t_max))``, evenly
+    spaced in ``lambda = log(alpha^2 / sigma^2)`` (Lu et al. 2022, DPM-Solver, sec. 3.3), mapped
+    back through ``process.t_from_log_snr``; the ends are exactly ``t_max`` and ``t_min``."""
+    n = _check_num_steps(num_steps)
+    if n == 1:
+        return np.array([t_max], dtype=np.float64)
+    lam = process.log_snr(torch.tensor([t_max, t_min], dtype=torch.float64))
+    u = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+    times = process.t_from_log_snr(lam[0] + (lam[1] - lam[0]) * u).cpu().numpy().astype(np.float64)
+    times[0], times[-1] = t_max, t_min
+    return times
+
+
+def karras_times(process: GaussianProcess, t_min: float, t_max: float, num_steps: int, *,
+                 rho: float = 7.0) -> np.ndarray:
+    r"""Karras et al. (2022), eq. 5, in EDM's noise level ``sigma = sigma_t / alpha_t``:
+
+        sigma_i = (sigma_max^(1/rho) + i / (n - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,
+
+    ``i = 0 .. n-1``, with ``sigma_max``, ``sigma_min`` those of ``t_max`` and ``t_min``, mapped to
+    process time by :func:`t_from_edm_sigma`; the ends are exactly ``t_max`` and ``t_min``. Larger
+    ``rho`` puts more steps at low noise; ``rho = 1`` is uniform in ``sigma``.
+    """
+    n = _check_num_steps(num_steps)
+    rho = float(rho)
+    if not (math.isfinite(rho) and rho > 0):
+        raise ScorekitError(f"rho must be a positive number, got {rho}")
+    if n == 1:
+        return np.array([t_max], dtype=np.float64)
+    s_max, s_min = edm_sigma(process, torch.tensor([t_max, t_min], dtype=torch.float64)).tolist()
+    u = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+    sigmas = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    times = t_from_edm_sigma(process, sigmas).cpu().numpy().astype(np.float64)
+    times[0], times[-1] = t_max, t_min
+    return times
 
 
 def discrete_steps(num_train_steps: int, num_steps: int, spacing: str = "trailing", *,
@@ -58,44 +131,44 @@ def discrete_steps(num_train_steps: int, num_steps: int, spacing: str = "trailin
 
 
 def continuous_times(t_min: float, t_max: float, num_steps: int, spacing: str = "uniform", *,
-                     process: GaussianProcess | None = None) -> np.ndarray:
+                     process: GaussianProcess | None = None, rho: float = 7.0) -> np.ndarray:
     """``num_steps`` times from ``t_max`` down to ``t_min`` (float64), both ends included."""
     n = _check_num_steps(num_steps)
-    if n == 1:
-        return np.array([t_max], dtype=np.float64)
-    u = np.linspace(0.0, 1.0, n)
+    if spacing in ("log_snr", "karras") and process is None:
+        raise ScorekitError(f"spacing {spacing!r} needs the process")
     if spacing == "uniform":
-        times = t_max + (t_min - t_max) * u
-    elif spacing == "quadratic":
-        times = t_min + (t_max - t_min) * (1 - u) ** 2
-    elif spacing == "log_snr":
-        if process is None:
-            raise ScorekitError("spacing 'log_snr' needs the process")
-        lam = process.log_snr(torch.tensor([t_max, t_min], dtype=torch.float64))
-        grid = lam[0] + (lam[1] - lam[0]) * torch.from_numpy(u)
-        times = process.t_from_log_snr(grid).numpy()
-        times[0], times[-1] = t_max, t_min
-    else:
-        raise ScorekitError(f"unknown spacing {spacing!r} for a continuous process; choose one of "
-                            f"{', '.join(CONTINUOUS_SPACINGS)}")
-    return times.astype(np.float64)
+        return uniform_times(t_min, t_max, n)
+    if spacing == "log_snr":
+        return log_snr_times(process, t_min, t_max, n)
+    if spacing == "karras":
+        return karras_times(process, t_min, t_max, n, rho=rho)
+    if spacing == "quadratic":
+        if n == 1:
+            return np.array([t_max], dtype=np.float64)
+        u = np.linspace(0.0, 1.0, n)
+        return (t_min + (t_max - t_min) * (1 - u) ** 2).astype(np.float64)
+    raise ScorekitError(f"unknown spacing {spacing!r} for a continuous process; choose one of "
+                        f"{', '.join(CONTINUOUS_SPACINGS)}")
 
 
 def make_timesteps(process: GaussianProcess, num_steps: int, spacing: str | None = None, *,
-                   t_end: float | None = None) -> torch.Tensor:
+                   t_end: float | None = None, rho: float = 7.0) -> torch.Tensor:
     """The sampling grid for ``process``: ``num_steps`` model times then the end time.
 
-    Returns a float64 tensor of length ``num_steps + 1`` (whole numbers for discrete
-    processes). ``t_end`` defaults to ``process.t_data``.
+    Returns a float64 tensor of length ``num_steps + 1`` (whole numbers for discrete processes,
+    except with the fractional spacings ``uniform``, ``log_snr`` and ``karras``). ``t_end``
+    defaults to ``process.t_data``; ``rho`` is the exponent of the ``karras`` spacing.
     """
     end = process.t_data if t_end is None else float(t_end)
-    if process.discrete:
+    if process.discrete and spacing in FRACTIONAL_SPACINGS:
+        times = continuous_times(process.t_min, process.t_max, num_steps, spacing, process=process, rho=rho)
+    elif process.discrete:
         T = int(round(process.t_max - process.t_min)) + 1
         steps = discrete_steps(T, num_steps, spacing or "trailing", first=int(process.t_min))
         times = steps.astype(np.float64)
     else:
         times = continuous_times(process.t_min, process.t_max, num_steps, spacing or "uniform",
-                                 process=process)
+                                 process=process, rho=rho)
     if not end < times[-1]:
         raise ScorekitError(f"t_end={end} must be below the last model time {times[-1]}")
     return torch.from_numpy(np.append(times, end))

@@ -30,7 +30,6 @@ slightly negative. Everything is computed in float64.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch

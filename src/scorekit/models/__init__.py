@@ -77,7 +77,7 @@ def count_parameters(net: nn.Module) -> int:
 # options that leave the layout of the network as it is: a network built from a preset with
 # these overridden is still described by the preset's name
 _DATA_OPTIONS = {"in_channels", "out_channels", "dim", "num_classes", "dropout", "seed", "time_scale",
-                 "fourier_scale", "time_embedding", "compute_dtype"}
+                 "fourier_scale", "time_embedding", "compute_dtype", "learn_variance"}
 
 
 def preset_name(net: nn.Module) -> str | None:

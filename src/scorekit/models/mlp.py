@@ -59,13 +59,16 @@ class MLP(nn.Module):
         time_scale: the embedding sees ``time_scale * t``.
         fourier_scale: standard deviation of the random Fourier frequencies.
         seed: seed of the initial weights and of the Fourier frequencies.
+        learn_variance: output ``2 * dim`` values: the prediction, then the raw variance output of
+            Nichol & Dhariwal (2021), see :mod:`scorekit.variances`.
     """
 
     kind = "mlp"
 
     def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, *, time_embedding: str = "sinusoidal",
                  time_dim: int | None = None, num_classes: int | None = None, norm: str = "layer",
-                 dropout: float = 0.0, time_scale: float = 1.0, fourier_scale: float = 16.0, seed: int = 0):
+                 dropout: float = 0.0, time_scale: float = 1.0, fourier_scale: float = 16.0, seed: int = 0,
+                 learn_variance: bool = False):
         super().__init__()
         check_choice(time_embedding, TIME_EMBEDDINGS, "time_embedding")
         check_choice(norm, NORMS, "norm")
@@ -83,6 +86,9 @@ class MLP(nn.Module):
                             time_embedding=time_embedding, time_dim=int(time_dim),
                             num_classes=self.num_classes, norm=norm, dropout=float(dropout),
                             time_scale=float(time_scale), fourier_scale=float(fourier_scale), seed=int(seed))
+        self.learn_variance = bool(learn_variance)
+        if self.learn_variance:
+            self._config["learn_variance"] = True
         with global_rng_untouched():
             self.time_embed = TimeEmbedding(time_embedding, time_dim, hidden, time_scale=time_scale,
                                             fourier_scale=fourier_scale, seed=seed)
@@ -90,7 +96,7 @@ class MLP(nn.Module):
             self.linear_in = nn.Linear(self.dim, hidden)
             self.blocks = nn.ModuleList(MLPBlock(hidden, norm, dropout) for _ in range(depth))
             self.norm_out = _norm(norm, hidden)
-            self.linear_out = zero_init(nn.Linear(hidden, self.dim))
+            self.linear_out = zero_init(nn.Linear(hidden, 2 * self.dim if self.learn_variance else self.dim))
         init_parameters(self, torch.Generator().manual_seed(int(seed)))
 
     def config(self) -> dict:

@@ -49,7 +49,10 @@ class UNet(nn.Module):
 
     Args:
         in_channels: channels of the images.
-        out_channels: channels of the output (default ``in_channels``).
+        out_channels: channels of the output (default ``in_channels``, or ``2 * in_channels`` with
+            ``learn_variance``).
+        learn_variance: also output a variance head: ``2 * in_channels`` channels, the prediction
+            then the raw variance output of Nichol & Dhariwal (2021), see :mod:`scorekit.variances`.
         base_channels: channels of the first level; level ``i`` has ``base_channels * channel_mults[i]``.
         channel_mults: one multiplier per level; ``len(channel_mults) - 1`` downsamplings, so
             height and width must be multiples of ``2 ** (len(channel_mults) - 1)``.
@@ -83,7 +86,7 @@ class UNet(nn.Module):
                  time_embedding: str = "sinusoidal", time_conditioning: str = "add",
                  num_classes: int | None = None, image_size: int = 32, groups: int = 32,
                  time_scale: float = 1.0, fourier_scale: float = 16.0, seed: int = 0,
-                 compute_dtype: str = "float32"):
+                 compute_dtype: str = "float32", learn_variance: bool = False):
         super().__init__()
         check_choice(compute_dtype, COMPUTE_DTYPES, "compute_dtype")
         check_choice(time_embedding, TIME_EMBEDDINGS, "time_embedding")
@@ -113,7 +116,12 @@ class UNet(nn.Module):
                 f"are {levels}")
 
         self.in_channels = int(in_channels)
-        self.out_channels = int(out_channels) if out_channels is not None else self.in_channels
+        self.learn_variance = bool(learn_variance)
+        default_out = 2 * self.in_channels if self.learn_variance else self.in_channels
+        self.out_channels = int(out_channels) if out_channels is not None else default_out
+        if self.learn_variance and self.out_channels != default_out:
+            raise ScorekitError(f"learn_variance needs out_channels = 2 x in_channels = {default_out}, got "
+                                f"{out_channels}; leave out_channels unset")
         self.num_classes = int(num_classes) if num_classes is not None else None
         self.downsamplings = len(channel_mults) - 1
         self.compute_dtype = compute_dtype
@@ -125,6 +133,8 @@ class UNet(nn.Module):
             time_conditioning=time_conditioning, num_classes=self.num_classes,
             image_size=int(image_size), groups=int(groups), time_scale=float(time_scale),
             fourier_scale=float(fourier_scale), seed=int(seed), compute_dtype=compute_dtype)
+        if self.learn_variance:
+            self._config["learn_variance"] = True
 
         emb_dim = 4 * base_channels
         block = dict(emb_dim=emb_dim, dropout=dropout, groups=groups, conditioning=time_conditioning)

@@ -9,11 +9,11 @@ from ._common import Callback, check_generator, check_start, grid, progress_rang
 
 Tensor = torch.Tensor
 
-VARIANCES = ("small", "large")
+VARIANCES = ("small", "large", "learned")
 
 
 def ddpm(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *,
-         variance: str = "small", generator: torch.Generator | None = None,
+         variance: str | Tensor = "small", generator: torch.Generator | None = None,
          callback: Callback | None = None, progress: bool = False) -> Tensor:
     r"""Ancestral sampling: ``x_s ~ N(mu~(x_t, x0_pred), var I)`` from ``t`` to the next time ``s``.
 
@@ -27,7 +27,14 @@ def ddpm(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *,
     * ``"small"``: the posterior variance ``beta~ = sigma_{t|s}^2 sigma_s^2 / sigma_t^2`` (exact
       when the data is a single point), or
     * ``"large"``: the forward step variance ``beta = sigma_{t|s}^2`` (exact when the data is
-      ``N(0, I)``); ``1 - alpha_bar_t / alpha_bar_s`` for DDPM.
+      ``N(0, I)``); ``1 - alpha_bar_t / alpha_bar_s`` for DDPM;
+    * ``"learned"``: the network's own, per dimension, between the two (Nichol & Dhariwal 2021,
+      eq. 15; :mod:`scorekit.variances`). The denoiser must have a variance head: it is asked
+      ``x0_pred, log_var = denoiser.x0_and_log_variance(x_t, t, s)`` once per step instead of
+      ``denoiser(x_t, t)`` (:class:`scorekit.variances.LearnedVarianceDenoiser`);
+    * a tensor of one variance per step, in ascending time (entry 0 is the step into the data; for
+      the whole DDPM chain, the ``(T,)`` table indexed by ``t``), e.g. Analytic-DPM's
+      :func:`scorekit.variances.analytic_variances` for the same grid.
 
     No noise is added on the final step to the data time (``z = 0`` at ``t = 1`` in Algorithm 2).
     For the simple variance-exploding process the step is ``x_{t-1} = (1 - 1/t) x_t + x0_pred / t
@@ -38,29 +45,47 @@ def ddpm(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *,
         process: the forward process.
         x_T: the start, shape ``(N, ...)``.
         timesteps: descending grid ending at the end time (see :mod:`scorekit.timesteps`).
-        variance: ``"small"`` (``beta~_t``) or ``"large"`` (``beta_t``).
+        variance: ``"small"`` (``beta~_t``), ``"large"`` (``beta_t``), ``"learned"`` or a tensor.
         generator: the source of the noise (required).
         callback: ``callback(i, t, x_t, x0_pred)`` after each network evaluation.
         progress: show a progress bar.
     """
-    if variance not in VARIANCES:
-        raise ScorekitError(f"unknown variance {variance!r}; choose 'small' (beta~_t) or 'large' (beta_t)")
+    learned = isinstance(variance, str) and variance == "learned"
+    if isinstance(variance, str) and variance not in VARIANCES:
+        raise ScorekitError(f"unknown variance {variance!r}; choose 'small' (beta~_t), 'large' (beta_t), "
+                            f"'learned' or give a tensor of per-step variances")
+    if learned and not hasattr(denoiser, "x0_and_log_variance"):
+        raise ScorekitError("variance='learned' needs a denoiser with a variance head "
+                            "(scorekit.variances.LearnedVarianceDenoiser, or checkpoint_denoiser of a model "
+                            "trained with --variance learned)")
     x = check_start(x_T)
     generator = check_generator(generator, "ddpm")
     ts = grid(process, timesteps)
     t, s = ts[:-1], ts[1:]
     c_x0, c_xt, var = process.posterior_coefficients(t, s)
-    if variance == "large":
+    if isinstance(variance, str) and variance == "large":
         var = process.transition(t, s)[1] ** 2
-    std = torch.where(s > process.t_data, var.sqrt(), torch.zeros_like(var))   # no noise into the data
+    elif not isinstance(variance, str):
+        var = torch.as_tensor(variance, dtype=torch.float64).detach().cpu().reshape(-1)
+        if var.numel() != t.numel() or not torch.all(torch.isfinite(var) & (var >= 0)):
+            raise ScorekitError(f"variance must hold {t.numel()} finite non-negative values, one per step of "
+                                f"the grid in ascending time; got {var.numel()}")
+        var = var.flip(0)                                   # the grid runs in descending time
+    noisy = (s > process.t_data).tolist()                   # no noise into the data
+    std = torch.where(s > process.t_data, var.sqrt(), torch.zeros_like(var))
     c_x0, c_xt, std = c_x0.tolist(), c_xt.tolist(), std.tolist()   # python floats: x's dtype decides
-    times = t.tolist()
+    times, ends = t.tolist(), s.tolist()
     for i in progress_range(len(times), progress, "ddpm"):
-        x0 = denoiser(x, times[i])
+        if learned:
+            x0, log_var = denoiser.x0_and_log_variance(x, times[i], ends[i])
+        else:
+            x0 = denoiser(x, times[i])
         if callback is not None:
             callback(i, times[i], x, x0)
         x_next = c_x0[i] * x0 + c_xt[i] * x
-        if std[i] > 0:
+        if learned and noisy[i]:
+            x_next = x_next + torch.exp(0.5 * log_var).to(x.dtype) * randn_like(x, generator)
+        elif std[i] > 0:
             x_next = x_next + std[i] * randn_like(x, generator)
         x = x_next
     return x

@@ -508,10 +508,19 @@ def checkpoint_denoiser(ckpt: Checkpoint, *, ema: bool = True, y: torch.Tensor |
 
         d = checkpoint_denoiser(load_checkpoint("runs/digits"))
         x0 = scorekit.sample(d.model, x_T, process=d.process, prediction_type=d.prediction_type)
+
+    For a network with a variance head (``learn_variance``) it is a
+    :class:`scorekit.variances.LearnedVarianceDenoiser`: ``d.model`` is then the prediction half
+    (so the lines above work unchanged) and ``ddpm(d, ..., variance="learned")`` samples with the
+    learned variances.
     """
     from ..prediction import Denoiser
 
     net = ckpt.ema_net if ema else ckpt.net
+    if ckpt.model_config.get("learn_variance"):
+        from ..variances import LearnedVarianceDenoiser
+
+        return LearnedVarianceDenoiser(LabelledModel(net, y), ckpt.process, ckpt.prediction_type)
     return Denoiser(LabelledModel(net, y), ckpt.process, ckpt.prediction_type)
 
 

@@ -77,6 +77,8 @@ TIMESTEP_SAMPLERS = {
 DEFAULT_DDPM_SCHEDULE = "cosine"
 
 LR_SCHEDULES = ("constant", "cosine")
+#: ``TrainConfig.variance``: fixed reverse variances, or learned ones (Nichol & Dhariwal 2021)
+VARIANCE_CHOICES = ("fixed", "learned")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 #: fields of TrainConfig that a resumed run may change: the length and learning-rate schedule
@@ -119,8 +121,13 @@ class TrainConfig:
             on the 8x8 digits (1200 steps, DDIM 50 steps) v + cosine gave 99 % of samples
             classified as the class asked for against 92 % for eps + linear, whose DDIM samples
             include some blown-up ones.
-        weighting: ``simple``, ``elbo``, ``min_snr``, ``lambda`` or ``edm``
-            (:mod:`scorekit.losses`); ``weighting_options`` e.g. ``{"min_snr_gamma": 5}``.
+        weighting: ``simple``, ``elbo``, ``min_snr``, ``lambda``, ``edm`` or ``hybrid``
+            (:mod:`scorekit.losses`); ``weighting_options`` e.g. ``{"min_snr_gamma": 5}`` or
+            ``{"hybrid_lambda": 0.001}``.
+        variance: the reverse-process variance: ``fixed`` (chosen when sampling) or ``learned``
+            (Improved DDPM: the network gets a variance head, ``learn_variance=True``, trained by the
+            ``hybrid`` weighting, which it requires; discrete processes only). Sample with
+            ``ddpm(..., variance="learned")`` on :func:`scorekit.train.checkpoint_denoiser`.
         timesteps: training-time sampler: ``uniform``, ``importance`` (discrete processes) or
             ``lognormal`` (EDM's); ``timesteps_options`` its arguments. ``lognormal`` spends more
             of the training on small noise levels, which fine structure needs: on
@@ -167,6 +174,7 @@ class TrainConfig:
     prediction: str = "v"
     weighting: str = "simple"
     weighting_options: dict = field(default_factory=dict)
+    variance: str = "fixed"
     timesteps: str = "uniform"
     timesteps_options: dict = field(default_factory=dict)
     steps: int = 2000
@@ -259,6 +267,14 @@ class TrainConfig:
         choice("process", list(PROCESS_NAMES))
         choice("prediction", PREDICTION_TYPES)
         choice("weighting", WEIGHTINGS)
+        choice("variance", VARIANCE_CHOICES)
+        if (self.variance == "learned") != (self.weighting == "hybrid"):
+            raise ScorekitError("a learned variance is trained by the hybrid loss and the hybrid loss needs a "
+                                f"learned variance: use variance 'learned' with weighting 'hybrid' (got variance "
+                                f"{self.variance!r}, weighting {self.weighting!r})")
+        if self.variance == "learned" and self.process not in ("ddpm", "simple_ve"):
+            raise ScorekitError(f"a learned variance needs a discrete process (ddpm or simple_ve), got "
+                                f"{self.process!r}")
         choice("timesteps", list(TIMESTEP_SAMPLERS))
         choice("lr_schedule", LR_SCHEDULES)
         choice("mixed_precision", MIXED_PRECISION)
@@ -439,6 +455,8 @@ def model_config_for(config: TrainConfig, dataset, process) -> dict:
         cfg["dim"] = dataset.shape[0]
     cfg["num_classes"] = dataset.num_classes
     cfg["seed"] = int(config.seed)
+    if config.variance == "learned":
+        cfg["learn_variance"] = True
     if not process.discrete:
         cfg["time_scale"] = 1000.0 / float(process.t_max)
     cfg.update(config.model_options)
@@ -846,6 +864,10 @@ class _Trainer:
         if self.conditional:
             y = (torch.arange(n) % self.net_config["num_classes"]).to(self.device)
         model = LabelledModel(self.ema.net, y)
+        if self.net_config.get("learn_variance"):
+            from ..variances import PredictionHead
+
+            model = PredictionHead(model)                   # the grids use the prediction only
         steps = min(cfg.sample_steps, self.process.num_steps) if self.process.discrete else cfg.sample_steps
         x0 = sample(model, x_T, process=self.process, prediction_type=cfg.prediction,
                     sampler=cfg.sample_sampler, num_steps=steps,

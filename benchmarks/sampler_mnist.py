@@ -1,0 +1,261 @@
+"""Low-NFE samplers on a trained MNIST model: scorekit's samplers against diffusers' and
+k-diffusion's, by their distance to a high-accuracy solution of the model's own probability-flow ODE.
+
+    .venv/bin/python benchmarks/sampler_mnist.py                       # the MNIST quality benchmark's run
+    .venv/bin/python benchmarks/sampler_mnist.py --run /tmp/mnist-run --quick
+    .venv/bin/python benchmarks/sampler_mnist.py --select "dpmpp|DPMSolver" --n 64
+    ./run bench sampler_mnist [options]                                # the same through the set-up script
+    .venv/bin/python benchmarks/sampler_mnist.py --render benchmarks/results/sampler_mnist.json
+
+The model: the scorekit run in ``benchmarks/results/cache/mnist_quality-scorekit-run`` (written by
+``benchmarks/mnist_quality.py``; any run folder works, e.g. one made by ``scorekit train --data
+mnist:../shared/data/mnist-test --data-option pad_to=32 --model tiny --steps 20 --out /tmp/run``),
+its EMA weights, with the run's own process and prediction type (the quality run: DDPM cosine
+schedule, T = 1000, v-prediction). The peers get exactly that schedule (``trained_betas``) and
+prediction type (diffusers ``v_prediction``; k-diffusion's ``DiscreteVDDPMDenoiser`` scalings).
+
+The reference: from the same x_T (``--n`` images, default 32), the probability-flow ODE of the
+trained model, ``dx_bar / d log s = s eps_theta(alpha x_bar, t(s))`` in ``x_bar = x / alpha`` and
+``s = sigma / alpha`` (``t(s)`` through ``process.t_from_log_snr(-2 log s)``, fractional steps),
+solved by ``scipy.integrate.solve_ivp`` (RK45, rtol = atol = ``--rtol``, default 1e-5, in float64
+with the network in float32) from ``t = T - 1`` down to ``t = 0``, then the model's x0-prediction
+there. The network is defined only for ``t >= 0``: every sampler's last model call is at ``t >= 0``
+and the limit of every sampler that ends at the data is this end point (for the exact mixtures of
+``benchmarks/samplers.py`` the ODE can be continued to sigma = 0; here ``sigma_bar(0)`` is 0.0064,
+below the 1/127.5 quantisation step of the images).
+
+Samplers: the deterministic configurations of ``benchmarks/samplers.py`` (every scorekit sampler
+registered at run time on each grid, the peers of ``benchmarks/peers.py``; stochastic ones have
+no per-sample reference and are skipped), at equal counted NFE (5, 10, 15, 20; the step count
+per target is planned by counting model calls on one image). Measure: RMSE to the reference over
+all pixels (images in [-1, 1]); a headline of our best against the best peer per NFE. (The Fréchet
+distance of digit-classifier features, as ``benchmarks/mnist_quality.py`` computes it, is not
+reported: a few dozen images do not estimate a 128-d covariance.)
+
+Writes ``sampler_mnist.md`` / ``.json`` (``sampler_mnist-quick.*`` with --quick) to ``--out``
+(default benchmarks/results/); the reference is cached in its ``cache/``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import samplers as bench  # noqa: E402
+from scorekit.train import checkpoint_denoiser, load_checkpoint  # noqa: E402
+
+Tensor = torch.Tensor
+
+SEEDS = {"x_T": 0, "noise": 1}
+DEFAULT_RUN = Path(__file__).resolve().parent / "results" / "cache" / "mnist_quality-scorekit-run"
+
+
+def probability_flow_reference(denoiser, x_T: Tensor, rtol: float) -> tuple[Tensor, int]:
+    r"""The trained model's probability-flow ODE from ``x_T`` at ``t = T - 1`` to ``t = 0``,
+    then ``D(x, 0)``.
+
+    With ``x_bar = x / alpha``, ``s = sigma / alpha`` and ``u = log s`` the ODE (Song et al. 2021,
+    eq. 13, in the variables of DDIM / Karras et al. 2022, eq. 4 with ``s(t) = alpha_t``) reads
+
+        d x_bar / d u = s * eps_theta(x, t),   x = alpha x_bar,   eps_theta = (x - alpha D(x, t)) / sigma.
+
+    Returns the samples (float64) and the number of network evaluations.
+    """
+    process = denoiser.process
+    shape = x_T.shape
+    calls = [0]
+
+    def eps(x_bar: Tensor, s: float) -> tuple[Tensor, float]:
+        t = float(process.t_from_log_snr(torch.tensor(-2 * math.log(s), dtype=torch.float64)))
+        alpha, sigma = float(process.alpha(t)), float(process.sigma(t))
+        x = (alpha * x_bar).to(torch.float32)
+        calls[0] += 1
+        with torch.no_grad():
+            x0 = denoiser(x, t).to(torch.float64)
+        return (alpha * x_bar - alpha * x0) / sigma, t
+
+    def rhs(u, y):
+        s = math.exp(u)
+        e, _ = eps(torch.from_numpy(y).reshape(shape), s)
+        return (s * e).reshape(-1).numpy()
+
+    t_start, t_end = process.t_max, process.t_min
+    s_start, s_end = (float(process.sigma(t) / process.alpha(t)) for t in (t_start, t_end))
+    y0 = (x_T.to(torch.float64) / float(process.alpha(t_start))).reshape(-1).numpy()
+    sol = solve_ivp(rhs, (math.log(s_start), math.log(s_end)), y0, method="RK45", rtol=rtol, atol=rtol,
+                    t_eval=[math.log(s_end)])
+    if not sol.success:
+        raise RuntimeError(f"ODE solver failed: {sol.message}")
+    x_bar = torch.from_numpy(sol.y[:, -1]).reshape(shape)
+    alpha = float(process.alpha(t_end))
+    with torch.no_grad():
+        x0 = denoiser((alpha * x_bar).to(torch.float32), float(t_end)).to(torch.float64)
+    return x0, calls[0] + 1
+
+
+def cached_reference(run: Path, ckpt, denoiser, x_T: Tensor, rtol: float, cache: Path):
+    from safetensors.torch import load_file, save_file
+
+    tag = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{run.resolve().name}-step{ckpt.step}")
+    path = cache / f"mnist-ode-{tag}-n{x_T.shape[0]}-seed{SEEDS['x_T']}-rtol{rtol:g}.safetensors"
+    if path.exists():
+        stored = load_file(str(path))
+        if torch.equal(stored["x_T"], x_T):
+            return stored["x0"], int(stored["nfe"]), True
+    x0, nfe = probability_flow_reference(denoiser, x_T, rtol)
+    cache.mkdir(parents=True, exist_ok=True)
+    save_file({"x_T": x_T.contiguous(), "x0": x0.contiguous(), "nfe": torch.tensor(nfe)}, str(path))
+    return x0, nfe, False
+
+
+def sweep(configs, model, process, prediction_type: str, x_T: Tensor, reference: Tensor, nfes) -> tuple[list, dict]:
+    counter = bench.CountingModel(model)
+    results, plans = [], {}
+    for cfg in configs:
+        start = time.perf_counter()
+        if getattr(cfg, "deterministic", True) is False:      # a peer known to draw noise
+            continue
+        probe = x_T if getattr(cfg, "adaptive", False) else x_T[:1]   # an adaptive count depends on the batch
+        plan, deterministic = bench.plan_steps(cfg, model, process, probe, nfes, prediction_type)
+        plans[cfg.label] = {"deterministic": deterministic, **{str(k): v for k, v in plan.items()}}
+        if not deterministic:
+            continue
+        for target in nfes:
+            row = {"config": cfg.label, "library": cfg.library, "family": cfg.family, "default": cfg.default,
+                   "target": target}
+            if "error" in plan[target]:
+                results.append({**row, "error": plan[target]["error"]})
+                continue
+            counter.calls = 0
+            try:
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    x = bench.run_config(cfg, counter, process, x_T, plan[target]["steps"],
+                                         torch.Generator().manual_seed(SEEDS["noise"]), prediction_type,
+                                         plan[target].get("options"))
+            except Exception as err:
+                results.append({**row, "error": f"{type(err).__name__}: {err}"})
+                continue
+            row.update(steps=plan[target]["steps"], nfe=counter.calls)
+            if torch.isfinite(x).all():
+                row["rmse"] = bench.rmse(x, reference)
+            else:
+                row["error"] = "non-finite samples"
+            results.append(row)
+        print(f"{cfg.label}: {time.perf_counter() - start:.1f} s", flush=True)
+    return results, plans
+
+
+def headline(results: list[dict], nfes) -> list[dict]:
+    ours = [r for r in results if r["library"] == "scorekit"]
+    theirs = [r for r in results if r["library"] != "scorekit"]
+    rows = []
+    for target in nfes:
+        a, b = bench.best_row(ours, "rmse", target), bench.best_row(theirs, "rmse", target)
+        rows.append({"nfe": target, "ours": a and a["config"], "ours_nfe": a and a["nfe"], "ours_rmse": a and a["rmse"],
+                     "peer": b and b["config"], "peer_nfe": b and b["nfe"], "peer_rmse": b and b["rmse"],
+                     "ratio": a["rmse"] / b["rmse"] if a and b and b["rmse"] > 0 else None})
+    return rows
+
+
+def markdown(report: dict) -> str:
+    nfes = report["settings"]["nfes"]
+    ref = report["reference"]
+    ref_time = "cached" if ref["cached"] else f"{ref['seconds']:.0f} s"
+    parts = ["# Samplers on a trained MNIST model: RMSE to the model's probability-flow ODE",
+             "Environment: " + ", ".join(f"{k} {v}" for k, v in report["environment"].items()),
+             f"Model: {report['model']['run']} (checkpoint step {report['model']['step']}, "
+             f"{report['model']['process']}, {report['model']['prediction_type']}-prediction, EMA weights). "
+             f"{report['settings']['n']} images, x_T seed {SEEDS['x_T']}. Run time {report['seconds']:.0f} s.",
+             f"Reference: RK45 in log(sigma/alpha), rtol = atol = {ref['rtol']:g}, from t = T-1 to t = 0 "
+             f"(sigma_bar {ref['sigma_bar_start']:.4g} to {ref['sigma_bar_t0']:.4g}), then the model's "
+             f"x0-prediction; {ref['nfe']} network evaluations ({ref_time}). "
+             "RMSE over pixels in [-1, 1]; deterministic configurations only.",
+             "## Headline: our best against the best peer (ours/peer < 1: scorekit wins)",
+             bench.markdown_table(["NFE", "ours: best config (NFE)", "ours", "best peer config (NFE)", "peer",
+                                   "ours/peer"],
+                                  [[r["nfe"], f"{r['ours']} ({r['ours_nfe']})" if r["ours"] else "-", r["ours_rmse"],
+                                    f"{r['peer']} ({r['peer_nfe']})" if r["peer"] else "-", r["peer_rmse"], r["ratio"]]
+                                   for r in report["headline"]]),
+             "## Per family: defaults / best configuration", bench.family_table(report["results"], "rmse", nfes),
+             "## All configurations (counted NFE in brackets where below the target; n/a: needs more calls)",
+             bench.metric_table(report["results"], "rmse", nfes),
+             "## Failures", bench.failures(report["results"])]
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="scorekit run or checkpoint folder")
+    parser.add_argument("--n", type=int, default=None, help="number of images (default 32; 8 with --quick)")
+    parser.add_argument("--nfes", default=None, help="NFE targets (default 5,10,15,20; 5,10 with --quick)")
+    parser.add_argument("--rtol", type=float, default=1e-5, help="tolerance of the reference ODE solve")
+    parser.add_argument("--select", default=None,
+                        help="regular expression: only configurations whose label matches")
+    parser.add_argument("--quick", action="store_true",
+                        help="8 images, NFE 5 and 10, only each family's default configuration")
+    parser.add_argument("--no-k-diffusion", action="store_true", help="leave out k-diffusion's samplers")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--render", type=Path, default=None,
+                        help="only rewrite the .md of an earlier run from its .json")
+    args = parser.parse_args(argv)
+    if args.render is not None:
+        report = json.loads(args.render.read_text())
+        defaults = {cfg.label: cfg.default for cfg in bench.all_configs(bench.DDPM(), True)}
+        for row in report["results"]:
+            row["default"] = defaults.get(row["config"], row["default"])
+        args.render.with_suffix(".md").write_text(markdown(report))
+        return 0
+    torch.set_num_threads(1)
+    bench.quiet_peers()
+    n = args.n or (8 if args.quick else 32)
+    nfes = tuple(int(v) for v in (args.nfes or ("5,10" if args.quick else "5,10,15,20")).split(","))
+    start = time.perf_counter()
+
+    ckpt = load_checkpoint(args.run)
+    denoiser = checkpoint_denoiser(ckpt, ema=True)
+    process, prediction_type = denoiser.process, denoiser.prediction_type
+    x_T = process.prior_sample((n, *ckpt.sample_shape), generator=torch.Generator().manual_seed(SEEDS["x_T"]))
+    ref_start = time.perf_counter()
+    reference, ref_nfe, cached = cached_reference(args.run, ckpt, denoiser, x_T, args.rtol, args.out / "cache")
+    ref_seconds = time.perf_counter() - ref_start
+    print(f"reference: {ref_nfe} network evaluations, {'cached' if cached else f'{ref_seconds:.0f} s'}", flush=True)
+
+    configs = bench.all_configs(process, not args.no_k_diffusion)
+    if args.quick:
+        configs = [c for c in configs if c.default]
+    if args.select:
+        configs = [c for c in configs if re.search(args.select, c.label)]
+    results, plans = sweep(configs, denoiser.model, process, prediction_type, x_T, reference, nfes)
+    report = {"environment": bench.environment(),
+              "settings": {"n": n, "nfes": list(nfes), "rtol": args.rtol, "select": args.select, "quick": args.quick},
+              "model": {"run": str(args.run), "step": ckpt.step, "process": repr(process),
+                        "prediction_type": prediction_type},
+              "reference": {"rtol": args.rtol, "nfe": ref_nfe, "cached": cached, "seconds": ref_seconds,
+                            "sigma_bar_start": float(process.sigma(process.t_max) / process.alpha(process.t_max)),
+                            "sigma_bar_t0": float(process.sigma(process.t_min) / process.alpha(process.t_min))},
+              "results": results, "plans": plans, "headline": headline(results, nfes)}
+    report["seconds"] = time.perf_counter() - start
+    text = markdown(report)
+    stem = "sampler_mnist-quick" if args.quick else "sampler_mnist"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.md").write_text(text)
+    (args.out / f"{stem}.json").write_text(json.dumps(bench.without_nan(report), indent=1))
+    print("\n" + text[:4000])
+    print(f"wrote {args.out / stem}.md, .json")
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())

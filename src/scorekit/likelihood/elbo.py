@@ -1,0 +1,320 @@
+r"""DDPM's variational bound, term by term, in bits per dimension.
+
+For a discrete chain ``t_K > ... > t_1 > data`` (DDPM: all steps ``T-1, ..., 0``) the negative log
+likelihood is bounded by (Ho et al. 2020, eq. 5; Nichol & Dhariwal 2021, eq. 4-6)
+
+    -log p(x_0) <= L_T + sum_{t > t_1} L_{t} + L_0,
+
+* ``L_T = KL(q(x_T | x_0) || p(x_T))``, the prior term (no parameters; ``p(x_T) = N(0, prior_std^2 I)``);
+* ``L_t = KL(q(x_s | x_t, x_0) || p_theta(x_s | x_t))`` for each reverse step ``t -> s``, with
+  ``x_t ~ q(x_t | x_0)`` drawn once per step and sample, ``q(x_s | x_t, x_0) = N(mu~, beta~ I)`` the
+  posterior (:meth:`~scorekit.processes.GaussianProcess.posterior`) and
+  ``p_theta = N(mu~(x_t, x0_pred), Sigma)`` -- a KL between Gaussians, per dimension
+  ``1/2 (log Sigma - log beta~ + beta~ / Sigma + (mu~ - mu_theta)^2 / Sigma - 1)``;
+* ``L_0 = -log p_theta(x_0 | x_1)``, the decoder at the step into the data, whose mean is
+  ``x0_pred``. For ``b``-bit data in ``[-1, 1]`` (bins of width ``2 / (2^b - 1)``) it is the
+  discretised Gaussian of Ho et al. eq. 13: the Gaussian probability of each value's bin,
+  ``Phi((x + h - mu) / std) - Phi((x - h - mu) / std)`` with ``h`` half a bin, the lowest and highest
+  bins extended to ``-inf`` and ``+inf`` -- a probability, computed in log space with
+  ``log Phi`` (:func:`torch.special.log_ndtr`). For continuous data (``data_bits=None``) it is the
+  Gaussian density ``N(x_0; x0_pred, Sigma)``.
+
+Every term is evaluated exactly at every step (no Monte-Carlo over ``t``); only ``x_t`` is random.
+Units: a term in nats summed over the ``D`` dimensions of a sample becomes bits per dimension by
+dividing by ``D ln 2``. For discrete data the total is then the number of bits per dimension of a
+code for the 8-bit values; for continuous data it is ``-log2`` of a density (of the data in the
+scale given) per dimension, which may be negative.
+
+The reverse variance ``Sigma`` (:mod:`scorekit.variances`): ``"small"`` (``beta~``), ``"large"``
+(``beta``), ``"learned"`` (the network's variance head), ``"analytic"`` (Analytic-DPM with
+``Gamma_t`` estimated on the evaluated batch itself, from the same network evaluations; pass
+:func:`scorekit.variances.analytic_variances` of training data for an estimate independent of the
+evaluated data) or a tensor of one variance per reverse step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ScorekitError
+from ..processes import GaussianProcess, expand_like
+from ..variances import _grid_pairs, analytic_variance, fixed_variance
+
+Tensor = torch.Tensor
+
+_F64 = torch.float64
+_LOG2 = math.log(2.0)
+
+
+@dataclass
+class Elbo:
+    r"""The bound of :func:`elbo`, in bits per dimension (nats / (D ln 2)).
+
+    Attributes:
+        total_bpd: (N,) the bound for each sample, ``prior + sum of terms``.
+        mean_bpd: its mean over the samples.
+        stderr_bpd: the standard error of that mean (sample standard deviation / sqrt(N)).
+        terms_bpd: (K,) the mean over samples of each reverse-step term, in ascending time:
+            entry 0 is the decoder ``L_0``, entry ``i`` the KL of the step from
+            ``timesteps[i]`` (for the whole DDPM chain ``K = T`` and entry ``t`` is step ``t``).
+        prior_bpd: the mean prior term ``L_T``.
+        decoder_bpd: the mean decoder term ``L_0`` (``= terms_bpd[0]``).
+        sample_terms_bpd: (N, K) each sample's terms.
+        sample_prior_bpd: (N,) each sample's prior term.
+        timesteps: (K,) the model times of the reverse steps, ascending.
+        dims: ``D``, the dimensions per sample.
+        data_bits: bits of the discretised data, or ``None`` for a continuous density.
+    """
+
+    total_bpd: Tensor
+    mean_bpd: float
+    stderr_bpd: float
+    terms_bpd: Tensor
+    prior_bpd: float
+    decoder_bpd: float
+    sample_terms_bpd: Tensor
+    sample_prior_bpd: Tensor
+    timesteps: Tensor
+    dims: int
+    data_bits: int | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-dimension pieces
+# ---------------------------------------------------------------------------------------------
+
+def normal_kl(mean_q: Tensor, var_q, mean_p: Tensor, log_var_p) -> Tensor:
+    r"""``KL(N(mean_q, var_q) || N(mean_p, exp(log_var_p)))`` per dimension (broadcast):
+    ``1/2 (log_var_p - log var_q + (var_q + (mean_q - mean_p)^2) / var_p - 1)``."""
+    var_q = torch.as_tensor(var_q, dtype=mean_q.dtype, device=mean_q.device)
+    log_var_p = torch.as_tensor(log_var_p, dtype=mean_q.dtype, device=mean_q.device)
+    return 0.5 * (log_var_p - torch.log(var_q) + (var_q + (mean_q - mean_p) ** 2) * torch.exp(-log_var_p) - 1.0)
+
+
+def gaussian_log_likelihood(x: Tensor, mean: Tensor, log_var) -> Tensor:
+    """``log N(x; mean, exp(log_var))`` per dimension."""
+    log_var = torch.as_tensor(log_var, dtype=x.dtype, device=x.device)
+    return -0.5 * (math.log(2 * math.pi) + log_var + (x - mean) ** 2 * torch.exp(-log_var))
+
+
+def _log1mexp(d: Tensor) -> Tensor:
+    """``log(1 - exp(d))`` for ``d <= 0``, accurate on both sides of ``-ln 2`` (Maechler 2012)."""
+    return torch.where(d > -_LOG2, torch.log(-torch.expm1(d)), torch.log1p(-torch.exp(d)))
+
+
+def log_normal_cdf_difference(a: Tensor, b: Tensor) -> Tensor:
+    r"""``log(Phi(b) - Phi(a))`` for ``a < b`` without cancellation: from the lower tail when the
+    interval lies mostly below 0, from the upper tail ``Phi(-a) - Phi(-b)`` otherwise."""
+    upper = (a + b) > 0
+    hi = torch.where(upper, -a, b)
+    lo = torch.where(upper, -b, a)
+    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    return log_hi + _log1mexp((log_lo - log_hi).clamp(max=0.0))
+
+
+def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_var, bits: int = 8) -> Tensor:
+    r"""``log P(x)`` per dimension for ``bits``-bit data in ``[-1, 1]`` under ``N(mean, exp(log_var))``
+    (Ho et al. 2020, eq. 13): the probability of the bin ``[x - h, x + h]``, ``h = 1 / (2^bits - 1)``,
+    with the edge bins extended to ``-inf`` (at ``x = -1``) and ``+inf`` (at ``x = 1``). The
+    probabilities of the ``2^bits`` values sum to one."""
+    log_var = torch.as_tensor(log_var, dtype=x.dtype, device=x.device)
+    h = 1.0 / (2 ** int(bits) - 1)
+    inv_std = torch.exp(-0.5 * log_var)
+    a = (x - h - mean) * inv_std
+    b = (x + h - mean) * inv_std
+    lowest = x < -1 + h / 2
+    highest = x > 1 - h / 2
+    middle = log_normal_cdf_difference(torch.where(lowest | highest, torch.zeros_like(a) - 1, a),
+                                       torch.where(lowest | highest, torch.zeros_like(b) + 1, b))
+    return torch.where(lowest, torch.special.log_ndtr(b), torch.where(highest, torch.special.log_ndtr(-a), middle))
+
+
+# ---------------------------------------------------------------------------------------------
+# One reverse step
+# ---------------------------------------------------------------------------------------------
+
+def step_terms(process: GaussianProcess, x0: Tensor, x_t: Tensor, t, s, x0_pred: Tensor, log_var,
+               data_bits: int | None = None) -> Tensor:
+    r"""The bound's term of the reverse step ``t -> s`` for each sample, in nats (float64, (N,)).
+
+    ``KL(q(x_s | x_t, x_0) || N(mu~(x_t, x0_pred), exp(log_var)))`` summed over dimensions, or,
+    where ``s`` is the data time, the decoder's ``-log p(x_0 | x_t)`` (discretised for
+    ``data_bits``, a Gaussian density for ``None``). ``t``, ``s`` are numbers or (N,) tensors;
+    ``log_var`` broadcasts against ``x_t`` (a number, (N,) per sample, or per dimension).
+    Differentiable in ``x0_pred`` and ``log_var``.
+    """
+    t, s = torch.as_tensor(t, dtype=_F64), torch.as_tensor(s, dtype=_F64)
+    x0, x_t, x0_pred = x0.to(_F64), x_t.to(_F64), x0_pred.to(_F64)
+    log_var = torch.as_tensor(log_var, dtype=_F64, device=x_t.device)
+    if log_var.ndim == 1 and x_t.ndim > 1 and log_var.shape[0] == x_t.shape[0]:
+        log_var = expand_like(log_var, x_t)
+    first = s <= process.t_data
+    c_x0, c_xt, var_q = process.posterior_coefficients(t, s)
+    c_x0, c_xt = expand_like(c_x0, x_t), expand_like(c_xt, x_t)
+    mean_q = c_x0 * x0 + c_xt * x_t
+    mean_p = c_x0 * x0_pred + c_xt * x_t
+    n = x_t.shape[0]
+    kl = torch.zeros(n, dtype=_F64, device=x_t.device)
+    if not bool(first.all()):
+        safe_var_q = expand_like(torch.where(first, torch.ones_like(var_q), var_q), x_t)
+        kl = normal_kl(mean_q, safe_var_q, mean_p, log_var).reshape(n, -1).sum(1)
+    if not bool(first.any()):
+        return kl
+    if data_bits is None:
+        log_p = gaussian_log_likelihood(x0, mean_p, log_var)
+    else:
+        log_p = discretized_gaussian_log_likelihood(x0, mean_p, log_var, data_bits)
+    decoder = -log_p.reshape(n, -1).sum(1)
+    first = first.to(x_t.device).expand(n) if first.ndim == 0 else first.to(x_t.device)
+    return torch.where(first, decoder, kl)
+
+
+def prior_term(process: GaussianProcess, x0: Tensor, t) -> Tensor:
+    """``KL(q(x_t | x_0) || N(0, prior_std^2 I))`` per sample in nats (float64, (N,))."""
+    x0 = x0.to(_F64)
+    mean, std = process.marginal(x0, torch.as_tensor(t, dtype=_F64))
+    log_var_p = 2 * math.log(process.prior_std)
+    return normal_kl(mean, std ** 2, torch.zeros_like(mean), log_var_p).reshape(x0.shape[0], -1).sum(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The bound
+# ---------------------------------------------------------------------------------------------
+
+def _check_data(x0, data_bits) -> Tensor:
+    if not isinstance(x0, Tensor) or not x0.is_floating_point() or x0.ndim < 2 or x0.shape[0] < 1:
+        raise ScorekitError("x0 must be a floating-point batch (N, C, H, W) or (N, D) of data")
+    if not torch.isfinite(x0).all():
+        raise ScorekitError("x0 contains NaN or infinite values")
+    if data_bits is None:
+        return x0
+    if isinstance(data_bits, bool) or not isinstance(data_bits, int) or not 1 <= data_bits <= 16:
+        raise ScorekitError(f"data_bits must be a whole number of bits (8 for images) or None for "
+                            f"continuous data, got {data_bits!r}")
+    levels = 2 ** data_bits - 1
+    if x0.min() < -1 - 1e-6 or x0.max() > 1 + 1e-6:
+        raise ScorekitError(f"{data_bits}-bit data must lie in [-1, 1]; got values in "
+                            f"[{x0.min().item():.4g}, {x0.max().item():.4g}] (scale images as 2 x / {levels} - 1, "
+                            f"or pass data_bits=None for continuous data)")
+    k = (x0.to(_F64) + 1) * levels / 2
+    if (k - torch.round(k)).abs().max() > 1e-3:
+        raise ScorekitError(f"x0 does not lie on the {2 ** data_bits} levels of {data_bits}-bit data "
+                            f"(2 k / {levels} - 1); pass data_bits=None for continuous data")
+    return x0
+
+
+def _variance_table(variance, process, t_all, s_all) -> Tensor | str:
+    if isinstance(variance, str):
+        if variance in ("small", "large"):
+            return fixed_variance(process, t_all, s_all, variance)
+        if variance in ("learned", "analytic"):
+            return variance
+        raise ScorekitError(f"unknown variance {variance!r}; choose small, large, learned, analytic "
+                            f"or give a tensor of {t_all.numel()} variances")
+    table = torch.as_tensor(variance, dtype=_F64).detach().cpu().reshape(-1)
+    if table.numel() != t_all.numel():
+        raise ScorekitError(f"variance has {table.numel()} values but the chain has {t_all.numel()} reverse "
+                            f"steps; give one variance per step in ascending time (see analytic_variances)")
+    if not torch.all(torch.isfinite(table) & (table > 0)):
+        raise ScorekitError("every reverse variance must be a positive finite number")
+    return table
+
+
+def elbo(denoiser, process: GaussianProcess, x0: Tensor, *, variance="small", data_bits: int | None = 8,
+         timesteps=None, generator: torch.Generator | None = None, progress: bool = False,
+         batch_steps: int = 1) -> Elbo:
+    r"""The variational bound on ``-log p(x_0)`` of each sample, term by term (module docstring).
+
+    Args:
+        denoiser: ``D(x_t, t) -> x0_pred`` (e.g. :class:`scorekit.Denoiser`); for
+            ``variance="learned"`` a :class:`scorekit.variances.LearnedVarianceDenoiser`.
+        process: the forward process (DDPM: integer steps ``0 .. T-1``).
+        x0: (N, ...) data; for ``data_bits = b`` on the levels ``2 k / (2^b - 1) - 1``.
+        variance: ``"small"``, ``"large"``, ``"learned"``, ``"analytic"`` or a (K,) tensor of
+            variances, one per reverse step in ascending time (entry 0 the decoder's).
+        data_bits: bits of discretised data (8 for images), ``None`` for continuous data.
+        timesteps: a descending grid ending at the data time, for the bound of a shorter chain
+            (e.g. ``[999, 899, ..., 99, -1]``); default every step ``T-1, ..., 0``, then the data.
+        generator: the source of ``x_t`` (required). One ``N(0, I)`` draw shaped like ``x0`` per
+            reverse step, noisiest step first, whatever ``batch_steps`` is -- so the same seed gives
+            the same ``x_t`` for every ``variance``.
+        progress: show a progress bar.
+        batch_steps: reverse steps per network call (the denoiser then gets ``batch_steps * N``
+            samples and ``t`` as a float64 tensor of their times); 1 calls it once per step with
+            ``t`` a number, like a sampler.
+
+    Returns:
+        :class:`Elbo`. One network evaluation per step and sample.
+    """
+    from ..samplers._common import progress_range
+
+    x0 = _check_data(x0, data_bits)
+    if not isinstance(generator, torch.Generator):
+        raise ScorekitError("elbo draws x_t ~ q(x_t | x_0): pass generator=torch.Generator().manual_seed(seed)")
+    if isinstance(batch_steps, bool) or not isinstance(batch_steps, int) or batch_steps < 1:
+        raise ScorekitError(f"batch_steps must be a positive integer, got {batch_steps!r}")
+    t_all, s_all = _grid_pairs(process, timesteps)
+    K = t_all.numel()
+    table = _variance_table(variance, process, t_all, s_all)
+    mode = table if isinstance(table, str) else "table"
+    if mode == "learned" and not hasattr(denoiser, "x0_and_log_variance"):
+        raise ScorekitError("variance='learned' needs a denoiser with a variance head "
+                            "(scorekit.variances.LearnedVarianceDenoiser, or checkpoint_denoiser of a model "
+                            "trained with --variance learned)")
+    N, D = x0.shape[0], x0[0].numel()
+    dev = x0.device
+    terms = torch.zeros(N, K, dtype=_F64, device=dev)
+    order = list(range(K))[::-1]                                # noisiest step first
+    chunks = [order[i:i + batch_steps] for i in range(0, K, batch_steps)]
+    with torch.no_grad():
+        prior = prior_term(process, x0, t_all[-1].item())
+        for c in progress_range(len(chunks), progress, "elbo"):
+            idx = chunks[c]
+            xs, ts, ss = [], [], []
+            for i in idx:
+                t = t_all[i].item()
+                eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=generator.device).to(dev)
+                xs.append(process.alpha(t).item() * x0 + process.sigma(t).item() * eps)
+                ts.append(torch.full((N,), t, dtype=_F64, device=dev))
+                ss.append(torch.full((N,), s_all[i].item(), dtype=_F64, device=dev))
+            x_t, t_vec, s_vec = torch.cat(xs), torch.cat(ts), torch.cat(ss)
+            x0_rep = x0.repeat((len(idx),) + (1,) * (x0.ndim - 1))
+            t_arg = t_all[idx[0]].item() if len(idx) == 1 else t_vec
+            s_arg = s_all[idx[0]].item() if len(idx) == 1 else s_vec
+            if mode == "learned":
+                x0_pred, log_var = denoiser.x0_and_log_variance(x_t, t_arg, s_arg)
+            else:
+                x0_pred = denoiser(x_t, t_arg)
+                if mode == "analytic":
+                    var = torch.empty(len(idx), dtype=_F64)
+                    for j, i in enumerate(idx):
+                        t = t_all[i].item()
+                        sl = slice(j * N, (j + 1) * N)
+                        eps_pred = (x_t[sl].to(_F64) - process.alpha(t).item() * x0_pred[sl].to(_F64)) \
+                            / process.sigma(t).item()
+                        gamma = eps_pred.pow(2).mean()
+                        var[j] = analytic_variance(process, t_all[i], s_all[i], gamma)
+                else:
+                    var = table[idx]
+                log_var = torch.log(var).to(dev).repeat_interleave(N)
+            if not isinstance(x0_pred, Tensor) or x0_pred.shape != x_t.shape:
+                raise ScorekitError(f"the denoiser returned {getattr(x0_pred, 'shape', type(x0_pred))} for x_t of "
+                                    f"shape {tuple(x_t.shape)}")
+            term = step_terms(process, x0_rep, x_t, t_vec, s_vec, x0_pred, log_var, data_bits)
+            for j, i in enumerate(idx):
+                terms[:, i] = term[j * N:(j + 1) * N]
+    to_bpd = 1.0 / (D * _LOG2)
+    terms_bpd = terms * to_bpd
+    prior_bpd = prior * to_bpd
+    total = prior_bpd + terms_bpd.sum(1)
+    stderr = float(total.std(unbiased=True) / math.sqrt(N)) if N > 1 else float("nan")
+    return Elbo(total_bpd=total, mean_bpd=float(total.mean()), stderr_bpd=stderr,
+                terms_bpd=terms_bpd.mean(0), prior_bpd=float(prior_bpd.mean()),
+                decoder_bpd=float(terms_bpd[:, 0].mean()), sample_terms_bpd=terms_bpd,
+                sample_prior_bpd=prior_bpd, timesteps=t_all.clone(), dims=D, data_bits=data_bits)
+
+
+__all__ = ["Elbo", "discretized_gaussian_log_likelihood", "elbo", "gaussian_log_likelihood",
+           "log_normal_cdf_difference", "normal_kl", "prior_term", "step_terms"]

@@ -1,0 +1,251 @@
+"""DDPM's variational bound in bits/dim: every term against its closed form on Gaussian data, the
+bound above the exact NLL and tightening with T, the discretised decoder against scipy, and the
+per-step Gaussian pieces against torch.distributions."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from scorekit import DDPM, Denoiser, ScorekitError
+from scorekit.likelihood import Elbo, elbo
+from scorekit.likelihood.elbo import (discretized_gaussian_log_likelihood, gaussian_log_likelihood,
+                                      normal_kl, step_terms)
+from scorekit.toy import GaussianMixture
+
+F64 = torch.float64
+LN2 = math.log(2.0)
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def closed_form_terms(betas, mu, s, D, variance):
+    """E[term] in nats for data N(mu, s^2 I_D) and the exact denoiser, straight from the betas.
+
+    ab_t = prod (1 - beta); x_0 | x_t has variance v_t = s^2 (1 - ab_t) / (ab_t s^2 + 1 - ab_t); the
+    posterior N(c_x0 x_0 + c_xt x_t, b~_t) with c_x0 = sqrt(ab_{t-1}) beta_t / (1 - ab_t),
+    b~_t = beta_t (1 - ab_{t-1}) / (1 - ab_t); the model's mean differs by c_x0 (x_0 - E[x_0|x_t]), so
+    E KL_t = D/2 (log(S_t / b~_t) + b~_t / S_t - 1) + c_x0^2 D v_t / (2 S_t) with S_t the model variance;
+    the decoder E[-log N(x_0; E[x_0|x_0'], S_0)] = D/2 log(2 pi S_0) + D v_0 / (2 S_0), with S_0 = b~_1
+    for "small" (b~_0 = 0) and beta_0 for "large";
+    the prior E KL(N(sqrt(ab_T) x_0, 1 - ab_T) || N(0, 1)) = D/2 (-log(1 - ab_T) - ab_T + ab_T (mu^2 + s^2)).
+    """
+    betas = np.asarray(betas, dtype=np.float64)
+    ab = np.cumprod(1 - betas)
+    ab_prev = np.concatenate([[1.0], ab[:-1]])
+    post = betas * (1 - ab_prev) / (1 - ab)
+    S = post.copy() if variance == "small" else betas.copy()
+    if variance == "small":
+        S[0] = post[1]
+    c_x0 = np.sqrt(ab_prev) * betas / (1 - ab)
+    v = s ** 2 * (1 - ab) / (ab * s ** 2 + 1 - ab)
+    terms = np.empty_like(betas)
+    terms[1:] = D / 2 * (np.log(S[1:] / post[1:]) + post[1:] / S[1:] - 1) + c_x0[1:] ** 2 * D * v[1:] / (2 * S[1:])
+    terms[0] = D / 2 * np.log(2 * math.pi * S[0]) + D * v[0] / (2 * S[0])
+    prior = D / 2 * (-np.log(1 - ab[-1]) - ab[-1] + ab[-1] * (mu ** 2 + s ** 2))
+    return terms, prior
+
+
+def gaussian_setup(T, schedule="linear", mu=0.3, s=0.5, D=2):
+    process = DDPM(schedule=schedule, num_steps=T)
+    data = GaussianMixture([1.0], [[mu] * D], stds=s)
+    return process, data
+
+
+# --- the pieces ------------------------------------------------------------------------------------
+
+def test_step_terms_are_torch_kl_and_log_prob():
+    """One reverse step: the KL of the posterior to the model equals torch.distributions' KL of the
+    same Gaussians (means and variances built here from the betas), and the step into the data is
+    -log N(x_0; x0_pred, S_0) from torch.distributions."""
+    process = DDPM(num_steps=50)
+    betas = process.betas
+    ab = torch.cumprod(1 - betas, 0)
+    x0 = torch.randn(5, 3, generator=gen(0), dtype=F64)
+    x_t = torch.randn(5, 3, generator=gen(1), dtype=F64)
+    x0_pred = torch.randn(5, 3, generator=gen(2), dtype=F64)
+    log_var = torch.randn(5, 3, generator=gen(3), dtype=F64) - 6
+    for t in (1, 7, 49):
+        mean = lambda z: (ab[t - 1].sqrt() * betas[t] * z + (1 - betas[t]).sqrt() * (1 - ab[t - 1]) * x_t) / (1 - ab[t])
+        post_var = betas[t] * (1 - ab[t - 1]) / (1 - ab[t])
+        q = torch.distributions.Normal(mean(x0), post_var.sqrt())
+        p = torch.distributions.Normal(mean(x0_pred), (0.5 * log_var).exp())
+        want = torch.distributions.kl_divergence(q, p).sum(1)
+        got = step_terms(process, x0, x_t, t, t - 1, x0_pred, log_var)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    want0 = -torch.distributions.Normal(x0_pred, (0.5 * log_var).exp()).log_prob(x0).sum(1)
+    torch.testing.assert_close(step_terms(process, x0, x_t, 0, -1, x0_pred, log_var), want0, rtol=1e-12, atol=1e-12)
+    # per-sample times mix KL steps and decoder steps
+    t = torch.tensor([0, 7, 0, 49, 1])
+    mixed = step_terms(process, x0, x_t, t, t - 1, x0_pred, log_var)
+    for i, ti in enumerate(t.tolist()):
+        one = step_terms(process, x0[i:i + 1], x_t[i:i + 1], ti, ti - 1, x0_pred[i:i + 1], log_var[i:i + 1])
+        torch.testing.assert_close(mixed[i:i + 1], one, rtol=1e-12, atol=1e-12)
+    assert normal_kl(x0, 0.3, x0, math.log(0.3)).abs().max() < 1e-15
+    torch.testing.assert_close(gaussian_log_likelihood(x0, x0_pred, log_var),
+                               torch.distributions.Normal(x0_pred, (0.5 * log_var).exp()).log_prob(x0))
+
+
+def scipy_bin_probability(x, mean, std, bits=8):
+    h = 1.0 / (2 ** bits - 1)
+    lo = -np.inf if x < -1 + h / 2 else (x - h - mean) / std
+    hi = np.inf if x > 1 - h / 2 else (x + h - mean) / std
+    # upper-tail form where the interval is above the mean (as accurate as scipy gets)
+    return norm.sf(lo) - norm.sf(hi) if lo + hi > 0 else norm.cdf(hi) - norm.cdf(lo)
+
+
+def test_discretised_decoder_matches_scipy_and_sums_to_one():
+    levels = np.arange(256) * 2 / 255 - 1
+    pixels = [0, 1, 2, 127, 128, 200, 253, 254, 255]                  # both edges and their neighbours
+    for mean, std in [(0.0, 0.3), (-0.97, 0.01), (0.99, 0.002), (0.4, 1.5), (1.4, 0.2), (0.5, 0.003)]:
+        x = torch.tensor(levels[pixels], dtype=F64)
+        log_p = discretized_gaussian_log_likelihood(x, torch.full_like(x, mean), 2 * math.log(std))
+        want = np.array([scipy_bin_probability(v, mean, std) for v in levels[pixels]])
+        ok = want > 1e-300
+        np.testing.assert_allclose(log_p.exp().numpy(), want, rtol=1e-9, atol=1e-300)
+        np.testing.assert_allclose(log_p.numpy()[ok], np.log(want[ok]), rtol=1e-9, atol=1e-12)
+        all_x = torch.tensor(levels, dtype=F64)
+        total = discretized_gaussian_log_likelihood(all_x, torch.full_like(all_x, mean), 2 * math.log(std)).exp().sum()
+        assert abs(total.item() - 1.0) < 1e-12, (mean, std, total.item())
+    # far in a tail, in log space: 30 standard deviations from the mean is still finite and right
+    x = torch.tensor([0.0], dtype=F64)
+    got = discretized_gaussian_log_likelihood(x, torch.tensor([0.9], dtype=F64), 2 * math.log(0.03)).item()
+    a, b = (0.0 - 1 / 255 - 0.9) / 0.03, (0.0 + 1 / 255 - 0.9) / 0.03
+    want = norm.logcdf(b) + math.log1p(-math.exp(norm.logcdf(a) - norm.logcdf(b)))
+    assert math.isfinite(got) and abs(got - want) < 1e-9 * abs(want)
+
+
+# --- the bound on Gaussian data ------------------------------------------------------------------
+
+@pytest.mark.parametrize("variance", ["small", "large"])
+def test_every_term_matches_its_closed_form(variance):
+    """Data N(mu, s^2 I), the exact denoiser E[x_0|x_t], T = 100: each term's batch mean lies within
+    4.5 standard errors of its closed form (closed_form_terms), the prior term is exact per sample, and
+    the sum agrees too."""
+    T, N, D, mu, s = 100, 3000, 2, 0.3, 0.5
+    process, data = gaussian_setup(T, mu=mu, s=s, D=D)
+    x0 = data.sample(N, generator=gen(0), dtype=F64)
+    out = elbo(data.denoiser(process), process, x0, variance=variance, data_bits=None,
+               generator=gen(1), batch_steps=25)
+    assert isinstance(out, Elbo) and out.terms_bpd.shape == (T,) and out.total_bpd.shape == (N,)
+    terms, prior = closed_form_terms(process.betas.numpy(), mu, s, D, variance)
+    to_bpd = 1 / (D * LN2)
+    se = out.sample_terms_bpd.std(0) / math.sqrt(N)
+    z = (out.terms_bpd - torch.from_numpy(terms) * to_bpd).abs() / se
+    assert z.max() < 4.5, z.max()
+    assert math.isclose(out.decoder_bpd, out.terms_bpd[0].item(), rel_tol=1e-12)
+    # the prior term needs no Monte Carlo: per sample, KL(N(sqrt(ab) x, 1 - ab) || N(0, 1))
+    ab = torch.cumprod(1 - process.betas, 0)[-1]
+    want_prior = 0.5 * (-torch.log(1 - ab) + (1 - ab) + ab * x0 ** 2 - 1).sum(1) * to_bpd
+    torch.testing.assert_close(out.sample_prior_bpd, want_prior, rtol=1e-10, atol=1e-12)
+    assert abs(out.prior_bpd - prior * to_bpd) < 4 * out.sample_prior_bpd.std().item() / math.sqrt(N)
+    total = (terms.sum() + prior) * to_bpd
+    assert abs(out.mean_bpd - total) < 4 * out.stderr_bpd
+    torch.testing.assert_close(out.total_bpd, out.sample_prior_bpd + out.sample_terms_bpd.sum(1))
+
+
+def test_the_bound_is_above_the_true_nll_and_tightens_with_T():
+    """Cosine schedule, T = 10, 100, 1000, the same data, Ho et al.'s variances beta_t (whose decoder
+    variance beta_0 matches data much wider than the first noise level): each bound's closed form is
+    above the exact NLL -log N(x; mu, s^2) and decreases to it with T; each Monte-Carlo bound agrees
+    with its closed form and is never below the NLL of the same samples; the Monte-Carlo gaps never
+    grow beyond their errors, the gap at T = 10 is significant and the one at T = 1000 is not."""
+    N, D, mu, s = 4000, 2, 0.3, 0.5
+    _, data = gaussian_setup(10, mu=mu, s=s, D=D)
+    x0 = data.sample(N, generator=gen(0), dtype=F64)
+    nll = (-data.log_prob(x0) / (D * LN2))                                  # per sample, bits/dim
+    exact_nll = 0.5 * math.log2(2 * math.pi * math.e * s ** 2)
+    closed, gaps = [], []
+    for T in (10, 100, 1000):
+        process = DDPM(schedule="cosine", num_steps=T)
+        terms, prior = closed_form_terms(process.betas.numpy(), mu, s, D, "large")
+        closed.append((terms.sum() + prior) / (D * LN2))
+        out = elbo(data.denoiser(process), process, x0, variance="large", data_bits=None, generator=gen(T),
+                   batch_steps=50)
+        gap = out.total_bpd - nll
+        gaps.append((gap.mean().item(), gap.std().item() / math.sqrt(N)))
+        assert abs(out.mean_bpd - closed[-1]) < 4 * out.stderr_bpd
+        assert gap.mean().item() > -3 * gaps[-1][1]
+    assert closed[0] > closed[1] > closed[2] > exact_nll
+    assert closed[2] - exact_nll < 0.002                                    # nearly tight at T = 1000
+    for (g1, e1), (g2, e2) in zip(gaps, gaps[1:]):
+        assert g1 - g2 > -3 * math.hypot(e1, e2), gaps
+    assert gaps[0][0] > 3 * gaps[0][1] and abs(gaps[2][0]) < 3 * gaps[2][1], gaps   # loose at 10, tight at 1000
+
+
+def test_batch_steps_only_changes_the_batching():
+    process, data = gaussian_setup(30)
+    x0 = data.sample(20, generator=gen(0), dtype=F64)
+    d = Denoiser(data.eps_model(process), process, "eps")
+    one = elbo(d, process, x0, data_bits=None, generator=gen(5))
+    many = elbo(d, process, x0, data_bits=None, generator=gen(5), batch_steps=7)
+    torch.testing.assert_close(one.sample_terms_bpd, many.sample_terms_bpd, rtol=1e-10, atol=1e-12)
+
+
+def test_explicit_variances_and_shorter_chains():
+    """A (T,) tensor equal to the small table reproduces variance="small"; a strided grid gives one
+    term per step of the grid, the decoder at its first step and the prior at its last."""
+    from scorekit.variances import fixed_variance
+
+    process, data = gaussian_setup(40)
+    x0 = data.sample(50, generator=gen(0), dtype=F64)
+    den = data.denoiser(process)
+    t = torch.arange(40, dtype=F64)
+    table = fixed_variance(process, t, torch.cat([torch.tensor([-1.0], dtype=F64), t[:-1]]), "small")
+    a = elbo(den, process, x0, variance="small", data_bits=None, generator=gen(2))
+    b = elbo(den, process, x0, variance=table, data_bits=None, generator=gen(2))
+    torch.testing.assert_close(a.sample_terms_bpd, b.sample_terms_bpd, rtol=0, atol=0)
+    short = elbo(den, process, x0, data_bits=None, generator=gen(2), timesteps=[39, 29, 19, 9, -1])
+    assert short.terms_bpd.shape == (4,) and short.timesteps.tolist() == [9.0, 19.0, 29.0, 39.0]
+    # the strided bound is looser than the full one (fewer steps of the same chain), beyond MC error
+    diff = short.total_bpd - a.total_bpd
+    assert diff.mean() > 3 * diff.std() / math.sqrt(50)
+
+
+def test_eight_bit_images_under_a_uniform_decoder_limit():
+    """8-bit data: bits/dim of any model lie above 0; with the exact denoiser of the data's Gaussian
+    fit the bound is finite and the decoder term is the discretised one (checked against a direct
+    per-pixel scipy computation of its first step)."""
+    process = DDPM(schedule="cosine", num_steps=20)
+    k = torch.randint(0, 256, (6, 1, 4, 4), generator=gen(0))
+    x0 = (2 * k / 255 - 1).to(F64)
+    fit = GaussianMixture([1.0], [[0.0] * 16], stds=0.6)
+    den = lambda x, t: fit.denoiser(process)(x.reshape(x.shape[0], -1), t).reshape(x.shape)
+    out = elbo(den, process, x0, generator=gen(1))
+    assert torch.isfinite(out.total_bpd).all() and (out.total_bpd > 0).all()
+    # redo the decoder term by hand: same noise (the last draw of the generator), scipy bins
+    g = gen(1)
+    for _ in range(19):
+        torch.randn(x0.shape, generator=g, dtype=F64)
+    eps = torch.randn(x0.shape, generator=g, dtype=F64)
+    ab0 = (1 - process.betas[0]).item()
+    x1 = math.sqrt(ab0) * x0 + math.sqrt(1 - ab0) * eps
+    mean = den(x1, 0).numpy()
+    ab = torch.cumprod(1 - process.betas, 0)
+    S0 = (process.betas[1] * (1 - ab[0]) / (1 - ab[1])).item()
+    p = np.vectorize(lambda v, m: scipy_bin_probability(v, m, math.sqrt(S0)))(x0.numpy(), mean)
+    want = -np.log(p).reshape(6, -1).sum(1) / (16 * LN2)
+    np.testing.assert_allclose(out.sample_terms_bpd[:, 0].numpy(), want, rtol=1e-8)
+
+
+def test_bad_inputs_are_refused():
+    process, data = gaussian_setup(10)
+    den = data.denoiser(process)
+    x = data.sample(4, generator=gen(0), dtype=F64)
+    with pytest.raises(ScorekitError, match="generator"):
+        elbo(den, process, x, data_bits=None)
+    with pytest.raises(ScorekitError, match="levels"):
+        elbo(den, process, x.clamp(-1, 1), generator=gen(0))
+    with pytest.raises(ScorekitError, match=r"\[-1, 1\]"):
+        elbo(den, process, 3 * torch.ones(2, 2, dtype=F64), generator=gen(0))
+    with pytest.raises(ScorekitError, match="unknown variance"):
+        elbo(den, process, x, variance="medium", data_bits=None, generator=gen(0))
+    with pytest.raises(ScorekitError, match="10 reverse"):
+        elbo(den, process, x, variance=torch.ones(3), data_bits=None, generator=gen(0))
+    with pytest.raises(ScorekitError, match="variance head"):
+        elbo(den, process, x, variance="learned", data_bits=None, generator=gen(0))
+    with pytest.raises(ScorekitError, match="batch_steps"):
+        elbo(den, process, x, data_bits=None, generator=gen(0), batch_steps=0)
