@@ -164,7 +164,7 @@ def write_report(report: dict, out: Path) -> None:
         cells = [f"{v:.3f}" for v in steps.values()] if steps else ["-"] * 4
         lines.append(f"| {row['model']} | {row['training']} | {row['bound']} | {row['variance']} | "
                      f"{r['mean_bpd']:.3f} | {r['stderr_bpd']:.3f} | "
-                     f"{r.get('prior_bpd', float('nan')):.4f} | {r.get('decoder_bpd', float('nan')):.3f} | "
+                     + (f"{r['prior_bpd']:.4f} | {r['decoder_bpd']:.3f} | " if "prior_bpd" in r else "- | - | ")
                      + " | ".join(cells) + f" | {r['nfe_per_image']:.0f} | {r['seconds_per_image']:.2f} |")
     lines += ["", "ELBO: every step of the 1000-step chain (one network evaluation per step); ODE: adaptive RK45 "
               "in log-SNR, one Rademacher probe, uniform dequantisation. s.e.: standard error over the "

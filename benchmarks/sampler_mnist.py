@@ -32,6 +32,15 @@ all pixels (images in [-1, 1]); a headline of our best against the best peer per
 distance of digit-classifier features, as ``benchmarks/mnist_quality.py`` computes it, is not
 reported: a few dozen images do not estimate a 128-d covariance.)
 
+Tuned grids: a few of our best deterministic samplers (``TUNED``: unipc orders 2 and 3, dpmpp_2m,
+deis; ``QUICK_TUNED`` with --quick) also run on a grid "tuned" per NFE target by
+``scorekit.schedule_tuning.tune_timesteps`` (``tune_grids``) on a separate batch of noise
+(``--tune-n`` images, seed ``SEEDS["tune"]``) against that batch's own reference (the same ODE
+solve, cached alike), with at most ``--tune-budget // NFE`` sampler runs; the grids are cached in
+``cache/mnist-tuned-<run>.json``. They are evaluated on the evaluation batch like every other
+configuration, whatever ``--select`` says (``--no-tuning`` leaves them out); the headline also
+shows our best on the standard grids only.
+
 Writes ``sampler_mnist.md`` / ``.json`` (``sampler_mnist-quick.*`` with --quick) to ``--out``
 (default benchmarks/results/); the reference is cached in its ``cache/``.
 """
@@ -56,7 +65,15 @@ from scorekit.train import checkpoint_denoiser, load_checkpoint  # noqa: E402
 
 Tensor = torch.Tensor
 
-SEEDS = {"x_T": 0, "noise": 1}
+SEEDS = {"x_T": 0, "noise": 1, "tune": 2}
+#: deterministic samplers whose grids are tuned per NFE (families of ``samplers.TUNED_FAMILIES``)
+TUNED = ("unipc", "unipc order 3", "dpmpp_2m", "deis")
+QUICK_TUNED = ("unipc order 3", "dpmpp_2m")
+TUNE_N = 16                 # size of the separate tuning batch of x_T (seed SEEDS["tune"])
+#: network evaluations (of the tuning batch) one tuning may spend: max_evals = budget // NFE sampler
+#: runs, about 1-2 minutes of one CPU core for the MNIST model at TUNE_N images
+TUNE_NFE_BUDGET = 500
+TUNE_FREE_LAST = True
 DEFAULT_RUN = Path(__file__).resolve().parent / "results" / "cache" / "mnist_quality-scorekit-run"
 
 
@@ -103,11 +120,14 @@ def probability_flow_reference(denoiser, x_T: Tensor, rtol: float) -> tuple[Tens
     return x0, calls[0] + 1
 
 
-def cached_reference(run: Path, ckpt, denoiser, x_T: Tensor, rtol: float, cache: Path):
+def run_tag(run: Path, ckpt) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{run.resolve().name}-step{ckpt.step}")
+
+
+def cached_reference(run: Path, ckpt, denoiser, x_T: Tensor, rtol: float, cache: Path, seed: int = SEEDS["x_T"]):
     from safetensors.torch import load_file, save_file
 
-    tag = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{run.resolve().name}-step{ckpt.step}")
-    path = cache / f"mnist-ode-{tag}-n{x_T.shape[0]}-seed{SEEDS['x_T']}-rtol{rtol:g}.safetensors"
+    path = cache / f"mnist-ode-{run_tag(run, ckpt)}-n{x_T.shape[0]}-seed{seed}-rtol{rtol:g}.safetensors"
     if path.exists():
         stored = load_file(str(path))
         if torch.equal(stored["x_T"], x_T):
@@ -118,21 +138,93 @@ def cached_reference(run: Path, ckpt, denoiser, x_T: Tensor, rtol: float, cache:
     return x0, nfe, False
 
 
-def sweep(configs, model, process, prediction_type: str, x_T: Tensor, reference: Tensor, nfes) -> tuple[list, dict]:
+def tuning_max_evals(nfe: int, budget: int = TUNE_NFE_BUDGET) -> int:
+    """Sampler runs one tuning at ``nfe`` may make: ``budget`` network evaluations in all."""
+    return max(1, budget // nfe)
+
+
+def tuning_key(tag: str, cfg, nfe: int, n: int, rtol: float, budget: int) -> str:
+    """The cache key of a tuned grid: model, sampler, options, NFE and every tuning setting."""
+    from scorekit.schedule_tuning import schedule_key
+
+    return (f"{tag} | {schedule_key(cfg.method, nfe, dict(cfg.options))} | n={n} seed={SEEDS['tune']} "
+            f"max_evals={tuning_max_evals(nfe, budget)} free_last={TUNE_FREE_LAST} init=best "
+            f"reference=ode_t0_D rtol={rtol:g} metric=mse")
+
+
+def tune_grids(configs, denoiser, process, prediction_type: str, x_tune: Tensor, reference: Tensor, nfes,
+               cache: Path, tag: str, rtol: float, budget: int = TUNE_NFE_BUDGET) -> tuple[dict, list[dict]]:
+    """Tune the grid of every tuned configuration at every NFE target on the tuning batch ``x_tune``.
+
+    ``x_tune`` (seed ``SEEDS["tune"]``) is never the evaluation batch. The objective
+    (``scorekit.schedule_tuning.tune_timesteps``: Nelder-Mead over log-SNR grids, the last model
+    time free, starting from the better of the trailing and log-SNR-uniform grids, at most
+    ``budget // NFE`` sampler runs) is the mean squared error to ``reference``, this benchmark's
+    own end point (the probability-flow ODE of ``probability_flow_reference`` from ``x_tune``,
+    then ``D(x, 0)``). The step count for a target is that of the configuration on the trailing
+    grid (``plan_steps``), tuned at its counted NFE. Grids are cached in
+    ``cache/mnist-tuned-<run>.json`` under ``tuning_key``. Returns ``{label: {target: plan}}``
+    (a plan has ``steps``, ``nfe`` and the grid ``timesteps``) and one summary row per grid.
+    """
+    import dataclasses
+
+    from scorekit.errors import ScorekitError
+    from scorekit.schedule_tuning import TunedSchedule, tune_timesteps
+
+    path = cache / f"mnist-tuned-{tag}.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    out, rows = {}, []
+    for cfg in configs:
+        base = dataclasses.replace(cfg, label=f"scorekit {cfg.family}: trailing", grid="trailing", tuned=False)
+        base_plan, _ = bench.plan_steps(base, denoiser.model, process, x_tune[:1], nfes, prediction_type)
+        plan = {}
+        for target in nfes:
+            if "error" in base_plan[target]:
+                plan[target] = {"error": base_plan[target]["error"]}
+                continue
+            nfe = base_plan[target]["nfe"]
+            key = tuning_key(tag, cfg, nfe, x_tune.shape[0], rtol, budget)
+            from_cache = key in stored
+            if not from_cache:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        tuned = tune_timesteps(denoiser, process, cfg.method, nfe, x_tune, reference=reference,
+                                               init="best", max_evals=tuning_max_evals(nfe, budget),
+                                               free_last=TUNE_FREE_LAST, **dict(cfg.options))
+                except ScorekitError as err:
+                    plan[target] = {"error": f"tuning: {err}"}
+                    continue
+                stored[key] = tuned.to_json()
+                bench.write_json_atomic(path, stored)
+            tuned = TunedSchedule.from_json(stored[key], str(path))
+            plan[target], row = bench.tuned_entry(cfg.label, target, nfe, tuned, from_cache)
+            rows.append(row)
+        out[cfg.label] = plan
+    return out, rows
+
+
+def sweep(configs, model, process, prediction_type: str, x_T: Tensor, reference: Tensor, nfes,
+          tuned_plans: dict | None = None) -> tuple[list, dict]:
     counter = bench.CountingModel(model)
     results, plans = [], {}
     for cfg in configs:
         start = time.perf_counter()
         if getattr(cfg, "deterministic", True) is False:      # a peer known to draw noise
             continue
-        probe = x_T if getattr(cfg, "adaptive", False) else x_T[:1]   # an adaptive count depends on the batch
-        plan, deterministic = bench.plan_steps(cfg, model, process, probe, nfes, prediction_type)
+        if getattr(cfg, "tuned", False):
+            if cfg.label not in (tuned_plans or {}):
+                continue                                        # not tuned
+            plan, deterministic = tuned_plans[cfg.label], True
+        else:
+            probe = x_T if getattr(cfg, "adaptive", False) else x_T[:1]   # an adaptive count depends on the batch
+            plan, deterministic = bench.plan_steps(cfg, model, process, probe, nfes, prediction_type)
         plans[cfg.label] = {"deterministic": deterministic, **{str(k): v for k, v in plan.items()}}
         if not deterministic:
             continue
         for target in nfes:
-            row = {"config": cfg.label, "library": cfg.library, "family": cfg.family, "default": cfg.default,
-                   "target": target}
+            row = {"config": cfg.label, "library": cfg.library, "family": cfg.family, "grid": cfg.grid,
+                   "default": cfg.default, "target": target}
             if "error" in plan[target]:
                 results.append({**row, "error": plan[target]["error"]})
                 continue
@@ -142,7 +234,7 @@ def sweep(configs, model, process, prediction_type: str, x_T: Tensor, reference:
                     warnings.simplefilter("ignore")
                     x = bench.run_config(cfg, counter, process, x_T, plan[target]["steps"],
                                          torch.Generator().manual_seed(SEEDS["noise"]), prediction_type,
-                                         plan[target].get("options"))
+                                         plan[target].get("options"), plan[target].get("timesteps"))
             except Exception as err:
                 results.append({**row, "error": f"{type(err).__name__}: {err}"})
                 continue
@@ -157,15 +249,39 @@ def sweep(configs, model, process, prediction_type: str, x_T: Tensor, reference:
 
 
 def headline(results: list[dict], nfes) -> list[dict]:
+    """Per NFE target: our best configuration against the best peer configuration (ratio ours /
+    peer < 1: we win), and our best on the standard grids only (no tuned grid)."""
     ours = [r for r in results if r["library"] == "scorekit"]
+    standard = [r for r in ours if not bench.is_tuned(r)]
     theirs = [r for r in results if r["library"] != "scorekit"]
     rows = []
     for target in nfes:
         a, b = bench.best_row(ours, "rmse", target), bench.best_row(theirs, "rmse", target)
+        c = bench.best_row(standard, "rmse", target)
         rows.append({"nfe": target, "ours": a and a["config"], "ours_nfe": a and a["nfe"], "ours_rmse": a and a["rmse"],
+                     "ours_standard": c and c["config"], "ours_standard_rmse": c and c["rmse"],
                      "peer": b and b["config"], "peer_nfe": b and b["nfe"], "peer_rmse": b and b["rmse"],
                      "ratio": a["rmse"] / b["rmse"] if a and b and b["rmse"] > 0 else None})
     return rows
+
+
+def standard_cell(row: dict) -> str:
+    if not row.get("ours_standard"):
+        return "-"
+    value = bench.fmt(row["ours_standard_rmse"])
+    return value if row["ours_standard"] == row["ours"] else f"{value} ({row['ours_standard']})"
+
+
+def tuning_parts(tuning: dict | None) -> list[str]:
+    if not tuning or not tuning.get("grids"):
+        return []
+    parts = bench.tuning_section(tuning["grids"])
+    parts[0] = parts[0].replace("its ODE solution at sigma = 0", "its ODE solution (t = 0, then D)")
+    ref = "cached" if tuning["reference_cached"] else f"{tuning['reference_seconds']:.0f} s"
+    return [f"Tuning batch: {tuning['n']} images of x_T seed {SEEDS['tune']} (not the evaluation batch); its "
+            f"reference {tuning['reference_nfe']} network evaluations ({ref}); at most "
+            f"{tuning['nfe_budget']} // NFE sampler runs per grid; tuning {tuning['cpu_seconds']:.0f} s CPU, "
+            f"{tuning['wall_seconds']:.0f} s wall in this run (cached grids cost nothing).", *parts]
 
 
 def markdown(report: dict) -> str:
@@ -183,10 +299,12 @@ def markdown(report: dict) -> str:
              "RMSE over pixels in [-1, 1]; deterministic configurations only.",
              "## Headline: our best against the best peer (ours/peer < 1: scorekit wins)",
              bench.markdown_table(["NFE", "ours: best config (NFE)", "ours", "best peer config (NFE)", "peer",
-                                   "ours/peer"],
+                                   "ours/peer", "ours, standard grids only"],
                                   [[r["nfe"], f"{r['ours']} ({r['ours_nfe']})" if r["ours"] else "-", r["ours_rmse"],
-                                    f"{r['peer']} ({r['peer_nfe']})" if r["peer"] else "-", r["peer_rmse"], r["ratio"]]
+                                    f"{r['peer']} ({r['peer_nfe']})" if r["peer"] else "-", r["peer_rmse"], r["ratio"],
+                                    standard_cell(r)]
                                    for r in report["headline"]]),
+             *tuning_parts(report.get("tuning")),
              "## Per family: defaults / best configuration", bench.family_table(report["results"], "rmse", nfes),
              "## All configurations (counted NFE in brackets where below the target; n/a: needs more calls)",
              bench.metric_table(report["results"], "rmse", nfes),
@@ -205,6 +323,11 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="8 images, NFE 5 and 10, only each family's default configuration")
     parser.add_argument("--no-k-diffusion", action="store_true", help="leave out k-diffusion's samplers")
+    parser.add_argument("--no-tuning", action="store_true",
+                        help="leave out our samplers on tuned grids (always run otherwise, whatever --select)")
+    parser.add_argument("--tune-n", type=int, default=TUNE_N, help="images in the separate tuning batch")
+    parser.add_argument("--tune-budget", type=int, default=TUNE_NFE_BUDGET,
+                        help="network evaluations per tuned grid: at most budget // NFE sampler runs")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--render", type=Path, default=None,
                         help="only rewrite the .md of an earlier run from its .json")
@@ -236,15 +359,36 @@ def main(argv=None) -> int:
         configs = [c for c in configs if c.default]
     if args.select:
         configs = [c for c in configs if re.search(args.select, c.label)]
-    results, plans = sweep(configs, denoiser.model, process, prediction_type, x_T, reference, nfes)
+    tuned_plans, tuning = {}, None
+    if not args.no_tuning:
+        tuned_configs = bench.tuned_configs(QUICK_TUNED if args.quick else TUNED)
+        x_tune = process.prior_sample((args.tune_n, *ckpt.sample_shape),
+                                      generator=torch.Generator().manual_seed(SEEDS["tune"]))
+        tune_start = time.perf_counter()
+        tune_ref, tune_ref_nfe, tune_cached = cached_reference(args.run, ckpt, denoiser, x_tune, args.rtol,
+                                                               args.out / "cache", SEEDS["tune"])
+        tune_ref_seconds = time.perf_counter() - tune_start
+        print(f"tuning batch n={args.tune_n}: reference {tune_ref_nfe} network evaluations, "
+              f"{'cached' if tune_cached else f'{tune_ref_seconds:.0f} s'}", flush=True)
+        cpu, wall = time.process_time(), time.perf_counter()
+        tuned_plans, grids = tune_grids(tuned_configs, denoiser, process, prediction_type, x_tune, tune_ref, nfes,
+                                        args.out / "cache", run_tag(args.run, ckpt), args.rtol, args.tune_budget)
+        tuning = {"n": args.tune_n, "nfe_budget": args.tune_budget, "reference_nfe": tune_ref_nfe,
+                  "reference_cached": tune_cached, "reference_seconds": tune_ref_seconds,
+                  "cpu_seconds": time.process_time() - cpu, "wall_seconds": time.perf_counter() - wall,
+                  "grids": grids}
+        print(f"tuning: {tuning['cpu_seconds']:.0f} s CPU, {tuning['wall_seconds']:.0f} s wall", flush=True)
+        configs = [*configs, *tuned_configs]
+    results, plans = sweep(configs, denoiser.model, process, prediction_type, x_T, reference, nfes, tuned_plans)
     report = {"environment": bench.environment(),
-              "settings": {"n": n, "nfes": list(nfes), "rtol": args.rtol, "select": args.select, "quick": args.quick},
+              "settings": {"n": n, "nfes": list(nfes), "rtol": args.rtol, "select": args.select, "quick": args.quick,
+                           "tuning": not args.no_tuning, "tune_n": args.tune_n, "tune_budget": args.tune_budget},
               "model": {"run": str(args.run), "step": ckpt.step, "process": repr(process),
                         "prediction_type": prediction_type},
               "reference": {"rtol": args.rtol, "nfe": ref_nfe, "cached": cached, "seconds": ref_seconds,
                             "sigma_bar_start": float(process.sigma(process.t_max) / process.alpha(process.t_max)),
                             "sigma_bar_t0": float(process.sigma(process.t_min) / process.alpha(process.t_min))},
-              "results": results, "plans": plans, "headline": headline(results, nfes)}
+              "results": results, "plans": plans, "tuning": tuning, "headline": headline(results, nfes)}
     report["seconds"] = time.perf_counter() - start
     text = markdown(report)
     stem = "sampler_mnist-quick" if args.quick else "sampler_mnist"
