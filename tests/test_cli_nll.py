@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from scorekit.cli import main
+from cli_helpers import assert_one_line_error, run_main
 from scorekit.data import dataset_from_config
 from scorekit.likelihood import ode_likelihood
 from scorekit.train import load_checkpoint
@@ -17,21 +18,6 @@ from scorekit.train.checkpoint import checkpoint_denoiser
 POINTS = ["--data", "moons", "--data-option", "n=64", "--model-option", "hidden=16",
           "--model-option", "depth=1", "--batch-size", "16", "--steps", "3", "--sample-num", "10",
           "--sample-steps", "2", "--no-progress"]
-
-
-def run_main(capsys, argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("scorekit: error: ") and "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def _train(argv, out):

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from scorekit.cli import main
+from cli_helpers import assert_one_line_error, run_main
 from scorekit.train import list_checkpoints, load_checkpoint, read_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -20,21 +21,6 @@ POINTS = ["--data", "moons", "--data-option", "n=256", "--model-option", "hidden
 IMAGES = ["--data", "digits", "--data-option", "stop=64", "--model", "tiny", "--model-option",
           "base_channels=8", "--model-option", "groups=4", "--prediction", "v", "--schedule",
           "cosine", "--batch-size", "8", "--sample-num", "10", "--sample-steps", "3", "--no-progress"]
-
-
-def run_main(capsys, argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("scorekit: error: ") and "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def listing(folder):

@@ -11,6 +11,7 @@ import torch
 
 import scorekit
 from scorekit.cli import main
+from cli_helpers import assert_one_line_error, run_main
 from scorekit.schedule_tuning import SCHEDULES_FILE, load_tuned
 from scorekit.train import load_checkpoint
 from scorekit.train.checkpoint import checkpoint_denoiser
@@ -18,21 +19,6 @@ from scorekit.train.checkpoint import checkpoint_denoiser
 TRAIN = ["train", "--data", "moons", "--data-option", "n=256", "--model", "mlp", "--model-option",
          "hidden=32", "--model-option", "depth=1", "--batch-size", "16", "--steps", "8",
          "--log-every", "4", "--sample-num", "20", "--sample-steps", "3", "--no-progress"]
-
-
-def run_main(capsys, argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("scorekit: error: ") and "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
