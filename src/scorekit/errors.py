@@ -1,4 +1,6 @@
-"""The one exception type scorekit raises for mistakes a user can make."""
+"""The one exception type scorekit raises for mistakes a user can make, and checks that raise it."""
+import math
+
 
 
 class ScorekitError(ValueError):
@@ -6,3 +8,15 @@ class ScorekitError(ValueError):
 
     The command line prints the message on one line and exits with status 2.
     """
+
+
+def positive_number(value, name: str) -> float:
+    """``float(value)`` if it is a positive finite number; otherwise a :class:`ScorekitError`
+    naming ``name``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ScorekitError(f"{name} must be a positive number, got {value!r}") from None
+    if not (number > 0 and math.isfinite(number)):
+        raise ScorekitError(f"{name} must be a positive finite number, got {value!r}")
+    return number

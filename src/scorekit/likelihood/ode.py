@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ScorekitError
+from ..errors import ScorekitError, positive_number
 from ..processes import GaussianProcess
 from ..samplers.ode import log_snr_flow_coefficients
 
@@ -167,7 +167,7 @@ def ode_likelihood(denoiser, process: GaussianProcess, x: Tensor, *, divergence:
         raise ScorekitError(f"unknown probe {probe!r}; choose one of {', '.join(PROBES)}")
     if isinstance(num_probes, bool) or not isinstance(num_probes, (int, np.integer)) or num_probes < 1:
         raise ScorekitError(f"num_probes must be a positive integer, got {num_probes!r}")
-    rtol, atol = _positive(rtol, "rtol"), _positive(atol, "atol")
+    rtol, atol = positive_number(rtol, "rtol"), positive_number(atol, "atol")
     t_start = _check_t_eps(process, t_eps)
     t_end = float(process.t_max)
     needs_noise = divergence == "hutchinson" or data_bits is not None
@@ -284,16 +284,6 @@ def _check_t_eps(process: GaussianProcess, t_eps) -> float:
         raise ScorekitError(f"t_eps={t_eps} must be a time with sigma > 0 between the data time "
                             f"{process.t_data} and t_max={process.t_max} (default: t_min={process.t_min})")
     return t
-
-
-def _positive(value, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ScorekitError(f"{name} must be a positive number, got {value!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise ScorekitError(f"{name} must be a positive finite number, got {value!r}")
-    return v
 
 
 __all__ = ["DIVERGENCES", "OdeLikelihood", "PROBES", "bits_per_dim", "dequantize", "is_quantized",

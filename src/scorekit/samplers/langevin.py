@@ -20,20 +20,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..errors import ScorekitError
+from ..errors import ScorekitError, positive_number
 from ._common import check_generator, check_start, progress_range, randn_like
 
 Tensor = torch.Tensor
-
-
-def _positive(value, name: str) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ScorekitError(f"{name} must be a positive number, got {value!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise ScorekitError(f"{name} must be a positive finite number, got {value}")
-    return value
 
 
 def _count(value, name: str, minimum: int) -> int:
@@ -74,7 +64,7 @@ def langevin(score: Callable[[Tensor], Tensor], x: Tensor, *, step_size: float, 
         progress: show a progress bar.
     """
     x = check_start(x, "x")
-    eta = _positive(step_size, "step_size")
+    eta = positive_number(step_size, "step_size")
     n = _count(num_steps, "num_steps", 0)
     generator = check_generator(generator, "langevin")
     for k in progress_range(n, progress, "langevin"):
@@ -135,7 +125,7 @@ def annealed_langevin(score: Callable[[Tensor, float], Tensor], x: Tensor, sigma
     if not torch.all(sig[1:] < sig[:-1]):
         raise ScorekitError("sigmas must be strictly decreasing (from the largest noise level down)")
     T = _count(steps_per_sigma, "steps_per_sigma", 1)
-    eps = _positive(epsilon, "epsilon")
+    eps = positive_number(epsilon, "epsilon")
     generator = check_generator(generator, "annealed_langevin")
     levels = sig.tolist()
     sigma_L = levels[-1]

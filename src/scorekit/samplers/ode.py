@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ScorekitError
+from ..errors import ScorekitError, positive_number
 from ..processes import GaussianProcess
 from ._common import Callback, check_start, grid, progress_range
 
@@ -203,7 +203,7 @@ def solve_probability_flow(denoiser, process: GaussianProcess, x_T: Tensor, t_st
         progress: show a progress bar over the time interval.
     """
     x = check_start(x_T)
-    rtol, atol = _positive(rtol, "rtol"), _positive(atol, "atol")
+    rtol, atol = positive_number(rtol, "rtol"), positive_number(atol, "atol")
     if method not in ADAPTIVE_METHODS:
         raise ScorekitError(f"unknown ODE method {method!r}; choose one of {', '.join(ADAPTIVE_METHODS)}")
     t_start, t_end = float(t_start), float(t_end)
@@ -287,16 +287,6 @@ def ode_adaptive(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *, 
     return solve_probability_flow(denoiser, process, x_T, times[0], t_end, rtol=rtol, atol=atol,
                                   method=method, denoise_end=denoise_end, callback=callback,
                                   progress=progress).x
-
-
-def _positive(value, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ScorekitError(f"{name} must be a positive number, got {value!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise ScorekitError(f"{name} must be a positive finite number, got {value!r}")
-    return v
 
 
 __all__ = ["ADAPTIVE_METHODS", "OdeSolution", "flow_coefficients", "log_snr_flow_coefficients",
