@@ -168,39 +168,17 @@ def tune_grids(configs, denoiser, process, prediction_type: str, x_tune: Tensor,
     """
     import dataclasses
 
-    from scorekit.errors import ScorekitError
-    from scorekit.schedule_tuning import TunedSchedule, tune_timesteps
-
     path = cache / f"mnist-tuned-{tag}.json"
     stored = json.loads(path.read_text()) if path.exists() else {}
     out, rows = {}, []
     for cfg in configs:
         base = dataclasses.replace(cfg, label=f"scorekit {cfg.family}: trailing", grid="trailing", tuned=False)
         base_plan, _ = bench.plan_steps(base, denoiser.model, process, x_tune[:1], nfes, prediction_type)
-        plan = {}
-        for target in nfes:
-            if "error" in base_plan[target]:
-                plan[target] = {"error": base_plan[target]["error"]}
-                continue
-            nfe = base_plan[target]["nfe"]
-            key = tuning_key(tag, cfg, nfe, x_tune.shape[0], rtol, budget)
-            from_cache = key in stored
-            if not from_cache:
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        tuned = tune_timesteps(denoiser, process, cfg.method, nfe, x_tune, reference=reference,
-                                               init="best", max_evals=tuning_max_evals(nfe, budget),
-                                               free_last=TUNE_FREE_LAST, **dict(cfg.options))
-                except ScorekitError as err:
-                    plan[target] = {"error": f"tuning: {err}"}
-                    continue
-                stored[key] = tuned.to_json()
-                bench.write_json_atomic(path, stored)
-            tuned = TunedSchedule.from_json(stored[key], str(path))
-            plan[target], row = bench.tuned_entry(cfg.label, target, nfe, tuned, from_cache)
-            rows.append(row)
-        out[cfg.label] = plan
+        out[cfg.label], new_rows = bench.tune_config(
+            cfg, base_plan, nfes, denoiser, process, x_tune, reference, path, stored,
+            key_of=lambda nfe: tuning_key(tag, cfg, nfe, x_tune.shape[0], rtol, budget),
+            max_evals_of=lambda nfe: tuning_max_evals(nfe, budget))
+        rows += new_rows
     return out, rows
 
 

@@ -410,6 +410,39 @@ def tuned_entry(label: str, target: int, nfe: int, tuned, from_cache: bool, *, p
     return plan, row
 
 
+def tune_config(cfg, base_plan: dict, targets, denoiser, process, x_tune: Tensor, reference: Tensor,
+                path: Path, stored: dict, *, key_of, max_evals_of, prefix: str = "") -> tuple[dict, list[dict]]:
+    """Tune ``cfg``'s grid at every NFE target of ``base_plan`` (its plan on the trailing grid) on
+    ``x_tune`` against ``reference``, reusing the grids in ``stored`` (the JSON cache at ``path``,
+    keyed by ``key_of(nfe)``) and writing new ones there. Returns ``({target: plan}, rows)``."""
+    from scorekit.schedule_tuning import TunedSchedule, tune_timesteps
+
+    plan, rows = {}, []
+    for target in targets:
+        if "error" in base_plan[target]:
+            plan[target] = {"error": base_plan[target]["error"]}
+            continue
+        nfe = base_plan[target]["nfe"]
+        key = key_of(nfe)
+        from_cache = key in stored
+        if not from_cache:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    tuned = tune_timesteps(denoiser, process, cfg.method, nfe, x_tune, reference=reference,
+                                           init="best", max_evals=max_evals_of(nfe),
+                                           free_last=TUNE_FREE_LAST, **dict(cfg.options))
+            except ScorekitError as err:
+                plan[target] = {"error": f"tuning: {err}"}
+                continue
+            stored[key] = tuned.to_json()
+            write_json_atomic(path, stored)
+        tuned = TunedSchedule.from_json(stored[key], str(path))
+        plan[target], row = tuned_entry(cfg.label, target, nfe, tuned, from_cache, prefix=prefix)
+        rows.append(row)
+    return plan, rows
+
+
 def tune_grids(name: str, mixture, process: DDPM, settings: Settings, cache: Path, configs: list,
                plans: dict) -> tuple[dict, list[dict]]:
     """Tune the grid of every tuned configuration at every NFE target on a separate batch of noise.
@@ -434,7 +467,6 @@ def tune_grids(name: str, mixture, process: DDPM, settings: Settings, cache: Pat
     grid.
     """
     from scorekit.prediction import Denoiser
-    from scorekit.schedule_tuning import TunedSchedule, tune_timesteps
 
     if not configs:
         return {}, []
@@ -456,30 +488,11 @@ def tune_grids(name: str, mixture, process: DDPM, settings: Settings, cache: Pat
         base = dataclasses.replace(cfg, label=f"scorekit {cfg.family}: trailing", grid="trailing", tuned=False)
         if base.label not in plans:
             plans[base.label] = plan_steps(base, denoiser.model, process, x_probe, settings.nfes)
-        base_plan = plans[base.label][0]
-        plan = {}
-        for target in settings.nfes:
-            if "error" in base_plan[target]:
-                plan[target] = {"error": base_plan[target]["error"]}
-                continue
-            nfe = base_plan[target]["nfe"]
-            key = tuning_key(name, cfg, nfe, settings)
-            from_cache = key in stored
-            if not from_cache:
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        tuned = tune_timesteps(denoiser, process, cfg.method, nfe, x_tune, reference=reference,
-                                               init="best", max_evals=settings.tune_max_evals,
-                                               free_last=TUNE_FREE_LAST, **dict(cfg.options))
-                except ScorekitError as err:
-                    plan[target] = {"error": f"tuning: {err}"}
-                    continue
-                stored[key] = tuned.to_json()
-                write_json_atomic(path, stored)
-            tuned = TunedSchedule.from_json(stored[key], str(path))
-            plan[target], row = tuned_entry(cfg.label, target, nfe, tuned, from_cache, prefix=f"[{name}] ")
-            rows.append(row)
+        plan, new_rows = tune_config(cfg, plans[base.label][0], settings.nfes, denoiser, process, x_tune,
+                                     reference, path, stored,
+                                     key_of=lambda nfe: tuning_key(name, cfg, nfe, settings),
+                                     max_evals_of=lambda nfe: settings.tune_max_evals, prefix=f"[{name}] ")
+        rows += new_rows
         out[cfg.label] = (plan, True)
     print(f"[{name}] tuning: {time.process_time() - cpu_all:.1f} s CPU, {time.perf_counter() - wall_all:.1f} s "
           f"wall ({sum(not r['cached'] for r in rows)} grids tuned, {sum(r['cached'] for r in rows)} from cache)",
