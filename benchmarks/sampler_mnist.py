@@ -41,6 +41,12 @@ solve, cached alike), with at most ``--tune-budget // NFE`` sampler runs; the gr
 configuration, whatever ``--select`` says (``--no-tuning`` leaves them out); the headline also
 shows our best on the standard grids only.
 
+Confirmation (``--confirm``, default 256 images; ``--confirm-only JSON`` for an earlier run):
+picking the best of a hundred configurations on a few dozen images favours whichever side is
+lucky on them, so each NFE's two picks run again on fresh images (seed ``SEEDS["confirm"]``) with
+their own reference, and the paired per-image difference gives a standard error and a verdict
+(with a second, per-image verdict from the Wilcoxon signed-rank test).
+
 Writes ``sampler_mnist.md`` / ``.json`` (``sampler_mnist-quick.*`` with --quick) to ``--out``
 (default benchmarks/results/); the reference is cached in its ``cache/``.
 """
@@ -65,7 +71,8 @@ from scorekit.train import checkpoint_denoiser, load_checkpoint  # noqa: E402
 
 Tensor = torch.Tensor
 
-SEEDS = {"x_T": 0, "noise": 1, "tune": 2}
+SEEDS = {"x_T": 0, "noise": 1, "tune": 2, "confirm": 3}
+CONFIRM_N = 256             # fresh images on which the headline's picks are compared again
 #: deterministic samplers whose grids are tuned per NFE (families of ``samplers.TUNED_FAMILIES``)
 TUNED = ("unipc", "unipc order 3", "dpmpp_2m", "deis")
 QUICK_TUNED = ("unipc order 3", "dpmpp_2m")
@@ -243,6 +250,99 @@ def headline(results: list[dict], nfes) -> list[dict]:
     return rows
 
 
+def confirm(report: dict, denoiser, process, prediction_type: str, x_C: Tensor, reference: Tensor) -> list[dict]:
+    """The headline without the winner's curse: each NFE target's two picks (our best and the best
+    peer on the evaluation batch) run again on a fresh batch ``x_C`` (seed ``SEEDS["confirm"]``,
+    never used to pick or tune) against its own reference. The paired difference of per-image mean
+    squared errors (ours - peer) gives a standard error over the fresh images, and a verdict:
+    "ours lower" / "peer lower" when it is more than ``sampler_heldout.Z`` = 3 standard errors from
+    zero, "tie" otherwise.
+    Per-image errors are heavy-tailed (a few images dominate the mean), so a second verdict comes
+    from the Wilcoxon signed-rank test of the per-image errors (two-sided, at the level of ``Z``
+    standard errors: p < 0.0027 for Z = 3): which side is lower on a typical image."""
+    from scipy.stats import norm, wilcoxon
+
+    from sampler_heldout import Z, differs, mean_se
+
+    level = float(2 * norm.sf(Z))
+
+    index = {c.label: c for c in [*bench.all_configs(process, True), *bench.tuned_configs(TUNED)]}
+    counter = bench.CountingModel(denoiser.model)
+    rows = []
+    for head in report["headline"]:
+        target = head["nfe"]
+        if not head["ours"] or not head["peer"]:
+            continue
+        errors, nfe = {}, {}
+        for label in (head["ours"], head["peer"]):
+            plan = report["plans"][label][str(target)]
+            counter.calls = 0
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                x = bench.run_config(index[label], counter, process, x_C, plan["steps"],
+                                     torch.Generator().manual_seed(SEEDS["noise"]), prediction_type,
+                                     plan.get("options"), plan.get("timesteps"))
+            errors[label] = (x.to(torch.float64) - reference).pow(2).flatten(1).mean(1).tolist()
+            nfe[label] = counter.calls
+        ours, peer = errors[head["ours"]], errors[head["peer"]]
+        diff = mean_se([a - b for a, b in zip(ours, peer)])
+        side = differs(*diff) if all(map(math.isfinite, diff)) else 0
+        rmse_ours, rmse_peer = math.sqrt(sum(ours) / len(ours)), math.sqrt(sum(peer) / len(peer))
+        p_value = float(wilcoxon(ours, peer).pvalue) if any(a != b for a, b in zip(ours, peer)) else 1.0
+        lower = sum(a < b for a, b in zip(ours, peer))
+        rows.append({"nfe": target, "images": len(ours), "ours": head["ours"], "ours_nfe": nfe[head["ours"]],
+                     "ours_rmse": rmse_ours, "peer": head["peer"], "peer_nfe": nfe[head["peer"]],
+                     "peer_rmse": rmse_peer, "ratio": rmse_ours / rmse_peer, "mse_diff": diff[0],
+                     "mse_diff_se": diff[1], "images_ours_lower": lower, "wilcoxon_p": p_value,
+                     "verdict": "ours lower" if side < 0 else "peer lower" if side > 0 else "tie",
+                     "verdict_per_image": "tie" if p_value >= level else
+                     "ours lower" if lower > len(ours) - lower else "peer lower"})
+    return rows
+
+
+def confirm_parts(result: dict | None) -> list[str]:
+    if not result or not result.get("rows"):
+        return []
+    rows = result["rows"]
+    return ["## Confirmation on fresh images",
+            f"The two picks of each headline row run again on {rows[0]['images']} fresh images (x_T seed "
+            f"{result['seed']}, never used to pick or tune) against their own reference ({result['reference_nfe']} "
+            "network evaluations); 'ours - peer': the paired difference of per-image mean squared errors, ± "
+            "its standard error over the images; verdict 'ours lower' / 'peer lower' when it is more than three "
+            "standard errors from zero, 'tie' otherwise; 'ours better on': images where our error is smaller; "
+            "per image: the Wilcoxon signed-rank test of the per-image errors (two-sided p < 0.0027, the level of "
+            "three standard errors), robust to "
+            "the few images that dominate the mean.",
+            bench.markdown_table(["NFE", "ours (NFE)", "ours", "peer (NFE)", "peer", "ours/peer",
+                                  "ours - peer (MSE per image)", "verdict (mean)", "ours better on",
+                                  "Wilcoxon p", "verdict (per image)"],
+                                 [[r["nfe"], f"{r['ours']} ({r['ours_nfe']})", r["ours_rmse"],
+                                   f"{r['peer']} ({r['peer_nfe']})", r["peer_rmse"], r["ratio"],
+                                   f"{bench.fmt(r['mse_diff'])} ± {bench.fmt(r['mse_diff_se'])}", r["verdict"],
+                                   f"{r['images_ours_lower']} of {r['images']}", r["wilcoxon_p"],
+                                   r["verdict_per_image"]] for r in rows])]
+
+
+def run_confirm(report: dict, n: int, cache: Path) -> dict:
+    """``confirm`` for ``report``'s model on ``n`` fresh images, with the reference solved (or
+    read from ``cache``) at the report's tolerance."""
+    run = Path(report["model"]["run"])
+    ckpt = load_checkpoint(run)
+    if ckpt.step != report["model"]["step"]:
+        raise SystemExit(f"{run} is at step {ckpt.step}, the report was made at step {report['model']['step']}")
+    denoiser = checkpoint_denoiser(ckpt, ema=True)
+    process = denoiser.process
+    x_C = process.prior_sample((n, *ckpt.sample_shape), generator=torch.Generator().manual_seed(SEEDS["confirm"]))
+    start = time.perf_counter()
+    reference, ref_nfe, cached = cached_reference(run, ckpt, denoiser, x_C, report["reference"]["rtol"], cache,
+                                                  SEEDS["confirm"])
+    print(f"confirmation batch n={n}: reference {ref_nfe} network evaluations, "
+          f"{'cached' if cached else f'{time.perf_counter() - start:.0f} s'}", flush=True)
+    rows = confirm(report, denoiser, process, denoiser.prediction_type, x_C, reference)
+    return {"seed": SEEDS["confirm"], "n": n, "reference_nfe": ref_nfe, "seconds": time.perf_counter() - start,
+            "rows": rows}
+
+
 def standard_cell(row: dict) -> str:
     if not row.get("ours_standard"):
         return "-"
@@ -282,6 +382,7 @@ def markdown(report: dict) -> str:
                                     f"{r['peer']} ({r['peer_nfe']})" if r["peer"] else "-", r["peer_rmse"], r["ratio"],
                                     standard_cell(r)]
                                    for r in report["headline"]]),
+             *confirm_parts(report.get("confirm")),
              *tuning_parts(report.get("tuning")),
              "## Per family: defaults / best configuration", bench.family_table(report["results"], "rmse", nfes),
              "## All configurations (counted NFE in brackets where below the target; n/a: needs more calls)",
@@ -306,6 +407,11 @@ def main(argv=None) -> int:
     parser.add_argument("--tune-n", type=int, default=TUNE_N, help="images in the separate tuning batch")
     parser.add_argument("--tune-budget", type=int, default=TUNE_NFE_BUDGET,
                         help="network evaluations per tuned grid: at most budget // NFE sampler runs")
+    parser.add_argument("--confirm", type=int, default=None,
+                        help=f"fresh images on which each NFE's two picks are compared again (default {CONFIRM_N}; "
+                             "0 with --quick; 0 skips)")
+    parser.add_argument("--confirm-only", type=Path, default=None, metavar="JSON",
+                        help="only run the confirmation for an earlier run's JSON (rewrites its .json and .md)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--render", type=Path, default=None,
                         help="only rewrite the .md of an earlier run from its .json")
@@ -319,6 +425,14 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(1)
     bench.quiet_peers()
+    confirm_n = args.confirm if args.confirm is not None else (0 if args.quick else CONFIRM_N)
+    if args.confirm_only is not None:
+        report = json.loads(args.confirm_only.read_text())
+        report["confirm"] = run_confirm(report, confirm_n or CONFIRM_N, args.out / "cache")
+        args.confirm_only.write_text(json.dumps(bench.without_nan(report), indent=1))
+        args.confirm_only.with_suffix(".md").write_text(markdown(report))
+        print("\n".join(confirm_parts(report["confirm"])))
+        return 0
     n = args.n or (8 if args.quick else 32)
     nfes = tuple(int(v) for v in (args.nfes or ("5,10" if args.quick else "5,10,15,20")).split(","))
     start = time.perf_counter()
@@ -367,6 +481,8 @@ def main(argv=None) -> int:
                             "sigma_bar_start": float(process.sigma(process.t_max) / process.alpha(process.t_max)),
                             "sigma_bar_t0": float(process.sigma(process.t_min) / process.alpha(process.t_min))},
               "results": results, "plans": plans, "tuning": tuning, "headline": headline(results, nfes)}
+    if confirm_n:
+        report["confirm"] = run_confirm(report, confirm_n, args.out / "cache")
     report["seconds"] = time.perf_counter() - start
     text = markdown(report)
     stem = "sampler_mnist-quick" if args.quick else "sampler_mnist"

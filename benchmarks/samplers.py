@@ -25,6 +25,9 @@ at low NFE, with exact mixture models.
    on a grid "tuned" per problem and NFE by ``scorekit.schedule_tuning.tune_timesteps`` against
    the sigma0 solution of a separate batch of noise (``tune_grids``; cached in cache/tuned-*.json,
    --no-tuning leaves them out); they are evaluated on the same x_T and measures as the rest.
+   Held-out check (``sampler_heldout.py``; --no-heldout skips it): each side's three best
+   configurations per headline row are measured again on fresh batches, each side picks on half
+   of them and is reported on the other half, with paired standard errors and verdicts.
 2. Per-step overhead with a trivial model, scorekit against diffusers' step loops.
 
 Writes samplers.md, samplers.json and samplers.png (``samplers-quick.*`` with --quick, with
@@ -93,6 +96,7 @@ class Settings:
     tuned: tuple[str, ...] = ()  # families of ``TUNED_FAMILIES`` whose grids are tuned
     tune_sizes: dict | None = None   # mixture name -> size of the separate tuning batch of x_T
     tune_max_evals: int = 0     # sampler runs the grid optimiser may make per sampler and NFE
+    heldout_repeats: int = 0    # fresh batches on which the headline's picks are measured again
 
 
 #: deterministic samplers whose step grids are tuned per problem and NFE (``tune_grids``):
@@ -105,11 +109,11 @@ TUNE_SIZES = {"multiscale_2d": 256, "eight_gaussians": 256, "image_mixture": 128
 FULL = Settings(nfes=(5, 10, 15, 20, 50),
                 sizes={"multiscale_2d": 5000, "eight_gaussians": 5000, "image_mixture": 1000},
                 ode_rtol=1e-8, floor_repeats=5, overhead_steps=100, overhead_repeats=15,
-                tuned=tuple(TUNED_FAMILIES), tune_sizes=TUNE_SIZES, tune_max_evals=300)
+                tuned=tuple(TUNED_FAMILIES), tune_sizes=TUNE_SIZES, tune_max_evals=300, heldout_repeats=24)
 QUICK = Settings(nfes=(5, 10), sizes={"multiscale_2d": 500, "eight_gaussians": 500, "image_mixture": 200},
                  ode_rtol=1e-6, floor_repeats=3, overhead_steps=20, overhead_repeats=3,
                  tuned=("unipc", "unipc order 3", "dpmpp_2m", "deis"), tune_sizes=TUNE_SIZES,
-                 tune_max_evals=100)
+                 tune_max_evals=100, heldout_repeats=6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -960,7 +964,11 @@ def markdown_report(report: dict, settings: Settings) -> str:
         parts += ["## Headline: our best against the best peer (ours/peer < 1: scorekit wins)",
                   "'exact set': the measure for an independent set of exact samples of the same size, "
                   "i.e. the metric's resolution; differences below it are sampling noise.",
-                  headline_section(report["headline"]), "## Details per problem"]
+                  headline_section(report["headline"])]
+        if report.get("heldout"):
+            from sampler_heldout import heldout_section
+            parts += ["## Held-out check of the distribution measures", heldout_section(report["heldout"])]
+        parts.append("## Details per problem")
         parts += [mixture_section(name, rep, nfes) for name, rep in report["mixtures"].items()]
     if report["overhead"]:
         parts += ["## Per-step overhead", overhead_section(report["overhead"], settings)]
@@ -1051,6 +1059,8 @@ def main(argv=None) -> int:
                         help=f"comma-separated subset of {', '.join(MIXTURES)}")
     parser.add_argument("--no-k-diffusion", action="store_true", help="leave out k-diffusion's samplers")
     parser.add_argument("--no-tuning", action="store_true", help="leave out our samplers on tuned grids")
+    parser.add_argument("--no-heldout", action="store_true",
+                        help="skip measuring the headline's picks again on fresh batches (sampler_heldout.py)")
     parser.add_argument("--render", type=Path, default=None,
                         help="only rewrite the .md and .png of an earlier run from its .json")
     args = parser.parse_args(argv)
@@ -1082,6 +1092,9 @@ def main(argv=None) -> int:
     report["plans"] = {label: {"deterministic": det, **{str(k): v for k, v in plan.items()}}
                        for label, (plan, det) in plans.items()}
     report["headline"] = headline(report, settings.nfes)
+    if report["mixtures"] and settings.heldout_repeats and not args.no_heldout:
+        from sampler_heldout import heldout
+        report["heldout"] = heldout(report, settings.heldout_repeats)
     report["seconds"] = time.perf_counter() - start
 
     text = markdown_report(report, settings)
