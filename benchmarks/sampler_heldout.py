@@ -187,8 +187,11 @@ def heldout(report: dict, repeats: int, problems=None, top: int = 3) -> dict:
         values, calls = run_batches(report, problem, wanted, repeats, index)
 
         def picked(nfe: int, m: str, side: str) -> str:
-            return min(picks[nfe, m, side], key=lambda label: mean_se(values[label, nfe][m][select])[0]
-                       if math.isfinite(mean_se(values[label, nfe][m][select])[0]) else math.inf)
+            """The candidate with the smallest mean on the picking batches (nan counts as worst)."""
+            def score(label: str) -> float:
+                mean = mean_se(values[label, nfe][m][select])[0]
+                return mean if math.isfinite(mean) else math.inf
+            return min(picks[nfe, m, side], key=score)
 
         expanded = []
         for r in rows:

@@ -301,6 +301,8 @@ def confirm(report: dict, denoiser, process, prediction_type: str, x_C: Tensor, 
 
 
 def confirm_parts(result: dict | None) -> list[str]:
+    from sampler_heldout import pm
+
     if not result or not result.get("rows"):
         return []
     rows = result["rows"]
@@ -318,16 +320,16 @@ def confirm_parts(result: dict | None) -> list[str]:
                                   "Wilcoxon p", "verdict (per image)"],
                                  [[r["nfe"], f"{r['ours']} ({r['ours_nfe']})", r["ours_rmse"],
                                    f"{r['peer']} ({r['peer_nfe']})", r["peer_rmse"], r["ratio"],
-                                   f"{bench.fmt(r['mse_diff'])} ± {bench.fmt(r['mse_diff_se'])}", r["verdict"],
+                                   pm(r["mse_diff"], r["mse_diff_se"]), r["verdict"],
                                    f"{r['images_ours_lower']} of {r['images']}", r["wilcoxon_p"],
                                    r["verdict_per_image"]] for r in rows])]
 
 
-def run_confirm(report: dict, n: int, cache: Path) -> dict:
-    """``confirm`` for ``report``'s model on ``n`` fresh images, with the reference solved (or
-    read from ``cache``) at the report's tolerance."""
+def run_confirm(report: dict, n: int, cache: Path, ckpt=None) -> dict:
+    """``confirm`` for ``report``'s model (``ckpt`` if already loaded) on ``n`` fresh images, with
+    the reference solved (or read from ``cache``) at the report's tolerance."""
     run = Path(report["model"]["run"])
-    ckpt = load_checkpoint(run)
+    ckpt = ckpt or load_checkpoint(run)
     if ckpt.step != report["model"]["step"]:
         raise SystemExit(f"{run} is at step {ckpt.step}, the report was made at step {report['model']['step']}")
     denoiser = checkpoint_denoiser(ckpt, ema=True)
@@ -427,9 +429,13 @@ def main(argv=None) -> int:
     bench.quiet_peers()
     confirm_n = args.confirm if args.confirm is not None else (0 if args.quick else CONFIRM_N)
     if args.confirm_only is not None:
-        report = json.loads(args.confirm_only.read_text())
+        try:
+            report = json.loads(args.confirm_only.read_text())
+            report["model"]["run"], report["headline"], report["plans"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            parser.error(f"{args.confirm_only} is not a report of this benchmark: {type(err).__name__}: {err}")
         report["confirm"] = run_confirm(report, confirm_n or CONFIRM_N, args.out / "cache")
-        args.confirm_only.write_text(json.dumps(bench.without_nan(report), indent=1))
+        bench.write_json_atomic(args.confirm_only, bench.without_nan(report))
         args.confirm_only.with_suffix(".md").write_text(markdown(report))
         print("\n".join(confirm_parts(report["confirm"])))
         return 0
@@ -482,7 +488,7 @@ def main(argv=None) -> int:
                             "sigma_bar_t0": float(process.sigma(process.t_min) / process.alpha(process.t_min))},
               "results": results, "plans": plans, "tuning": tuning, "headline": headline(results, nfes)}
     if confirm_n:
-        report["confirm"] = run_confirm(report, confirm_n, args.out / "cache")
+        report["confirm"] = run_confirm(report, confirm_n, args.out / "cache", ckpt)
     report["seconds"] = time.perf_counter() - start
     text = markdown(report)
     stem = "sampler_mnist-quick" if args.quick else "sampler_mnist"
