@@ -12,6 +12,8 @@ from scorekit.losses import (WEIGHTINGS, ImportanceTimesteps, LogNormalTimesteps
                              diffusion_loss, eps_weight, loss_weight)
 from scorekit.toy import GaussianMixture, multiscale_2d
 
+from gaussian_elbo import closed_form_terms
+
 F64 = torch.float64
 
 
@@ -192,28 +194,6 @@ def test_ddpm_elbo_term_is_the_kl_per_sample(variance, kind):
                                torch.from_numpy(w), rtol=1e-10, atol=0)
 
 
-def exact_expected_elbo_terms(ab, betas, s, D, variance):
-    """E[L_t] for each t, for data N(mu, s^2 I_D) and the exact denoiser E[x_0|x_t], in closed form.
-
-    x_0 | x_t is Gaussian with variance v_t = s^2 (1 - ab_t) / (ab_t s^2 + 1 - ab_t) (whatever mu), and
-    mu~ - mu_theta = c_x0 (x_0 - E[x_0|x_t]), so E||mu~ - mu_theta||^2 = c_x0^2 D v_t. Then
-    E[KL(N(mu~, b~) || N(mu_theta, s_t^2))] = D/2 (log(s_t^2 / b~) + b~ / s_t^2 - 1) + c_x0^2 D v_t / (2 s_t^2),
-    and the t = 0 decoder term is E[-log N(x_0; x0_hat, s_0^2)] = D/2 log(2 pi s_0^2) + D v_0 / (2 s_0^2).
-    """
-    ab_prev = np.concatenate([[1.0], ab[:-1]])
-    post_var = betas * (1 - ab_prev) / (1 - ab)
-    model_var = post_var.copy() if variance == "small" else betas.copy()
-    if variance == "small":
-        model_var[0] = post_var[1]
-    c_x0 = np.sqrt(ab_prev) * betas / (1 - ab)
-    v = s ** 2 * (1 - ab) / (ab * s ** 2 + 1 - ab)
-    terms = np.empty_like(betas)
-    terms[1:] = D * 0.5 * (np.log(model_var[1:] / post_var[1:]) + post_var[1:] / model_var[1:] - 1) \
-        + c_x0[1:] ** 2 * D * v[1:] / (2 * model_var[1:])
-    terms[0] = D * 0.5 * np.log(2 * math.pi * model_var[0]) + D * v[0] / (2 * model_var[0])
-    return terms
-
-
 @pytest.mark.parametrize("variance", ["small", "large"])
 def test_ddpm_elbo_sums_to_the_closed_form_kls_of_gaussian_data(variance):
     """Data N(mu, s^2 I), the exact denoiser: the Monte-Carlo mean of per_sample at each of the T
@@ -235,7 +215,7 @@ def test_ddpm_elbo_sums_to_the_closed_form_kls_of_gaussian_data(variance):
     means = torch.stack([p.mean() for p in per_t])
     variances = torch.stack([p.var() for p in per_t]) / counts
     total, se = means.sum().item(), variances.sum().sqrt().item()
-    want_terms = exact_expected_elbo_terms(ab, betas, s, D, variance)
+    want_terms, _ = closed_form_terms(betas, mu, s, D, variance)
     want = want_terms.sum()
     assert abs(total - want) < 4 * se, (total, want, se)
     assert se < 0.02 * want
