@@ -10,13 +10,14 @@ class ScorekitError(ValueError):
     """
 
 
-def positive_number(value, name: str) -> float:
+def positive_number(value, name: str, hint: str | None = None) -> float:
     """``float(value)`` if it is a positive finite number; otherwise a :class:`ScorekitError`
-    naming ``name``."""
+    naming ``name`` (and, for a number out of range, a typical value: ``hint``, e.g. "e.g. 0.16")."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise ScorekitError(f"{name} must be a positive number, got {value!r}") from None
     if not (number > 0 and math.isfinite(number)):
-        raise ScorekitError(f"{name} must be a positive finite number, got {value!r}")
+        typical = f" ({hint})" if hint else ""
+        raise ScorekitError(f"{name} must be a positive finite number{typical}, got {value!r}")
     return number

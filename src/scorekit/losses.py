@@ -89,7 +89,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .errors import ScorekitError
+from .errors import ScorekitError, positive_number
 from .prediction import PREDICTION_TYPES, score_from_eps, to_x0, v_from_x0_eps
 from .processes import GaussianProcess, expand_like
 from .variances import fixed_variance, learned_log_variance, split_output
@@ -382,7 +382,7 @@ def eps_weight(process: GaussianProcess, t, weighting: str, prediction_type: str
         return elbo_terms(process, t, elbo_variance)[0]
     snr = torch.exp(process.log_snr(t))
     if weighting == "min_snr":
-        gamma = _check_gamma(min_snr_gamma)
+        gamma = positive_number(min_snr_gamma, "min_snr_gamma", "5 in the paper")
         return torch.clamp(snr, max=gamma) / snr
     if weighting == "lambda":
         sigma2 = process.sigma(t) ** 2
@@ -474,8 +474,8 @@ def diffusion_loss(net: Callable, process: GaussianProcess, x0: Tensor, *, predi
     _check_prediction_type(prediction_type)
     _check_weighting(weighting)
     _check_generator(generator)
-    options = dict(min_snr_gamma=_check_gamma(min_snr_gamma), elbo_variance=elbo_variance,
-                   lambda_fn=lambda_fn, sigma_data=sigma_data)
+    options = dict(min_snr_gamma=positive_number(min_snr_gamma, "min_snr_gamma", "5 in the paper"),
+                   elbo_variance=elbo_variance, lambda_fn=lambda_fn, sigma_data=sigma_data)
     if elbo_variance not in ELBO_VARIANCES:
         raise ScorekitError(f"unknown elbo_variance {elbo_variance!r}; choose one of {', '.join(ELBO_VARIANCES)}")
     if weighting == "hybrid":
@@ -545,25 +545,9 @@ def _check_weighting(weighting) -> None:
         raise ScorekitError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
 
 
-def _check_gamma(gamma) -> float:
-    try:
-        gamma = float(gamma)
-    except (TypeError, ValueError):
-        raise ScorekitError(f"min_snr_gamma must be a positive number, got {gamma!r}") from None
-    if not (gamma > 0 and math.isfinite(gamma)):
-        raise ScorekitError(f"min_snr_gamma must be a positive number (5 in the paper), got {gamma!r}")
-    return gamma
-
-
 def _sigma_data(process: GaussianProcess, sigma_data) -> float:
     sd = getattr(process, "sigma_data", 0.5) if sigma_data is None else sigma_data
-    try:
-        sd = float(sd)
-    except (TypeError, ValueError):
-        raise ScorekitError(f"sigma_data must be a positive number, got {sigma_data!r}") from None
-    if not (sd > 0 and math.isfinite(sd)):
-        raise ScorekitError(f"sigma_data must be a positive number (the data's standard deviation), got {sd!r}")
-    return sd
+    return positive_number(sd, "sigma_data", "the data's standard deviation")
 
 
 def _check_x0(x0) -> Tensor:

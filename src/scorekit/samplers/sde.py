@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from ..errors import ScorekitError
+from ..errors import ScorekitError, positive_number
 from ..processes import GaussianProcess
 from ._common import Callback, check_generator, check_start, grid, progress_range, randn_like
 from .langevin import _count
@@ -272,12 +272,7 @@ def pc(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *,
     if corrector not in CORRECTORS:
         raise ScorekitError(f"unknown corrector {corrector!r}; choose one of {', '.join(CORRECTORS)}")
     corrector_steps = _count(corrector_steps, "corrector_steps", 0)
-    try:
-        snr = float(snr)
-    except (TypeError, ValueError):
-        raise ScorekitError(f"snr must be a positive number, got {snr!r}") from None
-    if not (snr > 0 and math.isfinite(snr)):
-        raise ScorekitError(f"snr must be a positive finite number (e.g. 0.16), got {snr}")
+    snr = positive_number(snr, "snr", "e.g. 0.16")
     if snr_norm not in SNR_NORMS:
         raise ScorekitError(f"unknown snr_norm {snr_norm!r}; choose one of {', '.join(SNR_NORMS)}")
     if predictor == "none" and (corrector == "none" or corrector_steps == 0):
