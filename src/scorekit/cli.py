@@ -515,12 +515,17 @@ def _add_sample(commands) -> None:
     p.add_argument("--out", metavar="FILE.png", default="samples.png",
                    help="the image to write; the samples go to the same name with .npz")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    _add_run_flags(p)
+    p.set_defaults(handler=_cmd_sample)
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """--device, --threads and --no-progress, as `sample` and `tune` take them."""
     p.add_argument("--device", metavar="DEV", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", metavar="N", type=_int_in(1, 1024, "--threads"),
                    default=DEFAULT_TRAIN_THREADS,
                    help="torch CPU threads (on a busy machine more threads can be much slower)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(handler=_cmd_sample)
 
 
 def _sampler_options_from(args: argparse.Namespace) -> dict:
@@ -819,11 +824,7 @@ def _add_tune(commands) -> None:
     p.add_argument("--init", choices=list(INITS), default="best",
                    help="start from the sampler's default grid, the log-SNR-uniform one, or the "
                         "better of the two")
-    p.add_argument("--device", metavar="DEV", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--threads", metavar="N", type=_int_in(1, 1024, "--threads"),
-                   default=DEFAULT_TRAIN_THREADS,
-                   help="torch CPU threads (on a busy machine more threads can be much slower)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_run_flags(p)
     p.set_defaults(handler=_cmd_tune)
 
 
