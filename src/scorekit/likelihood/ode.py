@@ -56,11 +56,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import ScorekitError, positive_number
 from ..processes import GaussianProcess
-from ..samplers.ode import log_snr_flow_coefficients
+from ..samplers.ode import LogSNRSpan
 
 Tensor = torch.Tensor
 
@@ -188,15 +187,11 @@ def ode_likelihood(denoiser, process: GaussianProcess, x: Tensor, *, divergence:
         probes = probes.to(device)
 
     nfe = 0
-    bar = tqdm(total=1000, desc="ode likelihood", disable=not progress, leave=False)
-    done = 0
-
-    lam_start, lam_end = (process.log_snr(torch.tensor(t, dtype=torch.float64)).item() for t in (t_start, t_end))
+    span = LogSNRSpan(process, t_start, t_end, desc="ode likelihood", progress=progress)
 
     def rhs(lam, y):
-        nonlocal nfe, done
-        t, c_x, c_x0 = log_snr_flow_coefficients(process, lam)
-        t = t_start if lam == lam_start else t                # the given time, not its round trip
+        nonlocal nfe
+        t, c_x, c_x0 = span.coefficients(lam)
         xt = torch.from_numpy(y[: n * dim]).reshape(shape).to(dtype=dtype, device=device)
         with torch.enable_grad():
             xt.requires_grad_(True)
@@ -205,10 +200,7 @@ def ode_likelihood(denoiser, process: GaussianProcess, x: Tensor, *, divergence:
         nfe += 1
         velocity = c_x * xt.detach() + c_x0 * x0_pred.detach()
         div = c_x * dim + c_x0 * trace
-        now = int(1000 * min(1.0, (lam - lam_start) / (lam_end - lam_start)))
-        if now > done:
-            bar.update(now - done)
-            done = now
+        span.advance(lam)
         return np.concatenate([velocity.to(torch.float64).cpu().numpy().ravel(),
                                div.to(torch.float64).cpu().numpy()])
 
@@ -216,9 +208,9 @@ def ode_likelihood(denoiser, process: GaussianProcess, x: Tensor, *, divergence:
 
     y0 = np.concatenate([z.detach().to(torch.float64).cpu().numpy().ravel(), np.zeros(n)])
     try:
-        sol = solve_ivp(rhs, (lam_start, lam_end), y0, method="RK45", rtol=rtol, atol=atol)
+        sol = solve_ivp(rhs, (span.start, span.end), y0, method="RK45", rtol=rtol, atol=atol)
     finally:
-        bar.close()
+        span.close()
     if sol.status != 0:
         raise ScorekitError(f"the likelihood ODE solve failed: {sol.message}; try looser rtol/atol")
     y_end = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1]))

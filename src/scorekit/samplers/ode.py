@@ -93,6 +93,35 @@ def log_snr_flow_coefficients(process: GaussianProcess, log_snr: float) -> tuple
     return t.item(), -(sigma ** 2 * f / g2 + 0.5), 0.5 * alpha
 
 
+class LogSNRSpan:
+    """The span of an adaptive probability-flow solve in the log-SNR, from ``t_start`` to ``t_end``:
+    its end points ``start`` / ``end``, the flow coefficients at a log-SNR on it, and a progress
+    bar over the share of the span covered (shared by the ODE sampler and the ODE likelihood)."""
+
+    def __init__(self, process: GaussianProcess, t_start: float, t_end: float, *, desc: str, progress: bool):
+        self.process, self.t_start = process, t_start
+        self.start, self.end = (process.log_snr(torch.tensor(t, dtype=torch.float64)).item()
+                                for t in (t_start, t_end))
+        self.bar = tqdm(total=1000, desc=desc, disable=not progress, leave=False)
+        self._done = 0
+
+    def coefficients(self, log_snr: float) -> tuple[float, float, float]:
+        """``log_snr_flow_coefficients`` at ``log_snr``; at the start, the given ``t_start``
+        rather than its round trip through ``t_from_log_snr``."""
+        t, c_x, c_x0 = log_snr_flow_coefficients(self.process, log_snr)
+        return (self.t_start if log_snr == self.start else t), c_x, c_x0
+
+    def advance(self, log_snr: float) -> None:
+        """Move the progress bar to ``log_snr`` (never back: the solver tries steps it rejects)."""
+        now = int(1000 * min(1.0, abs(log_snr - self.start) / abs(self.end - self.start)))
+        if now > self._done:
+            self.bar.update(now - self._done)
+            self._done = now
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _is_data_time(process: GaussianProcess, t: float) -> bool:
     return process.sigma(torch.tensor(t, dtype=torch.float64)).item() == 0.0
 
@@ -215,24 +244,17 @@ def solve_probability_flow(denoiser, process: GaussianProcess, x_T: Tensor, t_st
 
     shape, dtype, device = x.shape, x.dtype, x.device
     nfe = 0
-    bar = tqdm(total=1000, desc=f"ode {method}", disable=not progress, leave=False)
-    done = 0
-
-    lam_start, lam_end = (process.log_snr(torch.tensor(t, dtype=torch.float64)).item() for t in (t_start, t_end))
+    span = LogSNRSpan(process, t_start, t_end, desc=f"ode {method}", progress=progress)
 
     def rhs(lam, y):
-        nonlocal nfe, done
-        t, c_x, c_x0 = log_snr_flow_coefficients(process, lam)
-        t = t_start if lam == lam_start else t                # the given time, not its round trip
+        nonlocal nfe
+        t, c_x, c_x0 = span.coefficients(lam)
         xt = torch.from_numpy(y).reshape(shape).to(dtype=dtype, device=device)
         x0_pred = denoiser(xt, t)
         if callback is not None:
             callback(nfe, t, xt, x0_pred)
         nfe += 1
-        now = int(1000 * min(1.0, abs(lam - lam_start) / abs(lam_end - lam_start)))
-        if now > done:
-            bar.update(now - done)
-            done = now
+        span.advance(lam)
         return (c_x * xt + c_x0 * x0_pred).detach().to(torch.float64).cpu().numpy().ravel()
 
     try:
@@ -241,7 +263,7 @@ def solve_probability_flow(denoiser, process: GaussianProcess, x_T: Tensor, t_st
             if t_start == t_end:
                 y_end, steps = y0, 0
             else:
-                sol = solve_ivp(rhs, (lam_start, lam_end), y0, method=method, rtol=rtol, atol=atol)
+                sol = solve_ivp(rhs, (span.start, span.end), y0, method=method, rtol=rtol, atol=atol)
                 if sol.status != 0:
                     raise ScorekitError(f"the ODE solver ({method}) failed: {sol.message}; try looser "
                                         "rtol/atol or another method")
@@ -254,7 +276,7 @@ def solve_probability_flow(denoiser, process: GaussianProcess, x_T: Tensor, t_st
                 nfe += 1
                 out = x0_pred
     finally:
-        bar.close()
+        span.close()
     return OdeSolution(x=out, nfe=nfe, num_steps=steps, t_end=t_end)
 
 
@@ -289,5 +311,5 @@ def ode_adaptive(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *, 
                                   progress=progress).x
 
 
-__all__ = ["ADAPTIVE_METHODS", "OdeSolution", "flow_coefficients", "log_snr_flow_coefficients",
+__all__ = ["ADAPTIVE_METHODS", "LogSNRSpan", "OdeSolution", "flow_coefficients", "log_snr_flow_coefficients",
            "ode_adaptive", "ode_euler", "ode_heun", "probability_flow", "solve_probability_flow"]
