@@ -6,6 +6,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -343,7 +344,6 @@ def test_command_line_round_trip(tmp_path, capsys):
     code, out, err = run_main(capsys, ["sample", run, "--sampler", "edm_heun", "--steps", "4", "--num", "8",
                                        "--out", tmp_path / "s.png", "--no-progress"])
     assert code == 0, err
-    import numpy as np
     samples = np.load(tmp_path / "s.npz")["x"]
     assert samples.shape == (8, 2) and np.isfinite(samples).all()
 
