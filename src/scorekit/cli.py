@@ -217,6 +217,7 @@ _BIG = 2 ** 31 - 1
 _TRAIN_FIELDS = {
     "data": "data", "model": "model", "process": "process", "prediction": "prediction",
     "weighting": "weighting", "timesteps": "timesteps", "steps": "steps", "batch_size": "batch_size",
+    "precondition": "precondition", "sigma_data": "sigma_data",
     "grad_accum": "grad_accum", "lr": "lr", "lr_schedule": "lr_schedule", "warmup": "warmup_steps",
     "min_lr": "min_lr", "weight_decay": "weight_decay", "ema": "ema_decay",
     "label_dropout": "label_dropout", "mixed_precision": "mixed_precision", "seed": "seed",
@@ -233,6 +234,7 @@ DEFAULT_TRAIN_THREADS = 1
 def _add_train(commands) -> None:
     from .losses import WEIGHTINGS
     from .models import PRESETS
+    from .precondition import DEFAULT_SIGMA_DATA, PRECONDITIONS
     from .prediction import PREDICTION_TYPES
     from .processes import BETA_SCHEDULES
     from .samplers import SAMPLERS
@@ -275,6 +277,7 @@ def _add_train(commands) -> None:
               {PROG} train --data mnist:../shared/data/mnist-test --data-option pad_to=32 \\
                   --mixed-precision bf16 --out runs/mnist
               {PROG} train --data eight_gaussians --timesteps lognormal --steps 2000 --out runs/8g
+              {PROG} train --data eight_gaussians --precondition edm --timesteps lognormal --out runs/8g-edm
               {PROG} train --out runs/digits --resume --steps 6000    continue, for longer
             """))
     g = p.add_argument_group("data and model")
@@ -303,6 +306,13 @@ def _add_train(commands) -> None:
     g.add_argument("--weighting", choices=list(WEIGHTINGS), help="loss weighting" + dflt(d.weighting))
     g.add_argument("--min-snr-gamma", metavar="G", type=_positive_float("--min-snr-gamma"),
                    help="gamma of --weighting min_snr (default: 5)")
+    g.add_argument("--precondition", choices=list(PRECONDITIONS),
+                   help="wrap the network in EDM's preconditioning D = c_skip x + c_out F(c_in x; ln(sigma)/4) "
+                        "(Karras et al. 2022), any process; implies --prediction x0 --weighting edm. "
+                        "Sampling, nll, tune and info apply it from the run's config.json (default: none)")
+    g.add_argument("--sigma-data", metavar="SD", type=_positive_float("--sigma-data"),
+                   help="the data's standard deviation for --precondition edm and --weighting edm "
+                        f"(default: the edm process's sigma_data, else {DEFAULT_SIGMA_DATA})")
     g.add_argument("--variance", choices=["fixed", "learned"],
                    help="reverse variance: fixed, or learned by a variance head with the hybrid loss "
                         "(Improved DDPM; implies --weighting hybrid)" + dflt(d.variance))
@@ -407,6 +417,9 @@ def _train_config(args: argparse.Namespace):
         changes["variance"] = args.variance
         if args.variance == "learned" and args.weighting is None:
             changes["weighting"] = "hybrid"             # the loss that trains the variance head
+    if args.precondition == "edm":                      # D predicts x0; the edm weight gives F weight 1
+        changes.setdefault("prediction", "x0")
+        changes.setdefault("weighting", "edm")
     changes.update(data_options=data_options, model_options=model_options,
                    process_options=process_options, weighting_options=weighting_options)
     return dataclasses.replace(base, **changes)
@@ -711,6 +724,12 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _precondition_text(precondition: dict | None) -> str:
+    if not precondition:
+        return ""
+    return f" (EDM preconditioning, sigma_data {precondition.get('sigma_data')})"
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .models import count_parameters
     from .train.checkpoint import is_run_dir, list_checkpoints, load_checkpoint
@@ -734,7 +753,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("model", f"{model['kind']}" + (f" preset {preset}" if preset else "")
          + f", {count_parameters(ckpt.net):,} parameters ({details})"),
         ("process", repr(ckpt.process)),
-        ("prediction", ckpt.prediction_type),
+        ("prediction", ckpt.prediction_type + _precondition_text(cfg.get("precondition"))),
     ]
     loss = cfg.get("loss", {})
     if loss:

@@ -32,9 +32,10 @@ The weightings (``w_x0 = w_eps SNR`` is the weight on ``||x_0 - x0_hat||^2``):
 * ``edm`` -- EDM (Karras et al. 2022, eq. 8 and table 1): ``w_x0 = (sigma~^2 + sigma_data^2) /
   (sigma~ sigma_data)^2`` on the noise level ``sigma~ = sigma / alpha`` (``= t`` for the
   :class:`~scorekit.processes.EDM` process, where this is exactly the paper's weight; other processes
-  use their VE-equivalent noise level), so ``w_eps = 1 + sigma~^2 / sigma_data^2``. It is weight 1 on
-  EDM's preconditioned target ``F``. The weight grows like ``sigma~^2`` at high noise; EDM pairs it
-  with log-normal noise levels (:class:`LogNormalTimesteps`), not uniform ones.
+  use their VE-equivalent noise level), so ``w_eps = 1 + sigma~^2 / sigma_data^2``. On the x0
+  prediction of :class:`scorekit.precondition.EDMPrecond` it is weight 1 on EDM's preconditioned
+  target ``F``. The weight grows like ``sigma~^2`` at high noise; EDM pairs it with log-normal noise
+  levels (:class:`LogNormalTimesteps`), not uniform ones.
 * ``hybrid`` -- Improved DDPM's ``L_hybrid = L_simple + lambda L_vlb`` (Nichol & Dhariwal 2021, eq. 16,
   ``lambda = hybrid_lambda = 0.001``) for a network with a variance head (``2 C`` outputs, see
   :mod:`scorekit.variances`; discrete processes only). ``L_simple`` is the ``simple`` error of the
@@ -90,6 +91,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from .errors import ScorekitError, positive_number
+from .precondition import resolve_sigma_data
 from .prediction import PREDICTION_TYPES, score_from_eps, to_x0, v_from_x0_eps
 from .processes import GaussianProcess, expand_like
 from .variances import fixed_variance, learned_log_variance, split_output
@@ -393,7 +395,7 @@ def eps_weight(process: GaussianProcess, t, weighting: str, prediction_type: str
             raise ScorekitError(f"lambda_fn(t) must return finite non-negative values of shape {tuple(t.shape)}")
         return lam.expand(t.shape) / sigma2
     # edm: w_x0 = (s^2 + sd^2) / (s sd)^2 with s^2 = 1 / SNR, so w_eps = w_x0 / SNR = 1 + s^2 / sd^2
-    sd = _sigma_data(process, sigma_data)
+    sd = resolve_sigma_data(process, sigma_data)
     return 1.0 + 1.0 / (snr * sd ** 2)
 
 
@@ -543,11 +545,6 @@ def _check_prediction_type(kind) -> None:
 def _check_weighting(weighting) -> None:
     if weighting not in WEIGHTINGS:
         raise ScorekitError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
-
-
-def _sigma_data(process: GaussianProcess, sigma_data) -> float:
-    sd = getattr(process, "sigma_data", 0.5) if sigma_data is None else sigma_data
-    return positive_number(sd, "sigma_data", "the data's standard deviation")
 
 
 def _check_x0(x0) -> Tensor:

@@ -42,7 +42,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .errors import ScorekitError
+from .errors import ScorekitError, positive_number
 
 Tensor = torch.Tensor
 
@@ -506,8 +506,11 @@ class EDM(GaussianProcess):
     r"""Karras et al. (2022): time is the noise level, ``alpha = 1`` and ``sigma(t) = t``.
 
     The probability-flow ODE is ``dx/dsigma = (x - D(x; sigma)) / sigma``; the SDE has ``f = 0``,
-    ``g(t)^2 = 2 t``. ``sigma_data`` is the data's standard deviation used by EDM's
-    preconditioning. Models are evaluated on ``[sigma_min, sigma_max]``; the data is at 0.
+    ``g(t)^2 = 2 t``. Models are evaluated on ``[sigma_min, sigma_max]``; the data is at 0.
+
+    ``sigma_data`` (0.5, EDM's value) is the data's standard deviation assumed by EDM's
+    preconditioning (:class:`scorekit.precondition.EDMPrecond`) and by the ``edm`` loss weighting
+    when they are not given one of their own; the process itself does not use it.
     """
 
     t_data = 0.0
@@ -515,7 +518,8 @@ class EDM(GaussianProcess):
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5):
         if not 0 < sigma_min < sigma_max:
             raise ScorekitError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        self.sigma_min, self.sigma_max, self.sigma_data = float(sigma_min), float(sigma_max), float(sigma_data)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.sigma_data = positive_number(sigma_data, "sigma_data", "0.5 in EDM")
         self.t_min, self.t_max = self.sigma_min, self.sigma_max
         self.prior_std = self.sigma_max
 

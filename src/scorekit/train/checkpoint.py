@@ -375,7 +375,8 @@ class Checkpoint:
     Attributes:
         path: the checkpoint folder.
         config: the run configuration (``config.json``).
-        net: the trained network (eval mode).
+        net: the trained network (eval mode); for a preconditioned run the raw network ``F``,
+            which :func:`checkpoint_denoiser` wraps.
         ema_net: the network with the moving-average weights (eval mode); sample from this.
         process: the forward process it was trained with.
         prediction_type: ``"eps"``, ``"x0"``, ``"v"`` or ``"score"``.
@@ -471,6 +472,7 @@ def load_checkpoint(path, *, device="cpu") -> Checkpoint:
                             f"{config['prediction_type']!r}")
     net, process = build_from_config(config, os.path.join(ckpt_dir, CONFIG_FILE))
     ema_net, _ = build_from_config(config, os.path.join(ckpt_dir, CONFIG_FILE))
+    _preconditioned(net, process, config, os.path.join(ckpt_dir, CONFIG_FILE))     # checks the entry
     for module, fname in ((net, MODEL_FILE), (ema_net, EMA_FILE)):
         file = os.path.join(ckpt_dir, fname)
         state = load_tensors(file, "weights file")
@@ -500,6 +502,16 @@ class LabelledModel(nn.Module):
         return self.net(x_t, t, y)
 
 
+def _preconditioned(net: nn.Module, process, config: dict, source: str):
+    """``net`` wrapped by the run's preconditioning (``config["precondition"]``; none if absent)."""
+    from ..precondition import precondition
+
+    try:
+        return precondition(net, process, config.get("precondition"))
+    except ScorekitError as err:
+        raise ScorekitError(f"{source}: {err}") from None
+
+
 def checkpoint_denoiser(ckpt: Checkpoint, *, ema: bool = True, y: torch.Tensor | None = None):
     """What :func:`scorekit.sample` needs, as a :class:`scorekit.prediction.Denoiser`.
 
@@ -512,11 +524,12 @@ def checkpoint_denoiser(ckpt: Checkpoint, *, ema: bool = True, y: torch.Tensor |
     For a network with a variance head (``learn_variance``) it is a
     :class:`scorekit.variances.LearnedVarianceDenoiser`: ``d.model`` is then the prediction half
     (so the lines above work unchanged) and ``ddpm(d, ..., variance="learned")`` samples with the
-    learned variances.
+    learned variances. A run trained with a preconditioning (``config["precondition"]``) has its
+    network wrapped by it here (e.g. :class:`scorekit.precondition.EDMPrecond`, an ``x0`` prediction).
     """
     from ..prediction import Denoiser
 
-    net = ckpt.ema_net if ema else ckpt.net
+    net = _preconditioned(ckpt.ema_net if ema else ckpt.net, ckpt.process, ckpt.config, ckpt.path)
     if ckpt.model_config.get("learn_variance"):
         from ..variances import LearnedVarianceDenoiser
 

@@ -124,6 +124,14 @@ class TrainConfig:
         weighting: ``simple``, ``elbo``, ``min_snr``, ``lambda``, ``edm`` or ``hybrid``
             (:mod:`scorekit.losses`); ``weighting_options`` e.g. ``{"min_snr_gamma": 5}`` or
             ``{"hybrid_lambda": 0.001}``.
+        precondition: ``None`` (the network's output is the ``prediction``) or ``"edm"``: the
+            network is EDM's ``F``, wrapped as ``D = c_skip x^ + c_out F(c_in x^; c_noise)``
+            (:class:`scorekit.precondition.EDMPrecond`), which predicts ``x0``; it needs
+            ``prediction="x0"`` and ``weighting="edm"``, the weight that gives ``F``'s error
+            weight 1. It serves every process; the network's time input is ``c_noise = ln(sigma / alpha) / 4``
+            (``time_scale`` 1).
+        sigma_data: the data's standard deviation for the ``edm`` preconditioning and weighting
+            (``None``: ``weighting_options["sigma_data"]``, else the process's own, else 0.5).
         variance: the reverse-process variance: ``fixed`` (chosen when sampling) or ``learned``
             (Improved DDPM: the network gets a variance head, ``learn_variance=True``, trained by the
             ``hybrid`` weighting, which it requires; discrete processes only). Sample with
@@ -174,6 +182,8 @@ class TrainConfig:
     prediction: str = "v"
     weighting: str = "simple"
     weighting_options: dict = field(default_factory=dict)
+    precondition: str | None = None
+    sigma_data: float | None = None
     variance: str = "fixed"
     timesteps: str = "uniform"
     timesteps_options: dict = field(default_factory=dict)
@@ -268,6 +278,7 @@ class TrainConfig:
         choice("prediction", PREDICTION_TYPES)
         choice("weighting", WEIGHTINGS)
         choice("variance", VARIANCE_CHOICES)
+        _check_precondition(self)
         if (self.variance == "learned") != (self.weighting == "hybrid"):
             raise ScorekitError("a learned variance is trained by the hybrid loss and the hybrid loss needs a "
                                 f"learned variance: use variance 'learned' with weighting 'hybrid' (got variance "
@@ -308,6 +319,30 @@ class TrainConfig:
         if self.mixed_precision == "fp16" and not str(self.device).startswith("cuda"):
             raise ScorekitError("mixed_precision 'fp16' needs a CUDA device; on CPU use 'bf16' or 'no'")
         return self
+
+
+def _check_precondition(cfg: TrainConfig) -> None:
+    """The preconditioning settings of a run (part of :meth:`TrainConfig.validate`)."""
+    from ..precondition import PRECONDITIONS, check_sigma_data
+
+    if cfg.precondition is not None and cfg.precondition not in PRECONDITIONS:
+        raise ScorekitError(f"unknown precondition {cfg.precondition!r}; choose one of "
+                            f"{', '.join(PRECONDITIONS)} (or None for none)")
+    if cfg.precondition == "edm" and (cfg.prediction, cfg.weighting) != ("x0", "edm"):
+        raise ScorekitError(
+            "precondition 'edm' makes the network's output D = c_skip x + c_out F an x0 prediction, and the "
+            "edm weighting gives F's error weight 1: use prediction 'x0' and weighting 'edm' (got prediction "
+            f"{cfg.prediction!r}, weighting {cfg.weighting!r})")
+    if cfg.sigma_data is None:
+        return
+    sigma_data = check_sigma_data(cfg.sigma_data)
+    if cfg.precondition is None and cfg.weighting != "edm":
+        raise ScorekitError(f"sigma_data {cfg.sigma_data!r} is used only by precondition 'edm' and weighting "
+                            f"'edm'; this run has neither")
+    other = cfg.weighting_options.get("sigma_data")
+    if other is not None and other != sigma_data:
+        raise ScorekitError(f"sigma_data {cfg.sigma_data!r} and weighting_options sigma_data {other!r} disagree; "
+                            f"give it once")
 
 
 @dataclass
@@ -460,6 +495,8 @@ def model_config_for(config: TrainConfig, dataset, process) -> dict:
     if not process.discrete:
         cfg["time_scale"] = 1000.0 / float(process.t_max)
     cfg.update(config.model_options)
+    if config.precondition is not None and "time_scale" not in config.model_options:
+        cfg["time_scale"] = 1.0     # the time is c_noise = ln(sigma / alpha) / 4, embedded as in EDM
     return cfg
 
 
@@ -535,6 +572,9 @@ class _Trainer:
             raise ScorekitError(f"label_dropout={cfg.label_dropout} needs labelled data and a "
                                 f"class-conditional model; {self.dataset.spec} has none")
         self.ddp_net = ctx.wrap(self.net)
+        self.precondition = self._precondition_config()
+        # what the loss trains: the network, or the preconditioned denoiser D around it
+        self.loss_net = self.denoising_net(self.ddp_net)
         self.ema = EMA(self.net, cfg.ema_decay, warmup=cfg.ema_warmup)
         self.optimizer = make_optimizer(self.net, cfg)
         try:
@@ -613,6 +653,31 @@ class _Trainer:
         resume_from = ckpt_io.latest_checkpoint(self.out_dir)
         return merged.validate(), resume_from
 
+    def _precondition_config(self) -> dict | None:
+        """The preconditioning as ``config.json`` records it (``None``: none)."""
+        from ..precondition import resolve_sigma_data
+
+        cfg = self.config
+        if cfg.precondition is None:
+            return None
+        sigma_data = cfg.weighting_options.get("sigma_data") if cfg.sigma_data is None else cfg.sigma_data
+        return {"kind": cfg.precondition, "sigma_data": resolve_sigma_data(self.process, sigma_data)}
+
+    def denoising_net(self, net):
+        """``net`` as the loss and the samplers see it: wrapped by the run's preconditioning."""
+        from ..precondition import precondition
+
+        return precondition(net, self.process, self.precondition)
+
+    def _weighting_options(self) -> dict:
+        """The loss options; the edm weighting gets the run's ``sigma_data``."""
+        options = dict(self.config.weighting_options)
+        if self.precondition is not None:
+            options["sigma_data"] = self.precondition["sigma_data"]
+        elif self.config.sigma_data is not None:
+            options["sigma_data"] = self.config.sigma_data
+        return options
+
     def run_config(self) -> dict:
         cfg = self.config
         return {
@@ -624,7 +689,8 @@ class _Trainer:
             "model": dict(self.net_config),
             "process": self.process.config(),
             "prediction_type": cfg.prediction,
-            "loss": {"weighting": cfg.weighting, "options": dict(cfg.weighting_options),
+            "precondition": self.precondition,
+            "loss": {"weighting": cfg.weighting, "options": self._weighting_options(),
                      "timesteps": cfg.timesteps, "timesteps_options": dict(cfg.timesteps_options)},
             "data": self.dataset.config(),
             "sample_shape": list(self.dataset.shape),
@@ -784,9 +850,9 @@ class _Trainer:
             with sync:
                 with self._autocast():
                     out = _losses.diffusion_loss(
-                        self.ddp_net, self.process, xm, prediction_type=cfg.prediction,
+                        self.loss_net, self.process, xm, prediction_type=cfg.prediction,
                         weighting=cfg.weighting, generator=self.noise_gen, y=ym,
-                        timestep_sampler=self.timestep_sampler, **cfg.weighting_options)
+                        timestep_sampler=self.timestep_sampler, **self._weighting_options())
                 scaled = out.loss / cfg.grad_accum
                 if self.scaler is not None:
                     scaled = self.scaler.scale(scaled)
@@ -863,7 +929,7 @@ class _Trainer:
         y = None
         if self.conditional:
             y = (torch.arange(n) % self.net_config["num_classes"]).to(self.device)
-        model = LabelledModel(self.ema.net, y)
+        model = LabelledModel(self.denoising_net(self.ema.net), y)
         if self.net_config.get("learn_variance"):
             from ..variances import PredictionHead
 
