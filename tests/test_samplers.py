@@ -157,6 +157,72 @@ def test_conformance(process, name, options):
     assert_matches_mixture(x, mix)
 
 
+# --- float32 against float64 ------------------------------------------------------------------------
+
+def draws_noise(name, options):
+    """Whether a sampler configuration is stochastic: it refuses to run without a generator."""
+    p = DDPM()
+    try:
+        SAMPLERS[name](lambda x, t: torch.zeros_like(x), p, torch.zeros(1, 1), grid(p, 2), **options)
+    except ScorekitError as err:
+        if "draws random noise" in str(err):
+            return True
+        raise
+    return False
+
+
+# the deterministic configurations of the suite, and the noise-free forms of the stochastic samplers
+DETERMINISTIC = [(n, o) for n, o in CONFIGS + [("euler_ancestral", {"eta": 0.0}), ("edm", {"s_churn": 0.0}),
+                                                ("dpmpp_2m_sde", {"eta": 0.0}), ("dpmpp_3m_sde", {"eta": 0.0})]
+                 if not draws_noise(n, o)]
+F32_EPS = torch.finfo(torch.float32).eps        # u = 2^-23: float32 rounds relatively by at most u / 2
+
+
+def float32_rounding(denoiser, generator):
+    """The denoiser in float64 with float32-sized perturbations of its input and output: each value
+    times ``1 + u (xi + zeta)``, ``xi`` per element and ``zeta`` per sample (a coefficient's rounding
+    moves a whole sample along one direction), both uniform on [-1, 1]."""
+    def jitter(v):
+        per_sample = (v.shape[0],) + (1,) * (v.ndim - 1)
+        xi = 2 * torch.rand(v.shape, generator=generator, dtype=v.dtype) - 1
+        zeta = 2 * torch.rand(per_sample, generator=generator, dtype=v.dtype) - 1
+        return v * (1 + F32_EPS * (xi + zeta))
+    return lambda x, t: jitter(denoiser(jitter(x), t))
+
+
+def test_deterministic_configurations_cover_every_sampler():
+    assert {name for name, _ in DETERMINISTIC} == set(SAMPLERS) - {"ddpm", "reverse_sde", "reverse_diffusion", "pc"}
+
+
+@pytest.mark.parametrize("name,options", DETERMINISTIC, ids=[f"{n}-{o}" for n, o in DETERMINISTIC])
+@pytest.mark.parametrize("process", PROCESSES, ids=repr)
+def test_float32_stays_within_rounding_of_float64(process, name, options):
+    """From the same x_T (float32 values), a deterministic sampler run in float32 stays within a small
+    multiple of the problem's own sensitivity to float32 rounding of its float64 result. The
+    cosine DDPM schedule starts where alpha = 5e-5 (EDM's noise level sigma / alpha = 2e4).
+
+    The tolerance. The sensitivity is measured, not assumed: the same sampler in float64 with the
+    denoiser's input and output perturbed by float32-sized relative amounts (``float32_rounding``)
+    moves the result by ``delta``; this is ``u`` times the condition of the problem (the flow's
+    Lipschitz growth from each step to the data, the data scale, the number of steps), measured
+    on the trajectory itself. A float32 run rounds the same quantities plus the few terms of each
+    update (some 5-10 roundings per evaluation of at most u / 2 each, against two injected
+    perturbations of up to u), and one random draw estimates the size of such an accumulation only
+    to within a factor of about 2: a sampler whose float32 arithmetic is stable stays within
+    20 ``delta``. A form that cancels large terms does not: an update of ``x / alpha`` ~ 1e4 that
+    lands at a noise level ~ 10 keeps ~1e3 u of relative error. The floor ``u max|x_0|`` is the
+    rounding of the result itself."""
+    mix = image_mixture()
+    ts = grid(process, 20)
+    x_T = process.prior_sample((64,) + mix.event_shape, generator=gen(70), dtype=torch.float32)
+    run = lambda x, denoiser: SAMPLERS[name](denoiser, process, x, ts, **options)
+    exact = run(x_T.double(), mix.denoiser(process))
+    delta = (run(x_T.double(), float32_rounding(mix.denoiser(process), gen(71))) - exact).abs().max().item()
+    tolerance = 20 * max(delta, F32_EPS * exact.abs().max().item())
+    error = (run(x_T, mix.denoiser(process)).double() - exact).abs().max().item()
+    assert error <= tolerance, f"float32 differs from float64 by {error:.3g}; rounding sensitivity {delta:.3g}"
+
+
 # --- DDIM as an ODE solver -------------------------------------------------------------------------
 
 def ode_solution(mix, p: DDPM, x_T: np.ndarray, t_start: float, t_end: float) -> np.ndarray:

@@ -182,19 +182,22 @@ def _multistep(denoiser, process, x_T, timesteps, *, order: int, eta: float, var
     return x
 
 
-def dpmpp_2m(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *, variant: str = "taylor",
+def dpmpp_2m(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *, variant: str = "midpoint",
              generator: torch.Generator | None = None, callback: Callback | None = None,
              progress: bool = False) -> Tensor:
     r"""DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): second-order multistep, one model call per step,
 
-        x_t = (sigma_t / sigma_s) x_s + alpha_t [psi_0(h) x0_s + psi_1(h) (x0_s - x0_r) / (lambda_s - lambda_r)]
+        x_t = (sigma_t / sigma_s) x_s + alpha_t [psi_0(h) x0_s + w(h) (x0_s - x0_r) / (lambda_s - lambda_r)]
 
-    (``r`` the previous model time; the first step is DDIM). ``variant="taylor"`` (default) weights
-    the difference with ``psi_1(h) = h - 1 + e^{-h}`` (diffusers' ``solver_type="heun"``);
-    ``"midpoint"`` is Alg. 2 as printed, weight ``(1 - e^{-h}) h / 2`` (diffusers' default). The
-    Taylor weight is exact for a linear ``x0(lambda)``; on ``multiscale_2d`` at 5-20 calls it was
-    more accurate in 7 of 12 (grid, NFE) cases (trailing / log-SNR / Karras; the midpoint weight
-    won at 5 calls on log-SNR and Karras grids), and for 2S in all 12.
+    (``r`` the previous model time; the first step is DDIM). ``variant="midpoint"`` (default) is
+    Alg. 2 as printed, ``w(h) = (1 - e^{-h}) h / 2`` (diffusers' and k-diffusion's default);
+    ``"taylor"`` is ``w(h) = psi_1(h) = h - 1 + e^{-h}`` (diffusers' ``solver_type="heun"``), the
+    exact weight for a linear ``x0(lambda)``. Both are second order; the midpoint weight is the
+    smaller (``h^2/2 - h^3/4`` against ``h^2/2 - h^3/6``, and ``h / 2`` against ``h - 1`` for long
+    steps), so it extrapolates the slope of ``x0_pred`` less far over the long steps of a low-NFE
+    grid, where ``x0_pred(lambda)`` bends as it settles on the data. The default is chosen on
+    measurements across problems, grids and NFE, confirmed on fresh batches (BENCHMARKS.md,
+    "Sampler defaults"); for 2S and 3S the Taylor weight was the better one and stays their default.
     The step to the data returns the last ``x0_pred`` (see the module docstring).
 
     Args:
@@ -231,7 +234,7 @@ def dpmpp_3m(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *,
 
 
 def dpmpp_2m_sde(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *, eta: float = 1.0,
-                 variant: str = "taylor", generator: torch.Generator | None = None,
+                 variant: str = "midpoint", generator: torch.Generator | None = None,
                  callback: Callback | None = None, progress: bool = False) -> Tensor:
     r"""SDE-DPM-Solver++(2M) (Lu et al. 2022b, appendix; Gonzalez et al. 2023): with ``c = 1 + eta``,
 
@@ -240,8 +243,9 @@ def dpmpp_2m_sde(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *, 
 
     ``x0'`` the divided difference of the last two ``x0_pred`` in ``lambda``. ``eta = 1`` is the
     reverse-time SDE, ``eta = 0`` :func:`dpmpp_2m`; its first step is DDPM's ancestral step.
-    ``variant="midpoint"`` uses the weight ``psi_0(c h) h / 2`` instead (diffusers' and
-    k-diffusion's default). Noise is drawn once per step that does not end at the data.
+    ``variant="midpoint"`` (default, as for :func:`dpmpp_2m`, and diffusers' and k-diffusion's)
+    uses the weight ``psi_0(c h) h / 2`` instead of ``psi_1(c h) / c`` (``"taylor"``). Noise is
+    drawn once per step that does not end at the data.
     The step to the data returns the last ``x0_pred``.
 
     Args: as :func:`dpmpp_2m`, plus ``eta >= 0`` and a required ``generator``.

@@ -21,6 +21,18 @@ embedding, VP, sub-VP, VE, EDM) and every grid.
 
 The last step. The denoiser cannot be evaluated at ``s = 0``; a step that ends there is an Euler
 step, ``x^ <- x^ + (0 - s) d = D(x, t)``: the sampler returns the last ``x0_pred``.
+
+Floating point. The equations are stated in ``x^`` but computed in ``x``: ``x^ = x / alpha`` is
+huge where ``alpha`` is tiny (``s`` is about 2e4 at ``t = T - 1`` of the cosine DDPM schedule), and
+an update ``x^ + (s' - s) d`` of such a value followed by ``x = alpha' x^`` loses all but a few
+digits of a float32 state to cancellation. Since the slope is the noise prediction,
+``d = (x^ - D) / s = (x - alpha D) / sigma = eps``, the identity ``x^ = D + s eps`` turns every step
+into one in ``x`` whose terms stay of the size of the result (:func:`point_at`):
+
+    x^ + (s' - s) eps = D + s' eps,     so    x' = alpha' D + sigma' eps    (sigma' = alpha' s'),
+
+which is DDIM's update; Heun's correction ``(s' - s) (d' - d) / 2`` equals
+``(s' - s) (D - D') / (2 s')`` when ``x'`` is the Euler point, a difference of two denoiser outputs.
 """
 from __future__ import annotations
 
@@ -42,6 +54,18 @@ def _scaled_grid(process: GaussianProcess, timesteps) -> tuple[list, list, list]
     return ts.tolist(), process.alpha(ts).tolist(), edm_sigma(process, ts).tolist()
 
 
+def noise_prediction(x: Tensor, x0: Tensor, alpha: float, s: float) -> Tensor:
+    r"""``eps = (x - alpha x0) / (alpha s) = (x^ - D) / s``: the slope ``dx^/ds`` of (*) at ``x``,
+    computed without forming ``x^ = x / alpha``."""
+    return (x - alpha * x0) / (alpha * s)
+
+
+def point_at(x0: Tensor, eps: Tensor, alpha: float, s: float) -> Tensor:
+    r"""``alpha (x0 + s eps)``: the state at noise level ``s`` (scale ``alpha``) of the Euler step
+    ``x^ + (s - s_i) eps`` from ``x^ = x0 + s_i eps`` (module notes, "Floating point")."""
+    return alpha * x0 + (alpha * s) * eps
+
+
 def _evaluable(process: GaussianProcess, t: float, s: float) -> bool:
     """Whether the denoiser may be called at the end time ``t``: noisy and inside the model's range."""
     return s > 0 and min(process.t_min, process.t_max) - 1e-9 <= t <= process.t_max + 1e-9
@@ -59,14 +83,12 @@ def euler(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *,
     """
     x = check_start(x_T)
     times, alpha, s = _scaled_grid(process, timesteps)
-    xs = x / alpha[0]
     for i in progress_range(len(times) - 1, progress, "euler"):
-        x0 = denoiser(alpha[i] * xs, times[i])
+        x0 = denoiser(x, times[i])
         if callback is not None:
-            callback(i, times[i], alpha[i] * xs, x0)
-        d = (xs - x0) / s[i]
-        xs = xs + (s[i + 1] - s[i]) * d
-    return alpha[-1] * xs
+            callback(i, times[i], x, x0)
+        x = point_at(x0, noise_prediction(x, x0, alpha[i], s[i]), alpha[i + 1], s[i + 1])
+    return x
 
 
 def euler_ancestral(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *, eta: float = 1.0,
@@ -91,18 +113,18 @@ def euler_ancestral(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, 
     times, alpha, s = _scaled_grid(process, timesteps)
     if eta > 0 and any(v > 0 for v in s[1:]):
         generator = check_generator(generator, "euler_ancestral with eta > 0")
-    xs = x / alpha[0]
     for i in progress_range(len(times) - 1, progress, "euler_ancestral"):
-        x0 = denoiser(alpha[i] * xs, times[i])
+        x0 = denoiser(x, times[i])
         if callback is not None:
-            callback(i, times[i], alpha[i] * xs, x0)
+            callback(i, times[i], x, x0)
         s_next = s[i + 1]
         s_up = min(s_next, eta * math.sqrt(max(s_next ** 2 * (s[i] ** 2 - s_next ** 2) / s[i] ** 2, 0.0)))
         s_down = math.sqrt(max(s_next ** 2 - s_up ** 2, 0.0))
-        xs = xs + (s_down - s[i]) * ((xs - x0) / s[i])
+        eps = noise_prediction(x, x0, alpha[i], s[i])
+        x = point_at(x0, eps, alpha[i + 1], s_down)
         if s_up > 0:
-            xs = xs + s_up * randn_like(xs, generator)
-    return alpha[-1] * xs
+            x = x + (alpha[i + 1] * s_up) * randn_like(x, generator)
+    return x
 
 
 def edm_heun(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *,
@@ -177,25 +199,23 @@ def _heun(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *, gammas:
             alpha_hat[i] = process.alpha(t_hat[i]).item()
             s_hat[i] = edm_sigma(process, t_hat[i]).item()
     correct_last = _evaluable(process, times[-1], s[-1])
-    xs = x / alpha[0]
     evals = 0
     for i in progress_range(n, progress, desc):
         if s_hat[i] > s[i]:                      # churn: raise the noise level from s_i to s^_i
-            xs = xs + math.sqrt(s_hat[i] ** 2 - s[i] ** 2) * s_noise * randn_like(xs, generator)
-        x0 = denoiser(alpha_hat[i] * xs, t_hat[i])
+            noise = (alpha_hat[i] * math.sqrt(s_hat[i] ** 2 - s[i] ** 2) * s_noise) * randn_like(x, generator)
+            x = (alpha_hat[i] / alpha[i]) * x + noise
+        x0 = denoiser(x, t_hat[i])
         if callback is not None:
-            callback(evals, t_hat[i], alpha_hat[i] * xs, x0)
+            callback(evals, t_hat[i], x, x0)
         evals += 1
-        h = s[i + 1] - s_hat[i]
-        d = (xs - x0) / s_hat[i]
-        x_euler = xs + h * d                     # Euler step to s_{i+1}
+        eps = noise_prediction(x, x0, alpha_hat[i], s_hat[i])
+        x = point_at(x0, eps, alpha[i + 1], s[i + 1])        # Euler step to s_{i+1}
         if i < n - 1 or correct_last:            # Heun's correction with the slope at s_{i+1}
-            x0_next = denoiser(alpha[i + 1] * x_euler, times[i + 1])
+            x0_next = denoiser(x, times[i + 1])
             if callback is not None:
-                callback(evals, times[i + 1], alpha[i + 1] * x_euler, x0_next)
+                callback(evals, times[i + 1], x, x0_next)
             evals += 1
-            d_next = (x_euler - x0_next) / s[i + 1]
-            xs = xs + h * (0.5 * d + 0.5 * d_next)
-        else:                                    # into the data (s = 0): Euler, x^ = x0_pred
-            xs = x_euler
-    return alpha[-1] * xs
+            # (s_{i+1} - s^_i) (d' - d) / 2 with d' - d = (x0 - x0_next) / s_{i+1}, times alpha_{i+1}
+            x = x + (alpha[i + 1] * (s[i + 1] - s_hat[i]) / (2 * s[i + 1])) * (x0 - x0_next)
+        # else: into the data (s = 0), Euler: x = alpha x0_pred
+    return x

@@ -39,6 +39,7 @@ from ..errors import ScorekitError
 from ..processes import GaussianProcess
 from ..timesteps import edm_sigma
 from ._common import Callback, check_start, grid, progress_range
+from .edm import noise_prediction, point_at
 
 Tensor = torch.Tensor
 
@@ -111,22 +112,25 @@ def multistep_coefficients(process: GaussianProcess, times, order: int, extrapol
 
 def _multistep(denoiser, process: GaussianProcess, x_T: Tensor, ts: Tensor, coefficients: list,
                callback: Callback | None, progress: bool, desc: str) -> Tensor:
-    """``x^_{i+1} = x^_i + sum_j c_ij eps_{i-j}`` with ``eps = (x^ - D(alpha x^, t)) / s``."""
+    r"""``x^_{i+1} = x^_i + sum_j c_ij eps_{i-j}`` with ``eps = (x^ - D(alpha x^, t)) / s``, computed
+    in ``x`` (see :mod:`scorekit.samplers.edm`, "Floating point") through ``x^_i = D_i + s_i eps_i``:
+
+        x_{i+1} = alpha_{i+1} [D_i + (s_i + sum_j c_ij) eps_i + sum_{j>0} c_ij (eps_{i-j} - eps_i)],
+
+    where ``s_i + sum_j c_ij`` is ``s_{i+1}`` up to quadrature rounding."""
     x = check_start(x_T)
     times, alpha, s = ts.tolist(), process.alpha(ts).tolist(), edm_sigma(process, ts).tolist()
-    xs = x / alpha[0]
     history: list[Tensor] = []                              # eps values, newest first
     for i in progress_range(len(times) - 1, progress, desc):
-        x0 = denoiser(alpha[i] * xs, times[i])
+        x0 = denoiser(x, times[i])
         if callback is not None:
-            callback(i, times[i], alpha[i] * xs, x0)
-        history.insert(0, (xs - x0) / s[i])
+            callback(i, times[i], x, x0)
+        history.insert(0, noise_prediction(x, x0, alpha[i], s[i]))
         del history[len(coefficients[i]):]
-        step = coefficients[i][0] * history[0]
+        x = point_at(x0, history[0], alpha[i + 1], s[i] + sum(coefficients[i]))
         for c, eps in zip(coefficients[i][1:], history[1:]):
-            step = step + c * eps
-        xs = xs + step
-    return alpha[-1] * xs
+            x = x + (alpha[i + 1] * c) * (eps - history[0])
+    return x
 
 
 def ipndm(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *, order: int = 4,
