@@ -240,6 +240,64 @@ def test_death_between_renaming_a_checkpoint_and_updating_latest(tmp_path, monke
     assert [s for s, _ in list_checkpoints(run)] == [2, 4, 6]
 
 
+# --- SIGINT / SIGTERM: stop after the step with a checkpoint -----------------------------------------
+
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resume_is_exact(tmp_path, monkeypatch):
+    """SIGTERM sent to this process during step 3 (inside the loss): the step is finished, saved,
+    and train() raises TrainingInterrupted in Python's terms; resuming equals a straight run."""
+    from scorekit.train import TrainingInterrupted
+
+    straight, run = str(tmp_path / "straight"), str(tmp_path / "run")
+    train(small_2d(), straight, progress=False)
+    real, calls = losses_module.diffusion_loss, []
+
+    def loss_that_signals(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(losses_module, "diffusion_loss", loss_that_signals)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(small_2d(), run, progress=False)
+    monkeypatch.setattr(losses_module, "diffusion_loss", real)
+    stop = info.value
+    assert isinstance(stop, KeyboardInterrupt)
+    assert (stop.signum, stop.step, stop.exit_status) == (signal.SIGTERM, 3, 143)
+    assert stop.checkpoint == os.path.join(run, "checkpoints", "step-0000003")
+    assert "resume=True" in str(stop) and "--" not in str(stop)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+    assert [s for s, _ in list_checkpoints(run)] == [2, 3] and load_checkpoint(run).step == 3
+    assert train(None, run, progress=False, resume=True).step == 6
+    a = tensors_of(os.path.join(straight, "checkpoints", "step-0000006"))
+    b = tensors_of(os.path.join(run, "checkpoints", "step-0000006"))
+    for name in ("model", "ema", "trainer"):
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
+
+
+def test_a_signal_during_start_up_stops_before_the_first_step(tmp_path, monkeypatch):
+    """SIGINT while the data load: no step is trained and no checkpoint written; resume=True
+    then starts the run."""
+    from scorekit import data as data_module
+    from scorekit.train import TrainingInterrupted
+
+    real = data_module.load_dataset
+
+    def load_and_signal(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data_module, "load_dataset", load_and_signal)
+    run = str(tmp_path / "run")
+    with pytest.raises(TrainingInterrupted) as info:
+        train(small_2d(steps=2), run, progress=False)
+    monkeypatch.setattr(data_module, "load_dataset", real)
+    assert (info.value.signum, info.value.step, info.value.checkpoint) == (signal.SIGINT, 0, None)
+    assert list_checkpoints(run) == [] and read_metrics(os.path.join(run, "metrics.jsonl")) == []
+    assert train(None, run, progress=False, resume=True).step == 2
+
+
 # --- divergence ------------------------------------------------------------------------------------
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

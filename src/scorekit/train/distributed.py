@@ -71,6 +71,14 @@ class DistributedContext:
             return bool(flag)
         return bool(self.all_reduce_sum(torch.tensor([1.0 if flag else 0.0])).item() > 0)
 
+    def max(self, value: int) -> int:
+        """The largest of every rank's whole number ``value``, on every rank."""
+        if not self.distributed:
+            return int(value)
+        out = torch.tensor([int(value)], dtype=torch.int64, device=self.device)
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        return int(out.item())
+
     def gather_bytes(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's uint8 tensor of the same length (e.g. an RNG state), on every rank."""
         if not self.distributed:

@@ -47,6 +47,7 @@ from ..errors import ScorekitError
 from . import checkpoint as ckpt_io
 from .distributed import DistributedContext, setup
 from .ema import EMA
+from .interrupt import StopRequest, TrainingInterrupted, stop_signals
 from .logging import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, plot_loss_curve
 
 # the loss is looked up here (not bound at import) so that it can be swapped in one place
@@ -848,8 +849,9 @@ class _Trainer:
         self.interval = {"loss": 0.0, "grad_norm": 0.0, "count": 0}
         return row
 
-    def sample_grid(self) -> str | None:
-        """Sample from the EMA weights with fixed noise and write the grid (or scatter plot)."""
+    def sample_grid(self, stop: StopRequest | None = None) -> str | None:
+        """Sample from the EMA weights with fixed noise and write the grid (or scatter plot); a
+        stop signal (``stop``) abandons the grid (``None``, nothing written)."""
         if not self.ctx.is_main:
             return None
         from ..sampling import sample
@@ -869,9 +871,17 @@ class _Trainer:
 
             model = PredictionHead(model)                   # the grids use the prediction only
         steps = min(cfg.sample_steps, self.process.num_steps) if self.process.discrete else cfg.sample_steps
-        x0 = sample(model, x_T, process=self.process, prediction_type=cfg.prediction,
-                    sampler=cfg.sample_sampler, num_steps=steps,
-                    generator=_generator(cfg.seed, "sampler", device=self.device))
+
+        def give_up_on_stop(*_):
+            if stop is not None and stop.requested:
+                raise _GridAbandoned
+
+        try:
+            x0 = sample(model, x_T, process=self.process, prediction_type=cfg.prediction,
+                        sampler=cfg.sample_sampler, num_steps=steps, callback=give_up_on_stop,
+                        generator=_generator(cfg.seed, "sampler", device=self.device))
+        except _GridAbandoned:
+            return None
         folder = os.path.join(self.out_dir, SAMPLES_DIR)
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{ckpt_io.checkpoint_name(self.step)}.png")
@@ -881,7 +891,15 @@ class _Trainer:
         return path
 
     # -- the loop -----------------------------------------------------------------------------------
-    def run(self, stop_at_step: int | None = None, max_seconds: float | None = None) -> TrainResult:
+    def _stop_signal(self, stop: StopRequest | None) -> int:
+        """The stop signal any process received (0: none); collective under DDP."""
+        return self.ctx.max(stop.signum or 0) if stop is not None else 0
+
+    def run(self, stop_at_step: int | None = None, max_seconds: float | None = None,
+            stop: StopRequest | None = None) -> TrainResult:
+        """Train to ``config.steps`` (or ``stop_at_step``, or for ``max_seconds``). A signal
+        recorded in ``stop`` ends the run after the current step with a checkpoint of that step
+        and raises :class:`TrainingInterrupted`."""
         from tqdm.auto import tqdm
 
         cfg, ctx = self.config, self.ctx
@@ -903,9 +921,13 @@ class _Trainer:
         samples_path = None
         last_loss = float("nan")
         trained_seconds = 0.0
+        interrupted = 0
         try:
             end = cfg.steps if stop_at_step is None else min(cfg.steps, int(stop_at_step))
             while self.step < end:
+                interrupted = self._stop_signal(stop)
+                if interrupted:
+                    break
                 # A time limit counts optimiser steps only; every process must agree to stop.
                 if max_seconds is not None and ctx.any(trained_seconds >= max_seconds):
                     break
@@ -929,21 +951,30 @@ class _Trainer:
                     t_last, images_since = time.perf_counter(), 0
                 t_out = time.perf_counter()
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.steps:
-                    samples_path = self.sample_grid()
+                    samples_path = self.sample_grid(stop) or samples_path
                 if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                     self.save()
                 t_last += time.perf_counter() - t_out   # outputs do not count as training time
+            if not interrupted:                         # a signal during the last step
+                interrupted = self._stop_signal(stop)
         finally:
             bar.close()
         seconds = time.perf_counter() - t_call
-        if self.last_checkpoint is None or \
-                not self.last_checkpoint.endswith(ckpt_io.checkpoint_name(self.step)):
+        saved = self.last_checkpoint is not None and \
+            self.last_checkpoint.endswith(ckpt_io.checkpoint_name(self.step))
+        if interrupted:                                 # save (unless nothing was trained), then stop
+            if not saved and self.step > start_step:
+                self.save()
+            raise TrainingInterrupted(interrupted, self.step, self.last_checkpoint, self.out_dir)
+        if not saved:
             self.save(final=True)                       # (also draws the loss curve)
         elif ctx.is_main and self.step > start_step:
             plot_loss_curve(os.path.join(self.out_dir, METRICS_FILE),
                             os.path.join(self.out_dir, LOSS_PLOT_FILE))
         if self.step == cfg.steps and ctx.is_main:
-            samples_path = self.sample_grid()
+            samples_path = self.sample_grid(stop)
+            if stop is not None and stop.requested:     # a signal while drawing the final grid
+                raise TrainingInterrupted(stop.signum, self.step, self.last_checkpoint, self.out_dir)
         trained = self.step - start_step
         files = {"config": os.path.join(self.out_dir, RUN_CONFIG_FILE),
                  "metrics": os.path.join(self.out_dir, METRICS_FILE),
@@ -956,6 +987,10 @@ class _Trainer:
                            checkpoint=self.last_checkpoint,
                            loss=last_loss, seconds=seconds,
                            images_per_second=trained * cfg.batch_size / max(seconds, 1e-9), files=files)
+
+
+class _GridAbandoned(Exception):
+    """Raised from the sampler's callback to abandon a sample grid when a stop signal arrives."""
 
 
 def write_samples(x0: Tensor, path: str, *, data: Tensor | None = None, title: str | None = None,
@@ -1007,6 +1042,12 @@ def train(config: TrainConfig | None, out_dir, *, resume: bool = False, progress
     ``config.num_threads`` set, torch uses that many during the call (restored afterwards).
     torch's global random state is also restored afterwards.
 
+    Stopping: while the call runs (in the main thread), SIGINT (Ctrl-C) and SIGTERM do not
+    raise at once: the current step is finished, a checkpoint of it is saved (a further signal
+    cannot interrupt that save) and :class:`~scorekit.train.interrupt.TrainingInterrupted`, a
+    :class:`KeyboardInterrupt`, is raised with the signal, the step and the checkpoint;
+    ``resume=True`` continues exactly. See :mod:`scorekit.train.interrupt`.
+
     Returns a :class:`TrainResult`. Raises :class:`ScorekitError` for bad settings or data, and
     when the loss becomes NaN or infinite (naming the last good checkpoint).
     """
@@ -1018,14 +1059,15 @@ def train(config: TrainConfig | None, out_dir, *, resume: bool = False, progress
     device = config.device if config is not None else _saved_device(out_dir)
     ctx = setup(device)
     try:
-        if threads:
-            torch.set_num_threads(int(threads))
-        trainer = _Trainer(config, out_dir, ctx, resume=resume, progress=progress, log=log)
-        if trainer.config.num_threads and trainer.config.num_threads != torch.get_num_threads():
-            torch.set_num_threads(int(trainer.config.num_threads))
-        if max_seconds is not None and not (float(max_seconds) > 0):
-            raise ScorekitError(f"max_seconds must be positive, got {max_seconds}")
-        return trainer.run(stop_at_step, max_seconds)
+        with stop_signals() as stop:                    # SIGINT / SIGTERM: finish the step, save, stop
+            if threads:
+                torch.set_num_threads(int(threads))
+            trainer = _Trainer(config, out_dir, ctx, resume=resume, progress=progress, log=log)
+            if trainer.config.num_threads and trainer.config.num_threads != torch.get_num_threads():
+                torch.set_num_threads(int(trainer.config.num_threads))
+            if max_seconds is not None and not (float(max_seconds) > 0):
+                raise ScorekitError(f"max_seconds must be positive, got {max_seconds}")
+            return trainer.run(stop_at_step, max_seconds, stop)
     finally:
         torch.set_num_threads(threads_before)
         torch.set_rng_state(rng_before)

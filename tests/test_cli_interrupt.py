@@ -1,0 +1,148 @@
+"""``scorekit train`` stopped by real signals and by a full disk: one line, a checkpoint of the step
+reached (or the previous one intact), no partial files, and ``--resume`` continues bit for bit."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cli_helpers import run_main
+from scorekit.train import list_checkpoints, load_checkpoint, read_metrics
+
+#: a 2-D run of a few milliseconds per step; checkpoints only when stopped or at the end
+ARGS = ["--data", "moons", "--data-option", "n=256", "--model-option", "hidden=16",
+        "--model-option", "depth=1", "--batch-size", "16", "--log-every", "1",
+        "--checkpoint-every", "1000000", "--sample-num", "50", "--sample-steps", "2", "--no-progress"]
+NEVER_ENDS = 10 ** 6                                  # --steps of a run that only a signal stops
+STOPPED = re.compile(r"^scorekit train: interrupted \((SIG[A-Z]+)\) at step (\d+); saved (\S+); "
+                     r"continue with: scorekit train --out (\S+) --resume$")
+WALL_CLOCK = ("seconds", "images_per_second")
+
+
+def start(argv, **popen):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, **popen)
+
+
+def wait_for_step(proc, run, step, timeout=120.0):
+    """Poll the metrics log until the run has logged ``step`` (the process must still be running)."""
+    deadline = time.monotonic() + timeout
+    path = os.path.join(run, "metrics.jsonl")
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        rows = read_metrics(path)
+        if rows and rows[-1]["step"] >= step:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the run did not reach step {step} in {timeout} s")
+
+
+def finish(proc, timeout=120.0):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out, err
+
+
+def stopped_line(err):
+    """The interruption report: the last line of standard error, and no traceback."""
+    assert "Traceback" not in err, err
+    match = STOPPED.match(err.strip().splitlines()[-1])
+    assert match, err
+    return match
+
+
+def hidden_entries(run):
+    return [n for n in os.listdir(os.path.join(run, "checkpoints")) if n.startswith(".")]
+
+
+def assert_same_run(a_run, b_run, step):
+    """Model, EMA and trainer tensors (optimiser, generators, data order) equal bit for bit, and
+    the same metrics apart from wall-clock fields."""
+    name = f"step-{step:07d}"
+    for file in ("model", "ema", "trainer"):
+        a = load_file(os.path.join(a_run, "checkpoints", name, f"{file}.safetensors"))
+        b = load_file(os.path.join(b_run, "checkpoints", name, f"{file}.safetensors"))
+        assert a.keys() == b.keys()
+        different = [k for k in a if not torch.equal(a[k], b[k])]
+        assert not different, f"{file}: {different[:5]}"
+
+    def rows(run):
+        return [{k: v for k, v in r.items() if k not in WALL_CLOCK}
+                for r in read_metrics(os.path.join(run, "metrics.jsonl"))]
+    assert rows(a_run) == rows(b_run)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_the_step_reached_and_resume_continues_exactly(tmp_path, capsys, signum):
+    run, straight = str(tmp_path / "run"), str(tmp_path / "straight")
+    proc = start([sys.executable, "-m", "scorekit", "train", *ARGS, "--steps", str(NEVER_ENDS),
+                  "--out", run])
+    wait_for_step(proc, run, 3)
+    proc.send_signal(signum)
+    code, out, err = finish(proc)
+    assert code == 128 + signum, err                         # 130 for SIGINT, 143 for SIGTERM
+    name, step, saved, out_flag = stopped_line(err).groups()
+    step = int(step)
+    assert name == signal.Signals(signum).name and out_flag == run
+    assert saved == os.path.join(run, "checkpoints", f"step-{step:07d}")
+    assert load_checkpoint(run).step == step                 # `latest` names it, and it loads
+    assert [s for s, _ in list_checkpoints(run)] == [step]
+    assert not hidden_entries(run)
+    assert [r["step"] for r in read_metrics(os.path.join(run, "metrics.jsonl"))] == \
+        list(range(1, step + 1))
+
+    # continue 3 steps past the stop; an uninterrupted run of that length ends in the same state
+    # (a constant learning rate after the warm-up, so the total number of steps changes nothing)
+    code, _, err = run_main(capsys, ["train", "--out", run, "--resume", "--steps", step + 3,
+                                     "--no-progress"])
+    assert code == 0, err
+    code, _, err = run_main(capsys, ["train", *ARGS, "--steps", step + 3, "--out", straight])
+    assert code == 0, err
+    assert_same_run(run, straight, step + 3)
+
+
+SLOW_SAVE = textwrap.dedent("""\
+    import sys, time
+    from scorekit.train import checkpoint as io
+    from scorekit.cli import main
+    real = io.save_tensors
+
+    def save_tensors(tensors, path, metadata=None):     # the first file of each save is slow
+        if path.endswith("model.safetensors"):
+            print("SAVING", flush=True)
+            time.sleep(1.0)
+        return real(tensors, path, metadata)
+
+    io.save_tensors = save_tensors
+    sys.exit(main(sys.argv[1:]))
+    """)
+
+
+def test_a_second_ctrl_c_during_the_save_corrupts_nothing(tmp_path):
+    script = tmp_path / "slow_save.py"
+    script.write_text(SLOW_SAVE)
+    run = str(tmp_path / "run")
+    proc = start([sys.executable, str(script), "train", *ARGS, "--steps", str(NEVER_ENDS),
+                  "--out", run])
+    wait_for_step(proc, run, 3)
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout.readline().strip() == "SAVING"
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)                          # while model.safetensors is being written
+    code, _, err = finish(proc)
+    assert code == 130, err
+    step = int(stopped_line(err).group(2))
+    ckpt = load_checkpoint(run)
+    assert ckpt.step == step and [s for s, _ in list_checkpoints(run)] == [step]
+    assert not hidden_entries(run)
+    assert torch.isfinite(ckpt.ema_net(torch.zeros(4, 2), torch.full((4,), 10))).all()
