@@ -146,3 +146,105 @@ def test_a_second_ctrl_c_during_the_save_corrupts_nothing(tmp_path):
     assert ckpt.step == step and [s for s, _ in list_checkpoints(run)] == [step]
     assert not hidden_entries(run)
     assert torch.isfinite(ckpt.ema_net(torch.zeros(4, 2), torch.full((4,), 10))).all()
+
+
+# --- a full disk: a file-size limit in the child process ---------------------------------------------
+
+def file_size_limit(limit):
+    """For ``preexec_fn``: writes past ``limit`` bytes fail with EFBIG (SIGXFSZ ignored, so the
+    process is not killed), as on a full disk."""
+    import resource
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    return apply
+
+
+def one_error_line(err):
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and lines, err
+    assert lines[-1].startswith("scorekit: error: "), err
+    assert not [line for line in lines if "error" in line and line != lines[-1]], err
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory):
+    """A run trained to step 2 (its only checkpoint) and the sizes of its checkpoint files."""
+    run = str(tmp_path_factory.mktemp("disk") / "run")
+    proc = start([sys.executable, "-m", "scorekit", "train", *ARGS, "--steps", "2", "--out", run])
+    code, _, err = finish(proc)
+    assert code == 0, err
+    ckpt = os.path.join(run, "checkpoints", "step-0000002")
+    return run, {name: os.path.getsize(os.path.join(ckpt, name)) for name in os.listdir(ckpt)}
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(two_step_run, tmp_path,
+                                                                                   capsys):
+    import shutil
+
+    run = str(tmp_path / "run")
+    shutil.copytree(two_step_run[0], run)
+    sizes = two_step_run[1]
+    # one byte less than the largest checkpoint file: everything written before it (run config,
+    # metrics, the checkpoint's smaller files) fits, the largest file does not
+    largest = max(sizes, key=sizes.get)
+    limit = sizes[largest] - 1
+    assert sorted(sizes.values())[-2] < limit and os.path.getsize(os.path.join(run, "config.json")) < limit
+    proc = start([sys.executable, "-m", "scorekit", "train", "--out", run, "--resume", "--steps", "4"],
+                 preexec_fn=file_size_limit(limit))
+    code, _, err = finish(proc)
+    assert code == 2, err
+    line = one_error_line(err)
+    assert line == (f"scorekit: error: cannot write checkpoint step-0000004 into "
+                    f"{os.path.join(run, 'checkpoints')}: File too large (the disk is full or a "
+                    f"file-size limit is set); the previous checkpoint step-0000002 is intact"), line
+    assert open(os.path.join(run, "latest")).read().strip() == "checkpoints/step-0000002"
+    assert load_checkpoint(run).step == 2 and [s for s, _ in list_checkpoints(run)] == [2]
+    assert not hidden_entries(run)
+
+    code, out, err = run_main(capsys, ["train", "--out", run, "--resume", "--steps", "4",
+                                       "--no-progress"])
+    assert code == 0 and "trained to step 4" in out, err
+    assert [s for s, _ in list_checkpoints(run)] == [2, 4]
+
+
+def test_a_full_disk_while_sampling_is_one_line_and_leaves_no_files(two_step_run, tmp_path):
+    """The .npz fits under the limit, the PNG does not: one line naming the PNG, and the .npz
+    already written is removed again."""
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = start([sys.executable, "-m", "scorekit", "sample", two_step_run[0], "--num", "20", "--steps",
+                  "2", "--no-progress", "--out", str(out / "x.png")], preexec_fn=file_size_limit(4000))
+    code, _, err = finish(proc)
+    assert code == 2, err
+    line = one_error_line(err)
+    assert f"cannot write {out / 'x.png'}: File too large (the disk is full" in line, line
+    assert os.listdir(out) == []
+
+
+APPEND_UNTIL_FULL = textwrap.dedent("""\
+    import sys
+    from scorekit.errors import FileWriteError
+    from scorekit.train.logging import MetricsLog
+    log = MetricsLog(sys.argv[1])
+    for step in range(1, 10 ** 6):
+        try:
+            log.append({"step": step, "loss": 0.125, "note": "x" * 50})
+        except FileWriteError as err:
+            print(err)
+            break
+    """)
+
+
+def test_a_full_disk_cuts_the_half_written_metrics_line_back_off(tmp_path):
+    path = str(tmp_path / "metrics.jsonl")
+    proc = start([sys.executable, "-c", APPEND_UNTIL_FULL, path], preexec_fn=file_size_limit(1000))
+    code, out, err = finish(proc)
+    assert code == 0, err
+    assert out.strip() == f"cannot write {path}: File too large (the disk is full or a file-size limit is set)"
+    text = open(path).read()
+    rows = read_metrics(path)
+    assert text.endswith("\n") and len(text.splitlines()) == len(rows) > 1   # only complete lines
+    assert os.path.getsize(path) <= 1000 and [r["step"] for r in rows] == list(range(1, len(rows) + 1))

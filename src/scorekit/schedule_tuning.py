@@ -47,7 +47,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import ScorekitError
+from .errors import ScorekitError, write_error
 from .processes import GaussianProcess
 from .samplers import SAMPLERS
 from .samplers._common import check_start
@@ -531,7 +531,7 @@ def save_tuned(path_or_run_dir, schedule: TunedSchedule) -> str:
     except OSError as err:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        raise ScorekitError(f"cannot write {file!r}: {err.strerror or err}") from None
+        raise write_error(err, file) from None
     fsync_path(folder)
     return file
 
