@@ -256,8 +256,8 @@ def test_save_and_load_round_trip(tmp_path):
 
 def test_missing_or_corrupt_schedules_are_reported(tmp_path):
     ckpt = fake_checkpoint(tmp_path)
-    with pytest.raises(ScorekitError, match=r"no tuned schedule for ddim at NFE 7 .*scorekit tune .* "
-                                            r"--sampler ddim --nfe 7"):
+    with pytest.raises(ScorekitError, match=r"no tuned schedule for ddim at NFE 7 .*save_tuned\(.*"
+                                            r"tune_timesteps\(denoiser, process, 'ddim', 7, x_T\)"):
         load_tuned(ckpt, "ddim", 7)
     save_tuned(ckpt, schedule())
     with pytest.raises(ScorekitError, match="no tuned schedule for ddim at NFE 4"):

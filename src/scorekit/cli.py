@@ -1152,7 +1152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _terminate_as_interrupt():
             return handler(args)
     except ScorekitError as err:
-        return _fail(str(err))
+        return _fail(err.for_cli())
     except KeyboardInterrupt as err:                   # Ctrl-C, or SIGTERM (see below)
         signum = getattr(err, "signum", None)
         if signum is None:

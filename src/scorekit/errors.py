@@ -9,8 +9,18 @@ import re
 class ScorekitError(ValueError):
     """A bad argument, file or configuration. The message names the input and the fix.
 
-    The command line prints the message on one line and exits with status 2.
+    The message speaks Python (argument names, ``resume=True``). Where the fix differs on the
+    command line, ``cli`` holds the same message in its terms (``--resume``): the command line
+    prints that one (``scorekit: error: <message>``, one line) and exits with status 2.
     """
+
+    def __init__(self, message: str, *, cli: str | None = None):
+        super().__init__(message)
+        self.cli = cli
+
+    def for_cli(self) -> str:
+        """The message as the command line shows it."""
+        return self.cli or str(self)
 
 
 def positive_number(value, name: str, hint: str | None = None) -> float:

@@ -543,11 +543,15 @@ def load_tuned(run_dir, sampler: str, nfe: int, **options) -> TunedSchedule:
     key = schedule_key(sampler, nfe, _options(sampler, options))
     entry = _read_schedules(file).get(key)
     if entry is None:
-        flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in sorted(_options(sampler, options).items()))
+        opts = _options(sampler, options)
+        flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in sorted(opts.items()))
         where = os.path.dirname(file) or "."
-        raise ScorekitError(f"no tuned schedule for {sampler} at NFE {nfe}{' with' + flags if flags else ''} "
-                            f"in {where}; run 'scorekit tune {where} --sampler {sampler} --nfe {nfe}"
-                            f"{flags}' first")
+        missing = f"no tuned schedule for {sampler} at NFE {nfe}"
+        raise ScorekitError(f"{missing}{' with options ' + repr(opts) if opts else ''} in {where}; tune one "
+                            f"first: save_tuned({where!r}, tune_timesteps(denoiser, process, {sampler!r}, "
+                            f"{nfe}, x_T{', **options' if opts else ''}))",
+                            cli=f"{missing}{' with' + flags if flags else ''} in {where}; run 'scorekit "
+                                f"tune {where} --sampler {sampler} --nfe {nfe}{flags}' first")
     return TunedSchedule.from_json(entry, file)
 
 

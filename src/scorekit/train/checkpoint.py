@@ -272,19 +272,21 @@ def resolve_checkpoint(path) -> str:
     (then the checkpoint ``latest`` names, or the newest complete one if ``latest`` is missing).
     """
     path = os.fspath(path)
+    give = ("give a run folder (the out_dir of scorekit.train.train) or one of its "
+            "checkpoints/step-NNNNNNN folders")
+    give_cli = "give a run folder (the --out of scorekit train) or one of its checkpoints/step-NNNNNNN folders"
     if not os.path.exists(path):
-        raise ScorekitError(f"{path!r} does not exist; give a run folder (the --out of scorekit "
-                            f"train) or one of its checkpoints/step-NNNNNNN folders")
+        raise ScorekitError(f"{path!r} does not exist; {give}", cli=f"{path!r} does not exist; {give_cli}")
     if not os.path.isdir(path):
-        raise ScorekitError(f"{path!r} is a file; give a run folder (the --out of scorekit train) "
-                            f"or one of its checkpoints/step-NNNNNNN folders")
+        raise ScorekitError(f"{path!r} is a file; {give}", cli=f"{path!r} is a file; {give_cli}")
     if os.path.isfile(os.path.join(path, CONFIG_FILE)) and \
             os.path.isfile(os.path.join(path, MODEL_FILE)):
         return path
     if not is_run_dir(path):
-        raise ScorekitError(f"{path!r} is not a scorekit run or checkpoint folder (it has no "
-                            f"'{LATEST_FILE}' file, no '{CHECKPOINTS_DIR}' folder and no "
-                            f"{MODEL_FILE}); give the --out folder of scorekit train")
+        lacks = (f"{path!r} is not a scorekit run or checkpoint folder (it has no '{LATEST_FILE}' "
+                 f"file, no '{CHECKPOINTS_DIR}' folder and no {MODEL_FILE})")
+        raise ScorekitError(f"{lacks}; give the out_dir of scorekit.train.train",
+                            cli=f"{lacks}; give the --out folder of scorekit train")
     latest = os.path.join(path, LATEST_FILE)
     if os.path.isfile(latest):
         try:
@@ -298,8 +300,9 @@ def resolve_checkpoint(path) -> str:
             return target
     found = list_checkpoints(path)
     if not found:
-        raise ScorekitError(f"run folder {path!r} holds no complete checkpoint yet; train longer "
-                            f"(see --checkpoint-every) or give another folder")
+        empty = f"run folder {path!r} holds no complete checkpoint yet; train longer"
+        raise ScorekitError(f"{empty} (see checkpoint_every) or give another folder",
+                            cli=f"{empty} (see --checkpoint-every) or give another folder")
     return found[-1][1]
 
 

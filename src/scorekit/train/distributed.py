@@ -115,8 +115,8 @@ def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> to
         raise ScorekitError(f"unknown device {device!r}: {err}; use cpu or cuda") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ScorekitError(f"device {device!r} was asked for but CUDA is not available here; "
-                                f"use --device cpu")
+            missing = f"device {device!r} was asked for but CUDA is not available here; use"
+            raise ScorekitError(f"{missing} device='cpu'", cli=f"{missing} --device cpu")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
         if dev.index >= torch.cuda.device_count():

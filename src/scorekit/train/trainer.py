@@ -446,7 +446,9 @@ def model_config_for(config: TrainConfig, dataset, process) -> dict:
     if cfg["kind"] == "unet":
         if not dataset.is_image:
             raise ScorekitError(f"model {config.model!r} is a U-Net for images, but {dataset.spec} holds "
-                                f"{dataset.shape} vectors; use --model mlp")
+                                f"{dataset.shape} vectors; use model='mlp'",
+                                cli=f"model {config.model!r} is a U-Net for images, but {dataset.spec} "
+                                    f"holds {dataset.shape} vectors; use --model mlp")
         cfg["in_channels"] = dataset.shape[0]
         cfg.pop("out_channels", None)
     elif cfg["kind"] == "mlp":
@@ -587,8 +589,9 @@ class _Trainer:
         if os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
             raise ScorekitError(f"the run folder {self.out_dir!r} is an existing file; give a folder")
         if exists and not resume:
-            raise ScorekitError(f"{self.out_dir!r} already holds a training run; continue it with "
-                                f"--resume (resume=True) or choose another --out folder")
+            taken = f"{self.out_dir!r} already holds a training run; continue it with"
+            raise ScorekitError(f"{taken} resume=True or choose another out_dir",
+                                cli=f"{taken} --resume or choose another --out folder")
         if not exists:
             if config is None:
                 raise ScorekitError(f"nothing to resume in {self.out_dir!r} (no run there); give a "
@@ -603,10 +606,11 @@ class _Trainer:
             mine, theirs = config.to_dict(), saved_cfg.to_dict()
             changed = [k for k in mine if k not in RESUMABLE_FIELDS and mine[k] != theirs[k]]
             if changed:
-                raise ScorekitError(
-                    f"cannot resume {self.out_dir!r} with different settings: "
-                    + ", ".join(f"{k} {theirs[k]!r} -> {mine[k]!r}" for k in changed)
-                    + f"; only {', '.join(RESUMABLE_FIELDS)} may change (or start a new --out folder)")
+                refusal = (f"cannot resume {self.out_dir!r} with different settings: "
+                           + ", ".join(f"{k} {theirs[k]!r} -> {mine[k]!r}" for k in changed)
+                           + f"; only {', '.join(RESUMABLE_FIELDS)} may change")
+                raise ScorekitError(f"{refusal} (or start a new run in another out_dir)",
+                                    cli=f"{refusal} (or start a new --out folder)")
             merged = dataclasses.replace(saved_cfg, **{k: getattr(config, k) for k in RESUMABLE_FIELDS})
         else:
             merged = saved_cfg
@@ -833,9 +837,11 @@ class _Trainer:
             where = (f"the last good checkpoint is at {self.last_checkpoint}", "then resume from it")
         else:
             where = ("no checkpoint was saved before it", "then start again")
+        stopped = f"{what} became {kind} at step {self.step + 1} (learning rate {lr:.3g}{extra}); {where[0]}."
         raise ScorekitError(
-            f"{what} became {kind} at step {self.step + 1} (learning rate {lr:.3g}{extra}); {where[0]}. "
-            f"Lower the learning rate (--lr), clip gradients (--grad-clip) or check the data, {where[1]}")
+            f"{stopped} Lower the learning rate (lr), clip gradients (grad_clip) or check the data, {where[1]}",
+            cli=f"{stopped} Lower the learning rate (--lr), clip gradients (--grad-clip) or check the data, "
+                f"{where[1]}")
 
     # -- outputs ------------------------------------------------------------------------------------
     def _log_row(self, images_per_second: float) -> dict:
