@@ -248,3 +248,18 @@ def test_a_full_disk_cuts_the_half_written_metrics_line_back_off(tmp_path):
     rows = read_metrics(path)
     assert text.endswith("\n") and len(text.splitlines()) == len(rows) > 1   # only complete lines
     assert os.path.getsize(path) <= 1000 and [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+
+
+def test_sigterm_stops_other_commands_like_ctrl_c_without_leaving_files(two_step_run, tmp_path):
+    """SIGTERM during ``scorekit sample``: exit status 143, one line, no output files (before,
+    the process died at once, leaving whatever it was writing)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = start([sys.executable, "-m", "scorekit", "sample", two_step_run[0], "--sampler", "ddpm",
+                  "--steps", "1000", "--num", "4000", "--out", str(out / "x.png")])
+    assert proc.stderr.read(1)                            # the progress bar: sampling has begun
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = finish(proc)
+    assert code == 143, err
+    assert err.strip().splitlines()[-1].endswith("scorekit: interrupted (SIGTERM)") and "Traceback" not in err
+    assert os.listdir(out) == []

@@ -298,6 +298,30 @@ def test_a_signal_during_start_up_stops_before_the_first_step(tmp_path, monkeypa
     assert train(None, run, progress=False, resume=True).step == 2
 
 
+def test_a_signal_while_drawing_a_sample_grid_abandons_it_and_saves_the_step(tmp_path, monkeypatch):
+    import scorekit.sampling
+    from scorekit.train import TrainingInterrupted
+
+    real, evaluations = scorekit.sampling.sample, []
+
+    def sample_and_signal(*args, callback=None, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+
+        def counted(*a):
+            evaluations.append(1)
+            callback(*a)
+        return real(*args, callback=counted, **kwargs)
+
+    monkeypatch.setattr(scorekit.sampling, "sample", sample_and_signal)
+    run = str(tmp_path / "run")
+    with pytest.raises(TrainingInterrupted) as info:
+        train(small_2d(sample_every=2, checkpoint_every=100), run, progress=False)
+    assert (info.value.signum, info.value.step) == (signal.SIGINT, 2)
+    assert evaluations == [1]                            # given up after the first of 4 steps
+    assert not os.path.exists(os.path.join(run, "samples", "step-0000002.png"))
+    assert load_checkpoint(run).step == 2
+
+
 # --- divergence ------------------------------------------------------------------------------------
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
