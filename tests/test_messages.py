@@ -110,3 +110,24 @@ def test_learned_variances_of_a_model_without_a_variance_head(run, capsys, tmp_p
                                      "--steps", "2", "--no-progress", "--out", tmp_path / "x.png"])
     assert_one_line_error(code, err, "--variance learned needs a model trained with --variance learned")
     speaks_cli(err)
+
+
+@pytest.mark.parametrize("flags, python, cli", [
+    (["--batch-size", "10", "--grad-accum", "3"], "batch_size 10 must be a multiple of grad_accum 3",
+     "--batch-size 10 must be a multiple of --grad-accum 3"),
+    (["--label-dropout", "0.25"], "label_dropout=0.25 needs labelled data",
+     "--label-dropout 0.25 needs labelled data"),
+])
+def test_training_settings_are_named_as_the_caller_gave_them(tmp_path, capsys, flags, python, cli):
+    from scorekit.cli import _train_config, build_parser
+
+    argv = ["train", "--data", "swiss_roll", "--data-option", "n=64", "--steps", "1", *flags,
+            "--no-progress", "--out", str(tmp_path / "run")]           # unlabelled 2-D points
+    with pytest.raises(ScorekitError) as info:             # the same settings through Python
+        train(_train_config(build_parser().parse_args(argv)), str(tmp_path / "run"), progress=False)
+    assert python in str(info.value)
+    speaks_python(str(info.value))
+    code, _, err = run_main(capsys, argv)
+    assert_one_line_error(code, err, cli)
+    speaks_cli(err)
+    assert not (tmp_path / "run").exists()

@@ -305,9 +305,12 @@ class TrainConfig:
             raise ScorekitError(f"adam_betas must be two numbers in [0, 1), got {betas!r}")
         if self.batch_size % self.grad_accum:
             raise ScorekitError(f"batch_size {self.batch_size} must be a multiple of grad_accum "
-                                f"{self.grad_accum} (equal micro-batches)")
+                                f"{self.grad_accum} (equal micro-batches)",
+                                cli=f"--batch-size {self.batch_size} must be a multiple of --grad-accum "
+                                    f"{self.grad_accum} (equal micro-batches)")
         if self.mixed_precision == "fp16" and not str(self.device).startswith("cuda"):
-            raise ScorekitError("mixed_precision 'fp16' needs a CUDA device; on CPU use 'bf16' or 'no'")
+            raise ScorekitError("mixed_precision 'fp16' needs a CUDA device; on CPU use 'bf16' or 'no'",
+                                cli="--mixed-precision fp16 needs a CUDA device; on CPU use bf16 or no")
         return self
 
 
@@ -535,8 +538,9 @@ class _Trainer:
         self.label_dropout = (0.1 if self.conditional else 0.0) if cfg.label_dropout is None \
             else float(cfg.label_dropout)
         if self.label_dropout > 0 and not self.conditional:
-            raise ScorekitError(f"label_dropout={cfg.label_dropout} needs labelled data and a "
-                                f"class-conditional model; {self.dataset.spec} has none")
+            unlabelled = f"needs labelled data and a class-conditional model; {self.dataset.spec} has none"
+            raise ScorekitError(f"label_dropout={cfg.label_dropout} {unlabelled}",
+                                cli=f"--label-dropout {cfg.label_dropout} {unlabelled}")
         self.ddp_net = ctx.wrap(self.net)
         self.ema = EMA(self.net, cfg.ema_decay, warmup=cfg.ema_warmup)
         self.optimizer = make_optimizer(self.net, cfg)
