@@ -172,10 +172,10 @@ def one_error_line(err):
 @pytest.fixture(scope="module")
 def two_step_run(tmp_path_factory):
     """A run trained to step 2 (its only checkpoint) and the sizes of its checkpoint files."""
+    from scorekit.cli import main
+
     run = str(tmp_path_factory.mktemp("disk") / "run")
-    proc = start([sys.executable, "-m", "scorekit", "train", *ARGS, "--steps", "2", "--out", run])
-    code, _, err = finish(proc)
-    assert code == 0, err
+    assert main(["train", *ARGS, "--steps", "2", "--out", run]) == 0
     ckpt = os.path.join(run, "checkpoints", "step-0000002")
     return run, {name: os.path.getsize(os.path.join(ckpt, name)) for name in os.listdir(ckpt)}
 

@@ -254,7 +254,8 @@ def _add_train(commands) -> None:
             Train a denoising network (U-Net for images, MLP for 2-D points) with AdamW, a
             learning-rate warm-up, gradient clipping and an exponential moving average (EMA) of the
             weights. Everything is reproducible from --seed, and --resume continues a stopped run
-            exactly as if it had never stopped.
+            exactly as if it had never stopped. Ctrl-C or SIGTERM finishes the current step, saves a
+            checkpoint of it and exits with status 130 or 143.
 
             Data (--data): digits (scikit-learn's 8x8 digits, built in), the 2-D sets swiss_roll,
             moons, checkerboard, eight_gaussians, multiscale_2d, or mnist:PATH (IDX files),
