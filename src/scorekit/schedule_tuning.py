@@ -547,9 +547,10 @@ def load_tuned(run_dir, sampler: str, nfe: int, **options) -> TunedSchedule:
         flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in sorted(opts.items()))
         where = os.path.dirname(file) or "."
         missing = f"no tuned schedule for {sampler} at NFE {nfe}"
-        raise ScorekitError(f"{missing}{' with options ' + repr(opts) if opts else ''} in {where}; tune one "
-                            f"first: save_tuned({where!r}, tune_timesteps(denoiser, process, {sampler!r}, "
-                            f"{nfe}, x_T{', **options' if opts else ''}))",
+        args = "".join(f", {k}={v!r}" for k, v in sorted(opts.items()))
+        raise ScorekitError(f"{missing}{' with ' + args[2:] if opts else ''} in {where}; tune one first: "
+                            f"save_tuned({where!r}, tune_timesteps(denoiser, process, {sampler!r}, {nfe}, "
+                            f"x_T{args}))",
                             cli=f"{missing}{' with' + flags if flags else ''} in {where}; run 'scorekit "
                                 f"tune {where} --sampler {sampler} --nfe {nfe}{flags}' first")
     return TunedSchedule.from_json(entry, file)
