@@ -676,6 +676,47 @@ def test_torchrun_two_processes_train_one_model(tmp_path):
     assert [r["step"] for r in read_metrics(os.path.join(run, "metrics.jsonl"))] == [1, 2, 3, 4]
 
 
+DDP_FOREVER = textwrap.dedent("""\
+    import sys, torch
+    torch.set_num_threads(1)
+    from scorekit.train import TrainConfig, TrainingInterrupted, train
+    try:
+        train(TrainConfig(data="moons", data_options={"n": 256}, model="mlp",
+                          model_options={"hidden": 16, "depth": 1}, steps=10 ** 6, batch_size=16,
+                          checkpoint_every=10 ** 6, log_every=1), sys.argv[1], progress=False)
+    except TrainingInterrupted as stop:
+        print("STOPPED", stop.signal_name, stop.step, flush=True)
+        sys.exit(stop.exit_status)
+    """)
+
+
+@pytest.mark.skipif(not os.environ.get("SCOREKIT_TEST_DDP"),
+                    reason="starts two torchrun processes; set SCOREKIT_TEST_DDP=1 to run")
+def test_torchrun_processes_stop_together_on_sigterm_with_one_checkpoint(tmp_path):
+    """SIGTERM to torchrun reaches both processes; they agree on the step, rank 0 saves it."""
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_FOREVER)
+    run = str(tmp_path / "run")
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    proc = subprocess.Popen([torchrun, "--nproc_per_node=2", "--master_port=29548", str(script), run],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not [r for r in read_metrics(os.path.join(run, "metrics.jsonl")) if r["step"] >= 3]:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stopped = sorted(line.split() for line in out.splitlines() if line.startswith("STOPPED"))
+    assert len(stopped) == 2 and stopped[0] == stopped[1] and stopped[0][1] == "SIGTERM", out + err[-3000:]
+    step = int(stopped[0][2])
+    assert load_checkpoint(run).step == step and [s for s, _ in list_checkpoints(run)] == [step]
+    assert not [n for n in os.listdir(os.path.join(run, "checkpoints")) if n.startswith(".")]
+
+
 # --- learned variances (Improved DDPM) ------------------------------------------------------------
 
 def test_learned_variance_run_round_trips_and_samples_with_its_variances(tmp_path):
