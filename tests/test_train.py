@@ -645,25 +645,35 @@ def test_training_learns_eight_gaussians_nearly_as_well_as_the_exact_denoiser(tm
 DDP_CHILD = textwrap.dedent("""\
     import os, sys, torch
     torch.set_num_threads(1)
-    from scorekit.train import TrainConfig, train
-    result = train(TrainConfig(data="moons", data_options={"n": 256}, model="mlp",
-                               model_options={"hidden": 16, "depth": 1}, steps=4, batch_size=16,
-                               grad_accum=2, checkpoint_every=2, log_every=1, sample_num=32,
-                               sample_steps=3), sys.argv[1], progress=False)
+    from scorekit.train import TrainConfig, TrainingInterrupted, train
+    try:
+        result = train(TrainConfig(data="moons", data_options={"n": 256}, model="mlp",
+                                   model_options={"hidden": 16, "depth": 1}, steps=int(sys.argv[2]),
+                                   batch_size=16, grad_accum=2, checkpoint_every=int(sys.argv[3]),
+                                   log_every=1, sample_num=32, sample_steps=3), sys.argv[1], progress=False)
+    except TrainingInterrupted as stop:
+        print("STOPPED", stop.signal_name, stop.step, flush=True)
+        sys.exit(stop.exit_status)
     print("RANK", os.environ["RANK"], result.step, result.loss, flush=True)
     """)
+
+
+def torchrun_command(tmp_path, run, steps, checkpoint_every, port):
+    """Two CPU processes training DDP_CHILD's run into ``run``."""
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_CHILD)
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    return [torchrun, "--nproc_per_node=2", f"--master_port={port}", str(script), run, str(steps),
+            str(checkpoint_every)]
 
 
 @pytest.mark.skipif(not os.environ.get("SCOREKIT_TEST_DDP"),
                     reason="starts two torchrun processes (about 20 s on a busy 2-core machine); "
                            "set SCOREKIT_TEST_DDP=1 to run")
 def test_torchrun_two_processes_train_one_model(tmp_path):
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_CHILD)
     run = str(tmp_path / "run")
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    proc = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29547", str(script), run],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(torchrun_command(tmp_path, run, 4, 2, 29547), capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = sorted(line.split() for line in proc.stdout.splitlines() if line.startswith("RANK"))
     assert [l[1] for l in lines] == ["0", "1"]
@@ -676,29 +686,12 @@ def test_torchrun_two_processes_train_one_model(tmp_path):
     assert [r["step"] for r in read_metrics(os.path.join(run, "metrics.jsonl"))] == [1, 2, 3, 4]
 
 
-DDP_FOREVER = textwrap.dedent("""\
-    import sys, torch
-    torch.set_num_threads(1)
-    from scorekit.train import TrainConfig, TrainingInterrupted, train
-    try:
-        train(TrainConfig(data="moons", data_options={"n": 256}, model="mlp",
-                          model_options={"hidden": 16, "depth": 1}, steps=10 ** 6, batch_size=16,
-                          checkpoint_every=10 ** 6, log_every=1), sys.argv[1], progress=False)
-    except TrainingInterrupted as stop:
-        print("STOPPED", stop.signal_name, stop.step, flush=True)
-        sys.exit(stop.exit_status)
-    """)
-
-
 @pytest.mark.skipif(not os.environ.get("SCOREKIT_TEST_DDP"),
                     reason="starts two torchrun processes; set SCOREKIT_TEST_DDP=1 to run")
 def test_torchrun_processes_stop_together_on_sigterm_with_one_checkpoint(tmp_path):
     """SIGTERM to torchrun reaches both processes; they agree on the step, rank 0 saves it."""
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_FOREVER)
     run = str(tmp_path / "run")
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    proc = subprocess.Popen([torchrun, "--nproc_per_node=2", "--master_port=29548", str(script), run],
+    proc = subprocess.Popen(torchrun_command(tmp_path, run, 10 ** 6, 10 ** 6, 29548),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
