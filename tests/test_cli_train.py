@@ -262,7 +262,7 @@ def write_npz(path, x, y=None):
      ["--model", "tiny"], ["U-Net for images", "--model mlp"]),
     (lambda d: d / "absent.npz", [], ["absent.npz"]),
     (None, ["--data", "nonsense"], ["unknown dataset 'nonsense'"]),
-    (None, ["--data", "moons", "--batch-size", "10", "--grad-accum", "3"], ["multiple of grad_accum"]),
+    (None, ["--data", "moons", "--batch-size", "10", "--grad-accum", "3"], ["--batch-size 10 must be a multiple of --grad-accum 3"]),
     (None, ["--data", "moons", "--model", "mlp", "--model-option", "depth=0"], ["depth"]),
     (None, ["--data", "moons", "--lr", "-1"], ["--lr must be a positive"]),
     (None, ["--data", "moons", "--mixed-precision", "fp16"], ["fp16", "CUDA"]),

@@ -240,6 +240,88 @@ def test_death_between_renaming_a_checkpoint_and_updating_latest(tmp_path, monke
     assert [s for s, _ in list_checkpoints(run)] == [2, 4, 6]
 
 
+# --- SIGINT / SIGTERM: stop after the step with a checkpoint -----------------------------------------
+
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resume_is_exact(tmp_path, monkeypatch):
+    """SIGTERM sent to this process during step 3 (inside the loss): the step is finished, saved,
+    and train() raises TrainingInterrupted in Python's terms; resuming equals a straight run."""
+    from scorekit.train import TrainingInterrupted
+
+    straight, run = str(tmp_path / "straight"), str(tmp_path / "run")
+    train(small_2d(), straight, progress=False)
+    real, calls = losses_module.diffusion_loss, []
+
+    def loss_that_signals(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(losses_module, "diffusion_loss", loss_that_signals)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(small_2d(), run, progress=False)
+    monkeypatch.setattr(losses_module, "diffusion_loss", real)
+    stop = info.value
+    assert isinstance(stop, KeyboardInterrupt)
+    assert (stop.signum, stop.step, stop.exit_status) == (signal.SIGTERM, 3, 143)
+    assert stop.checkpoint == os.path.join(run, "checkpoints", "step-0000003")
+    assert "resume=True" in str(stop) and "--" not in str(stop)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+    assert [s for s, _ in list_checkpoints(run)] == [2, 3] and load_checkpoint(run).step == 3
+    assert train(None, run, progress=False, resume=True).step == 6
+    a = tensors_of(os.path.join(straight, "checkpoints", "step-0000006"))
+    b = tensors_of(os.path.join(run, "checkpoints", "step-0000006"))
+    for name in ("model", "ema", "trainer"):
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
+
+
+def test_a_signal_during_start_up_stops_before_the_first_step(tmp_path, monkeypatch):
+    """SIGINT while the data load: no step is trained and no checkpoint written; resume=True
+    then starts the run."""
+    from scorekit import data as data_module
+    from scorekit.train import TrainingInterrupted
+
+    real = data_module.load_dataset
+
+    def load_and_signal(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data_module, "load_dataset", load_and_signal)
+    run = str(tmp_path / "run")
+    with pytest.raises(TrainingInterrupted) as info:
+        train(small_2d(steps=2), run, progress=False)
+    monkeypatch.setattr(data_module, "load_dataset", real)
+    assert (info.value.signum, info.value.step, info.value.checkpoint) == (signal.SIGINT, 0, None)
+    assert list_checkpoints(run) == [] and read_metrics(os.path.join(run, "metrics.jsonl")) == []
+    assert train(None, run, progress=False, resume=True).step == 2
+
+
+def test_a_signal_while_drawing_a_sample_grid_abandons_it_and_saves_the_step(tmp_path, monkeypatch):
+    import scorekit.sampling
+    from scorekit.train import TrainingInterrupted
+
+    real, evaluations = scorekit.sampling.sample, []
+
+    def sample_and_signal(*args, callback=None, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+
+        def counted(*a):
+            evaluations.append(1)
+            callback(*a)
+        return real(*args, callback=counted, **kwargs)
+
+    monkeypatch.setattr(scorekit.sampling, "sample", sample_and_signal)
+    run = str(tmp_path / "run")
+    with pytest.raises(TrainingInterrupted) as info:
+        train(small_2d(sample_every=2, checkpoint_every=100), run, progress=False)
+    assert (info.value.signum, info.value.step) == (signal.SIGINT, 2)
+    assert evaluations == [1]                            # given up after the first of 4 steps
+    assert not os.path.exists(os.path.join(run, "samples", "step-0000002.png"))
+    assert load_checkpoint(run).step == 2
+
+
 # --- divergence ------------------------------------------------------------------------------------
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -563,25 +645,35 @@ def test_training_learns_eight_gaussians_nearly_as_well_as_the_exact_denoiser(tm
 DDP_CHILD = textwrap.dedent("""\
     import os, sys, torch
     torch.set_num_threads(1)
-    from scorekit.train import TrainConfig, train
-    result = train(TrainConfig(data="moons", data_options={"n": 256}, model="mlp",
-                               model_options={"hidden": 16, "depth": 1}, steps=4, batch_size=16,
-                               grad_accum=2, checkpoint_every=2, log_every=1, sample_num=32,
-                               sample_steps=3), sys.argv[1], progress=False)
+    from scorekit.train import TrainConfig, TrainingInterrupted, train
+    try:
+        result = train(TrainConfig(data="moons", data_options={"n": 256}, model="mlp",
+                                   model_options={"hidden": 16, "depth": 1}, steps=int(sys.argv[2]),
+                                   batch_size=16, grad_accum=2, checkpoint_every=int(sys.argv[3]),
+                                   log_every=1, sample_num=32, sample_steps=3), sys.argv[1], progress=False)
+    except TrainingInterrupted as stop:
+        print("STOPPED", stop.signal_name, stop.step, flush=True)
+        sys.exit(stop.exit_status)
     print("RANK", os.environ["RANK"], result.step, result.loss, flush=True)
     """)
+
+
+def torchrun_command(tmp_path, run, steps, checkpoint_every, port):
+    """Two CPU processes training DDP_CHILD's run into ``run``."""
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_CHILD)
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    return [torchrun, "--nproc_per_node=2", f"--master_port={port}", str(script), run, str(steps),
+            str(checkpoint_every)]
 
 
 @pytest.mark.skipif(not os.environ.get("SCOREKIT_TEST_DDP"),
                     reason="starts two torchrun processes (about 20 s on a busy 2-core machine); "
                            "set SCOREKIT_TEST_DDP=1 to run")
 def test_torchrun_two_processes_train_one_model(tmp_path):
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_CHILD)
     run = str(tmp_path / "run")
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    proc = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29547", str(script), run],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(torchrun_command(tmp_path, run, 4, 2, 29547), capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = sorted(line.split() for line in proc.stdout.splitlines() if line.startswith("RANK"))
     assert [l[1] for l in lines] == ["0", "1"]
@@ -592,6 +684,30 @@ def test_torchrun_two_processes_train_one_model(tmp_path):
     assert {"rng.noise.rank0", "rng.noise.rank1", "rng.torch.rank1"} <= set(trainer_tensors)
     assert not torch.equal(trainer_tensors["rng.noise.rank0"], trainer_tensors["rng.noise.rank1"])
     assert [r["step"] for r in read_metrics(os.path.join(run, "metrics.jsonl"))] == [1, 2, 3, 4]
+
+
+@pytest.mark.skipif(not os.environ.get("SCOREKIT_TEST_DDP"),
+                    reason="starts two torchrun processes; set SCOREKIT_TEST_DDP=1 to run")
+def test_torchrun_processes_stop_together_on_sigterm_with_one_checkpoint(tmp_path):
+    """SIGTERM to torchrun reaches both processes; they agree on the step, rank 0 saves it."""
+    run = str(tmp_path / "run")
+    proc = subprocess.Popen(torchrun_command(tmp_path, run, 10 ** 6, 10 ** 6, 29548),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not [r for r in read_metrics(os.path.join(run, "metrics.jsonl")) if r["step"] >= 3]:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stopped = sorted(line.split() for line in out.splitlines() if line.startswith("STOPPED"))
+    assert len(stopped) == 2 and stopped[0] == stopped[1] and stopped[0][1] == "SIGTERM", out + err[-3000:]
+    step = int(stopped[0][2])
+    assert load_checkpoint(run).step == step and [s for s, _ in list_checkpoints(run)] == [step]
+    assert not [n for n in os.listdir(os.path.join(run, "checkpoints")) if n.startswith(".")]
 
 
 # --- learned variances (Improved DDPM) ------------------------------------------------------------

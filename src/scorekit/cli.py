@@ -7,10 +7,13 @@ are reported in one line, ``scorekit: error: <message>``, with exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
 import textwrap
+import threading
 from typing import Sequence
 
 from .errors import ScorekitError
@@ -253,7 +256,8 @@ def _add_train(commands) -> None:
             Train a denoising network (U-Net for images, MLP for 2-D points) with AdamW, a
             learning-rate warm-up, gradient clipping and an exponential moving average (EMA) of the
             weights. Everything is reproducible from --seed, and --resume continues a stopped run
-            exactly as if it had never stopped.
+            exactly as if it had never stopped. Ctrl-C or SIGTERM finishes the current step, saves a
+            checkpoint of it and exits with status 130 or 143.
 
             Data (--data): digits (scikit-learn's 8x8 digits, built in), the 2-D sets swiss_roll,
             moons, checkerboard, eight_gaussians, multiscale_2d, or mnist:PATH (IDX files),
@@ -426,7 +430,9 @@ def _train_config(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    import shlex
+
+    from .train import TrainingInterrupted, train
 
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ScorekitError(f"--out {args.out!r} is an existing file; give a folder (new, or a run "
@@ -441,6 +447,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
         result = train(config, args.out, resume=args.resume, progress=progress, log=log,
                        max_seconds=max_seconds)
+    except TrainingInterrupted as stop:
+        saved = "no checkpoint yet"
+        if stop.checkpoint:                             # shown inside --out as the user gave it
+            saved = "saved " + os.path.join(args.out, os.path.relpath(stop.checkpoint, stop.out_dir))
+        print(f"{PROG} train: interrupted ({stop.signal_name}) at step {stop.step}; {saved}; continue "
+              f"with: {PROG} train --out {shlex.quote(args.out)} --resume", file=sys.stderr, flush=True)
+        return stop.exit_status
     except OSError as err:
         raise ScorekitError(f"cannot write the run folder {args.out!r}: "
                             f"{err.strerror or err} ({err.filename or args.out})") from None
@@ -1118,6 +1131,30 @@ def _fail(message: str) -> int:
     return 2
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that files being written are removed on the way out."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """While a command runs (in the main thread), SIGTERM raises :class:`_Terminated` instead of
+    ending the process at once; ``scorekit train`` replaces this with its own stop handling."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``scorekit`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
@@ -1132,12 +1169,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return handler(args)
+        with _terminate_as_interrupt():
+            return handler(args)
     except ScorekitError as err:
-        return _fail(str(err))
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
-        return 130
+        return _fail(err.for_cli())
+    except KeyboardInterrupt as err:                   # Ctrl-C, or SIGTERM (see below)
+        signum = getattr(err, "signum", None)
+        if signum is None:
+            print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+            return 130
+        from .train.interrupt import signal_name
+
+        print(f"{PROG}: interrupted ({signal_name(signum)})", file=sys.stderr, flush=True)
+        return 128 + signum
     except BrokenPipeError:                            # e.g. `scorekit info RUN | head -1`
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())          # no second error when Python flushes stdout

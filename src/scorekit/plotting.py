@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .errors import ScorekitError
+from .errors import ScorekitError, write_error
 
 #: colours of the reference data and of the samples
 DATA_COLOR = "#4d4d4d"
@@ -35,25 +35,30 @@ def atomic_path(path) -> Iterator[str]:
 
     Write the file under the yielded name (it exists, empty, with the permissions a new file
     gets). If the block raises or is interrupted, the temporary file is removed and ``path`` is
-    left as it was.
+    left as it was; a failed write (a full disk, a file-size limit, no permission) raises
+    :class:`scorekit.errors.FileWriteError` naming ``path`` and the cause.
     """
     path = os.fspath(path)
     folder, name = os.path.split(os.path.abspath(path))
-    while True:
-        tmp = os.path.join(folder, f".{name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        break
+    tmp = None
     try:
+        while True:
+            tmp = os.path.join(folder, f".{name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue
+            os.close(fd)
+            break
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        raise
+        failure = write_error(err, path)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def write_text(path, text: str) -> str:

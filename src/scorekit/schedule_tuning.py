@@ -47,7 +47,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import ScorekitError
+from .errors import ScorekitError, write_error
 from .processes import GaussianProcess
 from .samplers import SAMPLERS
 from .samplers._common import check_start
@@ -531,7 +531,7 @@ def save_tuned(path_or_run_dir, schedule: TunedSchedule) -> str:
     except OSError as err:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        raise ScorekitError(f"cannot write {file!r}: {err.strerror or err}") from None
+        raise write_error(err, file) from None
     fsync_path(folder)
     return file
 
@@ -543,11 +543,16 @@ def load_tuned(run_dir, sampler: str, nfe: int, **options) -> TunedSchedule:
     key = schedule_key(sampler, nfe, _options(sampler, options))
     entry = _read_schedules(file).get(key)
     if entry is None:
-        flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in sorted(_options(sampler, options).items()))
+        opts = _options(sampler, options)
+        flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in sorted(opts.items()))
         where = os.path.dirname(file) or "."
-        raise ScorekitError(f"no tuned schedule for {sampler} at NFE {nfe}{' with' + flags if flags else ''} "
-                            f"in {where}; run 'scorekit tune {where} --sampler {sampler} --nfe {nfe}"
-                            f"{flags}' first")
+        missing = f"no tuned schedule for {sampler} at NFE {nfe}"
+        args = "".join(f", {k}={v!r}" for k, v in sorted(opts.items()))
+        raise ScorekitError(f"{missing}{' with ' + args[2:] if opts else ''} in {where}; tune one first: "
+                            f"save_tuned({where!r}, tune_timesteps(denoiser, process, {sampler!r}, {nfe}, "
+                            f"x_T{args}))",
+                            cli=f"{missing}{' with' + flags if flags else ''} in {where}; run 'scorekit "
+                                f"tune {where} --sampler {sampler} --nfe {nfe}{flags}' first")
     return TunedSchedule.from_json(entry, file)
 
 

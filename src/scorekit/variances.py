@@ -180,6 +180,17 @@ class LearnedVarianceDenoiser(Denoiser):
 # Analytic-DPM
 # ---------------------------------------------------------------------------------------------
 
+def require_variance_head(denoiser) -> None:
+    """Raise :class:`ScorekitError` unless ``denoiser`` has a variance head, which
+    ``variance="learned"`` (in the DDPM sampler and the ELBO) needs."""
+    if not hasattr(denoiser, "x0_and_log_variance"):
+        raise ScorekitError("variance='learned' needs a denoiser with a variance head "
+                            "(scorekit.variances.LearnedVarianceDenoiser, or checkpoint_denoiser of a model "
+                            "trained with variance='learned')",
+                            cli="--variance learned needs a model trained with --variance learned (this "
+                                "one has no variance head)")
+
+
 def analytic_variance(process: GaussianProcess, t, s, gamma, *, data_radius: float | None = 1.0) -> Tensor:
     r"""Bao et al. (2022) eq. 8-9 for the steps ``t -> s`` given ``Gamma_t = E||eps_theta||^2 / d``
     (float64): ``beta~ + c_x0^2 (sigma_t^2 / alpha_t^2)(1 - Gamma_t)``, the posterior-variance factor
@@ -293,4 +304,5 @@ def analytic_variances(denoiser_or_eps_model, process: GaussianProcess, data: Te
 
 
 __all__ = ["FIXED_VARIANCES", "LearnedVarianceDenoiser", "PredictionHead", "VARIANCES", "analytic_variance",
-           "analytic_variances", "fixed_variance", "learned_log_variance", "split_output", "variance_bounds"]
+           "analytic_variances", "fixed_variance", "learned_log_variance", "require_variance_head", "split_output",
+           "variance_bounds"]

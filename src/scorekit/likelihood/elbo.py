@@ -40,7 +40,7 @@ import torch
 
 from ..errors import ScorekitError
 from ..processes import GaussianProcess, expand_like
-from ..variances import _grid_pairs, analytic_variance, fixed_variance
+from ..variances import _grid_pairs, analytic_variance, fixed_variance, require_variance_head
 
 Tensor = torch.Tensor
 
@@ -259,10 +259,8 @@ def elbo(denoiser, process: GaussianProcess, x0: Tensor, *, variance="small", da
     K = t_all.numel()
     table = _variance_table(variance, process, t_all, s_all)
     mode = table if isinstance(table, str) else "table"
-    if mode == "learned" and not hasattr(denoiser, "x0_and_log_variance"):
-        raise ScorekitError("variance='learned' needs a denoiser with a variance head "
-                            "(scorekit.variances.LearnedVarianceDenoiser, or checkpoint_denoiser of a model "
-                            "trained with --variance learned)")
+    if mode == "learned":
+        require_variance_head(denoiser)
     N, D = x0.shape[0], x0[0].numel()
     dev = x0.device
     terms = torch.zeros(N, K, dtype=_F64, device=dev)

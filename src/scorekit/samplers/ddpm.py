@@ -54,10 +54,10 @@ def ddpm(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *,
     if isinstance(variance, str) and variance not in VARIANCES:
         raise ScorekitError(f"unknown variance {variance!r}; choose 'small' (beta~_t), 'large' (beta_t), "
                             f"'learned' or give a tensor of per-step variances")
-    if learned and not hasattr(denoiser, "x0_and_log_variance"):
-        raise ScorekitError("variance='learned' needs a denoiser with a variance head "
-                            "(scorekit.variances.LearnedVarianceDenoiser, or checkpoint_denoiser of a model "
-                            "trained with --variance learned)")
+    if learned:
+        from ..variances import require_variance_head
+
+        require_variance_head(denoiser)
     x = check_start(x_T)
     generator = check_generator(generator, "ddpm")
     ts = grid(process, timesteps)

@@ -5,18 +5,21 @@
 * :func:`load_checkpoint`, :class:`Checkpoint`, :func:`checkpoint_denoiser` --
   :mod:`scorekit.train.checkpoint` (safetensors + JSON, written atomically);
 * :class:`MetricsLog`, :func:`plot_loss_curve` -- :mod:`scorekit.train.logging`;
-* :func:`setup` for ``torchrun`` -- :mod:`scorekit.train.distributed`.
+* :func:`setup` for ``torchrun`` -- :mod:`scorekit.train.distributed`;
+* :class:`TrainingInterrupted` (a stop on SIGINT / SIGTERM, with a checkpoint) --
+  :mod:`scorekit.train.interrupt`.
 """
 from .checkpoint import Checkpoint, checkpoint_denoiser, list_checkpoints, load_checkpoint, resolve_checkpoint
 from .distributed import DistributedContext, setup
 from .ema import EMA, ema_decay
+from .interrupt import TrainingInterrupted
 from .logging import MetricsLog, plot_loss_curve, read_metrics
 from .trainer import (PROCESS_NAMES, TIMESTEP_SAMPLERS, TrainConfig, TrainResult, build_process,
                       learning_rate, train, write_samples)
 
 __all__ = [
     "Checkpoint", "DistributedContext", "EMA", "MetricsLog", "PROCESS_NAMES", "TIMESTEP_SAMPLERS",
-    "TrainConfig", "TrainResult", "build_process", "checkpoint_denoiser", "ema_decay",
+    "TrainConfig", "TrainResult", "TrainingInterrupted", "build_process", "checkpoint_denoiser", "ema_decay",
     "learning_rate", "list_checkpoints", "load_checkpoint", "plot_loss_curve", "read_metrics",
     "resolve_checkpoint", "setup", "train", "write_samples",
 ]

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import ScorekitError
+from ..errors import FileWriteError, ScorekitError, write_failure
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
@@ -190,11 +190,39 @@ def save_checkpoint(run_dir: str, step: int, *, config: dict, model_state: dict,
         metadata: strings stored in the header of each safetensors file.
 
     Returns the checkpoint folder. See the module docstring for why a kill at any moment is safe.
+    A failed write (a full disk, a file-size limit, no permission) raises
+    :class:`scorekit.errors.FileWriteError` naming the folder and the cause; the temporary
+    folder is removed and ``latest`` still names the previous checkpoint.
     """
     folder = os.path.join(run_dir, CHECKPOINTS_DIR)
+    name = checkpoint_name(step)
+    try:
+        final = _write_checkpoint(run_dir, folder, name, config=config, model_state=model_state,
+                                  ema_state=ema_state, trainer_tensors=trainer_tensors,
+                                  trainer_info=trainer_info, metadata=metadata)
+    except Exception as err:
+        cause = write_failure(err)
+        if cause is None:
+            raise
+        previous = latest_checkpoint(run_dir)
+        kept = (f"the previous checkpoint {os.path.basename(previous)} is intact" if previous
+                else "no earlier checkpoint exists")
+        raise FileWriteError(f"cannot write checkpoint {name} into {folder}: {cause}; {kept}") from None
+    if keep is not None:
+        if int(keep) < 1:
+            raise ScorekitError(f"keep must be at least 1 checkpoint, got {keep}")
+        for _, path in list_checkpoints(run_dir)[:-int(keep)]:
+            if os.path.abspath(path) != os.path.abspath(final):
+                _trash(path)
+    return final
+
+
+def _write_checkpoint(run_dir: str, folder: str, name: str, *, config, model_state, ema_state,
+                      trainer_tensors, trainer_info, metadata) -> str:
+    """The atomic protocol of :func:`save_checkpoint`: a hidden temporary folder, flushed, renamed
+    into place, then ``latest``."""
     os.makedirs(folder, exist_ok=True)
     clean_partial(run_dir)
-    name = checkpoint_name(step)
     final = os.path.join(folder, name)
     tmp = os.path.join(folder, f".tmp-{name}-{os.getpid()}")
     if os.path.exists(tmp):
@@ -219,12 +247,6 @@ def save_checkpoint(run_dir: str, step: int, *, config: dict, model_state: dict,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     write_latest(run_dir, name)
-    if keep is not None:
-        if int(keep) < 1:
-            raise ScorekitError(f"keep must be at least 1 checkpoint, got {keep}")
-        for _, path in list_checkpoints(run_dir)[:-int(keep)]:
-            if os.path.abspath(path) != os.path.abspath(final):
-                _trash(path)
     return final
 
 
@@ -250,19 +272,21 @@ def resolve_checkpoint(path) -> str:
     (then the checkpoint ``latest`` names, or the newest complete one if ``latest`` is missing).
     """
     path = os.fspath(path)
+    give = ("give a run folder (the out_dir of scorekit.train.train) or one of its "
+            "checkpoints/step-NNNNNNN folders")
+    give_cli = "give a run folder (the --out of scorekit train) or one of its checkpoints/step-NNNNNNN folders"
     if not os.path.exists(path):
-        raise ScorekitError(f"{path!r} does not exist; give a run folder (the --out of scorekit "
-                            f"train) or one of its checkpoints/step-NNNNNNN folders")
+        raise ScorekitError(f"{path!r} does not exist; {give}", cli=f"{path!r} does not exist; {give_cli}")
     if not os.path.isdir(path):
-        raise ScorekitError(f"{path!r} is a file; give a run folder (the --out of scorekit train) "
-                            f"or one of its checkpoints/step-NNNNNNN folders")
+        raise ScorekitError(f"{path!r} is a file; {give}", cli=f"{path!r} is a file; {give_cli}")
     if os.path.isfile(os.path.join(path, CONFIG_FILE)) and \
             os.path.isfile(os.path.join(path, MODEL_FILE)):
         return path
     if not is_run_dir(path):
-        raise ScorekitError(f"{path!r} is not a scorekit run or checkpoint folder (it has no "
-                            f"'{LATEST_FILE}' file, no '{CHECKPOINTS_DIR}' folder and no "
-                            f"{MODEL_FILE}); give the --out folder of scorekit train")
+        lacks = (f"{path!r} is not a scorekit run or checkpoint folder (it has no '{LATEST_FILE}' "
+                 f"file, no '{CHECKPOINTS_DIR}' folder and no {MODEL_FILE})")
+        raise ScorekitError(f"{lacks}; give the out_dir of scorekit.train.train",
+                            cli=f"{lacks}; give the --out folder of scorekit train")
     latest = os.path.join(path, LATEST_FILE)
     if os.path.isfile(latest):
         try:
@@ -276,8 +300,9 @@ def resolve_checkpoint(path) -> str:
             return target
     found = list_checkpoints(path)
     if not found:
-        raise ScorekitError(f"run folder {path!r} holds no complete checkpoint yet; train longer "
-                            f"(see --checkpoint-every) or give another folder")
+        empty = f"run folder {path!r} holds no complete checkpoint yet; train longer"
+        raise ScorekitError(f"{empty} (see checkpoint_every) or give another folder",
+                            cli=f"{empty} (see --checkpoint-every) or give another folder")
     return found[-1][1]
 
 

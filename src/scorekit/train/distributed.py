@@ -71,6 +71,14 @@ class DistributedContext:
             return bool(flag)
         return bool(self.all_reduce_sum(torch.tensor([1.0 if flag else 0.0])).item() > 0)
 
+    def max(self, value: int) -> int:
+        """The largest of every rank's whole number ``value``, on every rank."""
+        if not self.distributed:
+            return int(value)
+        out = torch.tensor([int(value)], dtype=torch.int64, device=self.device)
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        return int(out.item())
+
     def gather_bytes(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's uint8 tensor of the same length (e.g. an RNG state), on every rank."""
         if not self.distributed:
@@ -107,8 +115,8 @@ def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> to
         raise ScorekitError(f"unknown device {device!r}: {err}; use cpu or cuda") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ScorekitError(f"device {device!r} was asked for but CUDA is not available here; "
-                                f"use --device cpu")
+            missing = f"device {device!r} was asked for but CUDA is not available here; use"
+            raise ScorekitError(f"{missing} device='cpu'", cli=f"{missing} --device cpu")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
         if dev.index >= torch.cuda.device_count():

@@ -13,11 +13,12 @@ a partly written last line; a resumed run first cuts the log back to its checkpo
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 
-from ..errors import ScorekitError
+from ..errors import FileWriteError, ScorekitError, write_error
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT_FILE = "loss.png"
@@ -63,11 +64,18 @@ class MetricsLog:
         write_text(self.path, "")
 
     def append(self, row: dict) -> None:
-        """Append one line and flush it to disk."""
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(_dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        """Append one line and flush it to disk; a failed write (e.g. a full disk) is cut back off
+        the log and raises :class:`scorekit.errors.FileWriteError`."""
+        size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(_dumps(row) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, size)            # no half-written line is left behind
+            raise write_error(err, self.path) from None
 
     def rows(self) -> list[dict]:
         return read_metrics(self.path)
@@ -90,6 +98,8 @@ def plot_loss_curve(metrics_path: str, out_path: str, *, title: str | None = Non
     lrs = [float(r["lr"]) for r in rows] if all(r.get("lr") is not None for r in rows) else None
     try:
         return loss_curve(steps, losses, out_path, lr=lrs, title=title)
+    except FileWriteError:
+        raise
     except ScorekitError:
         return None
 

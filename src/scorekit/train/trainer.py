@@ -47,6 +47,7 @@ from ..errors import ScorekitError
 from . import checkpoint as ckpt_io
 from .distributed import DistributedContext, setup
 from .ema import EMA
+from .interrupt import StopRequest, TrainingInterrupted, stop_signals
 from .logging import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, plot_loss_curve
 
 # the loss is looked up here (not bound at import) so that it can be swapped in one place
@@ -315,9 +316,12 @@ class TrainConfig:
             raise ScorekitError(f"adam_betas must be two numbers in [0, 1), got {betas!r}")
         if self.batch_size % self.grad_accum:
             raise ScorekitError(f"batch_size {self.batch_size} must be a multiple of grad_accum "
-                                f"{self.grad_accum} (equal micro-batches)")
+                                f"{self.grad_accum} (equal micro-batches)",
+                                cli=f"--batch-size {self.batch_size} must be a multiple of --grad-accum "
+                                    f"{self.grad_accum} (equal micro-batches)")
         if self.mixed_precision == "fp16" and not str(self.device).startswith("cuda"):
-            raise ScorekitError("mixed_precision 'fp16' needs a CUDA device; on CPU use 'bf16' or 'no'")
+            raise ScorekitError("mixed_precision 'fp16' needs a CUDA device; on CPU use 'bf16' or 'no'",
+                                cli="--mixed-precision fp16 needs a CUDA device; on CPU use bf16 or no")
         return self
 
 
@@ -480,7 +484,9 @@ def model_config_for(config: TrainConfig, dataset, process) -> dict:
     if cfg["kind"] == "unet":
         if not dataset.is_image:
             raise ScorekitError(f"model {config.model!r} is a U-Net for images, but {dataset.spec} holds "
-                                f"{dataset.shape} vectors; use --model mlp")
+                                f"{dataset.shape} vectors; use model='mlp'",
+                                cli=f"model {config.model!r} is a U-Net for images, but {dataset.spec} "
+                                    f"holds {dataset.shape} vectors; use --model mlp")
         cfg["in_channels"] = dataset.shape[0]
         cfg.pop("out_channels", None)
     elif cfg["kind"] == "mlp":
@@ -569,8 +575,9 @@ class _Trainer:
         self.label_dropout = (0.1 if self.conditional else 0.0) if cfg.label_dropout is None \
             else float(cfg.label_dropout)
         if self.label_dropout > 0 and not self.conditional:
-            raise ScorekitError(f"label_dropout={cfg.label_dropout} needs labelled data and a "
-                                f"class-conditional model; {self.dataset.spec} has none")
+            unlabelled = f"needs labelled data and a class-conditional model; {self.dataset.spec} has none"
+            raise ScorekitError(f"label_dropout={cfg.label_dropout} {unlabelled}",
+                                cli=f"--label-dropout {cfg.label_dropout} {unlabelled}")
         self.ddp_net = ctx.wrap(self.net)
         self.precondition = self._precondition_config()
         # what the loss trains: the network, or the preconditioned denoiser D around it
@@ -626,8 +633,9 @@ class _Trainer:
         if os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
             raise ScorekitError(f"the run folder {self.out_dir!r} is an existing file; give a folder")
         if exists and not resume:
-            raise ScorekitError(f"{self.out_dir!r} already holds a training run; continue it with "
-                                f"--resume (resume=True) or choose another --out folder")
+            taken = f"{self.out_dir!r} already holds a training run; continue it with"
+            raise ScorekitError(f"{taken} resume=True or choose another out_dir",
+                                cli=f"{taken} --resume or choose another --out folder")
         if not exists:
             if config is None:
                 raise ScorekitError(f"nothing to resume in {self.out_dir!r} (no run there); give a "
@@ -642,10 +650,11 @@ class _Trainer:
             mine, theirs = config.to_dict(), saved_cfg.to_dict()
             changed = [k for k in mine if k not in RESUMABLE_FIELDS and mine[k] != theirs[k]]
             if changed:
-                raise ScorekitError(
-                    f"cannot resume {self.out_dir!r} with different settings: "
-                    + ", ".join(f"{k} {theirs[k]!r} -> {mine[k]!r}" for k in changed)
-                    + f"; only {', '.join(RESUMABLE_FIELDS)} may change (or start a new --out folder)")
+                refusal = (f"cannot resume {self.out_dir!r} with different settings: "
+                           + ", ".join(f"{k} {theirs[k]!r} -> {mine[k]!r}" for k in changed)
+                           + f"; only {', '.join(RESUMABLE_FIELDS)} may change")
+                raise ScorekitError(f"{refusal} (or start a new run in another out_dir)",
+                                    cli=f"{refusal} (or start a new --out folder)")
             merged = dataclasses.replace(saved_cfg, **{k: getattr(config, k) for k in RESUMABLE_FIELDS})
         else:
             merged = saved_cfg
@@ -898,9 +907,11 @@ class _Trainer:
             where = (f"the last good checkpoint is at {self.last_checkpoint}", "then resume from it")
         else:
             where = ("no checkpoint was saved before it", "then start again")
+        stopped = f"{what} became {kind} at step {self.step + 1} (learning rate {lr:.3g}{extra}); {where[0]}."
         raise ScorekitError(
-            f"{what} became {kind} at step {self.step + 1} (learning rate {lr:.3g}{extra}); {where[0]}. "
-            f"Lower the learning rate (--lr), clip gradients (--grad-clip) or check the data, {where[1]}")
+            f"{stopped} Lower the learning rate (lr), clip gradients (grad_clip) or check the data, {where[1]}",
+            cli=f"{stopped} Lower the learning rate (--lr), clip gradients (--grad-clip) or check the data, "
+                f"{where[1]}")
 
     # -- outputs ------------------------------------------------------------------------------------
     def _log_row(self, images_per_second: float) -> dict:
@@ -914,8 +925,9 @@ class _Trainer:
         self.interval = {"loss": 0.0, "grad_norm": 0.0, "count": 0}
         return row
 
-    def sample_grid(self) -> str | None:
-        """Sample from the EMA weights with fixed noise and write the grid (or scatter plot)."""
+    def sample_grid(self, stop: StopRequest | None = None) -> str | None:
+        """Sample from the EMA weights with fixed noise and write the grid (or scatter plot); a
+        stop signal (``stop``) abandons the grid (``None``, nothing written)."""
         if not self.ctx.is_main:
             return None
         from ..sampling import sample
@@ -935,9 +947,17 @@ class _Trainer:
 
             model = PredictionHead(model)                   # the grids use the prediction only
         steps = min(cfg.sample_steps, self.process.num_steps) if self.process.discrete else cfg.sample_steps
-        x0 = sample(model, x_T, process=self.process, prediction_type=cfg.prediction,
-                    sampler=cfg.sample_sampler, num_steps=steps,
-                    generator=_generator(cfg.seed, "sampler", device=self.device))
+
+        def give_up_on_stop(*_):
+            if stop is not None and stop.requested:
+                raise _GridAbandoned
+
+        try:
+            x0 = sample(model, x_T, process=self.process, prediction_type=cfg.prediction,
+                        sampler=cfg.sample_sampler, num_steps=steps, callback=give_up_on_stop,
+                        generator=_generator(cfg.seed, "sampler", device=self.device))
+        except _GridAbandoned:
+            return None
         folder = os.path.join(self.out_dir, SAMPLES_DIR)
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{ckpt_io.checkpoint_name(self.step)}.png")
@@ -947,7 +967,15 @@ class _Trainer:
         return path
 
     # -- the loop -----------------------------------------------------------------------------------
-    def run(self, stop_at_step: int | None = None, max_seconds: float | None = None) -> TrainResult:
+    def _stop_signal(self, stop: StopRequest | None) -> int:
+        """The stop signal any process received (0: none); collective under DDP."""
+        return self.ctx.max(stop.signum or 0) if stop is not None else 0
+
+    def run(self, stop_at_step: int | None = None, max_seconds: float | None = None,
+            stop: StopRequest | None = None) -> TrainResult:
+        """Train to ``config.steps`` (or ``stop_at_step``, or for ``max_seconds``). A signal
+        recorded in ``stop`` ends the run after the current step with a checkpoint of that step
+        and raises :class:`TrainingInterrupted`."""
         from tqdm.auto import tqdm
 
         cfg, ctx = self.config, self.ctx
@@ -969,9 +997,13 @@ class _Trainer:
         samples_path = None
         last_loss = float("nan")
         trained_seconds = 0.0
+        interrupted = 0
         try:
             end = cfg.steps if stop_at_step is None else min(cfg.steps, int(stop_at_step))
             while self.step < end:
+                interrupted = self._stop_signal(stop)
+                if interrupted:
+                    break
                 # A time limit counts optimiser steps only; every process must agree to stop.
                 if max_seconds is not None and ctx.any(trained_seconds >= max_seconds):
                     break
@@ -995,21 +1027,30 @@ class _Trainer:
                     t_last, images_since = time.perf_counter(), 0
                 t_out = time.perf_counter()
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.steps:
-                    samples_path = self.sample_grid()
+                    samples_path = self.sample_grid(stop) or samples_path
                 if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                     self.save()
                 t_last += time.perf_counter() - t_out   # outputs do not count as training time
+            if not interrupted:                         # a signal during the last step
+                interrupted = self._stop_signal(stop)
         finally:
             bar.close()
         seconds = time.perf_counter() - t_call
-        if self.last_checkpoint is None or \
-                not self.last_checkpoint.endswith(ckpt_io.checkpoint_name(self.step)):
+        saved = self.last_checkpoint is not None and \
+            self.last_checkpoint.endswith(ckpt_io.checkpoint_name(self.step))
+        if interrupted:                                 # save (unless nothing was trained), then stop
+            if not saved and self.step > start_step:
+                self.save()
+            raise TrainingInterrupted(interrupted, self.step, self.last_checkpoint, self.out_dir)
+        if not saved:
             self.save(final=True)                       # (also draws the loss curve)
         elif ctx.is_main and self.step > start_step:
             plot_loss_curve(os.path.join(self.out_dir, METRICS_FILE),
                             os.path.join(self.out_dir, LOSS_PLOT_FILE))
         if self.step == cfg.steps and ctx.is_main:
-            samples_path = self.sample_grid()
+            samples_path = self.sample_grid(stop)
+            if stop is not None and stop.requested:     # a signal while drawing the final grid
+                raise TrainingInterrupted(stop.signum, self.step, self.last_checkpoint, self.out_dir)
         trained = self.step - start_step
         files = {"config": os.path.join(self.out_dir, RUN_CONFIG_FILE),
                  "metrics": os.path.join(self.out_dir, METRICS_FILE),
@@ -1022,6 +1063,10 @@ class _Trainer:
                            checkpoint=self.last_checkpoint,
                            loss=last_loss, seconds=seconds,
                            images_per_second=trained * cfg.batch_size / max(seconds, 1e-9), files=files)
+
+
+class _GridAbandoned(Exception):
+    """Raised from the sampler's callback to abandon a sample grid when a stop signal arrives."""
 
 
 def write_samples(x0: Tensor, path: str, *, data: Tensor | None = None, title: str | None = None,
@@ -1073,6 +1118,12 @@ def train(config: TrainConfig | None, out_dir, *, resume: bool = False, progress
     ``config.num_threads`` set, torch uses that many during the call (restored afterwards).
     torch's global random state is also restored afterwards.
 
+    Stopping: while the call runs (in the main thread), SIGINT (Ctrl-C) and SIGTERM do not
+    raise at once: the current step is finished, a checkpoint of it is saved (a further signal
+    cannot interrupt that save) and :class:`~scorekit.train.interrupt.TrainingInterrupted`, a
+    :class:`KeyboardInterrupt`, is raised with the signal, the step and the checkpoint;
+    ``resume=True`` continues exactly. See :mod:`scorekit.train.interrupt`.
+
     Returns a :class:`TrainResult`. Raises :class:`ScorekitError` for bad settings or data, and
     when the loss becomes NaN or infinite (naming the last good checkpoint).
     """
@@ -1084,14 +1135,15 @@ def train(config: TrainConfig | None, out_dir, *, resume: bool = False, progress
     device = config.device if config is not None else _saved_device(out_dir)
     ctx = setup(device)
     try:
-        if threads:
-            torch.set_num_threads(int(threads))
-        trainer = _Trainer(config, out_dir, ctx, resume=resume, progress=progress, log=log)
-        if trainer.config.num_threads and trainer.config.num_threads != torch.get_num_threads():
-            torch.set_num_threads(int(trainer.config.num_threads))
-        if max_seconds is not None and not (float(max_seconds) > 0):
-            raise ScorekitError(f"max_seconds must be positive, got {max_seconds}")
-        return trainer.run(stop_at_step, max_seconds)
+        with stop_signals() as stop:                    # SIGINT / SIGTERM: finish the step, save, stop
+            if threads:
+                torch.set_num_threads(int(threads))
+            trainer = _Trainer(config, out_dir, ctx, resume=resume, progress=progress, log=log)
+            if trainer.config.num_threads and trainer.config.num_threads != torch.get_num_threads():
+                torch.set_num_threads(int(trainer.config.num_threads))
+            if max_seconds is not None and not (float(max_seconds) > 0):
+                raise ScorekitError(f"max_seconds must be positive, got {max_seconds}")
+            return trainer.run(stop_at_step, max_seconds, stop)
     finally:
         torch.set_num_threads(threads_before)
         torch.set_rng_state(rng_before)
