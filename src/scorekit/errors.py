@@ -1,6 +1,11 @@
 """The one exception type scorekit raises for mistakes a user can make, and checks that raise it."""
+import collections.abc
+import inspect
 import math
+import types
+import typing
 
+import numpy as np
 
 
 class ScorekitError(ValueError):
@@ -21,3 +26,182 @@ def positive_number(value, name: str, hint: str | None = None) -> float:
         typical = f" ({hint})" if hint else ""
         raise ScorekitError(f"{name} must be a positive finite number{typical}, got {value!r}")
     return number
+
+
+# --- keyword options checked against the signature of the function that receives them ----------
+
+def option_schema(*functions, skip=()) -> dict:
+    """``{name: (annotation, default)}`` of the keyword parameters of ``functions`` (the first
+    function that names a parameter decides its type); ``*args``, ``**kwargs`` and ``skip`` are
+    left out. The schema of a builder is its signature: nothing to keep in step by hand."""
+    schema = {}
+    for fn in functions:
+        try:
+            params = inspect.signature(fn, eval_str=True).parameters
+        except NameError:                                       # an annotation that cannot be read
+            params = inspect.signature(fn).parameters
+        for name, p in params.items():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY) or name in skip:
+                continue
+            schema.setdefault(name, (p.annotation, p.default))
+    return schema
+
+
+class _Mismatch(Exception):
+    """A value that does not have the form an option expects."""
+
+
+def _kind(annotation, default):
+    """The annotation, or the type of the default where there is none (``None``: anything)."""
+    if annotation is not inspect.Parameter.empty:
+        return annotation
+    if default is None or default is inspect.Parameter.empty:
+        return None
+    if isinstance(default, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                  for v in default):
+        return typing.Sequence[int]
+    return type(default)
+
+
+def _optional(kind) -> tuple[bool, list]:
+    """``(None allowed, the other types)`` of a union such as ``int | None``."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        args = typing.get_args(kind)
+        return type(None) in args, [a for a in args if a is not type(None)]
+    return False, [kind]
+
+
+def _sequence_item(kind):
+    """The item type of ``Sequence[T]`` / ``list[T]`` / ``tuple[T, ...]``, else ``None``."""
+    origin = typing.get_origin(kind)
+    if origin in (list, tuple, collections.abc.Sequence) and typing.get_args(kind):
+        return typing.get_args(kind)[0]
+    return None
+
+
+def _form(kind, default=None) -> str:
+    """How an option of type ``kind`` is written, for error messages."""
+    if kind is None:
+        return "any value"
+    optional, kinds = _optional(kind)
+    forms = []
+    for k in kinds:
+        item = _sequence_item(k)
+        if item is not None:
+            items = "whole numbers like [1,2] or 1,2" if item is int else "numbers like [0.5,1] or 0.5,1"
+            forms.append(f"a list of {items}")
+        elif k is bool:
+            forms.append("true or false")
+        elif k is int:
+            forms.append("a whole number")
+        elif k is float:
+            forms.append("a number")
+        elif k is str:
+            forms.append(f"text (e.g. {default})" if isinstance(default, str) else "text")
+        else:
+            forms.append(f"a {getattr(k, '__name__', str(k))}")
+    return " or ".join(forms + (["null"] if optional else []))
+
+
+def _scalar(value, kind, default):
+    """``value`` as ``kind`` (bool, int, float or str), reading text the way a user writes it."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise _Mismatch
+    if isinstance(value, bool):
+        raise _Mismatch
+    if kind is int:
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        if isinstance(value, (str, float, np.floating)):
+            try:
+                number = float(value)
+            except ValueError:
+                raise _Mismatch from None
+            if math.isfinite(number) and number.is_integer():
+                return int(number)
+        raise _Mismatch
+    if kind is float:
+        if not isinstance(value, (int, float, str, np.integer, np.floating)):
+            raise _Mismatch
+        try:
+            number = float(value)
+        except ValueError:
+            raise _Mismatch from None
+        # NaN is never an option value; infinity only where the default is infinite
+        if math.isnan(number) or (math.isinf(number) and not (isinstance(default, float)
+                                                              and math.isinf(default))):
+            raise _Mismatch
+        return number
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    if isinstance(kind, type) and kind not in (object,):
+        if isinstance(value, kind):
+            return value
+        raise _Mismatch
+    return value                                                # Callable, Any, ...: as it is
+
+
+def _convert(value, kind, default):
+    if kind is None:
+        return value
+    optional, kinds = _optional(kind)
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")
+                         and optional):
+        if optional:
+            return None
+        raise _Mismatch
+    for k in kinds:
+        item = _sequence_item(k)
+        try:
+            if item is not None:
+                if isinstance(value, str):
+                    text = value.strip().strip("[]()").strip()
+                    parts = [p.strip() for p in text.split(",")] if text else []
+                elif isinstance(value, (list, tuple)):
+                    parts = list(value)
+                else:
+                    parts = [value]                             # one number: a list of one
+                return [_scalar(p, item, None) for p in parts]
+            return _scalar(value, k, default)
+        except _Mismatch:
+            continue
+    raise _Mismatch
+
+
+def check_options(options, schema: dict, what: str) -> dict:
+    """``options`` (a dict) with every value converted to the type its parameter expects.
+
+    ``schema`` is :func:`option_schema` of the receiving function(s); ``what`` names the options in
+    messages (e.g. ``"model option"``). Values may be written as a user types them on a command
+    line: ``"32"`` for a whole number, ``"1,2"`` or ``[1, 2]`` for a list of them, ``"true"`` for
+    a flag. An unknown key, or a value not of the expected form, raises :class:`ScorekitError`
+    naming the option, what it expects and the valid keys.
+    """
+    if not isinstance(options, dict):
+        raise ScorekitError(f"{what}s must be a dict of name: value, got {type(options).__name__}")
+    unknown = sorted(k for k in options if k not in schema)
+    if unknown:
+        s = "s" if len(unknown) > 1 else ""
+        raise ScorekitError(f"unknown {what}{s} {', '.join(map(str, unknown))}; valid: "
+                            f"{', '.join(schema) or 'none'}")
+    checked = {}
+    for key, value in options.items():
+        kind, default = schema[key]
+        kind = _kind(kind, default)
+        try:
+            checked[key] = _convert(value, kind, default)
+        except _Mismatch:
+            shown = value if isinstance(value, str) else repr(value)
+            raise ScorekitError(f"{what} {key}={shown}: expected {_form(kind, default)}") from None
+    return checked

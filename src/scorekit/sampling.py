@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from .errors import ScorekitError
+from .errors import ScorekitError, check_options, option_schema
 from .guidance import clip_x0, threshold_x0
 from .prediction import Denoiser
 from .processes import DDPM, GaussianProcess
@@ -77,6 +77,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
     if unknown:
         raise ScorekitError(f"sampler {sampler!r} has no option {', '.join(unknown)}; "
                             f"its options are: {', '.join(allowed) or 'none'}")
+    options = check_options(options, option_schema(fn, skip=_COMMON), f"{sampler} sampler option")
     if process is None:
         if betas is None and alpha_bar is None:
             raise ScorekitError("give the model's schedule: betas=..., alpha_bar=... or process=...")

@@ -44,7 +44,7 @@ import os
 import numpy as np
 import torch
 
-from ..errors import ScorekitError
+from ..errors import ScorekitError, check_options, option_schema
 from ..toy import GaussianMixture
 from . import images, toy2d
 
@@ -349,14 +349,10 @@ def load_dataset(spec, **options) -> Dataset:
     """
     kind, path = parse_spec(spec)
     builder = DATASETS[kind]
-    params = inspect.signature(builder).parameters
-    accepted = [p for p in params if p != "path"]
-    if "progress" not in accepted:
+    schema = option_schema(builder, skip=("path",))
+    if "progress" not in schema:
         options.pop("progress", None)          # accepted by every spec; only folders use it
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ScorekitError(f"unknown option(s) {', '.join(unknown)} for dataset {kind!r}; "
-                            f"its options are {', '.join(accepted) or 'none'}")
+    options = check_options(options, schema, f"{kind} data option")
     bound = inspect.signature(builder).bind(*([path] if path is not None else []), **options)
     bound.apply_defaults()
     recorded = {k: v for k, v in bound.arguments.items() if k != "path" and k not in _NOT_RECORDED}

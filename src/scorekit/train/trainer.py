@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import ScorekitError
+from ..errors import ScorekitError, check_options, option_schema
 from . import checkpoint as ckpt_io
-from .distributed import DistributedContext, setup
+from .distributed import DistributedContext, resolve_device, setup
 from .ema import EMA
 from .logging import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, plot_loss_curve
 
@@ -92,6 +92,10 @@ RUN_CONFIG_FILE = "config.json"
 PLOT_INTERVAL = 30.0
 SAMPLES_DIR = "samples"
 FORMAT_VERSION = 1
+
+#: the arguments of the loss that a run sets itself (the rest are its ``weighting_options``)
+_LOSS_ARGUMENTS = ("net", "process", "x0", "prediction_type", "weighting", "generator", "y",
+                   "timestep_sampler")
 
 
 @dataclass
@@ -276,6 +280,13 @@ class TrainConfig:
             raise ScorekitError(f"a learned variance needs a discrete process (ddpm or simple_ve), got "
                                 f"{self.process!r}")
         choice("timesteps", list(TIMESTEP_SAMPLERS))
+        self.timesteps_options = check_options(
+            self.timesteps_options, option_schema(TIMESTEP_SAMPLERS[self.timesteps], skip=("process",)),
+            f"{self.timesteps} timesteps option")
+        self.weighting_options = check_options(
+            self.weighting_options, option_schema(_losses.diffusion_loss, skip=_LOSS_ARGUMENTS),
+            "weighting option")
+        resolve_device(self.device)
         choice("lr_schedule", LR_SCHEDULES)
         choice("mixed_precision", MIXED_PRECISION)
         choice("sample_sampler", list(SAMPLERS))
@@ -438,7 +449,7 @@ def resolve_preset(name: str, dataset) -> str:
 
 def model_config_for(config: TrainConfig, dataset, process) -> dict:
     """The network configuration of a run: the preset, filled in for the data, then overrides."""
-    from ..models import PRESETS
+    from ..models import PRESETS, check_model_options
 
     name = resolve_preset(config.model, dataset)
     cfg = dict(PRESETS[name])
@@ -460,7 +471,8 @@ def model_config_for(config: TrainConfig, dataset, process) -> dict:
     if not process.discrete:
         cfg["time_scale"] = 1000.0 / float(process.t_max)
     cfg.update(config.model_options)
-    return cfg
+    kind = cfg.pop("kind")
+    return {"kind": kind, **check_model_options(kind, cfg)}
 
 
 def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.AdamW:

@@ -1,0 +1,121 @@
+"""Malformed input, as a careless or adversarial user gives it, at every place a value enters:
+one :class:`ScorekitError` (on the command line: one line, exit status 2, no traceback, no files
+left behind) that names the input and the form it must have."""
+import os
+import re
+
+import pytest
+import torch
+
+from cli_helpers import assert_one_line_error, run_main
+from scorekit.data import load_dataset
+from scorekit.errors import ScorekitError
+from scorekit.models import build_model, preset
+from scorekit.processes import process_from_config
+from scorekit.sampling import sample
+from scorekit.train import TrainConfig
+
+
+def raises(*fragments):
+    """pytest.raises(ScorekitError) whose one-line message holds every fragment literally."""
+    return pytest.raises(ScorekitError, match="(?s)" + "".join(f"(?=.*{re.escape(f)})" for f in fragments))
+
+
+POINTS = ["--data", "moons", "--data-option", "n=64", "--model-option", "hidden=16", "--model-option",
+          "depth=1", "--batch-size", "8", "--steps", "1", "--no-progress"]
+DIGITS = ["--data", "digits", "--data-option", "stop=16", "--model", "tiny", "--model-option",
+          "base_channels=8", "--model-option", "groups=4", "--batch-size", "8", "--steps", "1",
+          "--no-progress"]
+
+
+# --- typed KEY=VALUE options --------------------------------------------------------------------
+
+@pytest.mark.parametrize("base,extra,fragments", [
+    (DIGITS, ["--model-option", "channel_mults=1,2x"],
+     ["unet model option channel_mults=1,2x", "expected a list of whole numbers like [1,2] or 1,2"]),
+    (POINTS, ["--model-option", "hidden=abc"], ["mlp model option hidden=abc", "expected a whole number"]),
+    (POINTS, ["--model-option", "hidden=2.5"], ["mlp model option hidden=2.5", "expected a whole number"]),
+    (POINTS, ["--model-option", "dropout=high"], ["mlp model option dropout=high", "expected a number"]),
+    (POINTS, ["--model-option", "learn_variance=maybe"], ["learn_variance=maybe", "expected true or false"]),
+    (POINTS, ["--model-option", "norm=3"], ["mlp model option norm=3", "expected text"]),
+    (POINTS, ["--model-option", "widht=3"], ["unknown mlp model option widht", "valid: dim, hidden, depth"]),
+    (POINTS, ["--model-option", "num_classes=a"], ["num_classes=a", "expected a whole number or null"]),
+    (POINTS, ["--data-option", "noise=lots"], ["moons data option noise=lots", "expected a number"]),
+    (POINTS, ["--data-option", "seed=[1]"], ["moons data option seed=[1]", "expected a whole number"]),
+    (POINTS, ["--data-option", "colour=2"], ["unknown moons data option colour", "valid: n, seed, noise"]),
+    (DIGITS, ["--data-option", "flip=yes"], ["digits data option flip=yes", "expected true or false"]),
+    (POINTS, ["--process-option", "num_steps=abc"], ["DDPM process option num_steps=abc", "whole number"]),
+    (POINTS, ["--process-option", "beta_end=x"], ["DDPM process option beta_end=x", "a number or null"]),
+    (POINTS, ["--process-option", "foo=1"], ["unknown DDPM process option foo", "valid: betas, alpha_bar"]),
+    (POINTS, ["--process", "vp", "--process-option", "beta_max=NaN"],
+     ["VPSDE process option beta_max=nan", "expected a number"]),
+])
+def test_cli_option_of_the_wrong_form(tmp_path, capsys, base, extra, fragments):
+    out = tmp_path / "run"
+    code, _, err = run_main(capsys, ["train", *base, *extra, "--out", out])
+    assert_one_line_error(code, err, *fragments)
+    assert not out.exists()
+
+
+def test_cli_list_option_written_the_natural_way(tmp_path, capsys):
+    """``channel_mults=1,2`` is the list [1, 2] (before, int(',') raised a traceback)."""
+    out = tmp_path / "run"
+    code, _, err = run_main(capsys, ["train", *DIGITS, "--model-option", "channel_mults=1,2",
+                                     "--model-option", "attention_resolutions=", "--out", out])
+    assert code == 0, err
+    from scorekit.train import load_checkpoint
+
+    config = load_checkpoint(out).model_config
+    assert config["channel_mults"] == [1, 2] and config["attention_resolutions"] == []
+
+
+@pytest.mark.parametrize("written,expected", [
+    ("1,2", (1, 2)), ("[1, 2]", (1, 2)), ([1, 2], (1, 2)), ((1, 2, 2), (1, 2, 2)), (4, (4,)),
+])
+def test_api_list_option_forms(written, expected):
+    net = build_model(preset("tiny", channel_mults=written, attention_resolutions=[], base_channels=8,
+                             groups=4))
+    assert tuple(net.config()["channel_mults"]) == expected
+
+
+@pytest.mark.parametrize("make,fragments", [
+    (lambda: build_model(preset("tiny", channel_mults="1,a")), ["channel_mults=1,a", "list of whole numbers"]),
+    (lambda: build_model({"kind": "mlp", "hidden": "64x"}), ["mlp model option hidden=64x", "whole number"]),
+    (lambda: build_model({"kind": "mlp", "hidden": True}), ["mlp model option hidden=True", "whole number"]),
+    (lambda: load_dataset("moons", n="many"), ["moons data option n=many", "whole number"]),
+    (lambda: load_dataset("moons", n=2.5), ["moons data option n=2.5", "whole number"]),
+    (lambda: load_dataset("moons", n=1e100), ["n (the number of points) must be a positive integer up to 1e+08"]),
+    (lambda: load_dataset("digits", stop=[3]), ["digits data option stop=[3]", "whole number or null"]),
+    (lambda: process_from_config({"kind": "EDM", "sigma_data": "half"}), ["EDM process option sigma_data=half"]),
+    (lambda: process_from_config({"kind": "DDPM", "schedule": "cosine", "cosine_s": "x"}),
+     ["DDPM process option cosine_s=x", "expected a number"]),
+    (lambda: TrainConfig(weighting="min_snr", weighting_options={"min_snr_gamma": "five"}).validate(),
+     ["weighting option min_snr_gamma=five", "expected a number"]),
+    (lambda: TrainConfig(weighting_options={"gamma": 5}).validate(),
+     ["unknown weighting option gamma", "valid: min_snr_gamma, elbo_variance"]),
+    (lambda: TrainConfig(timesteps="lognormal", timesteps_options={"p_mean": "x"}).validate(),
+     ["lognormal timesteps option p_mean=x", "expected a number"]),
+    (lambda: TrainConfig(timesteps="importance", timesteps_options={"histroy": 3}).validate(),
+     ["unknown importance timesteps option histroy", "valid: history, uniform_prob"]),
+    (lambda: sample(lambda x, t: x, torch.zeros(2, 2), betas=torch.full((10,), 0.1), eta="a"),
+     ["ddim sampler option eta=a", "expected a number"]),
+    (lambda: sample(lambda x, t: x, torch.zeros(2, 2), betas=torch.full((10,), 0.1), sampler="unipc",
+                    order=2.5), ["unipc sampler option order=2.5", "expected a whole number"]),
+    (lambda: sample(lambda x, t: x, torch.zeros(2, 2), betas=torch.full((10,), 0.1), clip="a"),
+     ["clip", "positive number", "'a'"]),
+    (lambda: sample(lambda x, t: x, torch.zeros(2, 2), betas=torch.full((10,), 0.1), threshold="a"),
+     ["threshold percentile", "positive number", "'a'"]),
+])
+def test_api_option_of_the_wrong_form(make, fragments):
+    with raises(*fragments):
+        make()
+
+
+def test_cli_sampler_option_of_the_wrong_form(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_main(capsys, ["train", *POINTS, "--checkpoint-every", "1", "--out", out])
+    assert code == 0, err
+    code, _, err = run_main(capsys, ["sample", out, "--sampler", "unipc", "--order", "2.5", "--steps", "3",
+                                     "--num", "4", "--no-progress", "--out", tmp_path / "s.png"])
+    assert_one_line_error(code, err, "unipc sampler option order=2.5", "expected a whole number")
+    assert not (tmp_path / "s.png").exists() and not (tmp_path / "s.npz").exists()
