@@ -119,3 +119,133 @@ def test_cli_sampler_option_of_the_wrong_form(tmp_path, capsys):
                                      "--num", "4", "--no-progress", "--out", tmp_path / "s.png"])
     assert_one_line_error(code, err, "unipc sampler option order=2.5", "expected a whole number")
     assert not (tmp_path / "s.png").exists() and not (tmp_path / "s.npz").exists()
+
+
+# --- checkpoint folders -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 2-step 2-D run with one checkpoint, trained through the command line."""
+    import io
+    import sys
+
+    from scorekit.cli import main
+
+    out = tmp_path_factory.mktemp("bad-input") / "run"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sys, "stdout", io.StringIO())
+    mp.setattr(sys, "stderr", io.StringIO())
+    try:
+        code = main(["train", *POINTS, "--steps", "2", "--checkpoint-every", "2", "--sample-every", "0",
+                     "--out", str(out)])
+    finally:
+        mp.undo()
+    assert code == 0
+    return str(out)
+
+
+def _copy_checkpoint(run, tmp_path):
+    import shutil
+
+    from scorekit.train import resolve_checkpoint
+
+    target = tmp_path / "ckpt"
+    shutil.copytree(resolve_checkpoint(run), target)
+    return target
+
+
+CKPT_FILES = ["config.json", "model.safetensors", "ema.safetensors", "trainer.json"]
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "empty"])
+@pytest.mark.parametrize("name", CKPT_FILES)
+def test_each_broken_checkpoint_file_is_named(run, tmp_path, capsys, name, damage):
+    """A checkpoint folder with one file missing or unreadable: the message names that file (a
+    folder without config.json was said to have no model.safetensors)."""
+    if (name, damage) == ("trainer.json", "missing"):
+        pytest.skip("loading for sampling needs no trainer state (resuming skips such a checkpoint)")
+    ckpt = _copy_checkpoint(run, tmp_path)
+    if damage == "missing":
+        os.remove(ckpt / name)
+    else:
+        (ckpt / name).write_bytes(b"" if damage == "empty" else b"{garbage\x00")
+    code, _, err = run_main(capsys, ["info", ckpt])
+    assert_one_line_error(code, err, str(ckpt / name) if damage != "missing" else name)
+    if damage == "missing":
+        assert "missing" in err or "has no" in err
+
+
+def test_broken_trainer_tensors_are_named_on_resume(run, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(run, folder)
+    ckpt = folder / "checkpoints" / "step-0000002"
+    (ckpt / "trainer.safetensors").write_bytes(b"\x00" * 16)
+    code, _, err = run_main(capsys, ["train", "--resume", "--steps", "3", "--no-progress", "--out", folder])
+    assert_one_line_error(code, err, str(ckpt / "trainer.safetensors"), "cannot be read")
+
+
+@pytest.mark.parametrize("name", ["config.json", "trainer.json"])
+def test_checkpoint_from_a_newer_format_is_refused(run, tmp_path, capsys, name):
+    import json
+
+    from scorekit.train.checkpoint import FORMAT_VERSION
+
+    ckpt = _copy_checkpoint(run, tmp_path)
+    data = json.loads((ckpt / name).read_text())
+    data["format_version"] = FORMAT_VERSION + 2
+    (ckpt / name).write_text(json.dumps(data))
+    code, _, err = run_main(capsys, ["info", ckpt])
+    assert_one_line_error(code, err, str(ckpt / name), f"was written by a newer scorekit (format "
+                          f"{FORMAT_VERSION + 2}; this one reads up to {FORMAT_VERSION}); upgrade scorekit")
+
+
+def test_resuming_a_run_from_a_newer_format_is_refused(run, tmp_path, capsys):
+    import json
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(run, folder)
+    data = json.loads((folder / "config.json").read_text())
+    data["format_version"] = 99
+    (folder / "config.json").write_text(json.dumps(data))
+    code, _, err = run_main(capsys, ["train", "--resume", "--steps", "3", "--no-progress", "--out", folder])
+    assert_one_line_error(code, err, "newer scorekit (format 99;")
+
+
+def _no_such_cuda():
+    return "cuda:7" if torch.cuda.device_count() < 8 else "cuda:99"
+
+
+@pytest.mark.parametrize("device,fragment", [
+    ("banana", "unknown device 'banana'"),
+    ("cuda:-1", "unknown device 'cuda:-1'"),
+    (["cpu"], "unknown device ['cpu']"),
+    ("mps", "device 'mps' is not supported"),
+    (None, "CUDA"),                                      # replaced by a CUDA device this machine lacks
+])
+def test_load_checkpoint_checks_the_device(run, device, fragment):
+    from scorekit.train import load_checkpoint
+
+    if device is None:
+        device = _no_such_cuda()
+    with raises(fragment):
+        load_checkpoint(run, device=device)
+
+
+@pytest.mark.parametrize("command", ["sample", "tune", "train"])
+def test_cli_device_is_checked_by_every_command(run, tmp_path, capsys, command):
+    argv = {"sample": ["sample", run, "--out", tmp_path / "s.png"],
+            "tune": ["tune", run, "--nfe", "3"],
+            "train": ["train", *POINTS, "--out", tmp_path / "new"]}[command]
+    code, _, err = run_main(capsys, [*argv, "--device", _no_such_cuda()])
+    assert_one_line_error(code, err, _no_such_cuda())
+    assert os.listdir(tmp_path) == []
+
+
+def test_train_config_device_is_checked():
+    with raises("unknown device ['cpu']"):
+        TrainConfig(device=["cpu"]).validate()
+    with raises(_no_such_cuda()):
+        TrainConfig(device=_no_such_cuda()).validate()

@@ -91,7 +91,7 @@ RUN_CONFIG_FILE = "config.json"
 #: the loss curve is redrawn at a checkpoint if this many seconds passed since it was last drawn
 PLOT_INTERVAL = 30.0
 SAMPLES_DIR = "samples"
-FORMAT_VERSION = 1
+FORMAT_VERSION = ckpt_io.FORMAT_VERSION
 
 #: the arguments of the loss that a run sets itself (the rest are its ``weighting_options``)
 _LOSS_ARGUMENTS = ("net", "process", "x0", "prediction_type", "weighting", "generator", "y",
@@ -716,7 +716,7 @@ class _Trainer:
 
     def _load(self, ckpt_dir: str) -> None:
         ctx = self.ctx
-        info = ckpt_io.read_json(os.path.join(ckpt_dir, ckpt_io.TRAINER_JSON_FILE), "trainer state")
+        info = ckpt_io.read_trainer_info(ckpt_dir)
         tensors = ckpt_io.load_tensors(os.path.join(ckpt_dir, ckpt_io.TRAINER_TENSORS_FILE), "trainer state")
         for module, name in ((self.net, ckpt_io.MODEL_FILE), (self.ema.net, ckpt_io.EMA_FILE)):
             file = os.path.join(ckpt_dir, name)
