@@ -249,3 +249,80 @@ def test_train_config_device_is_checked():
         TrainConfig(device=["cpu"]).validate()
     with raises(_no_such_cuda()):
         TrainConfig(device=_no_such_cuda()).validate()
+
+
+# --- class labels ----------------------------------------------------------------------------------
+
+def _npz(tmp_path, y, n=None, name="d.npz"):
+    import numpy as np
+
+    y = np.asarray(y, dtype=np.int64)
+    x = np.random.default_rng(0).uniform(-1, 1, size=(len(y) if n is None else n, 2)).astype(np.float32)
+    path = tmp_path / name
+    np.savez(path, x=x, y=y)
+    return path
+
+
+@pytest.mark.parametrize("labels", [[0, 10 ** 12], [0, 10 ** 9], [0, 1, 2, 256]])
+def test_sparse_labels_in_npz_are_refused(tmp_path, labels):
+    """Labels {0, 10^9} would make a 10^9-row class embedding; labels above the number of samples
+    are refused with the fix (renumber, or an explicit num_classes)."""
+    path = _npz(tmp_path, labels)
+    with raises(f"the largest label is {max(labels)} but there are only {len(labels)} samples",
+                "numpy.unique(y, return_inverse=True)[1]", "num_classes=K"):
+        load_dataset(f"npz:{path}")
+
+
+def test_sparse_labels_in_npz_are_refused_on_the_command_line(tmp_path, capsys):
+    path = _npz(tmp_path, [0, 10 ** 12] * 8)
+    out = tmp_path / "run"
+    code, _, err = run_main(capsys, ["train", "--data", f"npz:{path}", "--steps", "1", "--no-progress",
+                                     "--out", out])
+    assert_one_line_error(code, err, "the largest label is 1000000000000 but there are only 16 samples")
+    assert not out.exists()
+
+
+def test_labels_that_are_class_indices_are_kept(tmp_path):
+    ds = load_dataset(f"npz:{_npz(tmp_path, [0, 1, 1, 3])}")
+    assert ds.num_classes == 4 and ds.y.tolist() == [0, 1, 1, 3]
+    ds = load_dataset(f"npz:{_npz(tmp_path, [0, 7], name='e.npz')}")
+    assert ds.num_classes == 8                         # a few samples of a few classes
+    ds = load_dataset(f"npz:{_npz(tmp_path, [0, 999], name='f.npz')}", num_classes=1000)
+    assert ds.num_classes == 1000                      # explicit: the user says there are 1000
+
+
+@pytest.mark.parametrize("make,fragments", [
+    (lambda p: load_dataset(f"npz:{p}", num_classes=10 ** 12), ["num_classes must be a whole number from 1 to 100,000"]),
+    (lambda p: load_dataset(f"npz:{p}", num_classes=0), ["num_classes must be a whole number from 1 to 100,000"]),
+    (lambda p: build_model({"kind": "mlp", "num_classes": 10 ** 12}), ["num_classes must be a whole number from 1 to"]),
+    (lambda p: build_model(preset("tiny", num_classes=10 ** 9)), ["num_classes must be a whole number from 1 to"]),
+    (lambda p: __import__("scorekit.data", fromlist=["Dataset"]).Dataset(
+        torch.zeros(2, 2), torch.tensor([0, 10 ** 9])), ["the largest label is 1000000000 but there are only 2"]),
+    (lambda p: __import__("scorekit.data", fromlist=["Dataset"]).Dataset(
+        torch.zeros(2, 2), torch.tensor([0, 1]), num_classes=10 ** 12), ["num_classes must be a whole number"]),
+])
+def test_class_counts_are_bounded(tmp_path, make, fragments):
+    path = _npz(tmp_path, [0, 1, 1])
+    with raises(*fragments):
+        make(path)
+
+
+def test_cli_class_count_option_is_bounded(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_main(capsys, ["train", *POINTS, "--model-option", f"num_classes={10 ** 12}",
+                                     "--out", out])
+    assert_one_line_error(code, err, "num_classes must be a whole number from 1 to 100,000")
+    assert not out.exists()
+
+
+def test_labels_given_to_a_checkpoint_model_are_checked(run, tmp_path, capsys):
+    from scorekit.train import checkpoint_denoiser, load_checkpoint
+
+    ckpt = load_checkpoint(run)
+    assert ckpt.num_classes == 2                        # moons: two labelled moons
+    d = checkpoint_denoiser(ckpt, y=torch.full((4,), 10 ** 12))
+    with raises("label 1000000000000 in y is outside 0..2"):
+        sample(d.model, torch.zeros(4, 2), process=d.process, prediction_type=d.prediction_type, num_steps=2)
+    code, _, err = run_main(capsys, ["sample", run, "--class", "2", "--out", tmp_path / "s.png"])
+    assert_one_line_error(code, err, "--class 2 is outside 0..1")
+    assert os.listdir(tmp_path) == []

@@ -28,6 +28,42 @@ def positive_number(value, name: str, hint: str | None = None) -> float:
     return number
 
 
+#: the most classes a label-conditioned network may have: its embedding table has one row per
+#: class (ImageNet-21k has 21,841 classes); 10^5 rows of 512 float32 values are 205 MB
+MAX_CLASSES = 100_000
+
+
+def class_count(value, name: str = "num_classes"):
+    """``value`` as a number of classes, 1 .. :data:`MAX_CLASSES`, or ``None`` (no labels)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_CLASSES:
+        raise ScorekitError(f"{name} must be a whole number from 1 to {MAX_CLASSES:,} (or None: no "
+                            f"labels), got {value!r}")
+    return int(value)
+
+
+#: labels below this are class indices however few samples there are (any byte, e.g. a few
+#: samples of the ten digit classes)
+FEW_CLASSES = 256
+
+
+def class_count_from_labels(largest: int, samples: int, where: str) -> int:
+    """The number of classes ``largest + 1`` that labels ``0 .. largest`` of ``samples`` samples
+    imply, refused when it exceeds both the number of samples and :data:`FEW_CLASSES`: labels
+    such as {0, 10^9} are names, not class indices, and would make the network allocate an
+    embedding row for every value up to the largest. They are not renumbered silently, since
+    ``--class K`` must mean the user's class K."""
+    if largest + 1 > max(samples, FEW_CLASSES):
+        raise ScorekitError(
+            f"{where}: the largest label is {largest} but there are only {samples} samples; labels "
+            f"must be class indices 0..K-1 with K at most the number of samples (or "
+            f"{FEW_CLASSES}): renumber them (e.g. "
+            f"y = numpy.unique(y, return_inverse=True)[1]) or give num_classes=K (at most "
+            f"{MAX_CLASSES:,}) if the classes really are that many")
+    return class_count(largest + 1, f"{where}: the number of classes (largest label + 1)")
+
+
 # --- keyword options checked against the signature of the function that receives them ----------
 
 def option_schema(*functions, skip=()) -> dict:

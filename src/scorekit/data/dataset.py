@@ -44,7 +44,8 @@ import os
 import numpy as np
 import torch
 
-from ..errors import ScorekitError, check_options, option_schema
+from ..errors import (ScorekitError, check_options, class_count, class_count_from_labels,
+                      option_schema)
 from ..toy import GaussianMixture
 from . import images, toy2d
 
@@ -97,7 +98,8 @@ class Dataset:
                                     f"got {y.dtype} {tuple(y.shape)}")
             y = y.long()
             if num_classes is None:
-                num_classes = int(y.max()) + 1
+                num_classes = class_count_from_labels(int(y.max()), x.shape[0], spec)
+            num_classes = class_count(num_classes, f"{spec}: num_classes")
             if int(y.min()) < 0 or int(y.max()) >= num_classes:
                 raise ScorekitError(f"{spec}: labels must lie in 0 .. {num_classes - 1}, found "
                                     f"{int(y.min())} .. {int(y.max())}")
