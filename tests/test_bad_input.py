@@ -111,14 +111,13 @@ def test_api_option_of_the_wrong_form(make, fragments):
         make()
 
 
-def test_cli_sampler_option_of_the_wrong_form(tmp_path, capsys):
-    out = tmp_path / "run"
-    code, _, err = run_main(capsys, ["train", *POINTS, "--checkpoint-every", "1", "--out", out])
-    assert code == 0, err
-    code, _, err = run_main(capsys, ["sample", out, "--sampler", "unipc", "--order", "2.5", "--steps", "3",
-                                     "--num", "4", "--no-progress", "--out", tmp_path / "s.png"])
+@pytest.mark.parametrize("command", ["sample", "tune"])
+def test_cli_sampler_option_of_the_wrong_form(run, tmp_path, capsys, command):
+    argv = {"sample": ["sample", run, "--steps", "3", "--num", "4", "--out", tmp_path / "s.png"],
+            "tune": ["tune", run, "--nfe", "3", "--num", "4"]}[command]
+    code, _, err = run_main(capsys, [*argv, "--sampler", "unipc", "--order", "2.5", "--no-progress"])
     assert_one_line_error(code, err, "unipc sampler option order=2.5", "expected a whole number")
-    assert not (tmp_path / "s.png").exists() and not (tmp_path / "s.npz").exists()
+    assert os.listdir(tmp_path) == []
 
 
 # --- checkpoint folders -------------------------------------------------------------------------
@@ -326,3 +325,228 @@ def test_labels_given_to_a_checkpoint_model_are_checked(run, tmp_path, capsys):
     code, _, err = run_main(capsys, ["sample", run, "--class", "2", "--out", tmp_path / "s.png"])
     assert_one_line_error(code, err, "--class 2 is outside 0..1")
     assert os.listdir(tmp_path) == []
+
+
+# --- scorekit.sample: schedules, start, and NaN/Inf in the sampler's state -------------------------
+
+BETAS = torch.linspace(1e-4, 0.02, 100, dtype=torch.float64)
+
+
+def zeros(x, t):
+    return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("kwargs,fragments", [
+    (dict(betas=BETAS.reshape(2, 50)), ["betas must be 1-D (one number per step), got shape (2, 50)"]),
+    (dict(betas="abc"), ["betas must be a 1-D sequence of numbers", "str"]),
+    (dict(alpha_bar=torch.rand(3, 3)), ["alpha_bar must be 1-D", "(3, 3)"]),
+    (dict(betas=BETAS, timesteps=torch.tensor([[99.0, 50.0], [10.0, -1.0]])), ["timesteps must be 1-D", "(2, 2)"]),
+    (dict(betas=BETAS, timesteps="abc"), ["timesteps must be a 1-D sequence of times, got str"]),
+    (dict(betas=BETAS, timesteps=[99.0, float("inf"), -1.0]), ["timesteps contain NaN or infinite values"]),
+    (dict(betas=BETAS, timesteps=[99.0, float("nan"), -1.0]), ["timesteps contain NaN or infinite values"]),
+    (dict(betas=BETAS, timesteps=[50.0, 99.0, -1.0]), ["strictly decreasing"]),
+    (dict(betas=BETAS, timesteps=[150.0, 50.0, -1.0]), ["model times must lie in [0.0, 99.0]"]),
+    (dict(process="ddpm"), ["process must be a scorekit.processes.GaussianProcess", "str"]),
+    (dict(betas=BETAS, check_finite="yes"), ["check_finite must be True or False"]),
+    (dict(betas=BETAS, callback=3), ["callback must be a function or None, got int"]),
+    (dict(betas=BETAS, time_input="1000 t"), ["time_input must be a function or None, got str"]),
+])
+def test_sample_schedule_arguments(kwargs, fragments):
+    with raises(*fragments):
+        sample(zeros, torch.zeros(4, 2), num_steps=5, **kwargs)
+
+
+@pytest.mark.parametrize("x_T,fragments", [
+    (torch.zeros(0, 2), ["x_T must have shape (N, ...) with a batch dimension and N >= 1, got (0, 2)"]),
+    (torch.zeros(4), ["x_T must have shape (N, ...)", "(4,)"]),
+    (torch.zeros(4, 2, dtype=torch.long), ["x_T must be a floating-point tensor, got torch.int64"]),
+    ([[0.0, 1.0]], ["x_T must be a torch.Tensor, got list"]),
+    (torch.full((2, 2), float("nan")), ["x_T contains NaN or infinite values"]),
+])
+def test_sample_start_is_checked(x_T, fragments):
+    with raises(*fragments):
+        sample(zeros, x_T, betas=BETAS, num_steps=5)
+
+
+def _nan_after(calls: int, value=float("nan")):
+    """A model whose output becomes ``value`` from its ``calls``-th call on (counting from 0)."""
+    seen = []
+
+    def model(x, t):
+        seen.append(1)
+        return torch.full_like(x, value) if len(seen) > calls else torch.zeros_like(x)
+
+    return model
+
+
+def _samplers():
+    from scorekit.samplers import SAMPLERS
+
+    return list(SAMPLERS)
+
+
+@pytest.mark.parametrize("sampler", _samplers())
+def test_every_sampler_names_the_evaluation_where_the_model_output_went_non_finite(sampler):
+    """Conformance over the registry: a model returning NaN from its 4th call on (evaluation 3)
+    gave all-NaN samples without a word; now one error names evaluation 3 and its time."""
+    from scorekit.processes import VPSDE
+
+    with raises(f"sampler {sampler!r}: the model output holds NaN at network evaluation 3 (t = ",
+                "from a finite state x_t", "check_finite=False"):
+        sample(_nan_after(3), torch.zeros(4, 2), process=VPSDE(), sampler=sampler, num_steps=6,
+               generator=torch.Generator().manual_seed(0))
+
+
+def test_the_message_gives_the_time_of_the_evaluation():
+    with raises("the model output holds Inf at network evaluation 2 (t = 79)"):
+        sample(_nan_after(2, float("inf")), torch.zeros(4, 2), betas=BETAS, num_steps=10)  # 99, 89, 79, ...
+
+
+def test_a_state_that_diverges_in_a_step_is_reported_as_such():
+    """The state goes non-finite between evaluations (here poisoned by the callback after
+    evaluation 1, at t = 89) while every model output was finite."""
+    def poison(i, t, x, x0):
+        if i == 1:
+            x.fill_(float("nan"))
+
+    with raises("the state x_t became NaN in the step after network evaluation 1 (t = 89), before "
+                "evaluation 2 (t = 79), although every model output so far was finite"):
+        sample(zeros, torch.zeros(4, 2), betas=BETAS, num_steps=10, callback=poison)
+
+
+def test_a_non_finite_final_state_is_reported():
+    from scorekit.samplers._common import FiniteStates
+
+    d = FiniteStates(zeros, "ddim")
+    d(torch.zeros(2, 2), 0.5)
+    with raises("the state x_t became Inf in the step after network evaluation 0 (t = 0.5) (the final state)"):
+        d.check_state(torch.tensor([[0.0, float("inf")], [0.0, 0.0]]))
+
+
+def test_check_finite_false_lets_the_sampler_run_on():
+    x = sample(_nan_after(0), torch.zeros(4, 2), betas=BETAS, num_steps=5, check_finite=False)
+    assert torch.isnan(x).all()
+
+
+def test_large_finite_states_are_not_mistaken_for_overflow():
+    """A sum of finite float32 values can overflow to Inf: the check then looks at each value."""
+    from scorekit.samplers._common import FiniteStates
+
+    big = torch.full((4, 2), 3e38)
+    assert not torch.isfinite(big.sum()) and torch.isfinite(big).all()
+    d = FiniteStates(lambda x, t: x, "ddim")
+    assert d(big, 0.5) is big
+
+
+def test_learned_variance_evaluations_are_checked_too():
+    from scorekit.samplers._common import FiniteStates
+
+    class WithVariance:
+        def x0_and_log_variance(self, x, t, s):
+            return torch.zeros_like(x), torch.full_like(x, float("nan"))
+
+    d = FiniteStates(WithVariance(), "ddpm")
+    with raises("the model log-variance holds NaN at network evaluation 0 (t = 5)"):
+        d.x0_and_log_variance(torch.zeros(2, 2), 5, 4)
+    assert not hasattr(FiniteStates(zeros, "ddpm"), "x0_and_log_variance")
+
+
+def test_cli_sample_reports_non_finite_states(run, tmp_path, capsys):
+    """A checkpoint whose weights give NaN: one line naming the evaluation, no files written;
+    --allow-nonfinite writes the samples (with the warning)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy_checkpoint(run, tmp_path / "c")
+    for name in ("model.safetensors", "ema.safetensors"):
+        state = load_file(folder / name)
+        last = [k for k in state if k.startswith("linear_out") and k.endswith("bias")][0]
+        state[last] = torch.full_like(state[last], 1e38)      # finite weights, overflowing output
+        save_file(state, folder / name)
+    out = tmp_path / "s.png"
+    code, _, err = run_main(capsys, ["sample", folder, "--steps", "3", "--num", "4", "--no-progress",
+                                     "--sampler", "ddim", "--out", out])
+    assert_one_line_error(code, err, "sampler 'ddim'", "network evaluation", "check_finite=False")
+    assert not out.exists() and not out.with_suffix(".npz").exists()
+    code, _, err = run_main(capsys, ["sample", folder, "--steps", "3", "--num", "4", "--no-progress",
+                                     "--sampler", "ddim", "--allow-nonfinite", "--out", out])
+    assert code == 0 and "hold NaN or Inf values" in err
+    shutil.rmtree(tmp_path / "c")
+
+
+# --- the range of image data ----------------------------------------------------------------------
+
+def _float_images(tmp_path, lo, hi, name="f.npz", dtype="float32"):
+    import numpy as np
+
+    x = np.random.default_rng(1).uniform(lo, hi, size=(6, 1, 8, 8)).astype(dtype)
+    np.savez(tmp_path / name, x=x)
+    return tmp_path / name, x
+
+
+def test_float_images_in_0_255_are_refused_with_the_fix(tmp_path):
+    """Float images in 0..255 were trained on unscaled (a loss of about 1e4)."""
+    path, _ = _float_images(tmp_path, 0, 255)
+    with raises(f"npz:{path}: images must be scaled to [-1, 1], but their values lie in [",
+                "they look like 0..255 pixel values: load them with scale=255 (--data-option scale=255"):
+        load_dataset(f"npz:{path}")
+
+
+def test_float_images_in_0_255_are_refused_on_the_command_line(tmp_path, capsys):
+    path, _ = _float_images(tmp_path, 0, 255)
+    out = tmp_path / "run"
+    code, _, err = run_main(capsys, ["train", "--data", f"npz:{path}", "--steps", "1", "--no-progress",
+                                     "--out", out])
+    assert_one_line_error(code, err, "images must be scaled to [-1, 1]", "--data-option scale=255")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("scale,lo,hi", [(255, 0, 255), (1, 0, 1), ("255", 0, 255)])
+def test_scale_maps_float_data_to_the_unit_range(tmp_path, scale, lo, hi):
+    """``scale=s``: ``2 x / s - 1`` computed in float64 and rounded once, so it equals NumPy's
+    float64 formula rounded to float32 exactly."""
+    import numpy as np
+
+    path, x = _float_images(tmp_path, lo, hi)
+    ds = load_dataset(f"npz:{path}", scale=scale)
+    expected = (x.astype(np.float64) * 2 / float(scale) - 1).astype(np.float32)
+    assert torch.equal(ds.x, torch.from_numpy(expected))
+    assert ds.options["scale"] == float(scale)          # recorded: the run's data can be rebuilt
+
+
+def test_images_in_the_unit_interval_are_accepted_as_they_are(tmp_path):
+    """[0, 1] images are off-convention but train (on half the range): taken as they are."""
+    path, x = _float_images(tmp_path, 0, 1)
+    assert torch.equal(load_dataset(f"npz:{path}").x, torch.from_numpy(x))
+
+
+@pytest.mark.parametrize("make,fragments", [
+    (lambda p: load_dataset(f"npz:{p}", scale=100), ["scale=100 maps [0, 100] to [-1, 1], but the values lie in"]),
+    (lambda p: load_dataset(f"npz:{p}", scale=0), ["scale must be a positive finite number"]),
+    (lambda p: load_dataset(f"npz:{p}", scale="bright"), ["npz data option scale=bright", "expected a number or null"]),
+    (lambda p: __import__("scorekit.data", fromlist=["Dataset"]).Dataset(torch.full((2, 1, 4, 4), 200.0)),
+     ["tensor: images must be scaled to [-1, 1], but their values lie in [200, 200]", "x / 127.5 - 1"]),
+    (lambda p: __import__("scorekit.data", fromlist=["Dataset"]).Dataset(torch.full((2, 1, 4, 4), -3.0)),
+     ["values lie in [-3, -3]", "rescale them"]),
+])
+def test_bad_scales_and_ranges(tmp_path, make, fragments):
+    path, _ = _float_images(tmp_path, 0, 255)
+    with raises(*fragments):
+        make(path)
+
+
+def test_scale_is_refused_for_uint8_images_which_are_scaled_already(tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "u8.npz", x=np.full((2, 1, 4, 4), 255, dtype=np.uint8))
+    assert load_dataset(f"npz:{tmp_path / 'u8.npz'}").x.max().item() == 1.0
+    with raises("scale applies to float arrays; uint8 images are mapped from 0..255 to [-1, 1] already"):
+        load_dataset(f"npz:{tmp_path / 'u8.npz'}", scale=255)
+
+
+def test_vectors_have_no_fixed_range(tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "v.npz", x=np.full((4, 3), 1e4, dtype=np.float32))
+    assert load_dataset(f"npz:{tmp_path / 'v.npz'}").x.max().item() == 1e4
