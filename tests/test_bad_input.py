@@ -89,6 +89,12 @@ def test_api_list_option_forms(written, expected):
     (lambda: process_from_config({"kind": "EDM", "sigma_data": "half"}), ["EDM process option sigma_data=half"]),
     (lambda: process_from_config({"kind": "DDPM", "schedule": "cosine", "cosine_s": "x"}),
      ["DDPM process option cosine_s=x", "expected a number"]),
+    (lambda: __import__("scorekit.processes", fromlist=["DDPM"]).DDPM(schedule="linear", beta_end="high"),
+     ["linear schedule option beta_end=high", "expected a number or null"]),
+    (lambda: __import__("scorekit.processes", fromlist=["DDPM"]).DDPM(schedule="linear", beta_stop=0.02),
+     ["unknown linear schedule option beta_stop", "valid: beta_start, beta_end, cosine_s, max_beta"]),
+    (lambda: __import__("scorekit.train", fromlist=["load_checkpoint"]).load_checkpoint(3),
+     ["the checkpoint path must be a folder name (str or os.PathLike), got int"]),
     (lambda: TrainConfig(weighting="min_snr", weighting_options={"min_snr_gamma": "five"}).validate(),
      ["weighting option min_snr_gamma=five", "expected a number"]),
     (lambda: TrainConfig(weighting_options={"gamma": 5}).validate(),
@@ -109,6 +115,17 @@ def test_api_list_option_forms(written, expected):
 def test_api_option_of_the_wrong_form(make, fragments):
     with raises(*fragments):
         make()
+
+
+@pytest.mark.parametrize("changes,fragments", [
+    (dict(model="mlp", model_options={"hidden": "wide"}), ["mlp model option hidden=wide"]),
+    (dict(process="ve", process_options={"sigma_max": "big"}), ["VESDE process option sigma_max=big"]),
+    (dict(data_options={"n": "many"}), ["unknown folder data option n", "valid: size, channels"]),
+])
+def test_train_config_options_are_checked_before_the_data_are_loaded(tmp_path, changes, fragments):
+    """The data folder does not exist: the option error comes first, before any loading."""
+    with raises(*fragments):
+        TrainConfig(data=f"folder:{tmp_path / 'nowhere'}", **changes).validate()
 
 
 @pytest.mark.parametrize("command", ["sample", "tune"])

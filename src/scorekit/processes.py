@@ -273,6 +273,8 @@ class DDPM(GaussianProcess):
         if given == 0:
             schedule = "linear"
         if schedule is not None:
+            schedule_kwargs = check_options(schedule_kwargs, option_schema(
+                beta_schedule, skip=("name", "num_steps")), f"{schedule} schedule option")
             betas = beta_schedule(schedule, num_steps, **schedule_kwargs)
         elif alpha_bar is not None:
             ab = schedule_table(alpha_bar, "alpha_bar")
@@ -560,8 +562,13 @@ def process_from_config(config: dict) -> GaussianProcess:
     kind = config.pop("kind", None)
     if kind not in PROCESSES:
         raise ScorekitError(f"unknown process kind {kind!r}; choose one of {', '.join(PROCESSES)}")
+    return PROCESSES[kind](**check_process_options(kind, config))
+
+
+def check_process_options(kind: str, options: dict) -> dict:
+    """The constructor arguments of process ``kind`` (a key of :data:`PROCESSES`) checked against
+    its signature and converted to the types it expects."""
     # DDPM passes its other keywords on to beta_schedule (whose `name` is DDPM's `schedule`)
     extra = (beta_schedule,) if kind == "DDPM" else ()
-    config = check_options(config, option_schema(PROCESSES[kind], *extra, skip=("name",)),
-                           f"{kind} process option")
-    return PROCESSES[kind](**config)
+    return check_options(options, option_schema(PROCESSES[kind], *extra, skip=("name",)),
+                         f"{kind} process option")

@@ -389,6 +389,15 @@ def parse_spec(spec) -> tuple[str, str | None]:
     return kind, os.path.abspath(os.path.expanduser(path))
 
 
+def check_data_options(kind: str, options: dict) -> dict:
+    """The options of the dataset ``kind`` (a spec without its path) checked against its builder's
+    signature and converted to the types it expects; ``progress`` is dropped where unused."""
+    schema = option_schema(DATASETS[kind], skip=("path",))
+    if "progress" not in schema:
+        options = {k: v for k, v in options.items() if k != "progress"}   # every spec accepts it
+    return check_options(options, schema, f"{kind} data option")
+
+
 def load_dataset(spec, **options) -> Dataset:
     """Load the dataset named by ``spec`` (see the module docs for specs and options).
 
@@ -396,10 +405,7 @@ def load_dataset(spec, **options) -> Dataset:
     """
     kind, path = parse_spec(spec)
     builder = DATASETS[kind]
-    schema = option_schema(builder, skip=("path",))
-    if "progress" not in schema:
-        options.pop("progress", None)          # accepted by every spec; only folders use it
-    options = check_options(options, schema, f"{kind} data option")
+    options = check_data_options(kind, options)
     bound = inspect.signature(builder).bind(*([path] if path is not None else []), **options)
     bound.apply_defaults()
     recorded = {k: v for k, v in bound.arguments.items() if k != "path" and k not in _NOT_RECORDED}
@@ -488,5 +494,5 @@ def check_compatible(dataset: Dataset, *, channels: int | None = None, image_siz
 
 
 __all__ = ["Dataset", "load_dataset", "dataset_from_config", "check_compatible", "check_finite",
-           "check_image_range", "IMAGE_LIMIT",
+           "check_data_options", "check_image_range", "IMAGE_LIMIT",
            "convert_channels", "parse_spec", "DATASETS", "PATH_KINDS"]

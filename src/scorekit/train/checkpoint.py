@@ -251,6 +251,9 @@ def resolve_checkpoint(path) -> str:
     """The checkpoint folder meant by ``path``: a checkpoint folder itself, or a run folder
     (then the checkpoint ``latest`` names, or the newest complete one if ``latest`` is missing).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ScorekitError(f"the checkpoint path must be a folder name (str or os.PathLike), got "
+                            f"{type(path).__name__}")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ScorekitError(f"{path!r} does not exist; give a run folder (the --out of scorekit "

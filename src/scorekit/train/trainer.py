@@ -287,6 +287,16 @@ class TrainConfig:
             self.weighting_options, option_schema(_losses.diffusion_loss, skip=_LOSS_ARGUMENTS),
             "weighting option")
         resolve_device(self.device)
+        # the other option dicts are checked again, with the data, when the run is built; checked
+        # here too, a mistake is reported before the data are loaded
+        from ..data.dataset import check_data_options, parse_spec
+        from ..models import PRESETS, check_model_options
+        from ..processes import check_process_options
+
+        check_data_options(parse_spec(self.data)[0], self.data_options)
+        check_process_options(PROCESS_NAMES[self.process], self.process_options)
+        if self.model in PRESETS:
+            check_model_options(PRESETS[self.model]["kind"], self.model_options)
         choice("lr_schedule", LR_SCHEDULES)
         choice("mixed_precision", MIXED_PRECISION)
         choice("sample_sampler", list(SAMPLERS))
