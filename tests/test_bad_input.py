@@ -361,6 +361,7 @@ def zeros(x, t):
     (dict(betas=BETAS, timesteps="abc"), ["timesteps must be a 1-D sequence of times, got str"]),
     (dict(betas=BETAS, timesteps=[99.0, float("inf"), -1.0]), ["timesteps contain NaN or infinite values"]),
     (dict(betas=BETAS, timesteps=[99.0, float("nan"), -1.0]), ["timesteps contain NaN or infinite values"]),
+    (dict(betas=BETAS, timesteps=[99.0, 50.0, float("-inf")]), ["end time -inf is before the data time -1"]),
     (dict(betas=BETAS, timesteps=[50.0, 99.0, -1.0]), ["strictly decreasing"]),
     (dict(betas=BETAS, timesteps=[150.0, 50.0, -1.0]), ["model times must lie in [0.0, 99.0]"]),
     (dict(process="ddpm"), ["process must be a scorekit.processes.GaussianProcess", "str"]),

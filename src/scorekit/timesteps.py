@@ -175,7 +175,8 @@ def make_timesteps(process: GaussianProcess, num_steps: int, spacing: str | None
 
 
 def check_timesteps(timesteps) -> torch.Tensor:
-    """Validate a sampler grid: 1-D, at least two entries, finite, strictly decreasing."""
+    """Validate a sampler grid: 1-D, at least two entries, strictly decreasing, finite model
+    times (the end time may be ``-inf``: the data time of the geometric VE SDE)."""
     try:
         ts = torch.as_tensor(timesteps, dtype=torch.float64).cpu()
     except (TypeError, ValueError, RuntimeError):
@@ -186,8 +187,9 @@ def check_timesteps(timesteps) -> torch.Tensor:
                             f"{tuple(ts.shape)}")
     if ts.numel() < 2:
         raise ScorekitError("timesteps must hold at least two times: a model time and the end time")
-    if not torch.isfinite(ts).all():
-        raise ScorekitError("timesteps contain NaN or infinite values")
+    if torch.isnan(ts).any() or not torch.isfinite(ts[:-1]).all() or ts[-1] == math.inf:
+        raise ScorekitError("timesteps contain NaN or infinite values (only the end time may be "
+                            "-inf)")
     if not torch.all(ts[1:] < ts[:-1]):
         raise ScorekitError("timesteps must be strictly decreasing (from noise towards data)")
     return ts
