@@ -101,7 +101,7 @@ def test_8bit_images_are_dequantised(runs, capsys, tmp_path):
 @pytest.mark.parametrize("extra,fragments", [
     (["--data", "digits"], ["holds samples of shape (1, 8, 8)", "the model takes (2,)"]),
     (["--data-bits", "8"], ["--data-bits 8", "not on the 256 levels"]),
-    (["--data-option", "colour=2"], ["unknown option(s) colour"]),
+    (["--data-option", "colour=2"], ["unknown moons data option colour"]),
     (["--divergence", "trace"], ["invalid choice: 'trace'"]),
     (["--num", "0"], ["--num must be from 1"]),
     (["--t-eps=-5"], ["t_eps=-5.0 must be a time with sigma > 0"]),

@@ -609,11 +609,11 @@ def test_bad_specs_and_options(tmp_path):
         load_dataset("swiss_roll", noise=-1.0)
     with raises("seed"):
         load_dataset("checkerboard", seed=-1)
-    with raises("unknown option(s) flip"):
+    with raises("unknown moons data option flip"):
         load_dataset("moons", flip=True)
     with raises("flip=True needs images"):
         Dataset(torch.zeros(3, 2), flip=True)
-    with raises("flip must be True or False"):
+    with raises("flip=yes: expected true or false"):
         load_dataset("digits", flip="yes")
     with raises("start < stop <= 1797"):
         load_dataset("digits", start=10, stop=5000)

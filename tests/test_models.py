@@ -364,7 +364,7 @@ def test_label_errors(y, message):
 @pytest.mark.parametrize("config,message", [
     ({"kind": "transformer"}, r"unknown model kind 'transformer'.*unet, mlp"),
     ({"dim": 2}, r"must be a dict with a 'kind' key"),
-    ({"kind": "mlp", "width": 3}, r"unknown option\(s\) width for a 'mlp' model"),
+    ({"kind": "mlp", "width": 3}, r"unknown mlp model option width; valid: dim, hidden"),
     ({**PRESETS["tiny"], "image_size": 28}, r"attention_resolutions \[8\]: \[8\] is not the resolution of any level; .* \[28, 14, 7\]"),
     ({**PRESETS["tiny"], "groups": 5}, r"groups=5 does not divide 16 channels"),
     ({**PRESETS["tiny"], "num_heads": 3}, r"num_heads=3 does not divide 32 channels"),

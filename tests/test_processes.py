@@ -269,7 +269,7 @@ def test_config_round_trip(p):
     (lambda: VESDE(sigma_min=1, sigma_max=0.5), "sigma_min"),
     (lambda: SimpleVE(0), "num_steps"),
     (lambda: process_from_config({"kind": "Nope"}), "unknown process"),
-    (lambda: process_from_config({"kind": "VPSDE", "beta_mid": 3}), "bad settings"),
+    (lambda: process_from_config({"kind": "VPSDE", "beta_mid": 3}), "unknown VPSDE process option beta_mid; valid: beta_min, beta_max"),
 ])
 def test_bad_arguments(make, msg):
     with pytest.raises(ScorekitError, match=msg):

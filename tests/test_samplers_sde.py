@@ -235,7 +235,7 @@ def test_same_seed_same_samples(name):
     (dict(sampler="pc", predictor="heun"), "unknown predictor 'heun'"),
     (dict(sampler="pc", corrector="ald"), "unknown corrector 'ald'"),
     (dict(sampler="pc", corrector_steps=-1), "corrector_steps must be an integer"),
-    (dict(sampler="pc", corrector_steps=1.5), "corrector_steps must be an integer"),
+    (dict(sampler="pc", corrector_steps=1.5), "pc sampler option corrector_steps=1.5: expected a whole number"),
     (dict(sampler="pc", snr_norm="max"), "unknown snr_norm 'max'"),
     (dict(sampler="pc", predictor="none", corrector="none"), "needs a corrector"),
     (dict(sampler="reverse_sde", snr=0.1), "has no option snr"),

@@ -569,8 +569,9 @@ def test_load_checkpoint_rejects_bad_folders_and_foreign_weights(trained_run, tm
     with pytest.raises(ScorekitError, match="config.json is corrupt"):
         load_checkpoint(bad)
     os.remove(os.path.join(bad, "config.json"))
-    with pytest.raises(ScorekitError, match="is not a scorekit run or checkpoint folder"):
-        resolve_checkpoint(bad)
+    assert resolve_checkpoint(bad) == str(bad)          # a checkpoint folder, with a file missing
+    with pytest.raises(ScorekitError, match="has no config.json"):
+        load_checkpoint(bad)
 
 
 def test_optimizer_state_round_trips_through_safetensors_and_json():

@@ -541,6 +541,9 @@ def _add_sample(commands) -> None:
     p.add_argument("--out", metavar="FILE.png", default="samples.png",
                    help="the image to write; the samples go to the same name with .npz")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="sample on when the state becomes NaN or Inf (by default that is an error "
+                        "naming the step where it happened)")
     _add_run_flags(p)
     p.set_defaults(handler=_cmd_sample)
 
@@ -663,7 +666,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             x = sample(target, x_T[lo:hi].to(device), process=ckpt.process,
                        prediction_type=ckpt.prediction_type, sampler=args.sampler,
                        num_steps=args.steps, spacing=args.spacing, timesteps=timesteps,
-                       generator=noise, clip=args.clip, progress=not args.no_progress, **options)
+                       generator=noise, clip=args.clip, progress=not args.no_progress,
+                       check_finite=not args.allow_nonfinite, **options)
             parts.append(x.cpu())
             nfe_calls += model.calls
             batches += 1

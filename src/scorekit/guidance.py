@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ScorekitError
+from .errors import ScorekitError, positive_number
 
 Tensor = torch.Tensor
 
 
 def clip_x0(denoiser, limit: float = 1.0):
     """``D'(x_t, t) = clamp(D(x_t, t), -limit, limit)`` (DDPM's clipping to the data range)."""
-    limit = float(limit)
-    if not limit > 0:
-        raise ScorekitError(f"the clipping limit must be positive, got {limit}")
+    limit = positive_number(limit, "the clipping limit clip", "e.g. 1 for images in [-1, 1]")
 
     def clipped(x: Tensor, t) -> Tensor:
         return denoiser(x, t).clamp(-limit, limit)
@@ -40,7 +38,8 @@ def dynamic_threshold(x0: Tensor, percentile: float = 0.995, max_value: float = 
 
 def threshold_x0(denoiser, percentile: float = 0.995, max_value: float = 1.0):
     """A denoiser whose ``x0_pred`` is dynamically thresholded (see :func:`dynamic_threshold`)."""
-    percentile, max_value = float(percentile), float(max_value)
+    percentile = positive_number(percentile, "the threshold percentile", "e.g. 0.995")
+    max_value = positive_number(max_value, "the threshold max_value", "e.g. 1")
     if not 0 < percentile <= 1:
         raise ScorekitError(f"the threshold percentile must lie in (0, 1], got {percentile}")
     if not max_value >= 1:

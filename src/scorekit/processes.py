@@ -42,7 +42,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .errors import ScorekitError, positive_number
+from .errors import ScorekitError, check_options, option_schema, positive_number
 
 Tensor = torch.Tensor
 
@@ -235,6 +235,18 @@ def beta_schedule(name: str, num_steps: int = 1000, *, beta_start: float | None 
     return torch.from_numpy(betas)
 
 
+def schedule_table(values, name: str) -> Tensor:
+    """A DDPM schedule (``betas`` or ``alpha_bar``: one number per step) as a float64 1-D tensor."""
+    try:
+        table = torch.as_tensor(values, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ScorekitError(f"{name} must be a 1-D sequence of numbers (one per step), got "
+                            f"{type(values).__name__}") from None
+    if table.ndim != 1:
+        raise ScorekitError(f"{name} must be 1-D (one number per step), got shape {tuple(table.shape)}")
+    return table
+
+
 class DDPM(GaussianProcess):
     r"""Discrete variance-preserving diffusion (Ho et al. 2020) with ``T`` steps.
 
@@ -261,16 +273,18 @@ class DDPM(GaussianProcess):
         if given == 0:
             schedule = "linear"
         if schedule is not None:
+            schedule_kwargs = check_options(schedule_kwargs, option_schema(
+                beta_schedule, skip=("name", "num_steps")), f"{schedule} schedule option")
             betas = beta_schedule(schedule, num_steps, **schedule_kwargs)
         elif alpha_bar is not None:
-            ab = torch.as_tensor(alpha_bar, dtype=torch.float64).flatten()
+            ab = schedule_table(alpha_bar, "alpha_bar")
             if ab.numel() == 0 or not torch.all((ab > 0) & (ab <= 1)):
                 raise ScorekitError("alpha_bar must be a non-empty sequence of values in (0, 1]")
             if torch.any(ab[1:] > ab[:-1]):
                 raise ScorekitError("alpha_bar must be non-increasing in t")
             prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
             betas = 1 - ab / prev
-        betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+        betas = schedule_table(betas, "betas")
         if betas.numel() == 0 or not torch.all(torch.isfinite(betas)):
             raise ScorekitError("betas must be a non-empty sequence of finite numbers")
         if not torch.all((betas >= 0) & (betas < 1)):
@@ -552,7 +566,13 @@ def process_from_config(config: dict) -> GaussianProcess:
     kind = config.pop("kind", None)
     if kind not in PROCESSES:
         raise ScorekitError(f"unknown process kind {kind!r}; choose one of {', '.join(PROCESSES)}")
-    try:
-        return PROCESSES[kind](**config)
-    except TypeError as err:
-        raise ScorekitError(f"bad settings for process {kind}: {err}") from None
+    return PROCESSES[kind](**check_process_options(kind, config))
+
+
+def check_process_options(kind: str, options: dict) -> dict:
+    """The constructor arguments of process ``kind`` (a key of :data:`PROCESSES`) checked against
+    its signature and converted to the types it expects."""
+    # DDPM passes its other keywords on to beta_schedule (whose `name` is DDPM's `schedule`)
+    extra = (beta_schedule,) if kind == "DDPM" else ()
+    return check_options(options, option_schema(PROCESSES[kind], *extra, skip=("name",)),
+                         f"{kind} process option")

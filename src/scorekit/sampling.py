@@ -6,12 +6,12 @@ from typing import Callable
 
 import torch
 
-from .errors import ScorekitError
+from .errors import ScorekitError, check_options, option_schema
 from .guidance import clip_x0, threshold_x0
 from .prediction import Denoiser
 from .processes import DDPM, GaussianProcess
 from .samplers import SAMPLERS
-from .samplers._common import Callback
+from .samplers._common import Callback, FiniteStates
 from .timesteps import make_timesteps
 
 Tensor = torch.Tensor
@@ -38,7 +38,8 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
            spacing: str | None = None, timesteps=None, generator: torch.Generator | None = None,
            clip: float | None = None, threshold: float | None = None, threshold_max: float = 1.0,
            callback: Callback | None = None, progress: bool = False,
-           time_input: Callable[[Tensor], Tensor] | None = None, **options) -> Tensor:
+           time_input: Callable[[Tensor], Tensor] | None = None, check_finite: bool = True,
+           **options) -> Tensor:
     """Sample from a diffusion model: run ``sampler`` from ``x_T`` to the data.
 
     Args:
@@ -66,6 +67,9 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
         callback: ``callback(i, t, x_t, x0_pred)`` after each network evaluation.
         progress: show a progress bar.
         time_input: maps process time to the model's time input (see :class:`Denoiser`).
+        check_finite: raise :class:`ScorekitError` at the first network evaluation whose state
+            or model output holds NaN or Inf, naming it (:class:`~scorekit.samplers._common.
+            FiniteStates`); ``False`` lets the sampler run on and return what it gets.
         **options: the sampler's own options, e.g. ``eta`` for DDIM, ``variance`` for DDPM.
 
     Returns:
@@ -77,6 +81,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
     if unknown:
         raise ScorekitError(f"sampler {sampler!r} has no option {', '.join(unknown)}; "
                             f"its options are: {', '.join(allowed) or 'none'}")
+    options = check_options(options, option_schema(fn, skip=_COMMON), f"{sampler} sampler option")
     if process is None:
         if betas is None and alpha_bar is None:
             raise ScorekitError("give the model's schedule: betas=..., alpha_bar=... or process=...")
@@ -85,6 +90,9 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
         process = DDPM(betas=betas) if betas is not None else DDPM(alpha_bar=alpha_bar)
     elif betas is not None or alpha_bar is not None:
         raise ScorekitError("give either a process or a schedule (betas / alpha_bar), not both")
+    elif not isinstance(process, GaussianProcess):
+        raise ScorekitError(f"process must be a scorekit.processes.GaussianProcess (e.g. "
+                            f"DDPM(schedule='cosine')), got {type(process).__name__}")
     if isinstance(model, Denoiser):              # e.g. a learned-variance checkpoint's denoiser
         if process is not None and model.process is not process and model.process.config() != process.config():
             raise ScorekitError("the denoiser was built for another process than the one given")
@@ -99,6 +107,16 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
         denoiser = threshold_x0(denoiser, threshold, threshold_max)
     if timesteps is None:
         timesteps = make_timesteps(process, num_steps, spacing)
+    if not isinstance(check_finite, bool):
+        raise ScorekitError(f"check_finite must be True or False, got {check_finite!r}")
+    for name, fn_arg in (("callback", callback), ("time_input", time_input)):
+        if fn_arg is not None and not callable(fn_arg):
+            raise ScorekitError(f"{name} must be a function or None, got {type(fn_arg).__name__}")
+    if check_finite:
+        denoiser = FiniteStates(denoiser, sampler)
     with torch.no_grad():
-        return fn(denoiser, process, x_T, timesteps, generator=generator, callback=callback,
-                  progress=progress, **options)
+        x0 = fn(denoiser, process, x_T, timesteps, generator=generator, callback=callback,
+                progress=progress, **options)
+    if check_finite:
+        denoiser.check_state(x0)
+    return x0

@@ -47,7 +47,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import ScorekitError, write_error
+from .errors import ScorekitError, check_options, option_schema, write_error
 from .processes import GaussianProcess
 from .samplers import SAMPLERS
 from .samplers._common import check_start
@@ -180,6 +180,7 @@ def _options(name: str, options: dict) -> dict:
     if unknown:
         raise ScorekitError(f"sampler {name!r} has no option {', '.join(unknown)}; its options are: "
                             f"{', '.join(defaults) or 'none'}")
+    options = check_options(options, option_schema(_sampler(name), skip=_COMMON), f"{name} sampler option")
     return {k: v for k, v in options.items() if v != defaults[k]}
 
 

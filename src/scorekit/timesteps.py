@@ -175,12 +175,21 @@ def make_timesteps(process: GaussianProcess, num_steps: int, spacing: str | None
 
 
 def check_timesteps(timesteps) -> torch.Tensor:
-    """Validate a sampler grid: at least two entries, strictly decreasing, no NaN."""
-    ts = torch.as_tensor(timesteps, dtype=torch.float64).flatten().cpu()
+    """Validate a sampler grid: 1-D, at least two entries, strictly decreasing, finite model
+    times (the end time may be ``-inf``: the data time of the geometric VE SDE)."""
+    try:
+        ts = torch.as_tensor(timesteps, dtype=torch.float64).cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise ScorekitError(f"timesteps must be a 1-D sequence of times, got "
+                            f"{type(timesteps).__name__}") from None
+    if ts.ndim != 1:
+        raise ScorekitError(f"timesteps must be 1-D (model times, then the end time), got shape "
+                            f"{tuple(ts.shape)}")
     if ts.numel() < 2:
         raise ScorekitError("timesteps must hold at least two times: a model time and the end time")
-    if torch.isnan(ts).any():
-        raise ScorekitError("timesteps contain NaN")
+    if torch.isnan(ts).any() or not torch.isfinite(ts[:-1]).all() or ts[-1] == math.inf:
+        raise ScorekitError("timesteps contain NaN or infinite values (only the end time may be "
+                            "-inf)")
     if not torch.all(ts[1:] < ts[:-1]):
         raise ScorekitError("timesteps must be strictly decreasing (from noise towards data)")
     return ts

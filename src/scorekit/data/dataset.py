@@ -18,7 +18,7 @@ spec                        data (options, with defaults)
 ``folder:PATH``             image folder or tar archive (``size=None, channels=None, flip=False,
                             skip_corrupt=False, start=0, stop=None, progress=None``)
 ``npz:PATH``                NumPy arrays ``x`` [, ``y``] (``layout="auto", num_classes=None,
-                            channels=None, flip=False, start=0, stop=None``)
+                            channels=None, flip=False, start=0, stop=None, scale=None``)
 ==========================  ====================================================================
 
 The 2-D sets and their scaling are described in :mod:`scorekit.data.toy2d`, the file formats in
@@ -29,7 +29,13 @@ The 2-D sets and their scaling are described in :mod:`scorekit.data.toy2d`, the 
   weights ``(299 R + 587 G + 114 B) / 1000``;
 * ``flip`` -- :meth:`Dataset.augment` flips each image horizontally with probability 1/2;
 * ``seed`` -- the 2-D sets are drawn from ``torch.Generator().manual_seed(seed)``;
-* ``progress`` -- show a loading bar (not part of the data, so not recorded in the config).
+* ``progress`` -- show a loading bar (not part of the data, so not recorded in the config);
+* ``scale`` (npz) -- float data in ``[0, scale]`` become ``2 x / scale - 1``: ``scale=255`` for
+  0..255 pixel values, ``scale=1`` for ``[0, 1]``. Float data are otherwise taken as they are,
+  and images (``(N, C, H, W)``) further than ``IMAGE_LIMIT = 1.5`` outside ``[-1, 1]`` are
+  refused with this fix (images in ``[0, 1]`` are accepted: they train, on half the range);
+  vectors have no fixed range and are never refused for it. uint8 images are always mapped
+  from 0..255 to ``[-1, 1]``.
 
 :meth:`Dataset.config` records the spec (with an absolute path) and every option, so
 :func:`dataset_from_config` rebuilds the same data. :func:`check_compatible` checks a dataset
@@ -44,7 +50,8 @@ import os
 import numpy as np
 import torch
 
-from ..errors import ScorekitError
+from ..errors import (ScorekitError, check_options, class_count, class_count_from_labels,
+                      option_schema, positive_number)
 from ..toy import GaussianMixture
 from . import images, toy2d
 
@@ -60,6 +67,26 @@ def check_finite(x: Tensor, source: str) -> None:
             kind = "NaN" if bool(torch.isnan(x[i]).any()) else "Inf"
             raise ScorekitError(f"data contains {kind} at index {i} ({source}); remove or fix that "
                                 "sample")
+
+
+#: images must lie in [-1, 1]; values beyond +-IMAGE_LIMIT are refused. The margin admits the
+#: overshoot of resampling filters (bicubic and Lanczos ring by well under 25 % of the range)
+#: while 0..255 data (any image that is not almost black has values above 2) is far outside.
+IMAGE_LIMIT = 1.5
+
+
+def check_image_range(x: Tensor, source: str) -> None:
+    """Refuse images far outside ``[-1, 1]`` (e.g. floats in 0..255), naming the fix."""
+    lo, hi = float(x.min()), float(x.max())
+    if -IMAGE_LIMIT <= lo and hi <= IMAGE_LIMIT:
+        return
+    if lo >= 0 and hi <= 255:
+        fix = ("they look like 0..255 pixel values: load them with scale=255 (--data-option "
+               "scale=255 for npz:PATH), or compute x / 127.5 - 1")
+    else:
+        fix = "rescale them (x -> 2 (x - min) / (max - min) - 1)"
+    raise ScorekitError(f"{source}: images must be scaled to [-1, 1], but their values lie in "
+                        f"[{lo:.4g}, {hi:.4g}]; {fix}")
 
 
 class Dataset:
@@ -90,6 +117,8 @@ class Dataset:
             raise ScorekitError(f"{spec}: the dataset is empty (0 samples)")
         x = x.to(torch.float32).contiguous()
         check_finite(x, spec)
+        if x.ndim == 4:
+            check_image_range(x, spec)
         if y is not None:
             y = torch.as_tensor(y)
             if y.shape != (x.shape[0],) or y.is_floating_point() or y.dtype == torch.bool:
@@ -97,7 +126,8 @@ class Dataset:
                                     f"got {y.dtype} {tuple(y.shape)}")
             y = y.long()
             if num_classes is None:
-                num_classes = int(y.max()) + 1
+                num_classes = class_count_from_labels(int(y.max()), x.shape[0], spec)
+            num_classes = class_count(num_classes, f"{spec}: num_classes")
             if int(y.min()) < 0 or int(y.max()) >= num_classes:
                 raise ScorekitError(f"{spec}: labels must lie in 0 .. {num_classes - 1}, found "
                                     f"{int(y.min())} .. {int(y.max())}")
@@ -285,11 +315,28 @@ def _folder(path: str, *, size: int | None = None, channels: int | None = None, 
 
 def _npz(path: str, *, layout: str = "auto", num_classes: int | None = None,
          channels: int | None = None, flip: bool = False, start: int = 0,
-         stop: int | None = None) -> dict:
+         stop: int | None = None, scale: float | None = None) -> dict:
     where = f"npz:{path}"
     channels = _channels_option(channels, where)
     raw = images.load_npz(path, layout=layout, num_classes=num_classes)
+    if scale is not None:
+        raw = images.RawData(_rescale(raw.x, scale, where), raw.y, raw.num_classes, raw.class_names,
+                             raw.skipped)
     return _finish(raw, where, start=start, stop=stop, channels=channels)
+
+
+def _rescale(x: np.ndarray, scale, where: str) -> np.ndarray:
+    r"""Float data in ``[0, scale]`` mapped to ``[-1, 1]``: ``x' = 2 x / scale - 1`` (in float64,
+    rounded once to float32); ``scale=255`` for 0..255 pixel values, ``scale=1`` for ``[0, 1]``."""
+    scale = positive_number(scale, f"{where}: scale", "255 for 0..255 pixel values, 1 for [0, 1]")
+    if x.dtype == np.uint8:
+        raise ScorekitError(f"{where}: scale applies to float arrays; uint8 images are mapped from "
+                            f"0..255 to [-1, 1] already (drop scale={scale:g})")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > scale:
+        raise ScorekitError(f"{where}: scale={scale:g} maps [0, {scale:g}] to [-1, 1], but the values "
+                            f"lie in [{lo:.4g}, {hi:.4g}]; give the scale that bounds the data")
+    return (x.astype(np.float64) * (2.0 / scale) - 1.0).astype(np.float32)
 
 
 #: every spec name and the function that builds it (names with a path are used as "name:PATH")
@@ -342,6 +389,15 @@ def parse_spec(spec) -> tuple[str, str | None]:
     return kind, os.path.abspath(os.path.expanduser(path))
 
 
+def check_data_options(kind: str, options: dict) -> dict:
+    """The options of the dataset ``kind`` (a spec without its path) checked against its builder's
+    signature and converted to the types it expects; ``progress`` is dropped where unused."""
+    schema = option_schema(DATASETS[kind], skip=("path",))
+    if "progress" not in schema:
+        options = {k: v for k, v in options.items() if k != "progress"}   # every spec accepts it
+    return check_options(options, schema, f"{kind} data option")
+
+
 def load_dataset(spec, **options) -> Dataset:
     """Load the dataset named by ``spec`` (see the module docs for specs and options).
 
@@ -349,14 +405,7 @@ def load_dataset(spec, **options) -> Dataset:
     """
     kind, path = parse_spec(spec)
     builder = DATASETS[kind]
-    params = inspect.signature(builder).parameters
-    accepted = [p for p in params if p != "path"]
-    if "progress" not in accepted:
-        options.pop("progress", None)          # accepted by every spec; only folders use it
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ScorekitError(f"unknown option(s) {', '.join(unknown)} for dataset {kind!r}; "
-                            f"its options are {', '.join(accepted) or 'none'}")
+    options = check_data_options(kind, options)
     bound = inspect.signature(builder).bind(*([path] if path is not None else []), **options)
     bound.apply_defaults()
     recorded = {k: v for k, v in bound.arguments.items() if k != "path" and k not in _NOT_RECORDED}
@@ -445,4 +494,5 @@ def check_compatible(dataset: Dataset, *, channels: int | None = None, image_siz
 
 
 __all__ = ["Dataset", "load_dataset", "dataset_from_config", "check_compatible", "check_finite",
+           "check_data_options", "check_image_range", "IMAGE_LIMIT",
            "convert_channels", "parse_spec", "DATASETS", "PATH_KINDS"]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ScorekitError
+from ..errors import ScorekitError, class_count, class_count_from_labels
 
 #: show a progress bar when loading more image files than this
 PROGRESS_MIN_FILES = 300
@@ -454,7 +454,10 @@ def load_npz(path, *, layout: str = "auto", num_classes: int | None = None) -> R
     * float arrays are taken as they are (no scaling): ``(N, D)`` vectors, ``(N, C, H, W)``
       images, or ``(N, H, W)`` greyscale images (given a channel axis).
 
-    ``num_classes`` defaults to ``largest label + 1``.
+    ``num_classes`` defaults to ``largest label + 1``; labels must then be class indices, with
+    ``largest label + 1`` at most the number of samples (or 256): labels such as {0, 10^9} are
+    refused (renumber them, or give ``num_classes``, at most
+    :data:`scorekit.errors.MAX_CLASSES`), never renumbered behind the user's back.
     """
     path = os.fspath(path)
     if layout not in LAYOUTS:
@@ -526,8 +529,8 @@ def load_npz(path, *, layout: str = "auto", num_classes: int | None = None) -> R
         y = y.astype(np.int64)
         largest = int(y.max())
         if num_classes is None:
-            num_classes = largest + 1
-        elif isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= largest:
+            num_classes = class_count_from_labels(largest, x.shape[0], path)
+        elif class_count(num_classes, "npz: num_classes") <= largest:
             raise ScorekitError(f"npz: num_classes={num_classes!r} must be an integer above the "
                                 f"largest label in {path} ({largest})")
     elif num_classes is not None:

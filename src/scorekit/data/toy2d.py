@@ -40,9 +40,14 @@ _F64 = torch.float64
 MULTISCALE_SCALE = 1.0 / 3.0
 
 
+#: the most points a 2-D set may have (10^8 points are 1.6 GB in float64 while being drawn)
+MAX_POINTS = 10 ** 8
+
+
 def _check_n(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ScorekitError(f"n (the number of points) must be a positive integer, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_POINTS:
+        raise ScorekitError(f"n (the number of points) must be a positive integer up to "
+                            f"{MAX_POINTS:.0e}, got {n!r}")
     return n
 
 

@@ -13,11 +13,10 @@ process and a prediction type. ``y`` holds optional class labels, where the valu
 from __future__ import annotations
 
 import copy
-import inspect
 
 from torch import nn
 
-from ..errors import ScorekitError
+from ..errors import ScorekitError, check_options, option_schema
 from .layers import sinusoidal_embedding
 from .mlp import MLP
 from .unet import UNet
@@ -53,13 +52,13 @@ def build_model(config: dict) -> nn.Module:
     kind = options.pop("kind")
     if kind not in MODELS:
         raise ScorekitError(f"unknown model kind {kind!r} in the model config; choose one of {', '.join(MODELS)}")
-    cls = MODELS[kind]
-    accepted = set(inspect.signature(cls).parameters)
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        raise ScorekitError(f"unknown option(s) {', '.join(unknown)} for a {kind!r} model; "
-                            f"accepted: {', '.join(sorted(accepted))}")
-    return cls(**options)
+    return MODELS[kind](**check_model_options(kind, options))
+
+
+def check_model_options(kind: str, options: dict) -> dict:
+    """The options of a ``kind`` network (``"unet"``, ``"mlp"``) checked against its constructor's
+    signature and converted to the types it expects (e.g. ``"1,2"`` -> ``[1, 2]``)."""
+    return check_options(options, option_schema(MODELS[kind]), f"{kind} model option")
 
 
 def preset(name: str, **overrides) -> dict:
@@ -96,5 +95,5 @@ def describe(net: nn.Module) -> str:
     return f"{label}: {count_parameters(net):,} parameters"
 
 
-__all__ = ["MLP", "MODELS", "PRESETS", "UNet", "build_model", "count_parameters", "describe", "preset",
+__all__ = ["MLP", "MODELS", "PRESETS", "UNet", "build_model", "check_model_options", "count_parameters", "describe", "preset",
            "preset_name", "sinusoidal_embedding"]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ScorekitError
+from ..errors import ScorekitError, class_count
 from .layers import (TIME_EMBEDDINGS, TimeEmbedding, check_choice, global_rng_untouched,
                      init_parameters, label_vector, time_vector, zero_init)
 
@@ -76,8 +76,7 @@ class MLP(nn.Module):
         for name, value in (("dim", dim), ("hidden", hidden), ("depth", depth), ("time_dim", time_dim)):
             if int(value) < 1:
                 raise ScorekitError(f"{name} must be a positive integer, got {value}")
-        if num_classes is not None and int(num_classes) < 1:
-            raise ScorekitError(f"num_classes must be a positive integer or None, got {num_classes}")
+        num_classes = class_count(num_classes)
         if not 0.0 <= dropout < 1.0:
             raise ScorekitError(f"dropout must be in [0, 1), got {dropout}")
         self.dim = int(dim)

@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import ScorekitError
+from ..errors import ScorekitError, class_count
 from .layers import (TIME_CONDITIONINGS, TIME_EMBEDDINGS, AttentionBlock, Downsample, ResBlock,
                      TimeEmbedding, Upsample, check_choice, global_rng_untouched, init_parameters,
                      label_vector, time_vector, zero_init)
@@ -103,8 +103,7 @@ class UNet(nn.Module):
         if not channel_mults or min(channel_mults) < 1:
             raise ScorekitError(
                 f"channel_mults must be a non-empty list of positive integers, got {list(channel_mults)}")
-        if num_classes is not None and int(num_classes) < 1:
-            raise ScorekitError(f"num_classes must be a positive integer or None, got {num_classes}")
+        num_classes = class_count(num_classes)
         if not 0.0 <= dropout < 1.0:
             raise ScorekitError(f"dropout must be in [0, 1), got {dropout}")
         levels = [image_size // 2 ** i for i in range(len(channel_mults))]

@@ -1,6 +1,7 @@
 """What every sampler shares: input checks, the step loop with its progress bar, the callback."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterator
 
 import torch
@@ -22,8 +23,9 @@ def check_start(x: Tensor, name: str = "x_T") -> Tensor:
         raise ScorekitError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise ScorekitError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if x.ndim < 2:
-        raise ScorekitError(f"{name} must have shape (N, ...) with a batch dimension, got {tuple(x.shape)}")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ScorekitError(f"{name} must have shape (N, ...) with a batch dimension and N >= 1, got "
+                            f"{tuple(x.shape)}")
     if not torch.isfinite(x).all():
         raise ScorekitError(f"{name} contains NaN or infinite values")
     return x
@@ -63,3 +65,90 @@ def check_generator(generator, sampler: str) -> torch.Generator:
 def randn_like(x: Tensor, generator: torch.Generator) -> Tensor:
     """Standard normal noise shaped like ``x``, drawn only from the given generator."""
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def _time(t) -> str:
+    t = torch.as_tensor(t, dtype=torch.float64)
+    if t.numel() == 1:
+        return f"t = {t.item():g}"
+    return f"t = {t.min().item():g} .. {t.max().item():g}"
+
+
+def _non_finite(x: Tensor) -> str | None:
+    """``None`` if every value of ``x`` is finite, else ``"NaN"`` or ``"Inf"``.
+
+    A finite sum proves every term finite (NaN and Inf propagate through a sum, ``Inf - Inf`` is
+    NaN), and a sum is an order of magnitude cheaper than ``isfinite(x).all()`` on a CPU; only a
+    non-finite sum (NaN or Inf present, or finite terms whose sum overflows) looks at each value.
+    """
+    if math.isfinite(x.sum().item()) or bool(torch.isfinite(x).all()):
+        return None
+    return "NaN" if bool(torch.isnan(x).any()) else "Inf"
+
+
+class FiniteStates:
+    r"""The denoiser ``D`` that a sampler calls, watched for NaN and Inf.
+
+    Every network evaluation of every sampler passes through a denoiser, so this is the one place
+    that sees each state: before evaluation ``k`` it checks the state ``x_t`` (which the previous
+    step made), after it the model's ``x0_pred``. The first non-finite value raises
+    :class:`ScorekitError` naming the evaluation ``k`` (counted from 0), its time, and whether the
+    model output or the sampler's own step was the first to go non-finite. The cost is two sums
+    per evaluation (of the state and of the output; see :func:`_non_finite`).
+    Other attributes (``process``, ``x0_and_log_variance``) are those of the wrapped denoiser.
+    """
+
+    def __init__(self, denoiser, sampler: str):
+        self.denoiser = denoiser
+        self.sampler = sampler
+        self.evaluations = 0
+        self.last_time = None
+
+    def _fail(self, what: str) -> None:
+        raise ScorekitError(f"sampler {self.sampler!r}: {what}; pass check_finite=False to let it "
+                            f"run on")
+
+    def check_state(self, x: Tensor, t=None) -> None:
+        """Refuse a non-finite state (before evaluation ``self.evaluations`` at ``t``, or, with
+        ``t=None``, the final one)."""
+        kind = _non_finite(x)
+        if kind is None:
+            return
+        before = (f"became {kind} in the step after network evaluation {self.evaluations - 1} "
+                  f"({_time(self.last_time)})" if self.evaluations else f"holds {kind} at the start")
+        where = f", before evaluation {self.evaluations} ({_time(t)})" if t is not None else \
+            " (the final state)"
+        self._fail(f"the state x_t {before}{where}, although every model output so far was finite: "
+                   f"the sampler's step diverged (try more steps or another sampler)")
+
+    def _check_output(self, out: Tensor, t, what: str = "output") -> None:
+        kind = _non_finite(out)
+        if kind is not None:
+            self._fail(f"the model {what} holds {kind} at network evaluation {self.evaluations} "
+                       f"({_time(t)}) from a finite state x_t: the model itself returns non-finite "
+                       f"values (check its weights and inputs)")
+
+    def __call__(self, x_t: Tensor, t) -> Tensor:
+        self.check_state(x_t, t)
+        x0 = self.denoiser(x_t, t)
+        self._check_output(x0, t)
+        self.evaluations += 1
+        self.last_time = t
+        return x0
+
+    def __getattr__(self, name):
+        attr = getattr(self.denoiser, name)           # AttributeError as the denoiser gives it
+        if name != "x0_and_log_variance":
+            return attr
+
+        def x0_and_log_variance(x_t: Tensor, t, s):
+            self.check_state(x_t, t)
+            x0, log_var = attr(x_t, t, s)
+            self._check_output(x0, t)
+            self._check_output(log_var, t, "log-variance")
+            self.evaluations += 1
+            self.last_time = t
+            return x0, log_var
+
+        return x0_and_log_variance
+

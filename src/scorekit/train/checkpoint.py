@@ -45,6 +45,8 @@ TRAINER_TENSORS_FILE = "trainer.safetensors"
 TRAINER_JSON_FILE = "trainer.json"
 CHECKPOINT_FILES = (CONFIG_FILE, MODEL_FILE, EMA_FILE, TRAINER_TENSORS_FILE, TRAINER_JSON_FILE)
 CONFIG_FORMAT = "scorekit.run"
+#: the newest layout of config.json and trainer.json this scorekit writes (and reads: all up to it)
+FORMAT_VERSION = 1
 
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
 
@@ -271,6 +273,9 @@ def resolve_checkpoint(path) -> str:
     """The checkpoint folder meant by ``path``: a checkpoint folder itself, or a run folder
     (then the checkpoint ``latest`` names, or the newest complete one if ``latest`` is missing).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ScorekitError(f"the checkpoint path must be a folder name (str or os.PathLike), got "
+                            f"{type(path).__name__}")
     path = os.fspath(path)
     give = ("give a run folder (the out_dir of scorekit.train.train) or one of its "
             "checkpoints/step-NNNNNNN folders")
@@ -282,6 +287,8 @@ def resolve_checkpoint(path) -> str:
     if os.path.isfile(os.path.join(path, CONFIG_FILE)) and \
             os.path.isfile(os.path.join(path, MODEL_FILE)):
         return path
+    if not is_run_dir(path) and any(os.path.exists(os.path.join(path, f)) for f in CHECKPOINT_FILES):
+        return path           # a checkpoint folder with a file missing: loading names the file
     if not is_run_dir(path):
         lacks = (f"{path!r} is not a scorekit run or checkpoint folder (it has no '{LATEST_FILE}' "
                  f"file, no '{CHECKPOINTS_DIR}' folder and no {MODEL_FILE})")
@@ -441,15 +448,40 @@ class Checkpoint:
 _REQUIRED = ("model", "process", "prediction_type", "sample_shape")
 
 
+def check_format_version(data: dict, path: str) -> None:
+    """Refuse a config.json or trainer.json written in a newer format than :data:`FORMAT_VERSION`
+    (its fields may mean something this scorekit does not know); a missing version is format 1."""
+    version = data.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ScorekitError(f"{path}: format_version must be a whole number >= 1, got {version!r}; "
+                            f"the file is corrupt")
+    if version > FORMAT_VERSION:
+        raise ScorekitError(f"{path} was written by a newer scorekit (format {version}; this one reads "
+                            f"up to {FORMAT_VERSION}); upgrade scorekit")
+
+
+def read_trainer_info(ckpt_dir: str) -> dict:
+    """``trainer.json`` of a checkpoint folder: a JSON object in a format this scorekit reads."""
+    path = os.path.join(ckpt_dir, TRAINER_JSON_FILE)
+    info = read_json(path, "trainer state")
+    if not isinstance(info, dict):
+        raise ScorekitError(f"trainer state {path} is corrupt (a JSON {type(info).__name__}, not an "
+                            f"object); restore it or use another checkpoint")
+    check_format_version(info, path)
+    return info
+
+
 def read_config(ckpt_dir: str) -> dict:
     """``config.json`` of a checkpoint or run folder, checked for the required entries."""
     path = os.path.join(ckpt_dir, CONFIG_FILE)
     if not os.path.isfile(path):
-        raise ScorekitError(f"{ckpt_dir!r} has no {CONFIG_FILE}; it is not a scorekit checkpoint")
+        raise ScorekitError(f"{ckpt_dir!r} has no {CONFIG_FILE} (the run configuration); the "
+                            f"checkpoint is incomplete: restore the file or use another checkpoint")
     config = read_json(path, "the run configuration")
     if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
         raise ScorekitError(f"{path} is not a scorekit run configuration (expected a JSON object with "
                             f"\"format\": \"{CONFIG_FORMAT}\")")
+    check_format_version(config, path)
     missing = [k for k in _REQUIRED if k not in config]
     if missing:
         raise ScorekitError(f"{path} lacks the entr{'y' if len(missing) == 1 else 'ies'} "
@@ -488,6 +520,9 @@ def load_checkpoint(path, *, device="cpu") -> Checkpoint:
     (same names and shapes); anything wrong raises :class:`ScorekitError` naming the file and,
     for weights, the mismatching tensor. No pickle is involved.
     """
+    from .distributed import resolve_device
+
+    device = resolve_device(device)
     ckpt_dir = resolve_checkpoint(path)
     config = read_config(ckpt_dir)
     from ..prediction import PREDICTION_TYPES
@@ -505,11 +540,14 @@ def load_checkpoint(path, *, device="cpu") -> Checkpoint:
         module.load_state_dict(state)
         module.to(device).eval()
     trainer_path = os.path.join(ckpt_dir, TRAINER_JSON_FILE)
-    trainer = read_json(trainer_path, "trainer state") if os.path.isfile(trainer_path) else {}
-    step = int(trainer.get("step", config.get("step", 0))) if isinstance(trainer, dict) else 0
+    trainer = read_trainer_info(ckpt_dir) if os.path.isfile(trainer_path) else {}
+    step = trainer.get("step", config.get("step", 0))
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ScorekitError(f"trainer state {trainer_path}: step must be a whole number >= 0, got "
+                            f"{step!r}; the file is corrupt")
     return Checkpoint(path=ckpt_dir, config=config, net=net, ema_net=ema_net, process=process,
                       prediction_type=config["prediction_type"], step=step,
-                      data_config=config.get("data"), trainer=trainer if isinstance(trainer, dict) else {})
+                      data_config=config.get("data"), trainer=trainer)
 
 
 class LabelledModel(nn.Module):
@@ -564,5 +602,5 @@ def checkpoint_denoiser(ckpt: Checkpoint, *, ema: bool = True, y: torch.Tensor |
 
 __all__ = ["CHECKPOINT_FILES", "Checkpoint", "checkpoint_denoiser", "checkpoint_name",
            "check_state_fits", "clean_partial", "flatten_optimizer_state", "latest_checkpoint",
-           "list_checkpoints", "load_checkpoint", "read_config", "remove_checkpoints_after",
+           "list_checkpoints", "load_checkpoint", "read_config", "read_trainer_info", "remove_checkpoints_after",
            "resolve_checkpoint", "save_checkpoint", "unflatten_optimizer_state", "write_latest"]

@@ -111,8 +111,8 @@ def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> to
     """
     try:
         dev = torch.device(device or "cpu")
-    except RuntimeError as err:
-        raise ScorekitError(f"unknown device {device!r}: {err}; use cpu or cuda") from None
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ScorekitError(f"unknown device {device!r}: {err}; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             missing = f"device {device!r} was asked for but CUDA is not available here; use"

@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import ScorekitError
+from ..errors import ScorekitError, check_options, option_schema
 from . import checkpoint as ckpt_io
-from .distributed import DistributedContext, setup
+from .distributed import DistributedContext, resolve_device, setup
 from .ema import EMA
 from .interrupt import StopRequest, TrainingInterrupted, stop_signals
 from .logging import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, plot_loss_curve
@@ -92,7 +92,11 @@ RUN_CONFIG_FILE = "config.json"
 #: the loss curve is redrawn at a checkpoint if this many seconds passed since it was last drawn
 PLOT_INTERVAL = 30.0
 SAMPLES_DIR = "samples"
-FORMAT_VERSION = 1
+FORMAT_VERSION = ckpt_io.FORMAT_VERSION
+
+#: the arguments of the loss that a run sets itself (the rest are its ``weighting_options``)
+_LOSS_ARGUMENTS = ("net", "process", "x0", "prediction_type", "weighting", "generator", "y",
+                   "timestep_sampler")
 
 
 @dataclass
@@ -288,6 +292,23 @@ class TrainConfig:
             raise ScorekitError(f"a learned variance needs a discrete process (ddpm or simple_ve), got "
                                 f"{self.process!r}")
         choice("timesteps", list(TIMESTEP_SAMPLERS))
+        self.timesteps_options = check_options(
+            self.timesteps_options, option_schema(TIMESTEP_SAMPLERS[self.timesteps], skip=("process",)),
+            f"{self.timesteps} timesteps option")
+        self.weighting_options = check_options(
+            self.weighting_options, option_schema(_losses.diffusion_loss, skip=_LOSS_ARGUMENTS),
+            "weighting option")
+        resolve_device(self.device)
+        # the other option dicts are checked again, with the data, when the run is built; checked
+        # here too, a mistake is reported before the data are loaded
+        from ..data.dataset import check_data_options, parse_spec
+        from ..models import PRESETS, check_model_options
+        from ..processes import check_process_options
+
+        check_data_options(parse_spec(self.data)[0], self.data_options)
+        check_process_options(PROCESS_NAMES[self.process], self.process_options)
+        if self.model in PRESETS:
+            check_model_options(PRESETS[self.model]["kind"], self.model_options)
         choice("lr_schedule", LR_SCHEDULES)
         choice("mixed_precision", MIXED_PRECISION)
         choice("sample_sampler", list(SAMPLERS))
@@ -477,7 +498,7 @@ def resolve_preset(name: str, dataset) -> str:
 
 def model_config_for(config: TrainConfig, dataset, process) -> dict:
     """The network configuration of a run: the preset, filled in for the data, then overrides."""
-    from ..models import PRESETS
+    from ..models import PRESETS, check_model_options
 
     name = resolve_preset(config.model, dataset)
     cfg = dict(PRESETS[name])
@@ -503,7 +524,8 @@ def model_config_for(config: TrainConfig, dataset, process) -> dict:
     cfg.update(config.model_options)
     if config.precondition is not None and "time_scale" not in config.model_options:
         cfg["time_scale"] = 1.0     # the time is c_noise = ln(sigma / alpha) / 4, embedded as in EDM
-    return cfg
+    kind = cfg.pop("kind")
+    return {"kind": kind, **check_model_options(kind, cfg)}
 
 
 def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -779,7 +801,7 @@ class _Trainer:
 
     def _load(self, ckpt_dir: str) -> None:
         ctx = self.ctx
-        info = ckpt_io.read_json(os.path.join(ckpt_dir, ckpt_io.TRAINER_JSON_FILE), "trainer state")
+        info = ckpt_io.read_trainer_info(ckpt_dir)
         tensors = ckpt_io.load_tensors(os.path.join(ckpt_dir, ckpt_io.TRAINER_TENSORS_FILE), "trainer state")
         for module, name in ((self.net, ckpt_io.MODEL_FILE), (self.ema.net, ckpt_io.EMA_FILE)):
             file = os.path.join(ckpt_dir, name)
