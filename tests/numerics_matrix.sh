@@ -6,7 +6,7 @@
 # native      the machine's own kernels, 1 torch thread (what `./run test` runs)
 # threads2    2 torch threads: reductions and LAPACK calls split their work differently
 # scalar      ATEN_CPU_CAPABILITY=default: torch's unvectorised kernels (other summation orders,
-#             and other bits from seeded random draws, so every test also sees perturbed inputs)
+#             and other last bits in seeded float32 randn draws: perturbed inputs for float32 tests)
 # blas        MKL_CBWR=COMPATIBLE (torch's MKL BLAS/LAPACK) and OPENBLAS_CORETYPE=Prescott
 #             (numpy's and scipy's OpenBLAS): the libraries' generic, unblocked kernels
 #
