@@ -33,7 +33,8 @@ for name in $settings; do
   log="$(mktemp)"
   env ${env_of[$name]} "$py" -m pytest -n "${SCOREKIT_TEST_WORKERS:-auto}" -q "$@" 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
-  summary+=("$name: $(tail -n 1 "$log") (exit $rc)")
+  result="$(grep -E '[0-9]+ (passed|failed|errors?)|no tests ran' "$log" | tail -n 1)"
+  summary+=("$name: ${result:-no result line} (exit $rc)")
   rm -f "$log"
   [ "$rc" -eq 0 ] || status=1
 done
