@@ -52,6 +52,18 @@ def random_spd(d, g, *, cond=10.0):
     return (q * lam) @ q.T
 
 
+def trace_sqrt_tolerance(eigenvalues, norm1, norm2):
+    """Rounding bound for float64 ``sum_i sqrt(lambda_i)``, ``lambda_i`` the eigenvalues of
+    ``C1^{1/2} C2 C1^{1/2}`` (exact values given): forming ``C1``, ``C2``, the square root and the
+    product and ``eigh`` each perturb the matrix by O(d eps ||C1|| ||C2||), so every eigenvalue moves
+    by at most ``eta = 4 d eps ||C1|| ||C2||`` (Weyl) and its square root by at most
+    ``min(sqrt(eta), eta / sqrt(lambda))`` (``|sqrt x - sqrt y| <= min(sqrt|x - y|, |x - y| / sqrt y)``):
+    a zero eigenvalue costs ``sqrt(eta)`` ~ 1e-7, a well-separated one ``eta / sqrt(lambda)`` ~ 1e-15."""
+    lam = torch.as_tensor(eigenvalues, dtype=F64).clamp_min(0)
+    eta = 4 * lam.numel() * torch.finfo(F64).eps * norm1 * norm2
+    return float(torch.minimum(torch.full_like(lam, math.sqrt(eta)), eta / lam.sqrt()).sum())
+
+
 # --- closed forms ------------------------------------------------------------------------------------
 
 def test_diagonal_covariances_closed_form():
@@ -73,10 +85,11 @@ def test_commuting_covariances_closed_form():
     c1, c2 = (q * a) @ q.T, (q * b) @ q.T
     mu1, mu2 = torch.randn(d, generator=g, dtype=F64), torch.randn(d, generator=g, dtype=F64)
     expected = float(((mu1 - mu2) ** 2).sum() + ((a.sqrt() - b.sqrt()) ** 2).sum())
-    assert frechet_distance(mu1, c1, mu2, c2) == pytest.approx(expected, rel=1e-9)
-    # the sum of square roots of the eigenvalues of C1 C2 = Q diag(a b) Q^T; the zero eigenvalues
-    # are zero only up to rounding (~1e-16), which moves their square roots by ~1e-8
-    assert trace_sqrt_product(c1, c2) == pytest.approx(float((a * b).sqrt().sum()), abs=1e-7)
+    # C1 C2 = Q diag(a b) Q^T: its three zero eigenvalues are zero only up to rounding, and the
+    # square root turns that into ~1e-7 each (trace_sqrt_tolerance); the distance has the trace twice
+    tol = trace_sqrt_tolerance(a * b, float(a.max()), float(b.max()))
+    assert frechet_distance(mu1, c1, mu2, c2) == pytest.approx(expected, rel=1e-12, abs=2 * tol)
+    assert trace_sqrt_product(c1, c2) == pytest.approx(float((a * b).sqrt().sum()), rel=1e-12, abs=tol)
 
 
 @pytest.mark.parametrize("c1, c2", [
@@ -88,10 +101,12 @@ def test_two_by_two_closed_form(c1, c2):
     # for a 2x2 matrix with non-negative eigenvalues, tr M^{1/2} = sqrt(tr M + 2 sqrt(det M))
     A, B = np.array(c1), np.array(c2)
     tr_sqrt = math.sqrt(np.trace(A @ B) + 2 * math.sqrt(max(np.linalg.det(A) * np.linalg.det(B), 0.0)))
-    assert trace_sqrt_product(A, B) == pytest.approx(tr_sqrt, rel=1e-10, abs=1e-7)
+    # the closed form itself has a sqrt of a cancelling sum: its rounding is of the same kind
+    tol = trace_sqrt_tolerance(np.linalg.eigvals(A @ B).real, np.linalg.norm(A, 2), np.linalg.norm(B, 2))
+    assert trace_sqrt_product(A, B) == pytest.approx(tr_sqrt, rel=1e-12, abs=2 * tol)
     mu1, mu2 = [0.5, -1.0], [0.0, 2.0]
     expected = 0.25 + 9.0 + np.trace(A) + np.trace(B) - 2 * tr_sqrt
-    assert frechet_distance(mu1, A, mu2, B) == pytest.approx(expected, rel=1e-10, abs=1e-7)
+    assert frechet_distance(mu1, A, mu2, B) == pytest.approx(expected, rel=1e-12, abs=4 * tol)
 
 
 def test_invariant_under_rotation_and_translation_and_symmetric():
@@ -151,9 +166,11 @@ def test_rank_deficient_statistics_against_40_digit_reference():
     tr_sqrt = sum(mpmath.sqrt(mpmath.re(e)) for e in eig if mpmath.re(e) > 0)
     ref = sum((a - b) ** 2 for a, b in zip(m1, m2)) + sum(C1[i, i] + C2[i, i] for i in range(d)) - 2 * tr_sqrt
     got = frechet_distance(mu1, c1, mu2, c2)
-    # float64 covariances are singular only up to rounding (~1e-16); a zero eigenvalue moved by
-    # e moves the trace by sqrt(e) ~ 1e-8, hence the tolerance
-    assert got == pytest.approx(float(ref), rel=1e-7)
+    # float64 covariances are singular only up to rounding; each of the many zero eigenvalues of
+    # C1 C2 moves its square root by up to ~1e-7 (trace_sqrt_tolerance), the oracle is exact
+    tol = trace_sqrt_tolerance([float(mpmath.re(e)) for e in eig],
+                               float(torch.linalg.matrix_norm(c1, 2)), float(torch.linalg.matrix_norm(c2, 2)))
+    assert got == pytest.approx(float(ref), rel=1e-12, abs=2 * tol)
 
 
 def test_zero_for_identical_statistics():
