@@ -890,6 +890,8 @@ def _data_bits(text: str):
 
 def _add_nll(commands) -> None:
     from .likelihood.ode import DIVERGENCES, PROBES
+    from .timesteps import DEFAULT_CHAIN_STEPS
+    from .variances import VARIANCES
 
     p = commands.add_parser(
         "nll", formatter_class=_Formatter,
@@ -901,7 +903,9 @@ def _add_nll(commands) -> None:
             default:
               ode   the exact likelihood through the probability-flow ODE (adaptive RK45, with
                     Hutchinson's divergence estimate or the exact trace; scorekit.likelihood.ode)
-              elbo  the variational bound of the discrete chain (scorekit.likelihood.elbo)
+              elbo  the variational bound of a discrete chain (scorekit.likelihood.elbo): a
+                    discrete process's own steps, or for a continuous process (vp, subvp, ve,
+                    edm) --elbo-steps times uniform in log-SNR (scorekit.timesteps.chain_timesteps)
             The data are the checkpoint's training data unless --data names others; --data-option
             changes their options (e.g. start=1500 for samples not trained on). For 8-bit data
             (--data-bits auto detects values on the 256 levels of [-1, 1]) both report bits/dim of
@@ -910,7 +914,9 @@ def _add_nll(commands) -> None:
 
             Prints for each method the mean bits/dim +- its standard error over the samples, the
             network evaluations (NFE) per batch and the wall time; --out writes them, with every
-            sample's value, as JSON."""),
+            sample's value, as JSON. With --method both, a method that cannot be computed for this
+            model (e.g. --variance learned without a variance head) is reported in one line beside
+            the other's result; the exit status is 2 only if neither could be computed."""),
         epilog=textwrap.dedent(f"""\
             examples:
               {PROG} nll runs/digits --num 128
@@ -944,9 +950,11 @@ def _add_nll(commands) -> None:
                    help="ODE: absolute tolerance")
     g.add_argument("--t-eps", metavar="T", type=float,
                    help="ODE: start time of the integral (default: the process's t_min)")
-    g.add_argument("--variance", metavar="V",
-                   help="ELBO: the reverse variance, small, large, learned or analytic (default: the "
-                        "library's)")
+    g.add_argument("--variance", choices=list(VARIANCES), default="small",
+                   help="ELBO: the reverse variance (learned: a model trained with --variance learned)")
+    g.add_argument("--elbo-steps", metavar="N", type=_int_in(1, 100000, "--elbo-steps"),
+                   help=f"ELBO: reverse steps of the chain (default: a discrete process's whole chain of "
+                        f"T steps; a continuous one's {DEFAULT_CHAIN_STEPS} steps uniform in log-SNR)")
     g = p.add_argument_group("other")
     g.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     g.add_argument("--seed", metavar="S", type=_int_in(0, 2 ** 63 - 1, "--seed"), default=0,
@@ -976,15 +984,63 @@ def _nll_data(args: argparse.Namespace, ckpt):
     return dataset
 
 
-def _cmd_nll(args: argparse.Namespace) -> int:
-    import json
+def _nll_method(method, args, ckpt, x, labels, data_bits, elbo_grid, elbo_fn) -> dict:
+    """One method's bits/dim of ``x`` batch by batch: the mean, its standard error, every sample's value,
+    NFE per batch and seconds."""
     import time
 
     import torch
     from tqdm.auto import tqdm
 
-    from .likelihood.ode import is_quantized, ode_likelihood
-    from .train.checkpoint import checkpoint_denoiser, load_checkpoint
+    from .likelihood.ode import ode_likelihood
+    from .train.checkpoint import checkpoint_denoiser
+
+    num = x.shape[0]
+    generator = torch.Generator().manual_seed(args.seed)
+    bpd, nfe, start = [], [], time.perf_counter()
+    bar = tqdm(total=num, desc=f"nll {method}", disable=args.no_progress, leave=False)
+    try:
+        for lo in range(0, num, args.batch_size):
+            hi = min(lo + args.batch_size, num)
+            d = checkpoint_denoiser(ckpt, ema=not args.no_ema,
+                                    y=None if labels is None else labels[lo:hi])
+            if getattr(d, "learned_variance", False):   # count the whole network's calls
+                from .variances import PredictionHead
+
+                counter = d.network = _Counted(d.network)
+                d.model = PredictionHead(counter)
+            else:
+                counter = d.model = _Counted(d.model)
+            if method == "ode":
+                res = ode_likelihood(d, ckpt.process, x[lo:hi], divergence=args.divergence,
+                                     probe=args.probe, num_probes=args.num_probes, rtol=args.rtol,
+                                     atol=args.atol, t_eps=args.t_eps, data_bits=data_bits,
+                                     generator=generator)
+                bpd.append(res.bits_per_dim)
+            else:
+                with torch.no_grad():
+                    res = elbo_fn(d, ckpt.process, x[lo:hi], data_bits=data_bits, variance=args.variance,
+                                  timesteps=elbo_grid, generator=generator)
+                bpd.append(res.total_bpd)
+            nfe.append(counter.calls)
+            bar.update(hi - lo)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    values = torch.cat(bpd).to(torch.float64)
+    stderr = values.std().item() / math.sqrt(num) if num > 1 else float("nan")
+    return {"mean_bpd": values.mean().item(), "stderr_bpd": stderr,
+            "nfe_per_batch": sum(nfe) / len(nfe), "batches": len(nfe),
+            "seconds": seconds, "bits_per_dim": values.tolist()}
+
+
+def _cmd_nll(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .likelihood.ode import is_quantized
+    from .train.checkpoint import load_checkpoint
 
     if args.out is not None:
         if os.path.isdir(args.out):
@@ -1016,56 +1072,38 @@ def _cmd_nll(args: argparse.Namespace) -> int:
             raise ScorekitError(f"--data-bits {data_bits}: {dataset.spec} is not on the {2 ** data_bits} "
                                 f"levels of {data_bits}-bit values in [-1, 1]; use --data-bits auto or 0")
         methods = ["ode", "elbo"] if args.method == "both" else [args.method]
-        results = {}
-        for method in methods:
-            generator = torch.Generator().manual_seed(args.seed)
-            bpd, nfe, start = [], [], time.perf_counter()
-            bar = tqdm(total=num, desc=f"nll {method}", disable=args.no_progress, leave=False)
-            try:
-                for lo in range(0, num, args.batch_size):
-                    hi = min(lo + args.batch_size, num)
-                    d = checkpoint_denoiser(ckpt, ema=not args.no_ema,
-                                            y=None if labels is None else labels[lo:hi])
-                    if getattr(d, "learned_variance", False):   # count the whole network's calls
-                        from .variances import PredictionHead
+        elbo_grid = None
+        if "elbo" in methods:                          # the process's chain, or --elbo-steps of it
+            from .timesteps import chain_timesteps
 
-                        counter = d.network = _Counted(d.network)
-                        d.model = PredictionHead(counter)
-                    else:
-                        counter = d.model = _Counted(d.model)
-                    if method == "ode":
-                        res = ode_likelihood(d, ckpt.process, x[lo:hi], divergence=args.divergence,
-                                             probe=args.probe, num_probes=args.num_probes, rtol=args.rtol,
-                                             atol=args.atol, t_eps=args.t_eps, data_bits=data_bits,
-                                             generator=generator)
-                        bpd.append(res.bits_per_dim)
-                    else:
-                        kwargs = {} if args.variance is None else {"variance": args.variance}
-                        with torch.no_grad():
-                            res = elbo_fn(d, ckpt.process, x[lo:hi], data_bits=data_bits,
-                                          generator=generator, **kwargs)
-                        bpd.append(res.total_bpd)
-                    nfe.append(counter.calls)
-                    bar.update(hi - lo)
-            finally:
-                bar.close()
-            seconds = time.perf_counter() - start
-            values = torch.cat(bpd).to(torch.float64)
-            stderr = values.std().item() / math.sqrt(num) if num > 1 else float("nan")
-            results[method] = {"mean_bpd": values.mean().item(), "stderr_bpd": stderr,
-                               "nfe_per_batch": sum(nfe) / len(nfe), "batches": len(nfe),
-                               "seconds": seconds, "bits_per_dim": values.tolist()}
+            elbo_grid = chain_timesteps(ckpt.process, args.elbo_steps)
+        results, failures = {}, {}
+        for method in methods:
+            try:
+                results[method] = _nll_method(method, args, ckpt, x, labels, data_bits, elbo_grid, elbo_fn)
+            except ScorekitError as err:
+                if args.method != "both":
+                    raise
+                failures[method] = " ".join(str(err).split())
     finally:
         torch.set_num_threads(threads_before)
+    if not results:
+        raise ScorekitError("; ".join(f"--method {m}: {why}" for m, why in failures.items()))
 
     kind = f"{data_bits}-bit" if data_bits is not None else "continuous"
     given = ", given their labels" if labels is not None else ""
     print(f"{num} samples of {dataset.spec} ({kind} data, {int(x[0].numel())} dims{given}) under step "
           f"{ckpt.step} of {ckpt.path} ({'raw' if args.no_ema else 'EMA'} weights)")
-    for method, r in results.items():
+    elbo_steps = len(elbo_grid) - 1 if elbo_grid is not None else None
+    for method in methods:
+        if method in failures:
+            print(f"  {method}: not computed: {failures[method]}")
+            continue
+        r = results[method]
         detail = (f"{args.divergence}" + (f", {args.num_probes} {args.probe} probe(s)"
                                            if args.divergence == "hutchinson" else "")
-                  + f", rtol {args.rtol:g}, atol {args.atol:g}") if method == "ode" else "bound"
+                  + f", rtol {args.rtol:g}, atol {args.atol:g}") if method == "ode" else \
+            f"bound, {elbo_steps} steps, variance {args.variance}"
         stderr = "nan" if math.isnan(r["stderr_bpd"]) else f"{r['stderr_bpd']:.4f}"
         print(f"  {method}: {r['mean_bpd']:.4f} +- {stderr} bits/dim ({detail}); NFE {r['nfe_per_batch']:.0f} "
               f"per batch of up to {args.batch_size}; {r['seconds']:.2f} s ({r['seconds'] / num:.3g} s per sample)")
@@ -1078,6 +1116,8 @@ def _cmd_nll(args: argparse.Namespace) -> int:
                   "ode_options": {"divergence": args.divergence, "probe": args.probe,
                                   "num_probes": args.num_probes, "rtol": args.rtol, "atol": args.atol,
                                   "t_eps": args.t_eps},
+                  "elbo_options": {"variance": args.variance, "steps": elbo_steps},
+                  "not_computed": failures,
                   "results": {m: {k: (None if isinstance(v, float) and math.isnan(v) else v)
                                   for k, v in r.items()} for m, r in results.items()}}
         try:

@@ -174,6 +174,33 @@ def make_timesteps(process: GaussianProcess, num_steps: int, spacing: str | None
     return torch.from_numpy(np.append(times, end))
 
 
+#: reverse steps of the variational bound of a continuous-time process unless told otherwise
+#: (``scorekit nll --elbo-steps``); DDPM's own chain has as many (T = 1000)
+DEFAULT_CHAIN_STEPS = 1000
+
+
+def chain_timesteps(process: GaussianProcess, num_steps: int | None = None) -> torch.Tensor:
+    r"""The discrete chain ``t_K > ... > t_1 > data`` whose variational bound
+    :func:`scorekit.likelihood.elbo` evaluates and on which :func:`scorekit.variances.analytic_variances`
+    estimates its variances, as a grid of :func:`make_timesteps`.
+
+    * A discrete process (DDPM, SimpleVE): with ``num_steps=None`` every step ``t_max, ..., t_min``
+      (Ho et al. 2020's whole chain), else ``num_steps`` of them with the ``trailing`` spacing.
+    * A continuous process (VP, sub-VP, VE, EDM), which has no chain of its own: ``num_steps``
+      (default :data:`DEFAULT_CHAIN_STEPS`) times from ``t_max`` to ``t_min`` uniform in the log-SNR
+      ``lambda = log(alpha^2 / sigma^2)``, then the data time. The bound of this chain depends on
+      the process only through ``lambda`` at the grid's times (Kingma et al. 2021, VDM, sec. 4), so
+      uniform steps in ``lambda`` treat every process alike; with an exact denoiser each step's
+      gap to the exact likelihood is ``O(dlambda^2)``, and the bound tightens towards its
+      continuous-time limit as ``O(1 / num_steps)``.
+    """
+    if num_steps is None and process.discrete:
+        num_steps = int(round(process.t_max - process.t_min)) + 1
+    elif num_steps is None:
+        num_steps = DEFAULT_CHAIN_STEPS
+    return make_timesteps(process, num_steps, None if process.discrete else "log_snr")
+
+
 def check_timesteps(timesteps) -> torch.Tensor:
     """Validate a sampler grid: at least two entries, strictly decreasing, no NaN."""
     ts = torch.as_tensor(timesteps, dtype=torch.float64).flatten().cpu()
