@@ -135,6 +135,72 @@ def test_sample_any_sampler_with_its_options_and_raw_weights(runs, capsys, tmp_p
     assert "y" not in np.load(tmp_path / "u.npz")                # sampled without labels
 
 
+def test_sample_with_analytic_variances_uses_the_library_estimate(runs, capsys, tmp_path):
+    """--sampler ddpm --variance analytic: the samples are ddpm's with analytic_variances estimated on
+    the run's data (100 samples per step, seed + 2) for the same grid, with --class on that class."""
+    from scorekit import analytic_variances, ddpm, make_timesteps
+    from scorekit.data import dataset_from_config
+    from scorekit.train.checkpoint import checkpoint_denoiser
+
+    ckpt = load_checkpoint(runs["points"]["run"])
+    data = dataset_from_config(ckpt.data_config)
+    grid = make_timesteps(ckpt.process, 6)
+    for extra, y, x in (([], torch.arange(10) % 2, data.x), (["--class", "1"], torch.ones(10, dtype=torch.long),
+                                                            data.x[data.y == 1])):
+        out = tmp_path / f"a{len(extra)}.png"
+        code, stdout, err = run_main(capsys, ["sample", runs["points"]["run"], "--sampler", "ddpm", "--variance",
+                                              "analytic", "--steps", "6", "--num", "10", "--seed", "4",
+                                              "--out", out, "--no-progress", *extra])
+        assert code == 0, err
+        assert "NFE 6 per sample" in stdout
+        labels = None if not extra else torch.ones(100, dtype=torch.long)
+        table = analytic_variances(checkpoint_denoiser(ckpt, y=labels), ckpt.process, x, num_samples=100,
+                                   timesteps=grid, generator=torch.Generator().manual_seed(6))
+        x_T = ckpt.process.prior_sample((10, 2), generator=torch.Generator().manual_seed(4))
+        with torch.no_grad():
+            want = ddpm(checkpoint_denoiser(ckpt, y=y), ckpt.process, x_T, grid, variance=table,
+                        generator=torch.Generator().manual_seed(5))
+        np.testing.assert_allclose(np.load(out.with_suffix(".npz"))["x"], want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_adaptive_sampler_reports_its_own_steps(runs, capsys, tmp_path):
+    """ode_adaptive without --steps: the summary says the steps were adaptive and gives the NFE the
+    solver made, which is not the default step count."""
+    code, stdout, err = run_main(capsys, ["sample", runs["points"]["run"], "--sampler", "ode_adaptive", "--num", "8",
+                                          "--rtol", "1e-3", "--atol", "1e-3", "--out", tmp_path / "o.png",
+                                          "--no-progress"])
+    assert code == 0, err
+    assert "with ode_adaptive (adaptive steps, NFE " in stdout and "50 steps" not in stdout
+
+
+@pytest.mark.parametrize("command", ["sample", "tune"])
+def test_sampler_option_help_lists_values_defaults_and_samplers(capsys, command):
+    """Every --OPTION of a sampler says what values it takes, which samplers use it and their defaults
+    (generated from scorekit.samplers.options and the samplers' signatures)."""
+    code, out, _ = run_main(capsys, [command, "--help"])
+    assert code == 0
+    text = " ".join(out.split())
+    assert "see its documentation" not in text
+    for needle in ("--eta ETA a number >= 0 (0: deterministic), for ddim (default 0.0), dpmpp_2m_sde (default 1.0)",
+                   "--method METHOD one of RK45, DOP853, RK23, for ode_adaptive (default RK45)",
+                   "one of taylor, midpoint, for dpmpp_2m (default taylor)", "one of bh1, bh2, for unipc (default bh2)",
+                   "--order ORDER one of 1, 2, 3, for unipc (default 2), deis (default 3); one of 1, 2, 3, 4, "
+                   "for ipndm (default 4)"):
+        assert needle in text, needle
+
+
+def test_every_variance_name_is_accepted_by_sample_and_nll(capsys):
+    """One list of reverse-variance names (scorekit.variances.VARIANCES) for both commands' help and
+    checks."""
+    from scorekit.variances import VARIANCES
+
+    for command in ("sample", "nll"):
+        code, out, _ = run_main(capsys, [command, "--help"])
+        assert code == 0
+        help_text = " ".join(out.split())
+        assert ", ".join(VARIANCES) in help_text or "{" + ",".join(VARIANCES) + "}" in help_text, command
+
+
 def test_info_describes_the_run(runs, capsys):
     code, out, err = run_main(capsys, ["info", runs["images"]["run"]])
     assert code == 0, err
@@ -231,6 +297,11 @@ def test_bad_checkpoints_give_one_line(capsys, tmp_path, bad_checkpoints, which,
     (["--sampler", "ddpm", "--variance", "huge"], ["variance"]),
     (["--class", "2"], ["--class 2 is outside 0..1"]),
     (["--steps", "2000"], ["more than the model's 1000"]),
+    (["--sampler", "ode_adaptive", "--steps", "20"], ["ode_adaptive chooses its own steps", "drop --steps"]),
+    (["--sampler", "ode_adaptive", "--spacing", "karras"], ["ode_adaptive chooses its own steps", "drop --spacing"]),
+    (["--sampler", "unipc", "--variant", "midpoint"], ["--variant midpoint is not an option of unipc",
+                                                        "choose one of bh1, bh2"]),
+    (["--sampler", "deis", "--order", "4"], ["--order 4 is not an option of deis", "choose one of 1, 2, 3"]),
     (["--steps", "0"], ["--steps must be from 1"]),
     (["--out", "{tmp}/samples.jpg"], ["must name a .png file"]),
     (["--out", "{tmp}/no/such/folder/s.png"], ["does not exist"]),

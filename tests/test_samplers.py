@@ -145,6 +145,41 @@ def test_every_sampler_is_in_the_conformance_suite():
     assert {name for name, _ in CONFIGS} == set(SAMPLERS)
 
 
+def test_every_sampler_option_has_its_values_listed():
+    """scorekit.samplers.options lists the values of every option of every registered sampler (the
+    command line's help and checks come from it), and each default is among them."""
+    from scorekit.samplers.options import option_values
+    from scorekit.sampling import sampler_options
+
+    for name in SAMPLERS:
+        for option, default in sampler_options(name).items():
+            values = option_values(option, name)
+            assert isinstance(values, str) or default in values, (name, option, values)
+
+
+def _listed_choices():
+    from scorekit.samplers.options import option_values
+    from scorekit.sampling import sampler_options
+
+    return [(name, option, option_values(option, name)) for name in SAMPLERS for option in sampler_options(name)
+            if isinstance(option_values(option, name), tuple) and option != "variance"]   # variances: test_variances
+
+
+@pytest.mark.parametrize("name,option,values", _listed_choices(), ids=lambda v: str(v))
+def test_listed_option_values_are_the_ones_the_sampler_accepts(name, option, values):
+    """Each listed value runs (a grid that ends at t = 0, where sigma > 0, so that every option
+    applies), and a value outside the list is refused."""
+    process, mix = DDPM(num_steps=20), eight_gaussians()
+    x_T = process.prior_sample((4, 2), generator=gen(0), dtype=torch.float64)
+    ts = make_timesteps(process, 4, t_end=0.0)
+    for value in values:
+        x = SAMPLERS[name](mix.denoiser(process), process, x_T, ts, generator=gen(1), **{option: value})
+        assert torch.isfinite(x).all()
+    outside = max(values) + 1 if isinstance(values[0], int) else "bogus"
+    with pytest.raises(ScorekitError, match=option):
+        SAMPLERS[name](mix.denoiser(process), process, x_T, ts, generator=gen(1), **{option: outside})
+
+
 @pytest.mark.parametrize("name,options", CONFIGS, ids=[f"{n}-{o}" for n, o in CONFIGS])
 @pytest.mark.parametrize("process", PROCESSES, ids=repr)
 def test_conformance(process, name, options):

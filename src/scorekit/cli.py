@@ -450,7 +450,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # --- sample ------------------------------------------------------------------------------------
 
 def _sampler_option_flags() -> dict:
-    """Every option of every sampler: ``{name: (type, {sampler names})}``."""
+    """Every option of every sampler: ``{name: (type, {sampler name: default})}``."""
     from .samplers import SAMPLERS
     from .sampling import sampler_options
 
@@ -458,12 +458,37 @@ def _sampler_option_flags() -> dict:
     for sampler in SAMPLERS:
         for name, default in sampler_options(sampler).items():
             kind = type(default) if default is not None else str
-            flags.setdefault(name, (kind, set()))[1].add(sampler)
+            flags.setdefault(name, (kind, {}))[1][sampler] = default
     return flags
+
+
+def _sampler_option_help(name: str, defaults: dict) -> str:
+    """The help of ``--NAME``: its values, the samplers that use it and their defaults
+    (:mod:`scorekit.samplers.options`)."""
+    from .samplers.options import describe_values, option_values
+
+    groups = {}                                  # samplers that take the same values, together
+    for sampler, default in defaults.items():
+        groups.setdefault(describe_values(option_values(name, sampler)), []).append(f"{sampler} (default {default})")
+    return "; ".join(f"{values}, for {', '.join(used)}" for values, used in groups.items())
+
+
+def _add_sampler_option_flags(p: argparse.ArgumentParser) -> None:
+    """One ``--OPTION`` flag per sampler option (``sample`` and ``tune``), with its values and defaults."""
+    g = p.add_argument_group("sampler options (each sampler takes only its own)")
+    for name, (kind, defaults) in sorted(_sampler_option_flags().items()):
+        g.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", metavar=name.upper(),
+                       type=float if kind in (int, float) else str, default=None,
+                       help=_sampler_option_help(name, defaults))
+
+
+#: ``scorekit sample --steps`` unless given
+DEFAULT_SAMPLE_STEPS = 50
 
 
 def _add_sample(commands) -> None:
     from .samplers import SAMPLERS
+    from .samplers.options import ADAPTIVE_SAMPLERS
     from .timesteps import CONTINUOUS_SPACINGS, DISCRETE_SPACINGS
 
     p = commands.add_parser(
@@ -488,17 +513,16 @@ def _add_sample(commands) -> None:
             """))
     p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint folder")
     p.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="the sampler")
-    p.add_argument("--steps", metavar="N", type=_int_in(1, 100000, "--steps"), default=50,
-                   help="sampler steps (network evaluations for DDIM and DDPM)")
+    p.add_argument("--steps", metavar="N", type=_int_in(1, 100000, "--steps"),
+                   help=f"sampler steps (network evaluations for DDIM and DDPM; default: "
+                        f"{DEFAULT_SAMPLE_STEPS}); not for {', '.join(ADAPTIVE_SAMPLERS)}, which chooses its "
+                        f"own (its NFE is printed)")
     p.add_argument("--spacing", choices=sorted(set(DISCRETE_SPACINGS) | set(CONTINUOUS_SPACINGS)),
                    help="how the steps are spaced (default: trailing for DDPM, uniform otherwise)")
     p.add_argument("--schedule", choices=("default", "tuned"), default="default",
                    help="tuned: the time steps 'scorekit tune' saved for this sampler and step count "
                         "(instead of --spacing)")
-    for name, (kind, samplers) in sorted(_sampler_option_flags().items()):
-        p.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", metavar=name.upper(),
-                       type=float if kind in (int, float) else str, default=None,
-                       help=f"option of the {', '.join(sorted(samplers))} sampler (see its documentation)")
+    _add_sampler_option_flags(p)
     p.add_argument("--clip", metavar="X", type=_positive_float("--clip"),
                    help="clamp the predicted x_0 to [-X, X] at every step (e.g. 1 for images)")
     p.add_argument("--num", metavar="N", type=_int_in(1, 1000000, "--num"), default=64,
@@ -541,11 +565,48 @@ def _sampler_options_from(args: argparse.Namespace) -> dict:
         flags = ", ".join("--" + u.replace("_", "-") for u in unknown)
         raise ScorekitError(f"sampler {args.sampler!r} has no option {flags}; its options are: "
                             f"{', '.join('--' + a.replace('_', '-') for a in allowed) or 'none'}")
+    from .samplers.options import option_values
+
     for name, value in list(options.items()):
         default = allowed[name]
         if isinstance(default, int) and not isinstance(default, bool) and float(value).is_integer():
-            options[name] = int(value)
+            options[name] = value = int(value)
+        values = option_values(name, args.sampler)
+        if isinstance(values, tuple) and value not in values:
+            given = f"{value:g}" if isinstance(value, float) else value
+            raise ScorekitError(f"--{name.replace('_', '-')} {given} is not an option of {args.sampler}; "
+                                f"choose one of {', '.join(map(str, values))}")
     return options
+
+
+#: training samples per reverse step on which ``sample --variance analytic`` estimates Analytic-DPM's
+#: variances (Bao et al. 2022 report stable estimates from 100 per step)
+ANALYTIC_SAMPLES = 100
+
+
+def _analytic_variances(args: argparse.Namespace, ckpt, timesteps, device):
+    """Analytic-DPM's reverse variances on ``timesteps`` (:func:`scorekit.variances.analytic_variances`),
+    estimated on :data:`ANALYTIC_SAMPLES` training samples per step drawn with seed ``--seed + 2``:
+    with ``--class K`` on that class's samples and label, otherwise on all of them without labels
+    (for a class-conditional model that is the larger, marginal posterior variance)."""
+    import torch
+
+    from .data import dataset_from_config
+    from .train.checkpoint import checkpoint_denoiser
+    from .variances import analytic_variances
+
+    if not ckpt.data_config:
+        raise ScorekitError(f"--variance analytic is estimated on the run's training data, but {ckpt.path} "
+                            f"records none; use --variance small or large")
+    data = dataset_from_config(ckpt.data_config, progress=not args.no_progress)
+    x, y = data.x, None
+    if args.label is not None and data.y is not None:
+        x = x[data.y == args.label]
+        y = torch.full((ANALYTIC_SAMPLES,), args.label, dtype=torch.long, device=device)
+    denoiser = checkpoint_denoiser(ckpt, ema=not args.no_ema, y=y)
+    return analytic_variances(denoiser, ckpt.process, x.to(device), num_samples=ANALYTIC_SAMPLES,
+                              timesteps=timesteps, generator=torch.Generator().manual_seed(args.seed + 2),
+                              progress=not args.no_progress)
 
 
 class _Counted:
@@ -560,6 +621,22 @@ class _Counted:
         return self.model(x_t, t)
 
 
+def _sample_steps(args: argparse.Namespace) -> int:
+    """``--steps`` (default :data:`DEFAULT_SAMPLE_STEPS`); an adaptive sampler chooses its own
+    steps, so it refuses --steps, --spacing and --schedule tuned and gets the grid of one step
+    (whose first and last times are all it uses)."""
+    from .samplers.options import ADAPTIVE_SAMPLERS
+
+    if args.sampler not in ADAPTIVE_SAMPLERS:
+        return DEFAULT_SAMPLE_STEPS if args.steps is None else args.steps
+    given = [flag for flag, value in (("--steps", args.steps), ("--spacing", args.spacing)) if value is not None]
+    given += ["--schedule tuned"] if args.schedule == "tuned" else []
+    if given:
+        raise ScorekitError(f"--sampler {args.sampler} chooses its own steps (--rtol and --atol set its "
+                            f"accuracy; the NFE is printed): drop {', '.join(given)}")
+    return 1
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     import time
 
@@ -570,6 +647,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from .sampling import sample
     from .train.checkpoint import checkpoint_denoiser, load_checkpoint
     from .train.distributed import resolve_device
+    from .samplers.options import ADAPTIVE_SAMPLERS
     from .train.trainer import write_samples
 
     out = args.out
@@ -581,6 +659,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if not os.path.isdir(folder):
         raise ScorekitError(f"the folder of --out {out!r} does not exist; create it first")
     options = _sampler_options_from(args)
+    steps = _sample_steps(args)
     device = resolve_device(args.device)
     threads_before = torch.get_num_threads()
     if args.threads:
@@ -609,8 +688,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         shape = (args.num, *ckpt.sample_shape)
         x_T = ckpt.process.prior_sample(shape, generator=torch.Generator().manual_seed(args.seed))
         noise = torch.Generator(device=device).manual_seed(args.seed + 1)
-        if ckpt.process.discrete and args.steps > ckpt.process.num_steps:
-            raise ScorekitError(f"--steps {args.steps} is more than the model's {ckpt.process.num_steps} "
+        if ckpt.process.discrete and steps > ckpt.process.num_steps:
+            raise ScorekitError(f"--steps {steps} is more than the model's {ckpt.process.num_steps} "
                                 f"diffusion steps")
         timesteps = None
         if args.schedule == "tuned":
@@ -618,8 +697,14 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
             if args.spacing is not None:
                 raise ScorekitError("give either --spacing or --schedule tuned, not both")
-            timesteps = load_tuned_for_steps(ckpt.path, ckpt.process, args.sampler, args.steps,
+            timesteps = load_tuned_for_steps(ckpt.path, ckpt.process, args.sampler, steps,
                                              **options).timesteps
+        if isinstance(options.get("variance"), str) and options["variance"] == "analytic":
+            from .timesteps import make_timesteps
+
+            if timesteps is None:
+                timesteps = make_timesteps(ckpt.process, steps, args.spacing)
+            options["variance"] = _analytic_variances(args, ckpt, timesteps, device)
         parts, nfe_calls, batches = [], 0, 0
         start = time.perf_counter()
         for lo in range(0, args.num, args.batch_size):
@@ -636,7 +721,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                 model = target = _Counted(d.model)
             x = sample(target, x_T[lo:hi].to(device), process=ckpt.process,
                        prediction_type=ckpt.prediction_type, sampler=args.sampler,
-                       num_steps=args.steps, spacing=args.spacing, timesteps=timesteps,
+                       num_steps=steps, spacing=args.spacing, timesteps=timesteps,
                        generator=noise, clip=args.clip, progress=not args.no_progress, **options)
             parts.append(x.cpu())
             nfe_calls += model.calls
@@ -658,7 +743,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             data = dataset_from_config(ckpt.data_config).x if ckpt.data_config else None
         except ScorekitError:
             data = None
-    title = f"{args.sampler}, {args.steps} steps, {'raw' if args.no_ema else 'EMA'} weights, step {ckpt.step}"
+    nfe = nfe_calls / max(batches, 1)
+    step_text = f"{steps} steps" if args.sampler not in ADAPTIVE_SAMPLERS else "adaptive steps"
+    title = f"{args.sampler}, {step_text}, {'raw' if args.no_ema else 'EMA'} weights, step {ckpt.step}"
     try:
         arrays = {"x": x0.numpy().astype(np.float32)}
         if labels is not None:
@@ -674,8 +761,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             raise
     except OSError as err:
         raise ScorekitError(f"cannot write {out!r}: {err.strerror or err}") from None
-    nfe = nfe_calls / max(batches, 1)
-    print(f"sampled {args.num} in {seconds:.2f} s with {args.sampler} ({args.steps} steps, "
+    print(f"sampled {args.num} in {seconds:.2f} s with {args.sampler} ({step_text}, "
           f"NFE {nfe:g} per sample) from step {ckpt.step} of {ckpt.path}")
     print("wrote:")
     print(f"  {out}")
@@ -811,10 +897,7 @@ def _add_tune(commands) -> None:
                    help="the sampler (a deterministic one)")
     p.add_argument("--nfe", metavar="N", type=_int_in(1, 100000, "--nfe"), required=True,
                    help="network evaluations per sample")
-    for name, (kind, samplers) in sorted(_sampler_option_flags().items()):
-        p.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", metavar=name.upper(),
-                       type=float if kind in (int, float) else str, default=None,
-                       help=f"option of the {', '.join(sorted(samplers))} sampler (see its documentation)")
+    _add_sampler_option_flags(p)
     p.add_argument("--num", metavar="N", type=_int_in(1, 100000, "--num"), default=128,
                    help="noise samples to tune on")
     p.add_argument("--seed", metavar="S", type=_int_in(0, 2 ** 63 - 1, "--seed"), default=0,
