@@ -189,6 +189,33 @@ def test_sampler_option_help_lists_values_defaults_and_samplers(capsys, command)
         assert needle in text, needle
 
 
+def test_classes_by_name(capsys, tmp_path):
+    """A run on an image folder stores its sub-folders as class names: info lists them, --class takes
+    a name or a comma-separated list (sampled in turn), and a wrong name lists the valid ones."""
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    for name in ("cat", "dog"):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.randint(0, 256, (8, 8, 3)).astype(np.uint8)).save(tmp_path / "pets" / name / f"{i}.png")
+    run = tmp_path / "run"
+    code, _, err = run_main(capsys, ["train", "--data", f"folder:{tmp_path / 'pets'}", "--model", "tiny",
+                                     "--model-option", "base_channels=8", "--model-option", "groups=4",
+                                     "--batch-size", "4", "--steps", "1", "--sample-num", "2", "--sample-steps", "2",
+                                     "--no-progress", "--out", run])
+    assert code == 0, err
+    code, out, err = run_main(capsys, ["info", run])
+    assert code == 0 and "classes:    0 cat, 1 dog" in out, out
+    for spec, want in (("dog", [1, 1, 1, 1, 1]), ("dog,cat", [1, 0, 1, 0, 1]), ("0,dog", [0, 1, 0, 1, 0])):
+        code, _, err = run_main(capsys, ["sample", run, "--class", spec, "--steps", "2", "--num", "5",
+                                         "--out", tmp_path / "s.png", "--no-progress"])
+        assert code == 0, err
+        assert np.load(tmp_path / "s.npz")["y"].tolist() == want
+    code, _, err = run_main(capsys, ["sample", run, "--class", "cta", "--out", tmp_path / "s.png", "--no-progress"])
+    assert_one_line_error(code, err, "--class 'cta' is not a class of this model", "its classes are: 0 cat, 1 dog")
+
+
 def test_every_variance_name_is_accepted_by_sample_and_nll(capsys):
     """One list of reverse-variance names (scorekit.variances.VARIANCES) for both commands' help and
     checks."""

@@ -527,8 +527,10 @@ def _add_sample(commands) -> None:
                    help="clamp the predicted x_0 to [-X, X] at every step (e.g. 1 for images)")
     p.add_argument("--num", metavar="N", type=_int_in(1, 1000000, "--num"), default=64,
                    help="number of samples")
-    p.add_argument("--class", dest="label", metavar="K", type=_int_in(0, _BIG, "--class"),
-                   help="class label for a class-conditional model (default: all classes in turn)")
+    p.add_argument("--class", dest="label", metavar="K[,K...]",
+                   help="the class(es) to sample from a class-conditional model, by number or by the "
+                        "name 'scorekit info' lists (e.g. 3 or cat, or cat,dog in turn; default: all "
+                        "classes in turn)")
     p.add_argument("--unconditional", action="store_true",
                    help="sample a class-conditional model without labels (it learnt this through "
                         "label dropout)")
@@ -584,10 +586,10 @@ def _sampler_options_from(args: argparse.Namespace) -> dict:
 ANALYTIC_SAMPLES = 100
 
 
-def _analytic_variances(args: argparse.Namespace, ckpt, timesteps, device):
+def _analytic_variances(args: argparse.Namespace, ckpt, timesteps, device, classes):
     """Analytic-DPM's reverse variances on ``timesteps`` (:func:`scorekit.variances.analytic_variances`),
     estimated on :data:`ANALYTIC_SAMPLES` training samples per step drawn with seed ``--seed + 2``:
-    with ``--class K`` on that class's samples and label, otherwise on all of them without labels
+    with one ``--class`` on that class's samples and label, otherwise on all of them without labels
     (for a class-conditional model that is the larger, marginal posterior variance)."""
     import torch
 
@@ -600,9 +602,9 @@ def _analytic_variances(args: argparse.Namespace, ckpt, timesteps, device):
                             f"records none; use --variance small or large")
     data = dataset_from_config(ckpt.data_config, progress=not args.no_progress)
     x, y = data.x, None
-    if args.label is not None and data.y is not None:
-        x = x[data.y == args.label]
-        y = torch.full((ANALYTIC_SAMPLES,), args.label, dtype=torch.long, device=device)
+    if classes is not None and len(classes) == 1 and data.y is not None:
+        x = x[data.y == classes[0]]
+        y = torch.full((ANALYTIC_SAMPLES,), classes[0], dtype=torch.long, device=device)
     denoiser = checkpoint_denoiser(ckpt, ema=not args.no_ema, y=y)
     return analytic_variances(denoiser, ckpt.process, x.to(device), num_samples=ANALYTIC_SAMPLES,
                               timesteps=timesteps, generator=torch.Generator().manual_seed(args.seed + 2),
@@ -619,6 +621,28 @@ class _Counted:
     def __call__(self, x_t, t):
         self.calls += 1
         return self.model(x_t, t)
+
+
+def _class_labels(text: str, num_classes: int, class_names) -> list[int]:
+    """The labels ``--class`` names: comma-separated numbers ``0 .. num_classes-1`` or names of
+    ``class_names`` (the run's, e.g. an image folder's sub-folders)."""
+    names = list(class_names or [])
+    listing = (", ".join(f"{i} {n}" for i, n in enumerate(names)) if names else
+               f"0 to {num_classes - 1} (this run stores no class names)")
+    labels = []
+    for part in text.split(","):
+        part = part.strip()
+        if part in names:
+            labels.append(names.index(part))
+            continue
+        try:
+            k = int(part)
+        except ValueError:
+            raise ScorekitError(f"--class {part!r} is not a class of this model; its classes are: {listing}") from None
+        if not 0 <= k < num_classes:
+            raise ScorekitError(f"--class {k} is outside 0..{num_classes - 1}; the model's classes are: {listing}")
+        labels.append(k)
+    return labels
 
 
 def _sample_steps(args: argparse.Namespace) -> int:
@@ -667,6 +691,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     try:
         ckpt = load_checkpoint(args.checkpoint, device=device)
         num_classes = ckpt.num_classes
+        classes = None                                  # the --class labels, in turn
         if args.unconditional and args.label is not None:
             raise ScorekitError("give either --class or --unconditional, not both")
         if args.unconditional:
@@ -677,10 +702,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         elif args.label is not None:
             if num_classes is None:
                 raise ScorekitError(f"--class {args.label}: this model was trained without labels")
-            if args.label >= num_classes:
-                raise ScorekitError(f"--class {args.label} is outside 0..{num_classes - 1} (the model "
-                                    f"has {num_classes} classes)")
-            labels = torch.full((args.num,), args.label, dtype=torch.long)
+            classes = _class_labels(args.label, num_classes, ckpt.config.get("class_names"))
+            labels = torch.tensor(classes, dtype=torch.long)[torch.arange(args.num) % len(classes)]
         elif num_classes is not None:
             labels = torch.arange(args.num) % num_classes
         else:
@@ -704,7 +727,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
             if timesteps is None:
                 timesteps = make_timesteps(ckpt.process, steps, args.spacing)
-            options["variance"] = _analytic_variances(args, ckpt, timesteps, device)
+            options["variance"] = _analytic_variances(args, ckpt, timesteps, device, classes)
         parts, nfe_calls, batches = [], 0, 0
         start = time.perf_counter()
         for lo in range(0, args.num, args.batch_size):
@@ -755,7 +778,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                 np.savez(fh, **arrays)
         try:
             write_samples(x0, out, data=data, title=title,
-                          nrow=num_classes if labels is not None and args.label is None else None)
+                          nrow=None if labels is None or classes is not None and len(classes) == 1
+                          else len(classes or range(num_classes)))
         except BaseException:
             os.remove(npz)
             raise
@@ -837,6 +861,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if ckpt.num_classes is not None:
         data_text += f", {ckpt.num_classes} classes, label dropout {cfg.get('label_dropout')}"
     lines.append(("data", data_text))
+    if cfg.get("class_names"):
+        lines.append(("classes", ", ".join(f"{i} {name}" for i, name in enumerate(cfg["class_names"]))
+                      + " (sample --class takes a number or a name)"))
     total = train.get("steps")
     lines.append(("step", f"{ckpt.step}" + (f" of {total}" if total else "")
                   + (f", batch size {train.get('batch_size')}" if train.get("batch_size") else "")
