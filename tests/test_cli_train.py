@@ -189,9 +189,21 @@ def test_sampler_option_help_lists_values_defaults_and_samplers(capsys, command)
         assert needle in text, needle
 
 
-def test_classes_by_name(capsys, tmp_path):
-    """A run on an image folder stores its sub-folders as class names: info lists them, --class takes
-    a name or a comma-separated list (sampled in turn), and a wrong name lists the valid ones."""
+def test_default_steps_fit_a_short_chain(capsys, tmp_path):
+    """A DDPM of T = 10 steps: train's sample grids and sample itself default to 10 steps (50 is more
+    than the chain has), while a given count above T is refused by both alike (test above)."""
+    run = tmp_path / "t10"
+    code, _, err = run_main(capsys, ["train", "--data", "moons", "--data-option", "n=64", "--model-option",
+                                     "hidden=16", "--model-option", "depth=1", "--steps", "2", "--diffusion-steps",
+                                     "10", "--sample-num", "5", "--no-progress", "--out", run])
+    assert code == 0, err
+    code, out, err = run_main(capsys, ["sample", run, "--num", "5", "--out", tmp_path / "s.png", "--no-progress"])
+    assert code == 0, err
+    assert "with ddim (10 steps, NFE 10 per sample)" in out
+
+
+def train_on_pets(capsys, tmp_path, *extra):
+    """A one-step run on an image folder of 8x8 colour images in the classes cat and dog."""
     from PIL import Image
 
     rng = np.random.RandomState(0)
@@ -203,8 +215,33 @@ def test_classes_by_name(capsys, tmp_path):
     code, _, err = run_main(capsys, ["train", "--data", f"folder:{tmp_path / 'pets'}", "--model", "tiny",
                                      "--model-option", "base_channels=8", "--model-option", "groups=4",
                                      "--batch-size", "4", "--steps", "1", "--sample-num", "2", "--sample-steps", "2",
-                                     "--no-progress", "--out", run])
+                                     "--no-progress", "--out", run, *extra])
     assert code == 0, err
+    return run
+
+
+def test_no_progress_hides_the_data_loading_bar(capsys, tmp_path, monkeypatch):
+    """With a loading bar for every folder (PROGRESS_MIN_FILES = 0), --no-progress hides it in train
+    (which still logs its one line), nll and sample --variance analytic (which reload the run's data)."""
+    from scorekit.data import images
+
+    monkeypatch.setattr(images, "PROGRESS_MIN_FILES", 0)
+    run = train_on_pets(capsys, tmp_path)
+    code, _, err = run_main(capsys, ["train", "--out", run, "--resume", "--steps", "2", "--no-progress"])
+    assert code == 0 and len(err.splitlines()) == 1 and "loading" not in err, err
+    code, _, err = run_main(capsys, ["nll", run, "--num", "2", "--no-progress"])
+    assert code == 0 and err == "", err
+    code, _, err = run_main(capsys, ["sample", run, "--sampler", "ddpm", "--variance", "analytic", "--steps", "2",
+                                     "--num", "2", "--out", tmp_path / "s.png", "--no-progress"])
+    assert code == 0 and err == "", err
+    code, _, err = run_main(capsys, ["nll", run, "--num", "2"])
+    assert code == 0 and "loading pets" in err        # the bar itself is there without the flag
+
+
+def test_classes_by_name(capsys, tmp_path):
+    """A run on an image folder stores its sub-folders as class names: info lists them, --class takes
+    a name or a comma-separated list (sampled in turn), and a wrong name lists the valid ones."""
+    run = train_on_pets(capsys, tmp_path)
     code, out, err = run_main(capsys, ["info", run])
     assert code == 0 and "classes:    0 cat, 1 dog" in out, out
     for spec, want in (("dog", [1, 1, 1, 1, 1]), ("dog,cat", [1, 0, 1, 0, 1]), ("0,dog", [0, 1, 0, 1, 0])):
@@ -323,7 +360,7 @@ def test_bad_checkpoints_give_one_line(capsys, tmp_path, bad_checkpoints, which,
     (["--sampler", "ddpm", "--eta", "0.5"], ["sampler 'ddpm' has no option --eta", "--variance"]),
     (["--sampler", "ddpm", "--variance", "huge"], ["variance"]),
     (["--class", "2"], ["--class 2 is outside 0..1"]),
-    (["--steps", "2000"], ["more than the model's 1000"]),
+    (["--steps", "2000"], ["--steps 2000 is more than the model's 1000 diffusion steps"]),
     (["--sampler", "ode_adaptive", "--steps", "20"], ["ode_adaptive chooses its own steps", "drop --steps"]),
     (["--sampler", "ode_adaptive", "--spacing", "karras"], ["ode_adaptive chooses its own steps", "drop --spacing"]),
     (["--sampler", "unipc", "--variant", "midpoint"], ["--variant midpoint is not an option of unipc",
@@ -363,6 +400,10 @@ def write_npz(path, x, y=None):
     (None, ["--data", "moons", "--batch-size", "10", "--grad-accum", "3"], ["multiple of grad_accum"]),
     (None, ["--data", "moons", "--model", "mlp", "--model-option", "depth=0"], ["depth"]),
     (None, ["--data", "moons", "--lr", "-1"], ["--lr must be a positive"]),
+    (None, ["--data", "moons", "--sample-steps", "5000"],
+     ["--sample-steps", "5000 is more than the model's 1000 diffusion steps"]),
+    (None, ["--data", "moons", "--process", "simple_ve", "--diffusion-steps", "10", "--sample-steps", "11"],
+     ["--sample-steps", "11 is more than the model's 10 diffusion steps"]),
     (None, ["--data", "moons", "--mixed-precision", "fp16"], ["fp16", "CUDA"]),
     (None, ["--data", "moons", "--device", "cuda"], ["CUDA is not available"]),
 ])

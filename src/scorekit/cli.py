@@ -236,6 +236,7 @@ def _add_train(commands) -> None:
     from .prediction import PREDICTION_TYPES
     from .processes import BETA_SCHEDULES
     from .samplers import SAMPLERS
+    from .timesteps import DEFAULT_SAMPLE_STEPS
     from .train.trainer import (DEFAULT_DDPM_SCHEDULE, LR_SCHEDULES, MIXED_PRECISION, PROCESS_NAMES,
                                 TIMESTEP_SAMPLERS, TrainConfig)
 
@@ -361,7 +362,8 @@ def _add_train(commands) -> None:
     g.add_argument("--sample-num", metavar="N", type=_int_in(1, 100000, "--sample-num"),
                    help="samples per grid (default: 64 images or 2000 points)")
     g.add_argument("--sample-steps", metavar="N", type=_int_in(1, 100000, "--sample-steps"),
-                   help="sampler steps for the grids" + dflt(d.sample_steps))
+                   help=f"sampler steps for the grids, at most T for ddpm and simple_ve (default: "
+                        f"{DEFAULT_SAMPLE_STEPS}, or T if smaller)")
     g.add_argument("--sample-sampler", choices=list(SAMPLERS),
                    help="sampler for the grids" + dflt(d.sample_sampler))
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -482,14 +484,10 @@ def _add_sampler_option_flags(p: argparse.ArgumentParser) -> None:
                        help=_sampler_option_help(name, defaults))
 
 
-#: ``scorekit sample --steps`` unless given
-DEFAULT_SAMPLE_STEPS = 50
-
-
 def _add_sample(commands) -> None:
     from .samplers import SAMPLERS
     from .samplers.options import ADAPTIVE_SAMPLERS
-    from .timesteps import CONTINUOUS_SPACINGS, DISCRETE_SPACINGS
+    from .timesteps import CONTINUOUS_SPACINGS, DEFAULT_SAMPLE_STEPS, DISCRETE_SPACINGS
 
     p = commands.add_parser(
         "sample", formatter_class=_Formatter,
@@ -514,9 +512,9 @@ def _add_sample(commands) -> None:
     p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint folder")
     p.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="the sampler")
     p.add_argument("--steps", metavar="N", type=_int_in(1, 100000, "--steps"),
-                   help=f"sampler steps (network evaluations for DDIM and DDPM; default: "
-                        f"{DEFAULT_SAMPLE_STEPS}); not for {', '.join(ADAPTIVE_SAMPLERS)}, which chooses its "
-                        f"own (its NFE is printed)")
+                   help=f"sampler steps (network evaluations for DDIM and DDPM), at most T for ddpm and "
+                        f"simple_ve models (default: {DEFAULT_SAMPLE_STEPS}, or T if smaller); not for "
+                        f"{', '.join(ADAPTIVE_SAMPLERS)}, which chooses its own (its NFE is printed)")
     p.add_argument("--spacing", choices=sorted(set(DISCRETE_SPACINGS) | set(CONTINUOUS_SPACINGS)),
                    help="how the steps are spaced (default: trailing for DDPM, uniform otherwise)")
     p.add_argument("--schedule", choices=("default", "tuned"), default="default",
@@ -600,7 +598,7 @@ def _analytic_variances(args: argparse.Namespace, ckpt, timesteps, device, class
     if not ckpt.data_config:
         raise ScorekitError(f"--variance analytic is estimated on the run's training data, but {ckpt.path} "
                             f"records none; use --variance small or large")
-    data = dataset_from_config(ckpt.data_config, progress=not args.no_progress)
+    data = dataset_from_config(ckpt.data_config, progress=False if args.no_progress else None)
     x, y = data.x, None
     if classes is not None and len(classes) == 1 and data.y is not None:
         x = x[data.y == classes[0]]
@@ -645,14 +643,14 @@ def _class_labels(text: str, num_classes: int, class_names) -> list[int]:
     return labels
 
 
-def _sample_steps(args: argparse.Namespace) -> int:
-    """``--steps`` (default :data:`DEFAULT_SAMPLE_STEPS`); an adaptive sampler chooses its own
+def _sample_steps(args: argparse.Namespace) -> int | None:
+    """``--steps`` (``None``: the default for the model); an adaptive sampler chooses its own
     steps, so it refuses --steps, --spacing and --schedule tuned and gets the grid of one step
     (whose first and last times are all it uses)."""
     from .samplers.options import ADAPTIVE_SAMPLERS
 
     if args.sampler not in ADAPTIVE_SAMPLERS:
-        return DEFAULT_SAMPLE_STEPS if args.steps is None else args.steps
+        return args.steps
     given = [flag for flag, value in (("--steps", args.steps), ("--spacing", args.spacing)) if value is not None]
     given += ["--schedule tuned"] if args.schedule == "tuned" else []
     if given:
@@ -672,6 +670,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from .train.checkpoint import checkpoint_denoiser, load_checkpoint
     from .train.distributed import resolve_device
     from .samplers.options import ADAPTIVE_SAMPLERS
+    from .timesteps import check_step_count, default_step_count
     from .train.trainer import write_samples
 
     out = args.out
@@ -711,9 +710,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         shape = (args.num, *ckpt.sample_shape)
         x_T = ckpt.process.prior_sample(shape, generator=torch.Generator().manual_seed(args.seed))
         noise = torch.Generator(device=device).manual_seed(args.seed + 1)
-        if ckpt.process.discrete and steps > ckpt.process.num_steps:
-            raise ScorekitError(f"--steps {steps} is more than the model's {ckpt.process.num_steps} "
-                                f"diffusion steps")
+        steps = default_step_count(ckpt.process) if steps is None else check_step_count(ckpt.process, steps,
+                                                                                         "--steps")
         timesteps = None
         if args.schedule == "tuned":
             from .schedule_tuning import load_tuned_for_steps
@@ -763,7 +761,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         try:
             from .data import dataset_from_config
 
-            data = dataset_from_config(ckpt.data_config).x if ckpt.data_config else None
+            data = (dataset_from_config(ckpt.data_config, progress=False if args.no_progress else None).x
+                    if ckpt.data_config else None)
         except ScorekitError:
             data = None
     nfe = nfe_calls / max(batches, 1)
@@ -1086,6 +1085,8 @@ def _nll_data(args: argparse.Namespace, ckpt):
         options = {k: v for k, v in ckpt.data_config.items() if k not in ("spec", "flip")}
         spec = ckpt.data_config["spec"]
     options.update(dict(args.data_option or []))
+    if args.no_progress:
+        options["progress"] = False
     dataset = load_dataset(spec, **options)
     if tuple(dataset.shape) != tuple(ckpt.sample_shape):
         raise ScorekitError(f"{dataset.spec} holds samples of shape {tuple(dataset.shape)}, but the model "

@@ -213,6 +213,30 @@ def check_timesteps(timesteps) -> torch.Tensor:
     return ts
 
 
+#: sampler steps of ``scorekit sample`` and of the training run's sample grids unless given
+DEFAULT_SAMPLE_STEPS = 50
+
+
+def default_step_count(process: GaussianProcess) -> int:
+    """:data:`DEFAULT_SAMPLE_STEPS`, or a discrete process's ``T`` if it has fewer steps."""
+    if process.discrete:
+        return min(DEFAULT_SAMPLE_STEPS, int(round(process.t_max - process.t_min)) + 1)
+    return DEFAULT_SAMPLE_STEPS
+
+
+def check_step_count(process: GaussianProcess, num_steps, name: str = "num_steps") -> int:
+    """``num_steps`` as an int if a sampler can take that many steps on ``process``: a whole number
+    from 1, and for a discrete process at most its ``T`` steps (a grid of distinct steps has no
+    more). One rule for every caller (``scorekit sample --steps``, ``train --sample-steps``)."""
+    n = _check_num_steps(num_steps)
+    if process.discrete:
+        T = int(round(process.t_max - process.t_min)) + 1
+        if n > T:
+            raise ScorekitError(f"{name} {n} is more than the model's {T} diffusion steps "
+                                f"({type(process).__name__} has T = {T}); give at most {T}")
+    return n
+
+
 def _check_num_steps(num_steps) -> int:
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
         raise ScorekitError(f"num_steps must be a positive integer, got {num_steps!r}")

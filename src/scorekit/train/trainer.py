@@ -162,7 +162,9 @@ class TrainConfig:
         keep_checkpoints: keep the newest this many (``None``: all).
         sample_every: write a sample grid every this many steps (0: only at the end).
         sample_num: samples per grid (``None``: 64 images or 2000 points).
-        sample_steps, sample_sampler: the sampler for the grids (from the EMA weights, fixed noise).
+        sample_steps, sample_sampler: the sampler for the grids (from the EMA weights, fixed noise);
+            ``sample_steps=None`` is 50, or ``T`` of a discrete process with fewer steps; a given
+            number above ``T`` is refused, as ``scorekit sample --steps`` refuses it.
     """
 
     data: str = "digits"
@@ -200,7 +202,7 @@ class TrainConfig:
     keep_checkpoints: int | None = 3
     sample_every: int = 0
     sample_num: int | None = None
-    sample_steps: int = 50
+    sample_steps: int | None = None
     sample_sampler: str = "ddim"
 
     def to_dict(self) -> dict:
@@ -289,7 +291,7 @@ class TrainConfig:
         whole("keep_checkpoints", 1, allow_none=True)
         whole("sample_every", 0)
         whole("sample_num", 1, allow_none=True)
-        whole("sample_steps", 1)
+        whole("sample_steps", 1, allow_none=True)
         whole("num_threads", 1, allow_none=True)
         number("lr", 0, open_lo=True)
         number("min_lr", 0)
@@ -512,13 +514,18 @@ class _Trainer:
 
         from ..data import dataset_from_config, load_dataset
 
+        quiet = {} if self.progress else {"progress": False}     # no loading bar either
         if self.saved_run is not None:                  # resuming: the run's own data
-            self.dataset = dataset_from_config(self.saved_run["data"])
+            self.dataset = dataset_from_config(self.saved_run["data"], **quiet)
         else:
-            self.dataset = load_dataset(cfg.data, **cfg.data_options)
+            self.dataset = load_dataset(cfg.data, **{**cfg.data_options, **quiet})
         if len(self.dataset) < 1:
             raise ScorekitError(f"{cfg.data}: the dataset is empty")
         self.process = build_process(cfg.process, cfg.process_options)
+        if cfg.sample_steps is not None:
+            from ..timesteps import check_step_count
+
+            check_step_count(self.process, cfg.sample_steps, "sample_steps (--sample-steps)")
         from ..models import build_model
 
         self.net_config = model_config_for(cfg, self.dataset, self.process) if self.saved_run is None \
@@ -868,7 +875,9 @@ class _Trainer:
             from ..variances import PredictionHead
 
             model = PredictionHead(model)                   # the grids use the prediction only
-        steps = min(cfg.sample_steps, self.process.num_steps) if self.process.discrete else cfg.sample_steps
+        from ..timesteps import default_step_count
+
+        steps = cfg.sample_steps if cfg.sample_steps is not None else default_step_count(self.process)
         x0 = sample(model, x_T, process=self.process, prediction_type=cfg.prediction,
                     sampler=cfg.sample_sampler, num_steps=steps,
                     generator=_generator(cfg.seed, "sampler", device=self.device))
