@@ -357,6 +357,7 @@ def test_bad_checkpoints_give_one_line(capsys, tmp_path, bad_checkpoints, which,
 
 @pytest.mark.parametrize("extra, fragments", [
     (["--sampler", "heunish"], ["invalid choice: 'heunish'"]),
+    (["--sampler", "ddim_invert"], ["ddim_invert maps data to noise, so it is not a sampler", "scorekit.invert"]),
     (["--sampler", "ddpm", "--eta", "0.5"], ["sampler 'ddpm' has no option --eta", "--variance"]),
     (["--sampler", "ddpm", "--variance", "huge"], ["variance"]),
     (["--class", "2"], ["--class 2 is outside 0..1"]),

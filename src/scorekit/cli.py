@@ -62,6 +62,16 @@ def _step_list(text: str) -> tuple[int, ...]:
     return tuple(values)
 
 
+def _sampler_name(text: str) -> str:
+    """A ``--sampler`` value; a name that is not a sampler but a known function gets a pointer
+    (argparse's choices list the samplers)."""
+    from .sampling import NOT_SAMPLERS
+
+    if text in NOT_SAMPLERS:
+        raise argparse.ArgumentTypeError(NOT_SAMPLERS[text])
+    return text
+
+
 def _int_in(lo: int, hi: int, what: str):
     def parse(text: str) -> int:
         try:
@@ -510,7 +520,7 @@ def _add_sample(commands) -> None:
               {PROG} sample runs/8g --sampler ddim --eta 1 --num 5000 --out points.png
             """))
     p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint folder")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="the sampler")
+    p.add_argument("--sampler", choices=list(SAMPLERS), type=_sampler_name, default="ddim", help="the sampler")
     p.add_argument("--steps", metavar="N", type=_int_in(1, 100000, "--steps"),
                    help=f"sampler steps (network evaluations for DDIM and DDPM), at most T for ddpm and "
                         f"simple_ve models (default: {DEFAULT_SAMPLE_STEPS}, or T if smaller); not for "
@@ -919,7 +929,7 @@ def _add_tune(commands) -> None:
               {PROG} tune runs/8g --sampler ode_heun --nfe 9 --num 256 --max-evals 500
             """))
     p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint folder")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default="ddim",
+    p.add_argument("--sampler", choices=list(SAMPLERS), type=_sampler_name, default="ddim",
                    help="the sampler (a deterministic one)")
     p.add_argument("--nfe", metavar="N", type=_int_in(1, 100000, "--nfe"), required=True,
                    help="network evaluations per sample")
