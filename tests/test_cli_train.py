@@ -202,6 +202,26 @@ def test_default_steps_fit_a_short_chain(capsys, tmp_path):
     assert "with ddim (10 steps, NFE 10 per sample)" in out
 
 
+def test_simple_ve_trains_eps_from_unit_loss_and_warns_of_its_coarsest_detail(capsys, tmp_path):
+    """--process simple_ve without --prediction trains eps (a unit-variance target: an untrained
+    network's loss is about 1, where v's would be about 1 + T Var[x_0] / 2 ~ 100 on moons) and warns
+    in one line why its samples lose detail; --prediction v is still taken when asked for."""
+    run = tmp_path / "sve"
+    code, _, err = run_main(capsys, ["train", "--data", "moons", "--data-option", "n=64", "--model-option",
+                                     "hidden=16", "--model-option", "depth=1", "--steps", "2", "--log-every", "1",
+                                     "--process", "simple_ve", "--no-progress", "--out", run])
+    assert code == 0, err
+    warnings = [l for l in err.splitlines() if "warning:" in l]
+    assert len(warnings) == 1 and "SimpleVE's smallest noise level sigma/alpha = 1" in warnings[0], err
+    assert load_checkpoint(str(run)).prediction_type == "eps"
+    first = read_metrics(os.path.join(run, "metrics.jsonl"))[0]["loss"]
+    assert first < 3, first
+    code, _, err = run_main(capsys, ["train", "--data", "moons", "--data-option", "n=64", "--steps", "1",
+                                     "--process", "simple_ve", "--prediction", "v", "--no-progress",
+                                     "--out", tmp_path / "v"])
+    assert code == 0 and load_checkpoint(str(tmp_path / "v")).prediction_type == "v"
+
+
 def train_on_pets(capsys, tmp_path, *extra):
     """A one-step run on an image folder of 8x8 colour images in the classes cat and dog."""
     from PIL import Image

@@ -310,7 +310,8 @@ def _add_train(commands) -> None:
     g.add_argument("--process-option", metavar="KEY=VALUE", action="append", type=_key_value,
                    help="another process setting, e.g. beta_max=20 or sigma_max=80 (repeatable)")
     g.add_argument("--prediction", choices=list(PREDICTION_TYPES),
-                   help="what the network predicts" + dflt(d.prediction))
+                   help="what the network predicts (default: v for ddpm, vp and subvp; eps for the "
+                        "variance-exploding ve, edm and simple_ve, where v grows with the noise level)")
     g.add_argument("--weighting", choices=list(WEIGHTINGS), help="loss weighting" + dflt(d.weighting))
     g.add_argument("--min-snr-gamma", metavar="G", type=_positive_float("--min-snr-gamma"),
                    help="gamma of --weighting min_snr (default: 5)")
