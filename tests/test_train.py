@@ -438,7 +438,8 @@ def test_run_folder_layout_and_keep_last_k(trained_run):
     cfg = json.load(open(os.path.join(trained_run, "config.json")))
     assert cfg["model"]["kind"] == "mlp" and cfg["process"]["kind"] == "DDPM"
     assert cfg["data"]["spec"] == "moons" and cfg["sample_shape"] == [2]
-    assert TrainConfig.from_dict(cfg["train"]) == small_2d(steps=6, keep_checkpoints=2)
+    # the run records the prediction type chosen for its process (default_prediction: v for DDPM)
+    assert TrainConfig.from_dict(cfg["train"]) == small_2d(steps=6, keep_checkpoints=2, prediction="v")
     assert cfg["model"]["num_classes"] == 2 and cfg["label_dropout"] == 0.1   # labelled: default 0.1
 
 
