@@ -42,7 +42,7 @@ def runs(tmp_path_factory):
                   "base_channels=8", "--model-option", "groups=4", "--batch-size", "4", "--steps", "2",
                   "--sample-num", "2", "--sample-steps", "2", "--no-progress"]
     return {"points": _train(POINTS, root / "points"), "images": _train(image_args, root / "images"),
-            "root": root}
+            "vp": _train([*POINTS, "--process", "vp"], root / "vp"), "root": root}
 
 
 def test_ode_nll_reports_what_the_library_computes(runs, capsys, tmp_path):
@@ -103,6 +103,9 @@ def test_8bit_images_are_dequantised(runs, capsys, tmp_path):
     (["--data-bits", "8"], ["--data-bits 8", "not on the 256 levels"]),
     (["--data-option", "colour=2"], ["unknown moons data option colour"]),
     (["--divergence", "trace"], ["invalid choice: 'trace'"]),
+    (["--method", "elbo", "--variance", "tiny"], ["--variance", "invalid choice: 'tiny'", "analytic"]),
+    (["--method", "elbo", "--elbo-steps", "0"], ["--elbo-steps must be from 1"]),
+    (["--method", "elbo", "--variance", "learned"], ["variance='learned' needs a denoiser with a variance head"]),
     (["--num", "0"], ["--num must be from 1"]),
     (["--t-eps=-5"], ["t_eps=-5.0 must be a time with sigma > 0"]),
 ])
@@ -127,3 +130,47 @@ def test_help_lists_nll(capsys):
     for flag in ("--data", "--data-option", "--method", "--num", "--batch-size", "--data-bits",
                  "--divergence", "--probe", "--num-probes", "--rtol", "--atol", "--t-eps", "--out"):
         assert flag in out
+
+
+def test_elbo_of_a_continuous_process_uses_the_documented_chain(runs, capsys, tmp_path):
+    """A VP-SDE run: --method elbo evaluates chain_timesteps (1000 steps uniform in log-SNR, or
+    --elbo-steps of them), and reports what the library computes on the same batches."""
+    from scorekit.likelihood import elbo
+    from scorekit.timesteps import DEFAULT_CHAIN_STEPS, chain_timesteps
+
+    ckpt = load_checkpoint(runs["vp"])
+    data = dataset_from_config(ckpt.data_config)
+    x, y = data.x[:6], data.y[:6]
+    for extra, steps in (([], DEFAULT_CHAIN_STEPS), (["--elbo-steps", "20"], 20)):
+        out = tmp_path / f"elbo{steps}.json"
+        code, stdout, err = run_main(capsys, ["nll", runs["vp"], "--method", "elbo", "--num", "6", "--batch-size",
+                                              "4", "--seed", "2", "--no-progress", "--out", out, *extra])
+        assert code == 0, err
+        assert f"elbo: " in stdout and f"(bound, {steps} steps, variance small); NFE {steps} per batch" in stdout
+        report = json.loads(out.read_text())
+        assert report["elbo_options"] == {"variance": "small", "steps": steps}
+        g = torch.Generator().manual_seed(2)
+        grid = chain_timesteps(ckpt.process, steps)
+        with torch.no_grad():
+            want = torch.cat([elbo(checkpoint_denoiser(ckpt, y=y[lo:lo + 4]), ckpt.process, x[lo:lo + 4],
+                                   data_bits=None, timesteps=grid, generator=g).total_bpd for lo in (0, 4)])
+        assert np.allclose(report["results"]["elbo"]["bits_per_dim"], want.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_both_prints_what_it_could_compute(runs, capsys, tmp_path):
+    """--method both: a method that fails is reported in one line beside the other's result (exit 0,
+    recorded in the JSON); if both fail the command fails in one line naming both reasons."""
+    out = tmp_path / "both.json"
+    code, stdout, err = run_main(capsys, ["nll", runs["vp"], "--method", "both", "--variance", "learned",
+                                          "--num", "3", "--no-progress", "--out", out])
+    assert code == 0, err
+    lines = stdout.splitlines()
+    assert any(l.startswith("  ode: ") and "bits/dim" in l for l in lines), stdout
+    assert [l for l in lines if l.startswith("  elbo: ")] == [
+        "  elbo: not computed: variance='learned' needs a denoiser with a variance head (scorekit.variances."
+        "LearnedVarianceDenoiser, or checkpoint_denoiser of a model trained with --variance learned)"]
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"ode"} and "variance head" in report["not_computed"]["elbo"]
+    code, _, err = run_main(capsys, ["nll", runs["vp"], "--method", "both", "--variance", "learned",
+                                     "--t-eps=-5", "--num", "3", "--no-progress"])
+    assert_one_line_error(code, err, "--method ode: t_eps=-5.0", "--method elbo: variance='learned'")

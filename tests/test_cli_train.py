@@ -135,6 +135,156 @@ def test_sample_any_sampler_with_its_options_and_raw_weights(runs, capsys, tmp_p
     assert "y" not in np.load(tmp_path / "u.npz")                # sampled without labels
 
 
+def test_sample_with_analytic_variances_uses_the_library_estimate(runs, capsys, tmp_path):
+    """--sampler ddpm --variance analytic: the samples are ddpm's with analytic_variances estimated on
+    the run's data (100 samples per step, seed + 2) for the same grid, with --class on that class."""
+    from scorekit import analytic_variances, ddpm, make_timesteps
+    from scorekit.data import dataset_from_config
+    from scorekit.train.checkpoint import checkpoint_denoiser
+
+    ckpt = load_checkpoint(runs["points"]["run"])
+    data = dataset_from_config(ckpt.data_config)
+    grid = make_timesteps(ckpt.process, 6)
+    for extra, y, x in (([], torch.arange(10) % 2, data.x), (["--class", "1"], torch.ones(10, dtype=torch.long),
+                                                            data.x[data.y == 1])):
+        out = tmp_path / f"a{len(extra)}.png"
+        code, stdout, err = run_main(capsys, ["sample", runs["points"]["run"], "--sampler", "ddpm", "--variance",
+                                              "analytic", "--steps", "6", "--num", "10", "--seed", "4",
+                                              "--out", out, "--no-progress", *extra])
+        assert code == 0, err
+        assert "NFE 6 per sample" in stdout
+        labels = None if not extra else torch.ones(100, dtype=torch.long)
+        table = analytic_variances(checkpoint_denoiser(ckpt, y=labels), ckpt.process, x, num_samples=100,
+                                   timesteps=grid, generator=torch.Generator().manual_seed(6))
+        x_T = ckpt.process.prior_sample((10, 2), generator=torch.Generator().manual_seed(4))
+        with torch.no_grad():
+            want = ddpm(checkpoint_denoiser(ckpt, y=y), ckpt.process, x_T, grid, variance=table,
+                        generator=torch.Generator().manual_seed(5))
+        np.testing.assert_allclose(np.load(out.with_suffix(".npz"))["x"], want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_adaptive_sampler_reports_its_own_steps(runs, capsys, tmp_path):
+    """ode_adaptive without --steps: the summary says the steps were adaptive and gives the NFE the
+    solver made, which is not the default step count."""
+    code, stdout, err = run_main(capsys, ["sample", runs["points"]["run"], "--sampler", "ode_adaptive", "--num", "8",
+                                          "--rtol", "1e-3", "--atol", "1e-3", "--out", tmp_path / "o.png",
+                                          "--no-progress"])
+    assert code == 0, err
+    assert "with ode_adaptive (adaptive steps, NFE " in stdout and "50 steps" not in stdout
+
+
+@pytest.mark.parametrize("command", ["sample", "tune"])
+def test_sampler_option_help_lists_values_defaults_and_samplers(capsys, command):
+    """Every --OPTION of a sampler says what values it takes, which samplers use it and their defaults
+    (generated from scorekit.samplers.options and the samplers' signatures)."""
+    code, out, _ = run_main(capsys, [command, "--help"])
+    assert code == 0
+    text = " ".join(out.split())
+    assert "see its documentation" not in text
+    for needle in ("--eta ETA a number >= 0 (0: deterministic), for ddim (default 0.0), dpmpp_2m_sde (default 1.0)",
+                   "--method METHOD one of RK45, DOP853, RK23, for ode_adaptive (default RK45)",
+                   "one of taylor, midpoint, for dpmpp_2m (default taylor)", "one of bh1, bh2, for unipc (default bh2)",
+                   "--order ORDER one of 1, 2, 3, for unipc (default 2), deis (default 3); one of 1, 2, 3, 4, "
+                   "for ipndm (default 4)"):
+        assert needle in text, needle
+
+
+def test_default_steps_fit_a_short_chain(capsys, tmp_path):
+    """A DDPM of T = 10 steps: train's sample grids and sample itself default to 10 steps (50 is more
+    than the chain has), while a given count above T is refused by both alike (test above)."""
+    run = tmp_path / "t10"
+    code, _, err = run_main(capsys, ["train", "--data", "moons", "--data-option", "n=64", "--model-option",
+                                     "hidden=16", "--model-option", "depth=1", "--steps", "2", "--diffusion-steps",
+                                     "10", "--sample-num", "5", "--no-progress", "--out", run])
+    assert code == 0, err
+    code, out, err = run_main(capsys, ["sample", run, "--num", "5", "--out", tmp_path / "s.png", "--no-progress"])
+    assert code == 0, err
+    assert "with ddim (10 steps, NFE 10 per sample)" in out
+
+
+def test_simple_ve_trains_eps_from_unit_loss_and_warns_of_its_coarsest_detail(capsys, tmp_path):
+    """--process simple_ve without --prediction trains eps (a unit-variance target: an untrained
+    network's loss is about 1, where v's would be about 1 + T Var[x_0] / 2 ~ 100 on moons) and warns
+    in one line why its samples lose detail; --prediction v is still taken when asked for."""
+    run = tmp_path / "sve"
+    code, _, err = run_main(capsys, ["train", "--data", "moons", "--data-option", "n=64", "--model-option",
+                                     "hidden=16", "--model-option", "depth=1", "--steps", "2", "--log-every", "1",
+                                     "--process", "simple_ve", "--no-progress", "--out", run])
+    assert code == 0, err
+    warnings = [l for l in err.splitlines() if "warning:" in l]
+    assert len(warnings) == 1 and "SimpleVE's smallest noise level sigma/alpha = 1" in warnings[0], err
+    assert load_checkpoint(str(run)).prediction_type == "eps"
+    first = read_metrics(os.path.join(run, "metrics.jsonl"))[0]["loss"]
+    assert first < 3, first
+    code, _, err = run_main(capsys, ["train", "--data", "moons", "--data-option", "n=64", "--steps", "1",
+                                     "--process", "simple_ve", "--prediction", "v", "--no-progress",
+                                     "--out", tmp_path / "v"])
+    assert code == 0 and load_checkpoint(str(tmp_path / "v")).prediction_type == "v"
+
+
+def train_on_pets(capsys, tmp_path, *extra):
+    """A one-step run on an image folder of 8x8 colour images in the classes cat and dog."""
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    for name in ("cat", "dog"):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.randint(0, 256, (8, 8, 3)).astype(np.uint8)).save(tmp_path / "pets" / name / f"{i}.png")
+    run = tmp_path / "run"
+    code, _, err = run_main(capsys, ["train", "--data", f"folder:{tmp_path / 'pets'}", "--model", "tiny",
+                                     "--model-option", "base_channels=8", "--model-option", "groups=4",
+                                     "--batch-size", "4", "--steps", "1", "--sample-num", "2", "--sample-steps", "2",
+                                     "--no-progress", "--out", run, *extra])
+    assert code == 0, err
+    return run
+
+
+def test_no_progress_hides_the_data_loading_bar(capsys, tmp_path, monkeypatch):
+    """With a loading bar for every folder (PROGRESS_MIN_FILES = 0), --no-progress hides it in train
+    (which still logs its one line), nll and sample --variance analytic (which reload the run's data)."""
+    from scorekit.data import images
+
+    monkeypatch.setattr(images, "PROGRESS_MIN_FILES", 0)
+    run = train_on_pets(capsys, tmp_path)
+    code, _, err = run_main(capsys, ["train", "--out", run, "--resume", "--steps", "2", "--no-progress"])
+    assert code == 0 and len(err.splitlines()) == 1 and "loading" not in err, err
+    code, _, err = run_main(capsys, ["nll", run, "--num", "2", "--no-progress"])
+    assert code == 0 and err == "", err
+    code, _, err = run_main(capsys, ["sample", run, "--sampler", "ddpm", "--variance", "analytic", "--steps", "2",
+                                     "--num", "2", "--out", tmp_path / "s.png", "--no-progress"])
+    assert code == 0 and err == "", err
+    code, _, err = run_main(capsys, ["nll", run, "--num", "2"])
+    assert code == 0 and "loading pets" in err        # the bar itself is there without the flag
+
+
+def test_classes_by_name(capsys, tmp_path):
+    """A run on an image folder stores its sub-folders as class names: info lists them, --class takes
+    a name or a comma-separated list (sampled in turn), and a wrong name lists the valid ones."""
+    run = train_on_pets(capsys, tmp_path)
+    code, out, err = run_main(capsys, ["info", run])
+    assert code == 0 and "classes:    0 cat, 1 dog" in out, out
+    for spec, want in (("dog", [1, 1, 1, 1, 1]), ("dog,cat", [1, 0, 1, 0, 1]), ("0,dog", [0, 1, 0, 1, 0])):
+        code, _, err = run_main(capsys, ["sample", run, "--class", spec, "--steps", "2", "--num", "5",
+                                         "--out", tmp_path / "s.png", "--no-progress"])
+        assert code == 0, err
+        assert np.load(tmp_path / "s.npz")["y"].tolist() == want
+    code, _, err = run_main(capsys, ["sample", run, "--class", "cta", "--out", tmp_path / "s.png", "--no-progress"])
+    assert_one_line_error(code, err, "--class 'cta' is not a class of this model", "its classes are: 0 cat, 1 dog")
+
+
+def test_every_variance_name_is_accepted_by_sample_and_nll(capsys):
+    """One list of reverse-variance names (scorekit.variances.VARIANCES) for both commands' help and
+    checks."""
+    from scorekit.variances import VARIANCES
+
+    for command in ("sample", "nll"):
+        code, out, _ = run_main(capsys, [command, "--help"])
+        assert code == 0
+        help_text = " ".join(out.split())
+        assert ", ".join(VARIANCES) in help_text or "{" + ",".join(VARIANCES) + "}" in help_text, command
+
+
 def test_info_describes_the_run(runs, capsys):
     code, out, err = run_main(capsys, ["info", runs["images"]["run"]])
     assert code == 0, err
@@ -227,10 +377,16 @@ def test_bad_checkpoints_give_one_line(capsys, tmp_path, bad_checkpoints, which,
 
 @pytest.mark.parametrize("extra, fragments", [
     (["--sampler", "heunish"], ["invalid choice: 'heunish'"]),
+    (["--sampler", "ddim_invert"], ["ddim_invert maps data to noise, so it is not a sampler", "scorekit.invert"]),
     (["--sampler", "ddpm", "--eta", "0.5"], ["sampler 'ddpm' has no option --eta", "--variance"]),
     (["--sampler", "ddpm", "--variance", "huge"], ["variance"]),
     (["--class", "2"], ["--class 2 is outside 0..1"]),
-    (["--steps", "2000"], ["more than the model's 1000"]),
+    (["--steps", "2000"], ["--steps 2000 is more than the model's 1000 diffusion steps"]),
+    (["--sampler", "ode_adaptive", "--steps", "20"], ["ode_adaptive chooses its own steps", "drop --steps"]),
+    (["--sampler", "ode_adaptive", "--spacing", "karras"], ["ode_adaptive chooses its own steps", "drop --spacing"]),
+    (["--sampler", "unipc", "--variant", "midpoint"], ["--variant midpoint is not an option of unipc",
+                                                        "choose one of bh1, bh2"]),
+    (["--sampler", "deis", "--order", "4"], ["--order 4 is not an option of deis", "choose one of 1, 2, 3"]),
     (["--steps", "0"], ["--steps must be from 1"]),
     (["--out", "{tmp}/samples.jpg"], ["must name a .png file"]),
     (["--out", "{tmp}/no/such/folder/s.png"], ["does not exist"]),
@@ -265,6 +421,10 @@ def write_npz(path, x, y=None):
     (None, ["--data", "moons", "--batch-size", "10", "--grad-accum", "3"], ["--batch-size 10 must be a multiple of --grad-accum 3"]),
     (None, ["--data", "moons", "--model", "mlp", "--model-option", "depth=0"], ["depth"]),
     (None, ["--data", "moons", "--lr", "-1"], ["--lr must be a positive"]),
+    (None, ["--data", "moons", "--sample-steps", "5000"],
+     ["--sample-steps", "5000 is more than the model's 1000 diffusion steps"]),
+    (None, ["--data", "moons", "--process", "simple_ve", "--diffusion-steps", "10", "--sample-steps", "11"],
+     ["--sample-steps", "11 is more than the model's 10 diffusion steps"]),
     (None, ["--data", "moons", "--mixed-precision", "fp16"], ["fp16", "CUDA"]),
     (None, ["--data", "moons", "--device", "cuda"], ["CUDA is not available"]),
 ])

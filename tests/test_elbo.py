@@ -8,13 +8,14 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from scorekit import DDPM, Denoiser, ScorekitError
+from scorekit import DDPM, EDM, VESDE, VPSDE, Denoiser, ScorekitError, SubVPSDE
 from scorekit.likelihood import Elbo, elbo
 from scorekit.likelihood.elbo import (discretized_gaussian_log_likelihood, gaussian_log_likelihood,
                                       normal_kl, step_terms)
+from scorekit.timesteps import DEFAULT_CHAIN_STEPS, chain_timesteps
 from scorekit.toy import GaussianMixture
 
-from gaussian_elbo import closed_form_terms
+from gaussian_elbo import chain_gap, closed_form_chain_terms, closed_form_terms, gaussian_entropy
 
 F64 = torch.float64
 LN2 = math.log(2.0)
@@ -149,6 +150,64 @@ def test_the_bound_is_above_the_true_nll_and_tightens_with_T():
     for (g1, e1), (g2, e2) in zip(gaps, gaps[1:]):
         assert g1 - g2 > -3 * math.hypot(e1, e2), gaps
     assert gaps[0][0] > 3 * gaps[0][1] and abs(gaps[2][0]) < 3 * gaps[2][1], gaps   # loose at 10, tight at 1000
+
+
+CONTINUOUS = [VPSDE(), SubVPSDE(), VESDE(), EDM()]
+
+
+def chain_closed_form(process, num_steps, mu, s, D, variance="small"):
+    """The closed-form terms (nats) of the default chain of a continuous process, and its gap to
+    the data's entropy computed the other way (gaussian_elbo.chain_gap)."""
+    ts = chain_timesteps(process, num_steps)[:-1].flip(0)               # t_1 < ... < t_K
+    alpha, sigma = process.alpha(ts).numpy(), process.sigma(ts).numpy()
+    terms, prior, parts = closed_form_chain_terms(alpha, sigma, mu, s, D, variance,
+                                                  prior_std=process.prior_std, first_small="transition")
+    steps, prior_gap = chain_gap(alpha, sigma, mu, s, D, parts, prior_std=process.prior_std)
+    return terms, prior, steps, prior_gap
+
+
+@pytest.mark.parametrize("process", CONTINUOUS, ids=lambda p: type(p).__name__)
+def test_continuous_processes_get_the_default_chain_and_its_closed_form(process):
+    """A continuous process with no timesteps: elbo evaluates the chain_timesteps grid (1000 steps
+    uniform in log-SNR) and, on data N(mu, s^2 I) with the exact denoiser, its Monte-Carlo bound
+    lies within 4 standard errors of the closed form of that chain; the prior term is exact."""
+    N, D, mu, s = 400, 2, 0.3, 0.5
+    data = GaussianMixture([1.0], [[mu] * D], stds=s)
+    x0 = data.sample(N, generator=gen(0), dtype=F64)
+    out = elbo(data.denoiser(process), process, x0, data_bits=None, generator=gen(1), batch_steps=100)
+    grid = chain_timesteps(process)
+    assert grid.numel() == DEFAULT_CHAIN_STEPS + 1
+    torch.testing.assert_close(out.timesteps, grid[:-1].flip(0), rtol=0, atol=0)
+    lam = process.log_snr(grid[:-1])
+    torch.testing.assert_close(lam.diff(), torch.full_like(lam[1:], (lam[-1] - lam[0]).item() / (lam.numel() - 1)),
+                               rtol=1e-9, atol=1e-9)                        # uniform in log-SNR
+    terms, prior, _, _ = chain_closed_form(process, DEFAULT_CHAIN_STEPS, mu, s, D)
+    to_bpd = 1 / (D * LN2)
+    assert abs(out.mean_bpd - (terms.sum() + prior) * to_bpd) < 4 * out.stderr_bpd
+    se = out.sample_prior_bpd.std().item() / math.sqrt(N)
+    assert abs(out.prior_bpd - prior * to_bpd) < 4 * se
+
+
+@pytest.mark.parametrize("process", CONTINUOUS, ids=lambda p: type(p).__name__)
+def test_the_continuous_chain_bound_converges_to_the_exact_nll(process):
+    """The closed-form bound of the default chain minus the data's entropy (the exact expected NLL)
+    equals the sum of the chain's Gaussian KLs (an independent formula; float64 sums of 10^3 terms of
+    size <= 10 agree to 1e-9), so it is an upper bound; it falls with the number of steps towards
+    the prior's and decoder's KL, its continuous-time limit, at first order: each step's KL is
+    O(dlambda^2), so the excess is c / N + O(1 / N^2) and doubling N halves it up to a relative
+    O(1 / N) (below 1e-2 at N >= 1000)."""
+    D, mu, s = 2, 0.3, 0.5
+    H = gaussian_entropy(s, D)
+    excess = []
+    for n in (10, 100, 1000, 2000, 4000):
+        terms, prior, steps, prior_gap = chain_closed_form(process, n, mu, s, D)
+        gap = terms.sum() + prior - H
+        assert gap == pytest.approx(steps.sum() + prior_gap, abs=1e-9)
+        assert (steps >= 0).all() and prior_gap >= 0
+        excess.append(gap - (steps[0] + prior_gap))                  # above the continuous-time limit
+    assert all(a > b > 0 for a, b in zip(excess, excess[1:])), excess
+    assert excess[3] / excess[2] == pytest.approx(0.5, abs=0.01)
+    assert excess[4] / excess[3] == pytest.approx(0.5, abs=0.01)
 
 
 def test_batch_steps_only_changes_the_batching():

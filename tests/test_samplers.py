@@ -145,6 +145,41 @@ def test_every_sampler_is_in_the_conformance_suite():
     assert {name for name, _ in CONFIGS} == set(SAMPLERS)
 
 
+def test_every_sampler_option_has_its_values_listed():
+    """scorekit.samplers.options lists the values of every option of every registered sampler (the
+    command line's help and checks come from it), and each default is among them."""
+    from scorekit.samplers.options import option_values
+    from scorekit.sampling import sampler_options
+
+    for name in SAMPLERS:
+        for option, default in sampler_options(name).items():
+            values = option_values(option, name)
+            assert isinstance(values, str) or default in values, (name, option, values)
+
+
+def _listed_choices():
+    from scorekit.samplers.options import option_values
+    from scorekit.sampling import sampler_options
+
+    return [(name, option, option_values(option, name)) for name in SAMPLERS for option in sampler_options(name)
+            if isinstance(option_values(option, name), tuple) and option != "variance"]   # variances: test_variances
+
+
+@pytest.mark.parametrize("name,option,values", _listed_choices(), ids=lambda v: str(v))
+def test_listed_option_values_are_the_ones_the_sampler_accepts(name, option, values):
+    """Each listed value runs (a grid that ends at t = 0, where sigma > 0, so that every option
+    applies), and a value outside the list is refused."""
+    process, mix = DDPM(num_steps=20), eight_gaussians()
+    x_T = process.prior_sample((4, 2), generator=gen(0), dtype=torch.float64)
+    ts = make_timesteps(process, 4, t_end=0.0)
+    for value in values:
+        x = SAMPLERS[name](mix.denoiser(process), process, x_T, ts, generator=gen(1), **{option: value})
+        assert torch.isfinite(x).all()
+    outside = max(values) + 1 if isinstance(values[0], int) else "bogus"
+    with pytest.raises(ScorekitError, match=option):
+        SAMPLERS[name](mix.denoiser(process), process, x_T, ts, generator=gen(1), **{option: outside})
+
+
 @pytest.mark.parametrize("name,options", CONFIGS, ids=[f"{n}-{o}" for n, o in CONFIGS])
 @pytest.mark.parametrize("process", PROCESSES, ids=repr)
 def test_conformance(process, name, options):
@@ -275,6 +310,42 @@ def test_ddim_1000_steps_matches_ode_to_data():
 
 
 # --- inversion ---------------------------------------------------------------------------------------
+
+def test_invert_maps_gaussian_data_along_the_exact_flow_at_first_order():
+    """scorekit.invert on data N(mu, s^2 I) with the exact eps-model: the probability-flow map is linear,
+    x_T = alpha_T mu + sqrt(alpha_T^2 s^2 + sigma_T^2) / s (x_0 - mu), and the latents converge to it
+    at DDIM's first order, as does the round trip through scorekit.sample(sampler="ddim") on the same
+    grid: the error is c / n + O(1 / n^2), so doubling n halves it up to a relative O(1 / n) (within
+    0.02 of 1/2 for n >= 50 on the log-SNR grid, whose steps are all of the same size)."""
+    mu, s = 0.3, 0.5
+    mix, p = scorekit.toy.GaussianMixture([1.0], [[mu, mu]], stds=s), DDPM()
+    x0 = mix.sample(256, generator=gen(0), dtype=torch.float64)
+    a_T, s_T = p.alpha(p.t_max).item(), p.sigma(p.t_max).item()
+    exact = a_T * mu + math.sqrt(a_T ** 2 * s ** 2 + s_T ** 2) / s * (x0 - mu)
+    flow, trip = [], []
+    for n in (50, 100, 200, 400):
+        x_T = scorekit.invert(mix.eps_model(p), x0, betas=p.betas, num_steps=n, spacing="log_snr")
+        back = scorekit.sample(mix.eps_model(p), x_T, betas=p.betas, sampler="ddim", num_steps=n, spacing="log_snr")
+        flow.append((x_T - exact).pow(2).mean().sqrt().item())
+        trip.append((back - x0).pow(2).mean().sqrt().item())
+    for errors in (flow, trip):
+        for e1, e2 in zip(errors, errors[1:]):
+            assert e2 / e1 == pytest.approx(0.5, abs=0.02), errors
+    # the same as ddim_invert on the grid sample would use; refined steps invert sampling exactly
+    ts = make_timesteps(p, 30)
+    d = scorekit.Denoiser(mix.eps_model(p), p, "eps")
+    torch.testing.assert_close(scorekit.invert(mix.eps_model(p), x0, process=p, num_steps=30),
+                               ddim_invert(d, p, x0, ts), rtol=0, atol=0)
+    x_T = scorekit.invert(mix.eps_model(p), x0, process=p, num_steps=30, fixed_point_iters=50)
+    back = scorekit.sample(mix.eps_model(p), x_T, process=p, sampler="ddim", num_steps=30)
+    assert (back - x0).abs().max().item() < 1e-8
+
+
+def test_ddim_invert_is_not_a_sampler_and_says_where_it_is():
+    x = torch.zeros(2, 2)
+    with pytest.raises(ScorekitError, match=r"not a sampler; use scorekit.invert\(model, x0"):
+        scorekit.sample(lambda x, t: x, x, process=DDPM(), sampler="ddim_invert")
+
 
 def test_ddim_inversion_reconstructs():
     mix = eight_gaussians()

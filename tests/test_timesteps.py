@@ -136,3 +136,19 @@ def test_existing_defaults_unchanged_and_cli_offers_new_spacings():
 def test_bad_rho(rho):
     with pytest.raises(ScorekitError, match="rho must be a positive number"):
         make_timesteps(DDPM(), 10, "karras", rho=rho)
+
+
+def test_one_step_count_rule_for_every_command():
+    """check_step_count: a discrete process takes at most its T steps (DDPM and SimpleVE alike), a
+    continuous one any positive number; the message names the caller's option."""
+    from scorekit import VPSDE, SimpleVE
+    from scorekit.timesteps import check_step_count
+
+    assert check_step_count(DDPM(num_steps=50), 50) == 50
+    assert check_step_count(SimpleVE(num_steps=7), 7) == 7
+    assert check_step_count(VPSDE(), 100000) == 100000
+    for process, n in ((DDPM(num_steps=50), 51), (SimpleVE(num_steps=7), 8)):
+        with pytest.raises(ScorekitError, match=f"--steps {n} is more than the model's {n - 1} diffusion steps"):
+            check_step_count(process, n, "--steps")
+    with pytest.raises(ScorekitError, match="positive integer"):
+        check_step_count(VPSDE(), 0)

@@ -520,7 +520,8 @@ def test_run_folder_layout_and_keep_last_k(trained_run):
     cfg = json.load(open(os.path.join(trained_run, "config.json")))
     assert cfg["model"]["kind"] == "mlp" and cfg["process"]["kind"] == "DDPM"
     assert cfg["data"]["spec"] == "moons" and cfg["sample_shape"] == [2]
-    assert TrainConfig.from_dict(cfg["train"]) == small_2d(steps=6, keep_checkpoints=2)
+    # the run records the prediction type chosen for its process (default_prediction: v for DDPM)
+    assert TrainConfig.from_dict(cfg["train"]) == small_2d(steps=6, keep_checkpoints=2, prediction="v")
     assert cfg["model"]["num_classes"] == 2 and cfg["label_dropout"] == 0.1   # labelled: default 0.1
 
 
@@ -766,3 +767,51 @@ def test_learned_variance_settings_are_checked_and_the_cli_flag_sets_the_hybrid_
     saved = json.load(open(tmp_path / "cli" / "config.json"))
     assert saved["train"]["variance"] == "learned" and saved["train"]["weighting"] == "hybrid"
     assert saved["model"]["learn_variance"] is True
+
+
+# --- defaults per process ------------------------------------------------------------------------
+
+def test_default_prediction_keeps_the_target_at_unit_scale_on_every_process():
+    """default_prediction's target has per-dimension variance between Var[x_0] and 1 at every time of
+    every process, for data of variance 1/3 (uniform on [-1, 1]): Var[eps] = 1 and
+    Var[v] = alpha^2 + sigma^2 / 3 (eps independent of x_0), where v on a variance-exploding process
+    would reach 1 + sigma_max^2 / 3 (834 for ve, 334 for simple_ve)."""
+    from scorekit import DDPM, EDM, VESDE, VPSDE, SimpleVE, SubVPSDE
+    from scorekit.train.trainer import default_prediction
+
+    var_x0 = 1 / 3
+    for process in (DDPM(), DDPM(schedule="cosine"), VPSDE(), SubVPSDE(), VESDE(), EDM(), SimpleVE()):
+        pred = default_prediction(process)
+        t = torch.linspace(process.t_min, process.t_max, 200, dtype=torch.float64)
+        alpha, sigma = process.alpha(t), process.sigma(t)
+        var = torch.ones_like(t) if pred == "eps" else alpha ** 2 + sigma ** 2 * var_x0
+        assert var.min() >= var_x0 - 1e-9 and var.max() <= 1 + 1e-9, (process, pred, var.min(), var.max())
+        v_var = (alpha ** 2 + sigma ** 2 * var_x0).max().item()
+        assert pred == "v" or v_var > 300, (process, v_var)       # eps only where v would explode
+
+
+def test_coarse_noise_warning_names_the_blur_an_exact_model_shows():
+    """The exact denoiser of eight 2-D Gaussians (std 0.05) sampled by ddpm over the whole chain:
+    on DDPM the samples keep the modes' width (mean distance to the nearest centre within 20 % of the
+    data's, 0.05 sqrt(pi/2) = 0.063), on simple_ve (sigma = 1 at t = 1) they end at E[x_0 | x_1]
+    and spread over several times that; coarse_noise_warning warns for simple_ve only."""
+    from scorekit import DDPM, EDM, VESDE, VPSDE, SimpleVE, SubVPSDE, ddpm, make_timesteps
+    from scorekit.data.toy2d import eight_gaussians_mixture
+    from scorekit.train.trainer import coarse_noise_warning
+
+    mix = eight_gaussians_mixture()
+    data = mix.sample(2000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    width = 0.05 * math.sqrt(math.pi / 2)
+
+    def spread(x):
+        return torch.cdist(x, mix.means).min(1).values.mean().item()
+
+    for process, blurred in ((DDPM(), False), (SimpleVE(), True)):
+        x_T = process.prior_sample((2000, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        x = ddpm(mix.denoiser(process), process, x_T, make_timesteps(process, 1000),
+                 generator=torch.Generator().manual_seed(2))
+        assert (spread(x) > 3 * width) if blurred else (abs(spread(x) / width - 1) < 0.2), (process, spread(x))
+    for process in (DDPM(), DDPM(schedule="cosine"), VPSDE(), SubVPSDE(), VESDE(), EDM()):
+        assert coarse_noise_warning(process, data) is None, process
+    message = coarse_noise_warning(SimpleVE(), data)
+    assert message and "smallest noise level sigma/alpha = 1" in message and "E[x_0 | x_t]" in message

@@ -293,3 +293,22 @@ def test_variance_bounds_are_the_posterior_and_transition_variances():
     np.testing.assert_allclose(small.numpy(), post, rtol=1e-12)
     np.testing.assert_allclose(large.numpy(), betas, rtol=1e-12)
     np.testing.assert_allclose(fixed_variance(process, t, t - 1, "large").numpy(), betas, rtol=1e-12)
+
+
+def test_ddpm_takes_the_shared_variance_names_and_points_analytic_to_its_table():
+    """ddpm accepts the names of scorekit.variances.VARIANCES (the list elbo and the command line use);
+    "analytic" needs training data, so the sampler names the function that estimates the table, and
+    that table on the same grid samples."""
+    from scorekit.variances import VARIANCES
+
+    process = DDPM(num_steps=20)
+    mix = GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], stds=0.3)
+    x_T = process.prior_sample((6, 1), generator=gen(0), dtype=torch.float64)
+    grid = make_timesteps(process, 5)
+    with pytest.raises(ScorekitError, match="analytic_variances"):
+        ddpm(mix.denoiser(process), process, x_T, grid, variance="analytic", generator=gen(1))
+    with pytest.raises(ScorekitError, match=", ".join(VARIANCES)):
+        ddpm(mix.denoiser(process), process, x_T, grid, variance="medium", generator=gen(1))
+    table = analytic_variances(mix.denoiser(process), process, mix.sample(200, generator=gen(2), dtype=torch.float64),
+                               generator=gen(3), timesteps=grid)
+    assert torch.isfinite(ddpm(mix.denoiser(process), process, x_T, grid, variance=table, generator=gen(1))).all()

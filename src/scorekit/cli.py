@@ -65,6 +65,16 @@ def _step_list(text: str) -> tuple[int, ...]:
     return tuple(values)
 
 
+def _sampler_name(text: str) -> str:
+    """A ``--sampler`` value; a name that is not a sampler but a known function gets a pointer
+    (argparse's choices list the samplers)."""
+    from .sampling import NOT_SAMPLERS
+
+    if text in NOT_SAMPLERS:
+        raise argparse.ArgumentTypeError(NOT_SAMPLERS[text])
+    return text
+
+
 def _int_in(lo: int, hi: int, what: str):
     def parse(text: str) -> int:
         try:
@@ -241,6 +251,7 @@ def _add_train(commands) -> None:
     from .prediction import PREDICTION_TYPES
     from .processes import BETA_SCHEDULES
     from .samplers import SAMPLERS
+    from .timesteps import DEFAULT_SAMPLE_STEPS
     from .train.trainer import (DEFAULT_DDPM_SCHEDULE, LR_SCHEDULES, MIXED_PRECISION, PROCESS_NAMES,
                                 TIMESTEP_SAMPLERS, TrainConfig)
 
@@ -306,7 +317,8 @@ def _add_train(commands) -> None:
     g.add_argument("--process-option", metavar="KEY=VALUE", action="append", type=_key_value,
                    help="another process setting, e.g. beta_max=20 or sigma_max=80 (repeatable)")
     g.add_argument("--prediction", choices=list(PREDICTION_TYPES),
-                   help="what the network predicts" + dflt(d.prediction))
+                   help="what the network predicts (default: v for ddpm, vp and subvp; eps for the "
+                        "variance-exploding ve, edm and simple_ve, where v grows with the noise level)")
     g.add_argument("--weighting", choices=list(WEIGHTINGS), help="loss weighting" + dflt(d.weighting))
     g.add_argument("--min-snr-gamma", metavar="G", type=_positive_float("--min-snr-gamma"),
                    help="gamma of --weighting min_snr (default: 5)")
@@ -375,7 +387,8 @@ def _add_train(commands) -> None:
     g.add_argument("--sample-num", metavar="N", type=_int_in(1, 100000, "--sample-num"),
                    help="samples per grid (default: 64 images or 2000 points)")
     g.add_argument("--sample-steps", metavar="N", type=_int_in(1, 100000, "--sample-steps"),
-                   help="sampler steps for the grids" + dflt(d.sample_steps))
+                   help=f"sampler steps for the grids, at most T for ddpm and simple_ve (default: "
+                        f"{DEFAULT_SAMPLE_STEPS}, or T if smaller)")
     g.add_argument("--sample-sampler", choices=list(SAMPLERS),
                    help="sampler for the grids" + dflt(d.sample_sampler))
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -476,7 +489,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # --- sample ------------------------------------------------------------------------------------
 
 def _sampler_option_flags() -> dict:
-    """Every option of every sampler: ``{name: (type, {sampler names})}``."""
+    """Every option of every sampler: ``{name: (type, {sampler name: default})}``."""
     from .samplers import SAMPLERS
     from .sampling import sampler_options
 
@@ -484,13 +497,34 @@ def _sampler_option_flags() -> dict:
     for sampler in SAMPLERS:
         for name, default in sampler_options(sampler).items():
             kind = type(default) if default is not None else str
-            flags.setdefault(name, (kind, set()))[1].add(sampler)
+            flags.setdefault(name, (kind, {}))[1][sampler] = default
     return flags
+
+
+def _sampler_option_help(name: str, defaults: dict) -> str:
+    """The help of ``--NAME``: its values, the samplers that use it and their defaults
+    (:mod:`scorekit.samplers.options`)."""
+    from .samplers.options import describe_values, option_values
+
+    groups = {}                                  # samplers that take the same values, together
+    for sampler, default in defaults.items():
+        groups.setdefault(describe_values(option_values(name, sampler)), []).append(f"{sampler} (default {default})")
+    return "; ".join(f"{values}, for {', '.join(used)}" for values, used in groups.items())
+
+
+def _add_sampler_option_flags(p: argparse.ArgumentParser) -> None:
+    """One ``--OPTION`` flag per sampler option (``sample`` and ``tune``), with its values and defaults."""
+    g = p.add_argument_group("sampler options (each sampler takes only its own)")
+    for name, (kind, defaults) in sorted(_sampler_option_flags().items()):
+        g.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", metavar=name.upper(),
+                       type=float if kind in (int, float) else str, default=None,
+                       help=_sampler_option_help(name, defaults))
 
 
 def _add_sample(commands) -> None:
     from .samplers import SAMPLERS
-    from .timesteps import CONTINUOUS_SPACINGS, DISCRETE_SPACINGS
+    from .samplers.options import ADAPTIVE_SAMPLERS
+    from .timesteps import CONTINUOUS_SPACINGS, DEFAULT_SAMPLE_STEPS, DISCRETE_SPACINGS
 
     p = commands.add_parser(
         "sample", formatter_class=_Formatter,
@@ -513,24 +547,25 @@ def _add_sample(commands) -> None:
               {PROG} sample runs/8g --sampler ddim --eta 1 --num 5000 --out points.png
             """))
     p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint folder")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="the sampler")
-    p.add_argument("--steps", metavar="N", type=_int_in(1, 100000, "--steps"), default=50,
-                   help="sampler steps (network evaluations for DDIM and DDPM)")
+    p.add_argument("--sampler", choices=list(SAMPLERS), type=_sampler_name, default="ddim", help="the sampler")
+    p.add_argument("--steps", metavar="N", type=_int_in(1, 100000, "--steps"),
+                   help=f"sampler steps (network evaluations for DDIM and DDPM), at most T for ddpm and "
+                        f"simple_ve models (default: {DEFAULT_SAMPLE_STEPS}, or T if smaller); not for "
+                        f"{', '.join(ADAPTIVE_SAMPLERS)}, which chooses its own (its NFE is printed)")
     p.add_argument("--spacing", choices=sorted(set(DISCRETE_SPACINGS) | set(CONTINUOUS_SPACINGS)),
                    help="how the steps are spaced (default: trailing for DDPM, uniform otherwise)")
     p.add_argument("--schedule", choices=("default", "tuned"), default="default",
                    help="tuned: the time steps 'scorekit tune' saved for this sampler and step count "
                         "(instead of --spacing)")
-    for name, (kind, samplers) in sorted(_sampler_option_flags().items()):
-        p.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", metavar=name.upper(),
-                       type=float if kind in (int, float) else str, default=None,
-                       help=f"option of the {', '.join(sorted(samplers))} sampler (see its documentation)")
+    _add_sampler_option_flags(p)
     p.add_argument("--clip", metavar="X", type=_positive_float("--clip"),
                    help="clamp the predicted x_0 to [-X, X] at every step (e.g. 1 for images)")
     p.add_argument("--num", metavar="N", type=_int_in(1, 1000000, "--num"), default=64,
                    help="number of samples")
-    p.add_argument("--class", dest="label", metavar="K", type=_int_in(0, _BIG, "--class"),
-                   help="class label for a class-conditional model (default: all classes in turn)")
+    p.add_argument("--class", dest="label", metavar="K[,K...]",
+                   help="the class(es) to sample from a class-conditional model, by number or by the "
+                        "name 'scorekit info' lists (e.g. 3 or cat, or cat,dog in turn; default: all "
+                        "classes in turn)")
     p.add_argument("--unconditional", action="store_true",
                    help="sample a class-conditional model without labels (it learnt this through "
                         "label dropout)")
@@ -570,11 +605,48 @@ def _sampler_options_from(args: argparse.Namespace) -> dict:
         flags = ", ".join("--" + u.replace("_", "-") for u in unknown)
         raise ScorekitError(f"sampler {args.sampler!r} has no option {flags}; its options are: "
                             f"{', '.join('--' + a.replace('_', '-') for a in allowed) or 'none'}")
+    from .samplers.options import option_values
+
     for name, value in list(options.items()):
         default = allowed[name]
         if isinstance(default, int) and not isinstance(default, bool) and float(value).is_integer():
-            options[name] = int(value)
+            options[name] = value = int(value)
+        values = option_values(name, args.sampler)
+        if isinstance(values, tuple) and value not in values:
+            given = f"{value:g}" if isinstance(value, float) else value
+            raise ScorekitError(f"--{name.replace('_', '-')} {given} is not an option of {args.sampler}; "
+                                f"choose one of {', '.join(map(str, values))}")
     return options
+
+
+#: training samples per reverse step on which ``sample --variance analytic`` estimates Analytic-DPM's
+#: variances (Bao et al. 2022 report stable estimates from 100 per step)
+ANALYTIC_SAMPLES = 100
+
+
+def _analytic_variances(args: argparse.Namespace, ckpt, timesteps, device, classes):
+    """Analytic-DPM's reverse variances on ``timesteps`` (:func:`scorekit.variances.analytic_variances`),
+    estimated on :data:`ANALYTIC_SAMPLES` training samples per step drawn with seed ``--seed + 2``:
+    with one ``--class`` on that class's samples and label, otherwise on all of them without labels
+    (for a class-conditional model that is the larger, marginal posterior variance)."""
+    import torch
+
+    from .data import dataset_from_config
+    from .train.checkpoint import checkpoint_denoiser
+    from .variances import analytic_variances
+
+    if not ckpt.data_config:
+        raise ScorekitError(f"--variance analytic is estimated on the run's training data, but {ckpt.path} "
+                            f"records none; use --variance small or large")
+    data = dataset_from_config(ckpt.data_config, progress=False if args.no_progress else None)
+    x, y = data.x, None
+    if classes is not None and len(classes) == 1 and data.y is not None:
+        x = x[data.y == classes[0]]
+        y = torch.full((ANALYTIC_SAMPLES,), classes[0], dtype=torch.long, device=device)
+    denoiser = checkpoint_denoiser(ckpt, ema=not args.no_ema, y=y)
+    return analytic_variances(denoiser, ckpt.process, x.to(device), num_samples=ANALYTIC_SAMPLES,
+                              timesteps=timesteps, generator=torch.Generator().manual_seed(args.seed + 2),
+                              progress=not args.no_progress)
 
 
 class _Counted:
@@ -589,6 +661,44 @@ class _Counted:
         return self.model(x_t, t)
 
 
+def _class_labels(text: str, num_classes: int, class_names) -> list[int]:
+    """The labels ``--class`` names: comma-separated numbers ``0 .. num_classes-1`` or names of
+    ``class_names`` (the run's, e.g. an image folder's sub-folders)."""
+    names = list(class_names or [])
+    listing = (", ".join(f"{i} {n}" for i, n in enumerate(names)) if names else
+               f"0 to {num_classes - 1} (this run stores no class names)")
+    labels = []
+    for part in text.split(","):
+        part = part.strip()
+        if part in names:
+            labels.append(names.index(part))
+            continue
+        try:
+            k = int(part)
+        except ValueError:
+            raise ScorekitError(f"--class {part!r} is not a class of this model; its classes are: {listing}") from None
+        if not 0 <= k < num_classes:
+            raise ScorekitError(f"--class {k} is outside 0..{num_classes - 1}; the model's classes are: {listing}")
+        labels.append(k)
+    return labels
+
+
+def _sample_steps(args: argparse.Namespace) -> int | None:
+    """``--steps`` (``None``: the default for the model); an adaptive sampler chooses its own
+    steps, so it refuses --steps, --spacing and --schedule tuned and gets the grid of one step
+    (whose first and last times are all it uses)."""
+    from .samplers.options import ADAPTIVE_SAMPLERS
+
+    if args.sampler not in ADAPTIVE_SAMPLERS:
+        return args.steps
+    given = [flag for flag, value in (("--steps", args.steps), ("--spacing", args.spacing)) if value is not None]
+    given += ["--schedule tuned"] if args.schedule == "tuned" else []
+    if given:
+        raise ScorekitError(f"--sampler {args.sampler} chooses its own steps (--rtol and --atol set its "
+                            f"accuracy; the NFE is printed): drop {', '.join(given)}")
+    return 1
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     import time
 
@@ -599,6 +709,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from .sampling import sample
     from .train.checkpoint import checkpoint_denoiser, load_checkpoint
     from .train.distributed import resolve_device
+    from .samplers.options import ADAPTIVE_SAMPLERS
+    from .timesteps import check_step_count, default_step_count
     from .train.trainer import write_samples
 
     out = args.out
@@ -610,6 +722,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if not os.path.isdir(folder):
         raise ScorekitError(f"the folder of --out {out!r} does not exist; create it first")
     options = _sampler_options_from(args)
+    steps = _sample_steps(args)
     device = resolve_device(args.device)
     threads_before = torch.get_num_threads()
     if args.threads:
@@ -617,6 +730,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     try:
         ckpt = load_checkpoint(args.checkpoint, device=device)
         num_classes = ckpt.num_classes
+        classes = None                                  # the --class labels, in turn
         if args.unconditional and args.label is not None:
             raise ScorekitError("give either --class or --unconditional, not both")
         if args.unconditional:
@@ -627,10 +741,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         elif args.label is not None:
             if num_classes is None:
                 raise ScorekitError(f"--class {args.label}: this model was trained without labels")
-            if args.label >= num_classes:
-                raise ScorekitError(f"--class {args.label} is outside 0..{num_classes - 1} (the model "
-                                    f"has {num_classes} classes)")
-            labels = torch.full((args.num,), args.label, dtype=torch.long)
+            classes = _class_labels(args.label, num_classes, ckpt.config.get("class_names"))
+            labels = torch.tensor(classes, dtype=torch.long)[torch.arange(args.num) % len(classes)]
         elif num_classes is not None:
             labels = torch.arange(args.num) % num_classes
         else:
@@ -638,17 +750,22 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         shape = (args.num, *ckpt.sample_shape)
         x_T = ckpt.process.prior_sample(shape, generator=torch.Generator().manual_seed(args.seed))
         noise = torch.Generator(device=device).manual_seed(args.seed + 1)
-        if ckpt.process.discrete and args.steps > ckpt.process.num_steps:
-            raise ScorekitError(f"--steps {args.steps} is more than the model's {ckpt.process.num_steps} "
-                                f"diffusion steps")
+        steps = default_step_count(ckpt.process) if steps is None else check_step_count(ckpt.process, steps,
+                                                                                         "--steps")
         timesteps = None
         if args.schedule == "tuned":
             from .schedule_tuning import load_tuned_for_steps
 
             if args.spacing is not None:
                 raise ScorekitError("give either --spacing or --schedule tuned, not both")
-            timesteps = load_tuned_for_steps(ckpt.path, ckpt.process, args.sampler, args.steps,
+            timesteps = load_tuned_for_steps(ckpt.path, ckpt.process, args.sampler, steps,
                                              **options).timesteps
+        if isinstance(options.get("variance"), str) and options["variance"] == "analytic":
+            from .timesteps import make_timesteps
+
+            if timesteps is None:
+                timesteps = make_timesteps(ckpt.process, steps, args.spacing)
+            options["variance"] = _analytic_variances(args, ckpt, timesteps, device, classes)
         parts, nfe_calls, batches = [], 0, 0
         start = time.perf_counter()
         for lo in range(0, args.num, args.batch_size):
@@ -665,7 +782,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                 model = target = _Counted(d.model)
             x = sample(target, x_T[lo:hi].to(device), process=ckpt.process,
                        prediction_type=ckpt.prediction_type, sampler=args.sampler,
-                       num_steps=args.steps, spacing=args.spacing, timesteps=timesteps,
+                       num_steps=steps, spacing=args.spacing, timesteps=timesteps,
                        generator=noise, clip=args.clip, progress=not args.no_progress,
                        check_finite=not args.allow_nonfinite, **options)
             parts.append(x.cpu())
@@ -685,10 +802,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         try:
             from .data import dataset_from_config
 
-            data = dataset_from_config(ckpt.data_config).x if ckpt.data_config else None
+            data = (dataset_from_config(ckpt.data_config, progress=False if args.no_progress else None).x
+                    if ckpt.data_config else None)
         except ScorekitError:
             data = None
-    title = f"{args.sampler}, {args.steps} steps, {'raw' if args.no_ema else 'EMA'} weights, step {ckpt.step}"
+    nfe = nfe_calls / max(batches, 1)
+    step_text = f"{steps} steps" if args.sampler not in ADAPTIVE_SAMPLERS else "adaptive steps"
+    title = f"{args.sampler}, {step_text}, {'raw' if args.no_ema else 'EMA'} weights, step {ckpt.step}"
     try:
         arrays = {"x": x0.numpy().astype(np.float32)}
         if labels is not None:
@@ -698,14 +818,14 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                 np.savez(fh, **arrays)
         try:
             write_samples(x0, out, data=data, title=title,
-                          nrow=num_classes if labels is not None and args.label is None else None)
+                          nrow=None if labels is None or classes is not None and len(classes) == 1
+                          else len(classes or range(num_classes)))
         except BaseException:
             os.remove(npz)
             raise
     except OSError as err:
         raise ScorekitError(f"cannot write {out!r}: {err.strerror or err}") from None
-    nfe = nfe_calls / max(batches, 1)
-    print(f"sampled {args.num} in {seconds:.2f} s with {args.sampler} ({args.steps} steps, "
+    print(f"sampled {args.num} in {seconds:.2f} s with {args.sampler} ({step_text}, "
           f"NFE {nfe:g} per sample) from step {ckpt.step} of {ckpt.path}")
     print("wrote:")
     print(f"  {out}")
@@ -787,6 +907,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if ckpt.num_classes is not None:
         data_text += f", {ckpt.num_classes} classes, label dropout {cfg.get('label_dropout')}"
     lines.append(("data", data_text))
+    if cfg.get("class_names"):
+        lines.append(("classes", ", ".join(f"{i} {name}" for i, name in enumerate(cfg["class_names"]))
+                      + " (sample --class takes a number or a name)"))
     total = train.get("steps")
     lines.append(("step", f"{ckpt.step}" + (f" of {total}" if total else "")
                   + (f", batch size {train.get('batch_size')}" if train.get("batch_size") else "")
@@ -843,14 +966,11 @@ def _add_tune(commands) -> None:
               {PROG} tune runs/8g --sampler ode_heun --nfe 9 --num 256 --max-evals 500
             """))
     p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint folder")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default="ddim",
+    p.add_argument("--sampler", choices=list(SAMPLERS), type=_sampler_name, default="ddim",
                    help="the sampler (a deterministic one)")
     p.add_argument("--nfe", metavar="N", type=_int_in(1, 100000, "--nfe"), required=True,
                    help="network evaluations per sample")
-    for name, (kind, samplers) in sorted(_sampler_option_flags().items()):
-        p.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", metavar=name.upper(),
-                       type=float if kind in (int, float) else str, default=None,
-                       help=f"option of the {', '.join(sorted(samplers))} sampler (see its documentation)")
+    _add_sampler_option_flags(p)
     p.add_argument("--num", metavar="N", type=_int_in(1, 100000, "--num"), default=128,
                    help="noise samples to tune on")
     p.add_argument("--seed", metavar="S", type=_int_in(0, 2 ** 63 - 1, "--seed"), default=0,
@@ -926,6 +1046,8 @@ def _data_bits(text: str):
 
 def _add_nll(commands) -> None:
     from .likelihood.ode import DIVERGENCES, PROBES
+    from .timesteps import DEFAULT_CHAIN_STEPS
+    from .variances import VARIANCES
 
     p = commands.add_parser(
         "nll", formatter_class=_Formatter,
@@ -937,7 +1059,9 @@ def _add_nll(commands) -> None:
             default:
               ode   the exact likelihood through the probability-flow ODE (adaptive RK45, with
                     Hutchinson's divergence estimate or the exact trace; scorekit.likelihood.ode)
-              elbo  the variational bound of the discrete chain (scorekit.likelihood.elbo)
+              elbo  the variational bound of a discrete chain (scorekit.likelihood.elbo): a
+                    discrete process's own steps, or for a continuous process (vp, subvp, ve,
+                    edm) --elbo-steps times uniform in log-SNR (scorekit.timesteps.chain_timesteps)
             The data are the checkpoint's training data unless --data names others; --data-option
             changes their options (e.g. start=1500 for samples not trained on). For 8-bit data
             (--data-bits auto detects values on the 256 levels of [-1, 1]) both report bits/dim of
@@ -946,7 +1070,9 @@ def _add_nll(commands) -> None:
 
             Prints for each method the mean bits/dim +- its standard error over the samples, the
             network evaluations (NFE) per batch and the wall time; --out writes them, with every
-            sample's value, as JSON."""),
+            sample's value, as JSON. With --method both, a method that cannot be computed for this
+            model (e.g. --variance learned without a variance head) is reported in one line beside
+            the other's result; the exit status is 2 only if neither could be computed."""),
         epilog=textwrap.dedent(f"""\
             examples:
               {PROG} nll runs/digits --num 128
@@ -980,9 +1106,11 @@ def _add_nll(commands) -> None:
                    help="ODE: absolute tolerance")
     g.add_argument("--t-eps", metavar="T", type=float,
                    help="ODE: start time of the integral (default: the process's t_min)")
-    g.add_argument("--variance", metavar="V",
-                   help="ELBO: the reverse variance, small, large, learned or analytic (default: the "
-                        "library's)")
+    g.add_argument("--variance", choices=list(VARIANCES), default="small",
+                   help="ELBO: the reverse variance (learned: a model trained with --variance learned)")
+    g.add_argument("--elbo-steps", metavar="N", type=_int_in(1, 100000, "--elbo-steps"),
+                   help=f"ELBO: reverse steps of the chain (default: a discrete process's whole chain of "
+                        f"T steps; a continuous one's {DEFAULT_CHAIN_STEPS} steps uniform in log-SNR)")
     g = p.add_argument_group("other")
     g.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     g.add_argument("--seed", metavar="S", type=_int_in(0, 2 ** 63 - 1, "--seed"), default=0,
@@ -1004,6 +1132,8 @@ def _nll_data(args: argparse.Namespace, ckpt):
         options = {k: v for k, v in ckpt.data_config.items() if k not in ("spec", "flip")}
         spec = ckpt.data_config["spec"]
     options.update(dict(args.data_option or []))
+    if args.no_progress:
+        options["progress"] = False
     dataset = load_dataset(spec, **options)
     if tuple(dataset.shape) != tuple(ckpt.sample_shape):
         raise ScorekitError(f"{dataset.spec} holds samples of shape {tuple(dataset.shape)}, but the model "
@@ -1012,15 +1142,63 @@ def _nll_data(args: argparse.Namespace, ckpt):
     return dataset
 
 
-def _cmd_nll(args: argparse.Namespace) -> int:
-    import json
+def _nll_method(method, args, ckpt, x, labels, data_bits, elbo_grid, elbo_fn) -> dict:
+    """One method's bits/dim of ``x`` batch by batch: the mean, its standard error, every sample's value,
+    NFE per batch and seconds."""
     import time
 
     import torch
     from tqdm.auto import tqdm
 
-    from .likelihood.ode import is_quantized, ode_likelihood
-    from .train.checkpoint import checkpoint_denoiser, load_checkpoint
+    from .likelihood.ode import ode_likelihood
+    from .train.checkpoint import checkpoint_denoiser
+
+    num = x.shape[0]
+    generator = torch.Generator().manual_seed(args.seed)
+    bpd, nfe, start = [], [], time.perf_counter()
+    bar = tqdm(total=num, desc=f"nll {method}", disable=args.no_progress, leave=False)
+    try:
+        for lo in range(0, num, args.batch_size):
+            hi = min(lo + args.batch_size, num)
+            d = checkpoint_denoiser(ckpt, ema=not args.no_ema,
+                                    y=None if labels is None else labels[lo:hi])
+            if getattr(d, "learned_variance", False):   # count the whole network's calls
+                from .variances import PredictionHead
+
+                counter = d.network = _Counted(d.network)
+                d.model = PredictionHead(counter)
+            else:
+                counter = d.model = _Counted(d.model)
+            if method == "ode":
+                res = ode_likelihood(d, ckpt.process, x[lo:hi], divergence=args.divergence,
+                                     probe=args.probe, num_probes=args.num_probes, rtol=args.rtol,
+                                     atol=args.atol, t_eps=args.t_eps, data_bits=data_bits,
+                                     generator=generator)
+                bpd.append(res.bits_per_dim)
+            else:
+                with torch.no_grad():
+                    res = elbo_fn(d, ckpt.process, x[lo:hi], data_bits=data_bits, variance=args.variance,
+                                  timesteps=elbo_grid, generator=generator)
+                bpd.append(res.total_bpd)
+            nfe.append(counter.calls)
+            bar.update(hi - lo)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    values = torch.cat(bpd).to(torch.float64)
+    stderr = values.std().item() / math.sqrt(num) if num > 1 else float("nan")
+    return {"mean_bpd": values.mean().item(), "stderr_bpd": stderr,
+            "nfe_per_batch": sum(nfe) / len(nfe), "batches": len(nfe),
+            "seconds": seconds, "bits_per_dim": values.tolist()}
+
+
+def _cmd_nll(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .likelihood.ode import is_quantized
+    from .train.checkpoint import load_checkpoint
 
     if args.out is not None:
         if os.path.isdir(args.out):
@@ -1052,56 +1230,38 @@ def _cmd_nll(args: argparse.Namespace) -> int:
             raise ScorekitError(f"--data-bits {data_bits}: {dataset.spec} is not on the {2 ** data_bits} "
                                 f"levels of {data_bits}-bit values in [-1, 1]; use --data-bits auto or 0")
         methods = ["ode", "elbo"] if args.method == "both" else [args.method]
-        results = {}
-        for method in methods:
-            generator = torch.Generator().manual_seed(args.seed)
-            bpd, nfe, start = [], [], time.perf_counter()
-            bar = tqdm(total=num, desc=f"nll {method}", disable=args.no_progress, leave=False)
-            try:
-                for lo in range(0, num, args.batch_size):
-                    hi = min(lo + args.batch_size, num)
-                    d = checkpoint_denoiser(ckpt, ema=not args.no_ema,
-                                            y=None if labels is None else labels[lo:hi])
-                    if getattr(d, "learned_variance", False):   # count the whole network's calls
-                        from .variances import PredictionHead
+        elbo_grid = None
+        if "elbo" in methods:                          # the process's chain, or --elbo-steps of it
+            from .timesteps import chain_timesteps
 
-                        counter = d.network = _Counted(d.network)
-                        d.model = PredictionHead(counter)
-                    else:
-                        counter = d.model = _Counted(d.model)
-                    if method == "ode":
-                        res = ode_likelihood(d, ckpt.process, x[lo:hi], divergence=args.divergence,
-                                             probe=args.probe, num_probes=args.num_probes, rtol=args.rtol,
-                                             atol=args.atol, t_eps=args.t_eps, data_bits=data_bits,
-                                             generator=generator)
-                        bpd.append(res.bits_per_dim)
-                    else:
-                        kwargs = {} if args.variance is None else {"variance": args.variance}
-                        with torch.no_grad():
-                            res = elbo_fn(d, ckpt.process, x[lo:hi], data_bits=data_bits,
-                                          generator=generator, **kwargs)
-                        bpd.append(res.total_bpd)
-                    nfe.append(counter.calls)
-                    bar.update(hi - lo)
-            finally:
-                bar.close()
-            seconds = time.perf_counter() - start
-            values = torch.cat(bpd).to(torch.float64)
-            stderr = values.std().item() / math.sqrt(num) if num > 1 else float("nan")
-            results[method] = {"mean_bpd": values.mean().item(), "stderr_bpd": stderr,
-                               "nfe_per_batch": sum(nfe) / len(nfe), "batches": len(nfe),
-                               "seconds": seconds, "bits_per_dim": values.tolist()}
+            elbo_grid = chain_timesteps(ckpt.process, args.elbo_steps)
+        results, failures = {}, {}
+        for method in methods:
+            try:
+                results[method] = _nll_method(method, args, ckpt, x, labels, data_bits, elbo_grid, elbo_fn)
+            except ScorekitError as err:
+                if args.method != "both":
+                    raise
+                failures[method] = " ".join(str(err).split())
     finally:
         torch.set_num_threads(threads_before)
+    if not results:
+        raise ScorekitError("; ".join(f"--method {m}: {why}" for m, why in failures.items()))
 
     kind = f"{data_bits}-bit" if data_bits is not None else "continuous"
     given = ", given their labels" if labels is not None else ""
     print(f"{num} samples of {dataset.spec} ({kind} data, {int(x[0].numel())} dims{given}) under step "
           f"{ckpt.step} of {ckpt.path} ({'raw' if args.no_ema else 'EMA'} weights)")
-    for method, r in results.items():
+    elbo_steps = len(elbo_grid) - 1 if elbo_grid is not None else None
+    for method in methods:
+        if method in failures:
+            print(f"  {method}: not computed: {failures[method]}")
+            continue
+        r = results[method]
         detail = (f"{args.divergence}" + (f", {args.num_probes} {args.probe} probe(s)"
                                            if args.divergence == "hutchinson" else "")
-                  + f", rtol {args.rtol:g}, atol {args.atol:g}") if method == "ode" else "bound"
+                  + f", rtol {args.rtol:g}, atol {args.atol:g}") if method == "ode" else \
+            f"bound, {elbo_steps} steps, variance {args.variance}"
         stderr = "nan" if math.isnan(r["stderr_bpd"]) else f"{r['stderr_bpd']:.4f}"
         print(f"  {method}: {r['mean_bpd']:.4f} +- {stderr} bits/dim ({detail}); NFE {r['nfe_per_batch']:.0f} "
               f"per batch of up to {args.batch_size}; {r['seconds']:.2f} s ({r['seconds'] / num:.3g} s per sample)")
@@ -1114,6 +1274,8 @@ def _cmd_nll(args: argparse.Namespace) -> int:
                   "ode_options": {"divergence": args.divergence, "probe": args.probe,
                                   "num_probes": args.num_probes, "rtol": args.rtol, "atol": args.atol,
                                   "t_eps": args.t_eps},
+                  "elbo_options": {"variance": args.variance, "steps": elbo_steps},
+                  "not_computed": failures,
                   "results": {m: {k: (None if isinstance(v, float) and math.isnan(v) else v)
                                   for k, v in r.items()} for m, r in results.items()}}
         try:

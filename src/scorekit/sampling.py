@@ -26,9 +26,20 @@ def sampler_options(name: str) -> dict:
             if p.kind == p.KEYWORD_ONLY and k not in _COMMON}
 
 
+#: functions with a sampler's name that are not samplers, and where to find them
+NOT_SAMPLERS = {"ddim_invert": "ddim_invert maps data to noise, so it is not a sampler; use "
+                               "scorekit.invert(model, x0, ...) (or scorekit.ddim_invert(denoiser, process, x0, "
+                               "timesteps))"}
+
+
+def unknown_sampler(name: str) -> str:
+    """The message for a sampler name not in SAMPLERS (a pointer for the names of NOT_SAMPLERS)."""
+    return NOT_SAMPLERS.get(name, f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
 def _lookup(name: str):
     if name not in SAMPLERS:
-        raise ScorekitError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+        raise ScorekitError(unknown_sampler(name))
     return SAMPLERS[name]
 
 
@@ -82,23 +93,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
         raise ScorekitError(f"sampler {sampler!r} has no option {', '.join(unknown)}; "
                             f"its options are: {', '.join(allowed) or 'none'}")
     options = check_options(options, option_schema(fn, skip=_COMMON), f"{sampler} sampler option")
-    if process is None:
-        if betas is None and alpha_bar is None:
-            raise ScorekitError("give the model's schedule: betas=..., alpha_bar=... or process=...")
-        if betas is not None and alpha_bar is not None:
-            raise ScorekitError("give either betas or alpha_bar, not both")
-        process = DDPM(betas=betas) if betas is not None else DDPM(alpha_bar=alpha_bar)
-    elif betas is not None or alpha_bar is not None:
-        raise ScorekitError("give either a process or a schedule (betas / alpha_bar), not both")
-    elif not isinstance(process, GaussianProcess):
-        raise ScorekitError(f"process must be a scorekit.processes.GaussianProcess (e.g. "
-                            f"DDPM(schedule='cosine')), got {type(process).__name__}")
-    if isinstance(model, Denoiser):              # e.g. a learned-variance checkpoint's denoiser
-        if process is not None and model.process is not process and model.process.config() != process.config():
-            raise ScorekitError("the denoiser was built for another process than the one given")
-        denoiser = model
-    else:
-        denoiser = Denoiser(model, process, prediction_type, time_input=time_input)
+    denoiser, process = _model_denoiser(model, betas, alpha_bar, process, prediction_type, time_input)
     if clip is not None and threshold is not None:
         raise ScorekitError("use either clip or threshold, not both")
     if clip is not None:
@@ -120,3 +115,59 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
     if check_finite:
         denoiser.check_state(x0)
     return x0
+
+
+def _model_denoiser(model, betas, alpha_bar, process, prediction_type, time_input):
+    """``(denoiser, process)`` from a model and its schedule (``betas``, ``alpha_bar`` or ``process``),
+    as :func:`sample` and :func:`invert` take them."""
+    if process is None:
+        if betas is None and alpha_bar is None:
+            raise ScorekitError("give the model's schedule: betas=..., alpha_bar=... or process=...")
+        if betas is not None and alpha_bar is not None:
+            raise ScorekitError("give either betas or alpha_bar, not both")
+        process = DDPM(betas=betas) if betas is not None else DDPM(alpha_bar=alpha_bar)
+    elif betas is not None or alpha_bar is not None:
+        raise ScorekitError("give either a process or a schedule (betas / alpha_bar), not both")
+    elif not isinstance(process, GaussianProcess):
+        raise ScorekitError(f"process must be a scorekit.processes.GaussianProcess (e.g. "
+                            f"DDPM(schedule='cosine')), got {type(process).__name__}")
+    if isinstance(model, Denoiser):              # e.g. a learned-variance checkpoint's denoiser
+        if process is not None and model.process is not process and model.process.config() != process.config():
+            raise ScorekitError("the denoiser was built for another process than the one given")
+        return model, process
+    return Denoiser(model, process, prediction_type, time_input=time_input), process
+
+
+def invert(model: Callable[[Tensor, Tensor], Tensor], x0: Tensor, *, betas=None, alpha_bar=None,
+           process: GaussianProcess | None = None, prediction_type: str = "eps", num_steps: int = 50,
+           spacing: str | None = None, timesteps=None, fixed_point_iters: int = 0,
+           callback: Callback | None = None, progress: bool = False,
+           time_input: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    r"""DDIM inversion: the latents ``x_T`` from which deterministic DDIM returns the data ``x0``.
+
+    The counterpart of :func:`sample` for the other direction (inversion starts from data, so it is
+    not one of the :data:`~scorekit.samplers.SAMPLERS`): it runs
+    :func:`scorekit.samplers.ddim_invert` on the grid :func:`sample` would use with the same
+    ``num_steps`` / ``spacing`` / ``timesteps``, so that
+
+        x_T = scorekit.invert(model, x0, ..., num_steps=n)
+        scorekit.sample(model, x_T, ..., sampler="ddim", num_steps=n)     # ~ x0
+
+    Each step is the DDIM step (Song et al. 2021, eq. 12 with ``eta = 0``) solved for its other
+    end with ``eps`` taken at the known point, the same first-order Euler step of the
+    probability-flow ODE, so the round trip ``x0 -> x_T -> x0`` errs by ``O(1 / n)``;
+    ``fixed_point_iters = k`` refines each step towards the exact inverse of the sampling step
+    (:func:`~scorekit.samplers.ddim_invert`). The model, schedule and ``prediction_type`` arguments
+    are those of :func:`sample`.
+
+    Returns:
+        ``x_T``, shaped and typed like ``x0``.
+    """
+    from .samplers import ddim_invert
+
+    denoiser, process = _model_denoiser(model, betas, alpha_bar, process, prediction_type, time_input)
+    if timesteps is None:
+        timesteps = make_timesteps(process, num_steps, spacing)
+    with torch.no_grad():
+        return ddim_invert(denoiser, process, x0, timesteps, fixed_point_iters=fixed_point_iters,
+                           callback=callback, progress=progress)

@@ -217,6 +217,11 @@ def steps_for_nfe(sampler: str, process: GaussianProcess, nfe: int, **options) -
     ``nfe`` for first-order and multistep samplers, about ``nfe / order`` for single-step
     higher-order ones. Raises :class:`ScorekitError` naming the nearest reachable NFEs if none.
     """
+    from .samplers.options import ADAPTIVE_SAMPLERS
+
+    if sampler in ADAPTIVE_SAMPLERS:
+        raise ScorekitError(f"{sampler} chooses its own steps, so its NFE is set by its tolerances, not by a "
+                            f"grid; choose a sampler with a fixed grid (e.g. ddim, ode_heun, unipc)")
     nfe = _check_nfe(nfe)
     hi = nfe
     if process.discrete:

@@ -174,6 +174,33 @@ def make_timesteps(process: GaussianProcess, num_steps: int, spacing: str | None
     return torch.from_numpy(np.append(times, end))
 
 
+#: reverse steps of the variational bound of a continuous-time process unless told otherwise
+#: (``scorekit nll --elbo-steps``); DDPM's own chain has as many (T = 1000)
+DEFAULT_CHAIN_STEPS = 1000
+
+
+def chain_timesteps(process: GaussianProcess, num_steps: int | None = None) -> torch.Tensor:
+    r"""The discrete chain ``t_K > ... > t_1 > data`` whose variational bound
+    :func:`scorekit.likelihood.elbo` evaluates and on which :func:`scorekit.variances.analytic_variances`
+    estimates its variances, as a grid of :func:`make_timesteps`.
+
+    * A discrete process (DDPM, SimpleVE): with ``num_steps=None`` every step ``t_max, ..., t_min``
+      (Ho et al. 2020's whole chain), else ``num_steps`` of them with the ``trailing`` spacing.
+    * A continuous process (VP, sub-VP, VE, EDM), which has no chain of its own: ``num_steps``
+      (default :data:`DEFAULT_CHAIN_STEPS`) times from ``t_max`` to ``t_min`` uniform in the log-SNR
+      ``lambda = log(alpha^2 / sigma^2)``, then the data time. The bound of this chain depends on
+      the process only through ``lambda`` at the grid's times (Kingma et al. 2021, VDM, sec. 4), so
+      uniform steps in ``lambda`` treat every process alike; with an exact denoiser each step's
+      gap to the exact likelihood is ``O(dlambda^2)``, and the bound tightens towards its
+      continuous-time limit as ``O(1 / num_steps)``.
+    """
+    if num_steps is None and process.discrete:
+        num_steps = int(round(process.t_max - process.t_min)) + 1
+    elif num_steps is None:
+        num_steps = DEFAULT_CHAIN_STEPS
+    return make_timesteps(process, num_steps, None if process.discrete else "log_snr")
+
+
 def check_timesteps(timesteps) -> torch.Tensor:
     """Validate a sampler grid: 1-D, at least two entries, strictly decreasing, finite model
     times (the end time may be ``-inf``: the data time of the geometric VE SDE)."""
@@ -193,6 +220,30 @@ def check_timesteps(timesteps) -> torch.Tensor:
     if not torch.all(ts[1:] < ts[:-1]):
         raise ScorekitError("timesteps must be strictly decreasing (from noise towards data)")
     return ts
+
+
+#: sampler steps of ``scorekit sample`` and of the training run's sample grids unless given
+DEFAULT_SAMPLE_STEPS = 50
+
+
+def default_step_count(process: GaussianProcess) -> int:
+    """:data:`DEFAULT_SAMPLE_STEPS`, or a discrete process's ``T`` if it has fewer steps."""
+    if process.discrete:
+        return min(DEFAULT_SAMPLE_STEPS, int(round(process.t_max - process.t_min)) + 1)
+    return DEFAULT_SAMPLE_STEPS
+
+
+def check_step_count(process: GaussianProcess, num_steps, name: str = "num_steps") -> int:
+    """``num_steps`` as an int if a sampler can take that many steps on ``process``: a whole number
+    from 1, and for a discrete process at most its ``T`` steps (a grid of distinct steps has no
+    more). One rule for every caller (``scorekit sample --steps``, ``train --sample-steps``)."""
+    n = _check_num_steps(num_steps)
+    if process.discrete:
+        T = int(round(process.t_max - process.t_min)) + 1
+        if n > T:
+            raise ScorekitError(f"{name} {n} is more than the model's {T} diffusion steps "
+                                f"({type(process).__name__} has T = {T}); give at most {T}")
+    return n
 
 
 def _check_num_steps(num_steps) -> int:

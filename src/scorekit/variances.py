@@ -215,18 +215,12 @@ def _as_denoiser(model, process: GaussianProcess, prediction_type: str):
 
 
 def _grid_pairs(process: GaussianProcess, timesteps) -> tuple[Tensor, Tensor]:
-    """(t, s) pairs of the reverse steps: the whole chain ``t -> t - 1`` when ``timesteps`` is None."""
-    if timesteps is None:
-        if not process.discrete:
-            raise ScorekitError(f"{type(process).__name__} is continuous: give timesteps (a descending grid "
-                                f"ending at the data time), e.g. scorekit.make_timesteps(process, 50)")
-        first, last = int(round(process.t_min)), int(round(process.t_max))
-        t = torch.arange(first, last + 1, dtype=_F64)
-        s = torch.cat([torch.tensor([process.t_data], dtype=_F64), t[:-1]])
-        return t, s
+    """(t, s) pairs of the reverse steps, ascending; ``timesteps=None`` is the process's default
+    chain (:func:`scorekit.timesteps.chain_timesteps`)."""
     from .samplers._common import grid
+    from .timesteps import chain_timesteps
 
-    ts = grid(process, timesteps)
+    ts = grid(process, chain_timesteps(process) if timesteps is None else timesteps)
     if ts[-1] != process.t_data:
         raise ScorekitError(f"timesteps must end at the data time {process.t_data}, got {ts[-1].item()}")
     return ts[:-1].flip(0), ts[1:].flip(0)
@@ -251,8 +245,9 @@ def analytic_variances(denoiser_or_eps_model, process: GaussianProcess, data: Te
         data: (M, ...) training data.
         num_samples: Monte-Carlo samples per step.
         generator: the source of the data indices and noise (required).
-        timesteps: a descending grid ending at the data time for a shorter trajectory; default the
-            whole chain ``T-1, ..., 0, data``.
+        timesteps: a descending grid ending at the data time for a shorter trajectory; default
+            :func:`scorekit.timesteps.chain_timesteps` (DDPM: the whole chain ``T-1, ..., 0, data``;
+            a continuous process: 1000 steps uniform in log-SNR).
         batch_size: samples per network call (default ``num_samples``).
         data_radius: half the width of the data range for the upper clip (1 for ``[-1, 1]``).
 

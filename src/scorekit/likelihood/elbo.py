@@ -1,7 +1,8 @@
 r"""DDPM's variational bound, term by term, in bits per dimension.
 
-For a discrete chain ``t_K > ... > t_1 > data`` (DDPM: all steps ``T-1, ..., 0``) the negative log
-likelihood is bounded by (Ho et al. 2020, eq. 5; Nichol & Dhariwal 2021, eq. 4-6)
+For a discrete chain ``t_K > ... > t_1 > data`` (DDPM: all steps ``T-1, ..., 0``; a continuous
+process: by default 1000 steps uniform in log-SNR, :func:`scorekit.timesteps.chain_timesteps`) the
+negative log likelihood is bounded by (Ho et al. 2020, eq. 5; Nichol & Dhariwal 2021, eq. 4-6)
 
     -log p(x_0) <= L_T + sum_{t > t_1} L_{t} + L_0,
 
@@ -236,7 +237,9 @@ def elbo(denoiser, process: GaussianProcess, x0: Tensor, *, variance="small", da
             variances, one per reverse step in ascending time (entry 0 the decoder's).
         data_bits: bits of discretised data (8 for images), ``None`` for continuous data.
         timesteps: a descending grid ending at the data time, for the bound of a shorter chain
-            (e.g. ``[999, 899, ..., 99, -1]``); default every step ``T-1, ..., 0``, then the data.
+            (e.g. ``[999, 899, ..., 99, -1]``); default :func:`scorekit.timesteps.chain_timesteps`:
+            for a discrete process every step ``T-1, ..., 0``, then the data; for a continuous one
+            1000 steps uniform in log-SNR from ``t_max`` to ``t_min``, then the data.
         generator: the source of ``x_t`` (required). One ``N(0, I)`` draw shaped like ``x0`` per
             reverse step, noisiest step first, whatever ``batch_steps`` is -- so the same seed gives
             the same ``x_t`` for every ``variance``.

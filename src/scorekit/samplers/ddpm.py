@@ -5,11 +5,10 @@ import torch
 
 from ..errors import ScorekitError
 from ..processes import GaussianProcess
+from ..variances import VARIANCES
 from ._common import Callback, check_generator, check_start, grid, progress_range, randn_like
 
 Tensor = torch.Tensor
-
-VARIANCES = ("small", "large", "learned")
 
 
 def ddpm(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *,
@@ -34,7 +33,10 @@ def ddpm(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *,
       ``denoiser(x_t, t)`` (:class:`scorekit.variances.LearnedVarianceDenoiser`);
     * a tensor of one variance per step, in ascending time (entry 0 is the step into the data; for
       the whole DDPM chain, the ``(T,)`` table indexed by ``t``), e.g. Analytic-DPM's
-      :func:`scorekit.variances.analytic_variances` for the same grid.
+      :func:`scorekit.variances.analytic_variances` for the same grid. The name ``"analytic"``
+      (accepted by :func:`scorekit.likelihood.elbo`, which estimates it on the evaluated data) asks
+      for that table: it needs training data, which a sampler does not have
+      (``scorekit sample --variance analytic`` computes it from the run's data).
 
     No noise is added on the final step to the data time (``z = 0`` at ``t = 1`` in Algorithm 2).
     For the simple variance-exploding process the step is ``x_{t-1} = (1 - 1/t) x_t + x0_pred / t
@@ -45,15 +47,20 @@ def ddpm(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *,
         process: the forward process.
         x_T: the start, shape ``(N, ...)``.
         timesteps: descending grid ending at the end time (see :mod:`scorekit.timesteps`).
-        variance: ``"small"`` (``beta~_t``), ``"large"`` (``beta_t``), ``"learned"`` or a tensor.
+        variance: ``"small"`` (``beta~_t``), ``"large"`` (``beta_t``), ``"learned"`` or a tensor
+            (``"analytic"``: see above).
         generator: the source of the noise (required).
         callback: ``callback(i, t, x_t, x0_pred)`` after each network evaluation.
         progress: show a progress bar.
     """
     learned = isinstance(variance, str) and variance == "learned"
     if isinstance(variance, str) and variance not in VARIANCES:
-        raise ScorekitError(f"unknown variance {variance!r}; choose 'small' (beta~_t), 'large' (beta_t), "
-                            f"'learned' or give a tensor of per-step variances")
+        raise ScorekitError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)} or give a "
+                            f"tensor of per-step variances")
+    if isinstance(variance, str) and variance == "analytic":
+        raise ScorekitError("variance='analytic' is estimated from training data: pass the table "
+                            "variance=scorekit.analytic_variances(denoiser, process, data, timesteps=timesteps, "
+                            "generator=g) for the same grid")
     if learned:
         from ..variances import require_variance_head
 

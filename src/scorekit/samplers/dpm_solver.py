@@ -138,6 +138,10 @@ def exponential_step(x: Tensor, s: Node, t: Node, derivatives: list[Tensor], *, 
     return out
 
 
+#: the ``variant`` option of the DPM-Solver++ samplers
+DPM_VARIANTS = ("taylor", "midpoint")
+
+
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ScorekitError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
@@ -161,7 +165,7 @@ def _multistep(denoiser, process, x_T, timesteps, *, order: int, eta: float, var
     2.09, at 20 calls on a trailing grid 0.047 vs 0.061. Grids that end at ``sigma > 0`` keep the
     full order on every step (the order is then measurable).
     """
-    _check_choice("variant", variant, ("taylor", "midpoint"))
+    _check_choice("variant", variant, DPM_VARIANTS)
     x = check_start(x_T)
     if eta > 0:
         generator = check_generator(generator, f"{name} (eta > 0)")
@@ -309,7 +313,7 @@ def _singlestep(denoiser, process, x_T, timesteps, *, order: int, variant: str, 
     Each update is :func:`exponential_step` with exact Taylor weights (``variant="midpoint"``: the
     printed Alg. 1 weight for the order-2 update and for ``u_2``).
     """
-    _check_choice("variant", variant, ("taylor", "midpoint"))
+    _check_choice("variant", variant, DPM_VARIANTS)
     x = check_start(x_T)
     grid_nodes = nodes(process, timesteps)
     sizes = step_groups(len(grid_nodes) - 1, order, grid_nodes[-1].sigma == 0)

@@ -48,6 +48,8 @@ ADAMS_BASHFORTH = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12)
                    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 EXTRAPOLATION_VARIABLES = ("t", "rho", "log_rho")
 IPNDM_COEFFICIENTS = ("variable", "fixed")
+#: the highest ``order`` of ipndm (Adams-Bashforth with four values) and deis
+IPNDM_MAX_ORDER, DEIS_MAX_ORDER = 4, 3
 _QUADRATURE_NODES = 24
 
 
@@ -152,7 +154,7 @@ def ipndm(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *, order: 
     10 evaluations, against 0.9-1.0 with ``"variable"``). One network evaluation per model time;
     the step into the data extrapolates ``eps`` to ``s = 0`` (module docstring).
     """
-    order = _check_order(order, 4)
+    order = _check_order(order, IPNDM_MAX_ORDER)
     if coefficients not in IPNDM_COEFFICIENTS:
         raise ScorekitError(f"unknown coefficients {coefficients!r}; choose one of {', '.join(IPNDM_COEFFICIENTS)}")
     ts = grid(process, timesteps)
@@ -180,7 +182,7 @@ def deis(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *, order: i
     ``log(sigma / alpha)``). Orders 1 to 3; order 1 is DDIM. One network evaluation per model time;
     the step into the data extrapolates ``eps`` in ``sigma / alpha`` (module docstring).
     """
-    order = _check_order(order, 3)
+    order = _check_order(order, DEIS_MAX_ORDER)
     ts = grid(process, timesteps)
     coef = multistep_coefficients(process, ts, order, extrapolate_in)
     return _multistep(denoiser, process, x_T, ts, coef, callback, progress, "deis")

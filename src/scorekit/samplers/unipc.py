@@ -34,6 +34,11 @@ from .dpm_solver import Node, _check_choice, nodes, psi
 Tensor = torch.Tensor
 
 
+#: UniPC's predictor orders and ``B(h)`` variants
+UNIPC_ORDERS = (1, 2, 3)
+UNIPC_VARIANTS = ("bh1", "bh2")
+
+
 def unipc_weights(h: float, r: list[float], variant: str, two_point_half: bool) -> list[float]:
     r"""``rho`` solving ``sum_j rho_j r_j^{k-1} = -k! psi_k(h) / (h^k B(h))`` for ``k = 1 .. len(r)``.
 
@@ -109,8 +114,8 @@ def unipc(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *, order: 
         callback: ``callback(i, t, x_t, x0_pred)`` after each network evaluation.
         progress: show a progress bar.
     """
-    _check_choice("order", order, (1, 2, 3))
-    _check_choice("variant", variant, ("bh1", "bh2"))
+    _check_choice("order", order, UNIPC_ORDERS)
+    _check_choice("variant", variant, UNIPC_VARIANTS)
     _check_choice("final_corrector", final_corrector, (0, 1))
     return _unipc(denoiser, process, x_T, timesteps, order=order, variant=variant,
                   final_corrector=final_corrector, callback=callback, progress=progress)

@@ -120,12 +120,14 @@ class TrainConfig:
             (:data:`PROCESS_NAMES`); ``process_options`` are its constructor's arguments, e.g.
             ``{"schedule": "linear", "num_steps": 1000}`` for DDPM (whose schedule is
             :data:`DEFAULT_DDPM_SCHEDULE`, cosine, unless given).
-        prediction: what the network predicts: ``eps``, ``x0``, ``v`` or ``score``. The default
-            ``v`` stays well-conditioned at the noisiest step, where an eps-network's ``x_0``
-            estimate divides its error by ``alpha_T`` (about 0.006 for DDPM's linear schedule):
-            on the 8x8 digits (1200 steps, DDIM 50 steps) v + cosine gave 99 % of samples
-            classified as the class asked for against 92 % for eps + linear, whose DDIM samples
-            include some blown-up ones.
+        prediction: what the network predicts: ``eps``, ``x0``, ``v`` or ``score``; ``None``
+            (default) chooses per process (:func:`default_prediction`): ``v`` for the
+            variance-preserving ones (ddpm, vp, subvp), ``eps`` for the variance-exploding ones
+            (ve, edm, simple_ve). ``v`` stays well-conditioned at the noisiest step of a VP process,
+            where an eps-network's ``x_0`` estimate divides its error by ``alpha_T`` (about 0.006
+            for DDPM's linear schedule): on the 8x8 digits (1200 steps, DDIM 50 steps) v + cosine
+            gave 99 % of samples classified as the class asked for against 92 % for eps + linear,
+            whose DDIM samples include some blown-up ones.
         weighting: ``simple``, ``elbo``, ``min_snr``, ``lambda``, ``edm`` or ``hybrid``
             (:mod:`scorekit.losses`); ``weighting_options`` e.g. ``{"min_snr_gamma": 5}`` or
             ``{"hybrid_lambda": 0.001}``.
@@ -175,7 +177,9 @@ class TrainConfig:
         keep_checkpoints: keep the newest this many (``None``: all).
         sample_every: write a sample grid every this many steps (0: only at the end).
         sample_num: samples per grid (``None``: 64 images or 2000 points).
-        sample_steps, sample_sampler: the sampler for the grids (from the EMA weights, fixed noise).
+        sample_steps, sample_sampler: the sampler for the grids (from the EMA weights, fixed noise);
+            ``sample_steps=None`` is 50, or ``T`` of a discrete process with fewer steps; a given
+            number above ``T`` is refused, as ``scorekit sample --steps`` refuses it.
     """
 
     data: str = "digits"
@@ -184,7 +188,7 @@ class TrainConfig:
     model_options: dict = field(default_factory=dict)
     process: str = "ddpm"
     process_options: dict = field(default_factory=dict)
-    prediction: str = "v"
+    prediction: str | None = None
     weighting: str = "simple"
     weighting_options: dict = field(default_factory=dict)
     precondition: str | None = None
@@ -215,7 +219,7 @@ class TrainConfig:
     keep_checkpoints: int | None = 3
     sample_every: int = 0
     sample_num: int | None = None
-    sample_steps: int = 50
+    sample_steps: int | None = None
     sample_sampler: str = "ddim"
 
     def to_dict(self) -> dict:
@@ -280,7 +284,8 @@ class TrainConfig:
         if not isinstance(self.model, str):
             raise ScorekitError(f"model must be a preset name, got {self.model!r}")
         choice("process", list(PROCESS_NAMES))
-        choice("prediction", PREDICTION_TYPES)
+        if self.prediction is not None:
+            choice("prediction", PREDICTION_TYPES)
         choice("weighting", WEIGHTINGS)
         choice("variance", VARIANCE_CHOICES)
         _check_precondition(self)
@@ -322,7 +327,7 @@ class TrainConfig:
         whole("keep_checkpoints", 1, allow_none=True)
         whole("sample_every", 0)
         whole("sample_num", 1, allow_none=True)
-        whole("sample_steps", 1)
+        whole("sample_steps", 1, allow_none=True)
         whole("num_threads", 1, allow_none=True)
         number("lr", 0, open_lo=True)
         number("min_lr", 0)
@@ -485,6 +490,48 @@ def build_process(name: str, options: dict | None = None):
     return process_from_config({"kind": PROCESS_NAMES[name], **options})
 
 
+def default_prediction(process) -> str:
+    r"""The prediction type a run of ``process`` trains unless told: ``"v"`` if the process is
+    variance-preserving at its noisiest time (``alpha^2 + sigma^2 <= 1``), else ``"eps"``.
+
+    The targets' scales decide it: ``v = alpha eps - sigma x_0`` has per-dimension variance
+    ``alpha^2 + sigma^2 Var[x_0]``, about 1 on a VP process but up to ``sigma_max^2 Var[x_0]`` on a
+    variance-exploding one (``simple_ve``: ``T Var[x_0]``, about 350 on the digits at ``T = 1000``),
+    so the loss is dominated by the noisiest steps and the network must output values of size
+    ``sigma_max``; ``eps`` has variance 1 at every time on every process.
+    """
+    t = torch.as_tensor(process.t_max, dtype=torch.float64)
+    return "v" if float(process.alpha(t) ** 2 + process.sigma(t) ** 2) <= 1 + 1e-9 else "eps"
+
+
+def coarse_noise_warning(process, x: Tensor) -> str | None:
+    r"""A warning (or ``None``) when the smallest noise level of ``process`` is not small next to
+    the spread of the data ``x``: every sampler's last step returns the denoised mean
+    ``E[x_0 | x_t]`` at the lowest model time ``t_min``, which averages over all data within about
+    ``sigma(t_min) / alpha(t_min)`` of the sample, so detail finer than that is lost whatever the
+    network. Warns when that level exceeds a tenth of the data's standard deviation (``simple_ve``:
+    ``sigma = 1`` at ``t = 1`` on data in ``[-1, 1]``; every other process starts near 0.01).
+    """
+    from ..timesteps import edm_sigma
+
+    level = float(edm_sigma(process, process.t_min))
+    spread = float(x.float().std())
+    if not (spread > 0 and level > 0.1 * spread):
+        return None
+    return (f"{type(process).__name__}'s smallest noise level sigma/alpha = {level:.3g} is not small next to the "
+            f"data's standard deviation {spread:.3g}: samples end at the denoised mean E[x_0 | x_t] at that level "
+            f"and lose detail finer than about {level:.2g}, even from an exact model; for sharp samples use a "
+            f"process whose smallest level is far below the data's spread (ddpm, vp, ve and edm start near 0.01 "
+            f"by default; a DDPM with more steps T starts lower) or data on a larger scale")
+
+
+def _with_default_prediction(config: TrainConfig) -> TrainConfig:
+    if config.prediction is not None:
+        return config
+    process = build_process(config.process, config.process_options)
+    return dataclasses.replace(config, prediction=default_prediction(process))
+
+
 def resolve_preset(name: str, dataset) -> str:
     """The preset name, with ``"auto"`` meaning ``"tiny"`` for images and ``"mlp"`` for vectors."""
     from ..models import PRESETS
@@ -577,13 +624,18 @@ class _Trainer:
 
         from ..data import dataset_from_config, load_dataset
 
+        quiet = {} if self.progress else {"progress": False}     # no loading bar either
         if self.saved_run is not None:                  # resuming: the run's own data
-            self.dataset = dataset_from_config(self.saved_run["data"])
+            self.dataset = dataset_from_config(self.saved_run["data"], **quiet)
         else:
-            self.dataset = load_dataset(cfg.data, **cfg.data_options)
+            self.dataset = load_dataset(cfg.data, **{**cfg.data_options, **quiet})
         if len(self.dataset) < 1:
             raise ScorekitError(f"{cfg.data}: the dataset is empty")
         self.process = build_process(cfg.process, cfg.process_options)
+        if cfg.sample_steps is not None:
+            from ..timesteps import check_step_count
+
+            check_step_count(self.process, cfg.sample_steps, "sample_steps (--sample-steps)")
         from ..models import build_model
 
         self.net_config = model_config_for(cfg, self.dataset, self.process) if self.saved_run is None \
@@ -662,13 +714,15 @@ class _Trainer:
             if config is None:
                 raise ScorekitError(f"nothing to resume in {self.out_dir!r} (no run there); give a "
                                     f"training configuration to start one")
-            return config.validate(), None
+            return _with_default_prediction(config.validate()), None
         saved = ckpt_io.read_config(self.out_dir) if os.path.isfile(run_cfg_path) else None
         if saved is None:
             raise ScorekitError(f"{self.out_dir!r} has checkpoints but no {RUN_CONFIG_FILE}; it is not "
                                 f"a complete run folder")
         saved_cfg = TrainConfig.from_dict(saved.get("train", {}), run_cfg_path)
         if config is not None:
+            if config.prediction is None:              # the run's own (chosen for its process)
+                config = dataclasses.replace(config, prediction=saved_cfg.prediction)
             mine, theirs = config.to_dict(), saved_cfg.to_dict()
             changed = [k for k in mine if k not in RESUMABLE_FIELDS and mine[k] != theirs[k]]
             if changed:
@@ -968,7 +1022,9 @@ class _Trainer:
             from ..variances import PredictionHead
 
             model = PredictionHead(model)                   # the grids use the prediction only
-        steps = min(cfg.sample_steps, self.process.num_steps) if self.process.discrete else cfg.sample_steps
+        from ..timesteps import default_step_count
+
+        steps = cfg.sample_steps if cfg.sample_steps is not None else default_step_count(self.process)
 
         def give_up_on_stop(*_):
             if stop is not None and stop.requested:
@@ -1011,6 +1067,13 @@ class _Trainer:
                      f"{preset} ({count_parameters(self.net):,} parameters); {cfg.process} "
                      f"{cfg.prediction}-prediction, {cfg.weighting} weighting; {word} step "
                      f"{start_step} of {cfg.steps}; writing to {self.out_dir}")
+        warning = coarse_noise_warning(self.process, self.dataset.x) if ctx.is_main and start_step == 0 else None
+        if warning and self.log:
+            self.log(f"warning: {warning}")
+        elif warning:
+            import warnings
+
+            warnings.warn(warning, stacklevel=3)
         bar = tqdm(total=cfg.steps, initial=start_step, disable=not self.progress, unit="step",
                    dynamic_ncols=True, file=sys.stderr, desc="train")
         t_call = time.perf_counter()
@@ -1174,5 +1237,5 @@ def train(config: TrainConfig | None, out_dir, *, resume: bool = False, progress
 
 __all__ = ["DEFAULT_DDPM_SCHEDULE", "DataOrder", "LR_SCHEDULES", "MIXED_PRECISION", "PROCESS_NAMES",
            "RESUMABLE_FIELDS", "TIMESTEP_SAMPLERS", "TrainConfig", "TrainResult", "build_process",
-           "derive_seed", "learning_rate", "make_optimizer", "model_config_for", "resolve_preset",
+           "coarse_noise_warning", "default_prediction", "derive_seed", "learning_rate", "make_optimizer", "model_config_for", "resolve_preset",
            "train", "write_samples"]
