@@ -105,7 +105,7 @@ def test_8bit_images_are_dequantised(runs, capsys, tmp_path):
     (["--divergence", "trace"], ["invalid choice: 'trace'"]),
     (["--method", "elbo", "--variance", "tiny"], ["--variance", "invalid choice: 'tiny'", "analytic"]),
     (["--method", "elbo", "--elbo-steps", "0"], ["--elbo-steps must be from 1"]),
-    (["--method", "elbo", "--variance", "learned"], ["variance='learned' needs a denoiser with a variance head"]),
+    (["--method", "elbo", "--variance", "learned"], ["--variance learned needs a model trained with --variance learned"]),
     (["--num", "0"], ["--num must be from 1"]),
     (["--t-eps=-5"], ["t_eps=-5.0 must be a time with sigma > 0"]),
 ])
@@ -167,10 +167,10 @@ def test_both_prints_what_it_could_compute(runs, capsys, tmp_path):
     lines = stdout.splitlines()
     assert any(l.startswith("  ode: ") and "bits/dim" in l for l in lines), stdout
     assert [l for l in lines if l.startswith("  elbo: ")] == [
-        "  elbo: not computed: variance='learned' needs a denoiser with a variance head (scorekit.variances."
-        "LearnedVarianceDenoiser, or checkpoint_denoiser of a model trained with --variance learned)"]
+        "  elbo: not computed: --variance learned needs a model trained with --variance learned (this one "
+        "has no variance head)"]
     report = json.loads(out.read_text())
     assert set(report["results"]) == {"ode"} and "variance head" in report["not_computed"]["elbo"]
     code, _, err = run_main(capsys, ["nll", runs["vp"], "--method", "both", "--variance", "learned",
                                      "--t-eps=-5", "--num", "3", "--no-progress"])
-    assert_one_line_error(code, err, "--method ode: t_eps=-5.0", "--method elbo: variance='learned'")
+    assert_one_line_error(code, err, "--method ode: t_eps=-5.0", "--method elbo: --variance learned needs a model")

@@ -183,7 +183,7 @@ def test_sampler_option_help_lists_values_defaults_and_samplers(capsys, command)
     assert "see its documentation" not in text
     for needle in ("--eta ETA a number >= 0 (0: deterministic), for ddim (default 0.0), dpmpp_2m_sde (default 1.0)",
                    "--method METHOD one of RK45, DOP853, RK23, for ode_adaptive (default RK45)",
-                   "one of taylor, midpoint, for dpmpp_2m (default taylor)", "one of bh1, bh2, for unipc (default bh2)",
+                   "one of taylor, midpoint, for dpmpp_2m (default midpoint)", "one of bh1, bh2, for unipc (default bh2)",
                    "--order ORDER one of 1, 2, 3, for unipc (default 2), deis (default 3); one of 1, 2, 3, 4, "
                    "for ipndm (default 4)"):
         assert needle in text, needle

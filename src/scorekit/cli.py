@@ -1242,7 +1242,7 @@ def _cmd_nll(args: argparse.Namespace) -> int:
             except ScorekitError as err:
                 if args.method != "both":
                     raise
-                failures[method] = " ".join(str(err).split())
+                failures[method] = " ".join(err.for_cli().split())
     finally:
         torch.set_num_threads(threads_before)
     if not results:
