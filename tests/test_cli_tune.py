@@ -55,7 +55,7 @@ def test_tune_then_sample_with_the_tuned_grid(run, capsys, tmp_path):
     assert code == 0, err
     ckpt = load_checkpoint(run)
     file = os.path.join(ckpt.path, SCHEDULES_FILE)
-    saved = json.loads(open(file).read())["schedules"]["ddim nfe=4"]
+    saved = json.loads(open(file).read())["schedules"]["ddim nfe=4 eta=0.0"]
     tuned = load_tuned(run, "ddim", 4)
     assert tuned.num_samples == 32 and tuned.steps == 4 and 0 < tuned.evaluations <= 25
     assert tuned.error_tuned <= tuned.error_default

@@ -235,7 +235,7 @@ def test_save_and_load_round_trip(tmp_path):
     save_tuned(ckpt, ve)
     assert sorted(os.listdir(ckpt)) == sorted([*CHECKPOINT_FILES, SCHEDULES_FILE])     # no temporaries
     data = json.loads((ckpt / SCHEDULES_FILE).read_text())
-    assert sorted(data["schedules"]) == ["ddim nfe=3", "ddim nfe=4 eta=0.5", "ddim nfe=5"]
+    assert sorted(data["schedules"]) == ["ddim nfe=3 eta=0.0", "ddim nfe=4 eta=0.5", "ddim nfe=5 eta=0.0"]
     back = load_tuned(ckpt, "ddim", 5)
     assert torch.equal(back.timesteps, first.timesteps) and back.steps == 5
     assert (back.error_default, back.error_tuned, back.evaluations) == (0.3, 0.1, 42)
@@ -268,3 +268,29 @@ def test_missing_or_corrupt_schedules_are_reported(tmp_path):
     (ckpt / SCHEDULES_FILE).write_text("[1, 2]")
     with pytest.raises(ScorekitError, match="not a scorekit schedules file"):
         save_tuned(ckpt, schedule())
+
+
+def test_a_grid_is_keyed_by_every_option_default_included(tmp_path, monkeypatch):
+    """A grid tuned under a sampler's default is not served after that default changes: the key
+    holds the default's value, so the changed default finds no grid and asks for tuning."""
+    import inspect
+
+    import scorekit.schedule_tuning as st
+
+    ckpt = fake_checkpoint(tmp_path)
+    save_tuned(ckpt, schedule("dpmpp_2m", 5))
+    default = inspect.signature(st.SAMPLERS["dpmpp_2m"]).parameters["variant"].default
+    other = {"taylor": "midpoint", "midpoint": "taylor"}[default]
+    data = json.loads((ckpt / SCHEDULES_FILE).read_text())
+    assert sorted(data["schedules"]) == [f"dpmpp_2m nfe=5 variant={default}"]
+    assert load_tuned(ckpt, "dpmpp_2m", 5, variant=default).steps == 5
+
+    def changed_default(*args, variant=other, **kwargs):   # the same sampler after an upgrade
+        return None
+
+    changed_default.__signature__ = inspect.signature(st.SAMPLERS["dpmpp_2m"]).replace(parameters=[
+        p.replace(default=other) if p.name == "variant" else p
+        for p in inspect.signature(st.SAMPLERS["dpmpp_2m"]).parameters.values()])
+    monkeypatch.setitem(st.SAMPLERS, "dpmpp_2m", changed_default)
+    with pytest.raises(ScorekitError, match="no tuned schedule for dpmpp_2m at NFE 5"):
+        load_tuned(ckpt, "dpmpp_2m", 5)

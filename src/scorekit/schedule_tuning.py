@@ -107,7 +107,7 @@ class TunedSchedule:
     @property
     def key(self) -> str:
         """The name of this grid in ``schedules.json``."""
-        return schedule_key(self.sampler, self.nfe, self.options)
+        return schedule_key(self.sampler, self.nfe, _with_defaults(self.sampler, self.options))
 
     def to_json(self) -> dict:
         return {
@@ -157,7 +157,12 @@ def _decode_times(values) -> Tensor:
 
 
 def schedule_key(sampler: str, nfe: int, options: dict | None = None) -> str:
-    """``"ddim nfe=10"``, with the non-default options appended: ``"unipc nfe=10 order=2"``."""
+    """``"ddim nfe=10 eta=0.0"``: the sampler, the NFE and the given ``options`` (sorted).
+
+    :class:`TunedSchedule` and :func:`load_tuned` key a grid by every option of its sampler,
+    defaults included, so that a grid tuned under one default (say ``dpmpp_2m``'s ``variant``) is
+    never taken for a run under another default after an upgrade: that run finds no grid and is
+    asked to tune one."""
     extra = "".join(f" {k}={options[k]}" for k in sorted(options or {}))
     return f"{sampler} nfe={int(nfe)}{extra}"
 
@@ -182,6 +187,15 @@ def _options(name: str, options: dict) -> dict:
                             f"{', '.join(defaults) or 'none'}")
     options = check_options(options, option_schema(_sampler(name), skip=_COMMON), f"{name} sampler option")
     return {k: v for k, v in options.items() if v != defaults[k]}
+
+
+def _with_defaults(name: str, options: dict) -> dict:
+    """Every keyword option of sampler ``name``: its defaults, updated by ``options``."""
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(_sampler(name)).parameters.items()
+                if p.kind == p.KEYWORD_ONLY and k not in _COMMON}
+    return {**defaults, **_options(name, options)}
 
 
 def _check_nfe(nfe) -> int:
@@ -546,7 +560,7 @@ def load_tuned(run_dir, sampler: str, nfe: int, **options) -> TunedSchedule:
     """The grid :func:`save_tuned` stored for ``sampler`` at ``nfe`` with these options."""
     file = schedules_path(run_dir)
     _check_nfe(nfe)
-    key = schedule_key(sampler, nfe, _options(sampler, options))
+    key = schedule_key(sampler, nfe, _with_defaults(sampler, options))
     entry = _read_schedules(file).get(key)
     if entry is None:
         opts = _options(sampler, options)
