@@ -439,3 +439,26 @@ def test_bad_start_and_model_output():
         ddim(_model, p, torch.zeros(2, 3), torch.tensor([1500.0, -1.0]))
     with pytest.raises(ScorekitError, match="too large"):
         ddim(lambda x, t: x, p, torch.zeros(2, 3), make_timesteps(p, 10), eta=3.0, generator=gen(0))
+
+
+
+@pytest.mark.parametrize("process", [VPSDE(), SubVPSDE(), VESDE(), EDM()], ids=repr)
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "edm_heun", "dpmpp_2m", "unipc"])
+def test_default_grid_of_a_continuous_process_is_as_good_as_its_best(process, sampler):
+    """With no spacing named, a continuous process's own grid (``default_spacing``) is within 1.5x
+    the best of the uniform, log-SNR and Karras grids at 20 steps, by the sliced-Wasserstein
+    distance of an exact denoiser's samples to the mixture (same noise, reference and projections
+    for every grid; the best grids sit at the metric's noise floor, about 0.1 here, so 1.5x is
+    about three of its standard deviations). Uniform steps in EDM's time sigma put 19 of 20 steps
+    above sigma = 4 and land an order of magnitude off."""
+    mix = eight_gaussians()
+    x_T = process.prior_sample((2000, 2), generator=gen(0), dtype=torch.float64)
+    ref = mix.sample(2000, generator=gen(1), dtype=torch.float64)
+
+    def distance(spacing):
+        x = SAMPLERS[sampler](mix.denoiser(process), process, x_T, make_timesteps(process, 20, spacing),
+                              generator=gen(2))
+        return sliced_wasserstein(x, ref, generator=gen(3))
+
+    best = min(distance(s) for s in ("uniform", "log_snr", "karras"))
+    assert distance(None) <= 1.5 * best, (process.default_spacing, distance(None), best)

@@ -553,7 +553,7 @@ def _add_sample(commands) -> None:
                         f"simple_ve models (default: {DEFAULT_SAMPLE_STEPS}, or T if smaller); not for "
                         f"{', '.join(ADAPTIVE_SAMPLERS)}, which chooses its own (its NFE is printed)")
     p.add_argument("--spacing", choices=sorted(set(DISCRETE_SPACINGS) | set(CONTINUOUS_SPACINGS)),
-                   help="how the steps are spaced (default: trailing for DDPM, uniform otherwise)")
+                   help="how the steps are spaced (default: the process's own: trailing for DDPM, karras for EDM, uniform for the SDEs)")
     p.add_argument("--schedule", choices=("default", "tuned"), default="default",
                    help="tuned: the time steps 'scorekit tune' saved for this sampler and step count "
                         "(instead of --spacing)")

@@ -75,6 +75,10 @@ class GaussianProcess:
         t_min, t_max: the range of times at which a model is evaluated.
         prior_std: the prior at ``t_max`` is ``N(0, prior_std^2 I)``.
         discrete: whether the process is indexed by integer steps (models take integer ``t``).
+        default_spacing: the sampling grid :func:`scorekit.timesteps.make_timesteps` uses when
+            none is named: ``"trailing"`` for DDPM's steps, ``"uniform"`` in ``t`` for the SDEs
+            (the VE SDE's ``t`` is already uniform in ``log sigma``), ``"karras"`` for EDM, whose
+            time is ``sigma`` itself (uniform in ``sigma`` spends nearly every step at high noise).
     """
 
     t_data: float = 0.0
@@ -82,6 +86,7 @@ class GaussianProcess:
     t_max: float = 1.0
     prior_std: float = 1.0
     discrete: bool = False
+    default_spacing: str = "uniform"
 
     # --- what each process defines -------------------------------------------------------
     def log_alpha(self, t) -> Tensor:
@@ -261,6 +266,7 @@ class DDPM(GaussianProcess):
     """
 
     discrete = True
+    default_spacing = "trailing"
     t_data = -1.0
     t_min = 0.0
     prior_std = 1.0
@@ -367,6 +373,7 @@ class SimpleVE(GaussianProcess):
     """
 
     discrete = True
+    default_spacing = "trailing"
     t_data = 0.0
     t_min = 1.0
 
@@ -528,6 +535,7 @@ class EDM(GaussianProcess):
     """
 
     t_data = 0.0
+    default_spacing = "karras"      # EDM's own grid (Karras et al. 2022, eq. 5, rho = 7)
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5):
         if not 0 < sigma_min < sigma_max:

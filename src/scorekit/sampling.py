@@ -68,8 +68,9 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
         prediction_type: ``"eps"``, ``"x0"``, ``"v"`` or ``"score"``.
         sampler: a name in :data:`scorekit.samplers.SAMPLERS` (``"ddpm"``, ``"ddim"``).
         num_steps: number of network evaluations (at most ``T`` for a DDPM schedule).
-        spacing: how the steps are chosen (:mod:`scorekit.timesteps`); default ``"trailing"``
-            for discrete processes, ``"uniform"`` for continuous ones.
+        spacing: how the steps are chosen (:mod:`scorekit.timesteps`); default the process's
+            ``default_spacing``: ``"trailing"`` for DDPM, ``"uniform"`` for the SDEs, ``"karras"``
+            for EDM.
         timesteps: an explicit descending grid ending at the end time (overrides the two above).
         generator: the only source of randomness (required by stochastic samplers).
         clip: clamp ``x0_pred`` to ``[-clip, clip]`` at every step.

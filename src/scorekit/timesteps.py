@@ -155,6 +155,9 @@ def make_timesteps(process: GaussianProcess, num_steps: int, spacing: str | None
                    t_end: float | None = None, rho: float = 7.0) -> torch.Tensor:
     """The sampling grid for ``process``: ``num_steps`` model times then the end time.
 
+    ``spacing`` defaults to the process's own :attr:`~scorekit.processes.GaussianProcess.default_spacing`
+    (``trailing`` for DDPM, ``uniform`` for the SDEs, ``karras`` for EDM).
+
     Returns a float64 tensor of length ``num_steps + 1`` (whole numbers for discrete processes,
     except with the fractional spacings ``uniform``, ``log_snr`` and ``karras``). ``t_end``
     defaults to ``process.t_data``; ``rho`` is the exponent of the ``karras`` spacing.
@@ -164,10 +167,11 @@ def make_timesteps(process: GaussianProcess, num_steps: int, spacing: str | None
         times = continuous_times(process.t_min, process.t_max, num_steps, spacing, process=process, rho=rho)
     elif process.discrete:
         T = int(round(process.t_max - process.t_min)) + 1
-        steps = discrete_steps(T, num_steps, spacing or "trailing", first=int(process.t_min))
+        steps = discrete_steps(T, num_steps, spacing or process.default_spacing,
+                               first=int(process.t_min))
         times = steps.astype(np.float64)
     else:
-        times = continuous_times(process.t_min, process.t_max, num_steps, spacing or "uniform",
+        times = continuous_times(process.t_min, process.t_max, num_steps, spacing or process.default_spacing,
                                  process=process, rho=rho)
     if not end < times[-1]:
         raise ScorekitError(f"t_end={end} must be below the last model time {times[-1]}")
