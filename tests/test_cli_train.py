@@ -310,7 +310,9 @@ def test_train_resume_continues_through_the_command_line(runs, capsys, tmp_path)
     code, out, err = run_main(capsys, ["train", "--out", run, "--resume", "--no-progress"])
     assert code == 0 and "already at step 9: nothing to train" in out
     code, _, err = run_main(capsys, ["train", "--out", run, "--resume", "--prediction", "x0"])
-    assert_one_line_error(code, err, "cannot resume", "prediction 'v' -> 'x0'")
+    assert_one_line_error(code, err, "cannot --resume", "--prediction 'v' -> 'x0'",
+                          "only --checkpoint-every", "--lr", "--steps", "--warmup")
+    assert "lr_schedule" not in err and "warmup_steps" not in err and "out_dir" not in err
     code, _, err = run_main(capsys, ["train", *POINTS, "--steps", "2", "--out", run])
     assert_one_line_error(code, err, "already holds a training run", "--resume")
 

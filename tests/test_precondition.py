@@ -360,7 +360,7 @@ def test_command_line_round_trip(tmp_path, capsys):
     code, out, err = run_main(capsys, ["train", "--out", run, "--resume", "--steps", "4", "--no-progress"])
     assert code == 0, err
     code, out, err = run_main(capsys, ["train", "--out", run, "--resume", "--sigma-data", "0.5", "--no-progress"])
-    assert_one_line_error(code, err, "sigma_data")
+    assert_one_line_error(code, err, "cannot --resume", "--sigma-data 1.4 -> 0.5")
 
     for argv, fragment in [(["--precondition", "edm", "--prediction", "v"], "prediction 'x0' and weighting 'edm'"),
                            (["--precondition", "edm", "--weighting", "simple"], "weighting 'simple'"),

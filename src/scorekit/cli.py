@@ -239,6 +239,35 @@ _TRAIN_FIELDS = {
     "sample_num": "sample_num", "sample_steps": "sample_steps", "sample_sampler": "sample_sampler",
 }
 
+#: the flags that set TrainConfig fields with no flag of the same name
+_TRAIN_FIELD_FLAGS = {
+    **{field: "--" + dest.replace("_", "-") for dest, field in _TRAIN_FIELDS.items()},
+    "data_options": "--data-option/--flip", "model_options": "--model-option",
+    "process_options": "--process-option/--schedule/--diffusion-steps", "weighting_options": "--min-snr-gamma",
+    "variance": "--variance", "ema_warmup": "--no-ema-warmup", "grad_clip": "--grad-clip",
+    "keep_checkpoints": "--keep",
+}
+
+
+def _check_resumable(args: argparse.Namespace, config) -> None:
+    """Refuse, in flags, settings that a run given to --resume cannot change (the library's own
+    check names TrainConfig fields)."""
+    from .train.checkpoint import read_config
+    from .train.trainer import RESUMABLE_FIELDS, TrainConfig, settings_changed
+
+    run_config = os.path.join(args.out, "config.json")
+    if not (args.resume and os.path.isfile(run_config)):
+        return
+    saved = TrainConfig.from_dict(read_config(args.out).get("train", {}), run_config)
+    changed = settings_changed(saved, config)
+    if changed:
+        flag = lambda field: _TRAIN_FIELD_FLAGS.get(field, field)      # noqa: E731
+        may = sorted({flag(f) for f in RESUMABLE_FIELDS})
+        raise ScorekitError(f"cannot --resume {args.out!r} with different settings: "
+                            + ", ".join(f"{flag(k)} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+                            + f"; only {', '.join(may)} may change (or start a new --out folder)")
+
+
 #: torch threads ``scorekit train`` and ``sample`` use unless --threads says otherwise (measured:
 #: on a busy 2-core machine one thread runs the small U-Nets many times faster than two)
 DEFAULT_TRAIN_THREADS = 1
@@ -451,6 +480,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ScorekitError(f"--out {args.out!r} is an existing file; give a folder (new, or a run "
                             f"to --resume)")
     config = _train_config(args)
+    _check_resumable(args, config)
     progress = not args.no_progress
 
     def log(line: str) -> None:

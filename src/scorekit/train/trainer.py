@@ -609,6 +609,13 @@ def _versions() -> dict:
             "python": platform.python_version()}
 
 
+def settings_changed(saved: TrainConfig, config: TrainConfig) -> dict:
+    """``{field: (saved value, new value)}`` for the settings of ``config`` that differ from the
+    run's ``saved`` ones and may not change when it resumes (all but :data:`RESUMABLE_FIELDS`)."""
+    mine, theirs = config.to_dict(), saved.to_dict()
+    return {k: (theirs[k], mine[k]) for k in mine if k not in RESUMABLE_FIELDS and mine[k] != theirs[k]}
+
+
 # --- the trainer ---------------------------------------------------------------------------------
 
 class _Trainer:
@@ -723,14 +730,13 @@ class _Trainer:
         if config is not None:
             if config.prediction is None:              # the run's own (chosen for its process)
                 config = dataclasses.replace(config, prediction=saved_cfg.prediction)
-            mine, theirs = config.to_dict(), saved_cfg.to_dict()
-            changed = [k for k in mine if k not in RESUMABLE_FIELDS and mine[k] != theirs[k]]
+            changed = settings_changed(saved_cfg, config)
             if changed:
-                refusal = (f"cannot resume {self.out_dir!r} with different settings: "
-                           + ", ".join(f"{k} {theirs[k]!r} -> {mine[k]!r}" for k in changed)
-                           + f"; only {', '.join(RESUMABLE_FIELDS)} may change")
-                raise ScorekitError(f"{refusal} (or start a new run in another out_dir)",
-                                    cli=f"{refusal} (or start a new --out folder)")
+                raise ScorekitError(
+                    f"cannot resume {self.out_dir!r} with different settings: "
+                    + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+                    + f"; only {', '.join(RESUMABLE_FIELDS)} may change (or start a new run in "
+                      f"another out_dir)")
             merged = dataclasses.replace(saved_cfg, **{k: getattr(config, k) for k in RESUMABLE_FIELDS})
         else:
             merged = saved_cfg
@@ -1237,5 +1243,5 @@ def train(config: TrainConfig | None, out_dir, *, resume: bool = False, progress
 
 __all__ = ["DEFAULT_DDPM_SCHEDULE", "DataOrder", "LR_SCHEDULES", "MIXED_PRECISION", "PROCESS_NAMES",
            "RESUMABLE_FIELDS", "TIMESTEP_SAMPLERS", "TrainConfig", "TrainResult", "build_process",
-           "coarse_noise_warning", "default_prediction", "derive_seed", "learning_rate", "make_optimizer", "model_config_for", "resolve_preset",
-           "train", "write_samples"]
+           "coarse_noise_warning", "default_prediction", "derive_seed", "learning_rate", "make_optimizer",
+           "model_config_for", "resolve_preset", "settings_changed", "train", "write_samples"]
