@@ -45,6 +45,35 @@ def test_library_messages_name_no_command_line_flags_and_cli_variants_no_python_
             assert not ARGUMENT.search(cli), f"{where}: {cli!r} names a Python argument"
 
 
+def flag_strings_outside_cli_texts():
+    """``where: text`` of every string in the library (the command line's module aside) that names a
+    flag but is neither a docstring, nor inside a keyword argument or an assignment whose name holds
+    ``cli``: pieces of messages built before the raise, which the scan above cannot see."""
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.name == "cli.py":
+            continue
+        tree = ast.parse(path.read_text())
+        exempt = set()
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                    and isinstance(body[0].value, ast.Constant):
+                exempt.add(id(body[0].value))                       # a docstring
+            cli_text = (isinstance(node, ast.keyword) and "cli" in (node.arg or "")) or (
+                isinstance(node, ast.Assign) and any("cli" in getattr(t, "id", "") for t in node.targets))
+            if cli_text:
+                exempt.update(id(n) for n in ast.walk(node.value))
+        found += [f"{path.relative_to(SRC)}:{n.lineno}: {n.value!r}" for n in ast.walk(tree)
+                  if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in exempt
+                  and FLAG.search(n.value)]
+    return found
+
+
+def test_no_library_string_names_a_flag_outside_a_cli_text():
+    assert flag_strings_outside_cli_texts() == []
+
+
 def speaks_python(message):
     assert not FLAG.search(message), message
 

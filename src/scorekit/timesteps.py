@@ -237,16 +237,18 @@ def default_step_count(process: GaussianProcess) -> int:
     return DEFAULT_SAMPLE_STEPS
 
 
-def check_step_count(process: GaussianProcess, num_steps, name: str = "num_steps") -> int:
+def check_step_count(process: GaussianProcess, num_steps, name: str = "num_steps",
+                     cli_name: str | None = None) -> int:
     """``num_steps`` as an int if a sampler can take that many steps on ``process``: a whole number
     from 1, and for a discrete process at most its ``T`` steps (a grid of distinct steps has no
-    more). One rule for every caller (``scorekit sample --steps``, ``train --sample-steps``)."""
+    more). One rule for every caller (``scorekit sample --steps``, ``train --sample-steps``).
+    ``name`` names the value in the message, ``cli_name`` (a flag) in the command line's."""
     n = _check_num_steps(num_steps)
     if process.discrete:
         T = int(round(process.t_max - process.t_min)) + 1
         if n > T:
-            raise ScorekitError(f"{name} {n} is more than the model's {T} diffusion steps "
-                                f"({type(process).__name__} has T = {T}); give at most {T}")
+            why = f"is more than the model's {T} diffusion steps ({type(process).__name__} has T = {T}); give at most {T}"
+            raise ScorekitError(f"{name} {n} {why}", cli=f"{cli_name} {n} {why}" if cli_name else None)
     return n
 
 

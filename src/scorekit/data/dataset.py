@@ -80,13 +80,14 @@ def check_image_range(x: Tensor, source: str) -> None:
     lo, hi = float(x.min()), float(x.max())
     if -IMAGE_LIMIT <= lo and hi <= IMAGE_LIMIT:
         return
+    problem = f"{source}: images must be scaled to [-1, 1], but their values lie in [{lo:.4g}, {hi:.4g}]"
     if lo >= 0 and hi <= 255:
-        fix = ("they look like 0..255 pixel values: load them with scale=255 (--data-option "
-               "scale=255 for npz:PATH), or compute x / 127.5 - 1")
-    else:
-        fix = "rescale them (x -> 2 (x - min) / (max - min) - 1)"
-    raise ScorekitError(f"{source}: images must be scaled to [-1, 1], but their values lie in "
-                        f"[{lo:.4g}, {hi:.4g}]; {fix}")
+        pixels = "they look like 0..255 pixel values"
+        raise ScorekitError(f"{problem}; {pixels}: load an npz file with scale=255, or compute "
+                            f"x / 127.5 - 1",
+                            cli=f"{problem}; {pixels}: give --data-option scale=255 (npz:PATH), or "
+                                f"store x / 127.5 - 1")
+    raise ScorekitError(f"{problem}; rescale them (x -> 2 (x - min) / (max - min) - 1)")
 
 
 class Dataset:

@@ -642,7 +642,7 @@ class _Trainer:
         if cfg.sample_steps is not None:
             from ..timesteps import check_step_count
 
-            check_step_count(self.process, cfg.sample_steps, "sample_steps (--sample-steps)")
+            check_step_count(self.process, cfg.sample_steps, "sample_steps", cli_name="--sample-steps")
         from ..models import build_model
 
         self.net_config = model_config_for(cfg, self.dataset, self.process) if self.saved_run is None \
