@@ -26,6 +26,18 @@ def sampler_options(name: str) -> dict:
             if p.kind == p.KEYWORD_ONLY and k not in _COMMON}
 
 
+def check_sampler_options(name: str, options: dict) -> dict:
+    """``options`` of sampler ``name``, each converted to the type its parameter expects
+    (:func:`scorekit.errors.check_options`); an option the sampler does not have is refused,
+    naming the ones it has."""
+    allowed = sampler_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ScorekitError(f"sampler {name!r} has no option {', '.join(unknown)}; "
+                            f"its options are: {', '.join(allowed) or 'none'}")
+    return check_options(options, option_schema(_lookup(name), skip=_COMMON), f"{name} sampler option")
+
+
 #: functions with a sampler's name that are not samplers, and where to find them
 NOT_SAMPLERS = {"ddim_invert": "ddim_invert maps data to noise, so it is not a sampler; use "
                                "scorekit.invert(model, x0, ...) (or scorekit.ddim_invert(denoiser, process, x0, "
@@ -88,12 +100,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
         The samples ``x_0``, shaped and typed like ``x_T``.
     """
     fn = _lookup(sampler)
-    allowed = sampler_options(sampler)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ScorekitError(f"sampler {sampler!r} has no option {', '.join(unknown)}; "
-                            f"its options are: {', '.join(allowed) or 'none'}")
-    options = check_options(options, option_schema(fn, skip=_COMMON), f"{sampler} sampler option")
+    options = check_sampler_options(sampler, options)
     denoiser, process = _model_denoiser(model, betas, alpha_bar, process, prediction_type, time_input)
     if clip is not None and threshold is not None:
         raise ScorekitError("use either clip or threshold, not both")

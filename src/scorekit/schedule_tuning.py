@@ -47,10 +47,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import ScorekitError, check_options, option_schema, write_error
+from .errors import ScorekitError, write_error
 from .processes import GaussianProcess
 from .samplers import SAMPLERS
 from .samplers._common import check_start
+from .sampling import check_sampler_options, sampler_options
 from .timesteps import check_timesteps, make_timesteps
 
 Tensor = torch.Tensor
@@ -60,7 +61,6 @@ SCHEDULES_FORMAT = "scorekit.schedules"
 INITS = ("default", "log_snr", "best")
 DEFAULT_MAX_EVALS = 300
 
-_COMMON = {"denoiser", "process", "x_T", "timesteps", "generator", "callback", "progress"}
 
 
 # --- the tuned grid -------------------------------------------------------------------------------
@@ -177,25 +177,14 @@ def _sampler(name: str):
 
 def _options(name: str, options: dict) -> dict:
     """The options that differ from the sampler's defaults (unknown names are refused)."""
-    import inspect
-
-    defaults = {k: p.default for k, p in inspect.signature(_sampler(name)).parameters.items()
-                if p.kind == p.KEYWORD_ONLY and k not in _COMMON}
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ScorekitError(f"sampler {name!r} has no option {', '.join(unknown)}; its options are: "
-                            f"{', '.join(defaults) or 'none'}")
-    options = check_options(options, option_schema(_sampler(name), skip=_COMMON), f"{name} sampler option")
-    return {k: v for k, v in options.items() if v != defaults[k]}
+    _sampler(name)
+    defaults = sampler_options(name)
+    return {k: v for k, v in check_sampler_options(name, options).items() if v != defaults[k]}
 
 
 def _with_defaults(name: str, options: dict) -> dict:
     """Every keyword option of sampler ``name``: its defaults, updated by ``options``."""
-    import inspect
-
-    defaults = {k: p.default for k, p in inspect.signature(_sampler(name)).parameters.items()
-                if p.kind == p.KEYWORD_ONLY and k not in _COMMON}
-    return {**defaults, **_options(name, options)}
+    return {**sampler_options(name), **_options(name, options)}
 
 
 def _check_nfe(nfe) -> int:
