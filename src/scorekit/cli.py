@@ -7,13 +7,11 @@ are reported in one line, ``scorekit: error: <message>``, with exit status 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import signal
 import sys
 import textwrap
-import threading
 from typing import Sequence
 
 from .errors import ScorekitError
@@ -1337,20 +1335,6 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt():
-    """While a command runs (in the main thread), SIGTERM raises :class:`_Terminated` instead of
-    ending the process at once; ``scorekit train`` replaces this with its own stop handling."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``scorekit`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
@@ -1364,8 +1348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 0
+    from .train.interrupt import signal_handlers
+
     try:
-        with _terminate_as_interrupt():
+        with signal_handlers(_raise_terminated, (signal.SIGTERM,)):   # train: its own stop handling
             return handler(args)
     except ScorekitError as err:
         return _fail(err.for_cli())

@@ -82,23 +82,33 @@ class StopRequest:
 
 
 @contextlib.contextmanager
+def signal_handlers(handler, signums) -> Iterator[None]:
+    """Install ``handler`` for each of ``signums`` while the block runs, then put the previous
+    handlers back. Outside the main thread (where Python cannot handle signals) nothing is
+    installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    try:
+        for signum in signums:
+            previous[signum] = signal.signal(signum, handler)
+        yield
+    finally:
+        for signum, before in previous.items():
+            # a handler installed outside Python reads as None and cannot be put back: use the default
+            signal.signal(signum, signal.SIG_DFL if before is None else before)
+
+
+@contextlib.contextmanager
 def stop_signals() -> Iterator[StopRequest]:
     """Record SIGINT and SIGTERM in a :class:`StopRequest` instead of acting on them, and restore
     the previous handlers on leaving. Outside the main thread (where Python cannot handle
     signals) nothing is installed and the request never fires."""
     request = StopRequest()
-    if threading.current_thread() is not threading.main_thread():
+    with signal_handlers(request.record, STOP_SIGNALS):
         yield request
-        return
-    previous = {}
-    try:
-        for signum in STOP_SIGNALS:
-            previous[signum] = signal.signal(signum, request.record)
-        yield request
-    finally:
-        for signum, handler in previous.items():
-            # a handler installed outside Python reads as None and cannot be put back: use the default
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
-__all__ = ["STOP_SIGNALS", "StopRequest", "TrainingInterrupted", "signal_name", "stop_signals"]
+__all__ = ["STOP_SIGNALS", "StopRequest", "TrainingInterrupted", "signal_handlers", "signal_name",
+           "stop_signals"]
