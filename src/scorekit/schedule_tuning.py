@@ -52,7 +52,7 @@ from .processes import GaussianProcess
 from .samplers import SAMPLERS
 from .samplers._common import check_start
 from .sampling import check_sampler_options, sampler_options
-from .timesteps import check_timesteps, make_timesteps
+from .timesteps import chain_length, check_timesteps, make_timesteps
 
 Tensor = torch.Tensor
 
@@ -228,7 +228,7 @@ def steps_for_nfe(sampler: str, process: GaussianProcess, nfe: int, **options) -
     nfe = _check_nfe(nfe)
     hi = nfe
     if process.discrete:
-        hi = min(hi, int(round(process.t_max - process.t_min)) + 1)
+        hi = min(hi, chain_length(process))
     counts = {}
 
     def calls(n):

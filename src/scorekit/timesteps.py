@@ -151,6 +151,11 @@ def continuous_times(t_min: float, t_max: float, num_steps: int, spacing: str = 
                         f"{', '.join(CONTINUOUS_SPACINGS)}")
 
 
+def chain_length(process: GaussianProcess) -> int:
+    """``T``, the number of steps of a discrete process: its integer times ``t_min .. t_max``."""
+    return int(round(process.t_max - process.t_min)) + 1
+
+
 def make_timesteps(process: GaussianProcess, num_steps: int, spacing: str | None = None, *,
                    t_end: float | None = None, rho: float = 7.0) -> torch.Tensor:
     """The sampling grid for ``process``: ``num_steps`` model times then the end time.
@@ -166,7 +171,7 @@ def make_timesteps(process: GaussianProcess, num_steps: int, spacing: str | None
     if process.discrete and spacing in FRACTIONAL_SPACINGS:
         times = continuous_times(process.t_min, process.t_max, num_steps, spacing, process=process, rho=rho)
     elif process.discrete:
-        T = int(round(process.t_max - process.t_min)) + 1
+        T = chain_length(process)
         steps = discrete_steps(T, num_steps, spacing or process.default_spacing,
                                first=int(process.t_min))
         times = steps.astype(np.float64)
@@ -199,7 +204,7 @@ def chain_timesteps(process: GaussianProcess, num_steps: int | None = None) -> t
       continuous-time limit as ``O(1 / num_steps)``.
     """
     if num_steps is None and process.discrete:
-        num_steps = int(round(process.t_max - process.t_min)) + 1
+        num_steps = chain_length(process)
     elif num_steps is None:
         num_steps = DEFAULT_CHAIN_STEPS
     return make_timesteps(process, num_steps, None if process.discrete else "log_snr")
@@ -233,7 +238,7 @@ DEFAULT_SAMPLE_STEPS = 50
 def default_step_count(process: GaussianProcess) -> int:
     """:data:`DEFAULT_SAMPLE_STEPS`, or a discrete process's ``T`` if it has fewer steps."""
     if process.discrete:
-        return min(DEFAULT_SAMPLE_STEPS, int(round(process.t_max - process.t_min)) + 1)
+        return min(DEFAULT_SAMPLE_STEPS, chain_length(process))
     return DEFAULT_SAMPLE_STEPS
 
 
@@ -245,7 +250,7 @@ def check_step_count(process: GaussianProcess, num_steps, name: str = "num_steps
     ``name`` names the value in the message, ``cli_name`` (a flag) in the command line's."""
     n = _check_num_steps(num_steps)
     if process.discrete:
-        T = int(round(process.t_max - process.t_min)) + 1
+        T = chain_length(process)
         if n > T:
             why = f"is more than the model's {T} diffusion steps ({type(process).__name__} has T = {T}); give at most {T}"
             raise ScorekitError(f"{name} {n} {why}", cli=f"{cli_name} {n} {why}" if cli_name else None)
