@@ -336,9 +336,13 @@ def test_labels_given_to_a_checkpoint_model_are_checked(run, tmp_path, capsys):
 
     ckpt = load_checkpoint(run)
     assert ckpt.num_classes == 2                        # moons: two labelled moons
-    d = checkpoint_denoiser(ckpt, y=torch.full((4,), 10 ** 12))
-    with raises("label 1000000000000 in y is outside 0..2"):
-        sample(d.model, torch.zeros(4, 2), process=d.process, prediction_type=d.prediction_type, num_steps=2)
+    with raises("class 1000000000000 is outside the model's classes 0..1"):
+        checkpoint_denoiser(ckpt, y=torch.full((4,), 10 ** 12))
+    d = checkpoint_denoiser(ckpt)
+    with raises("class 2 is outside the model's classes 0..1"):
+        sample(d, torch.zeros(4, 2), condition=2, num_steps=2)
+    with raises("label 3 in y is outside 0..2"):       # the network's own check, for direct calls
+        d.model(torch.zeros(4, 2), torch.zeros(4), torch.full((4,), 3))
     code, _, err = run_main(capsys, ["sample", run, "--class", "2", "--out", tmp_path / "s.png"])
     assert_one_line_error(code, err, "--class 2 is outside 0..1")
     assert os.listdir(tmp_path) == []

@@ -350,8 +350,8 @@ def test_unet_input_errors(call, message):
 
 
 @pytest.mark.parametrize("y,message", [
-    (torch.tensor([0, 4]), r"label 4 in y is outside 0..3: the network has num_classes=3 .* 3 means 'no label'"),
-    (torch.tensor([-1, 0]), r"label -1 in y is outside 0..3"),
+    (torch.tensor([0, 4]), r"label 4 in y is outside 0..3: the network has num_classes=3 .* 3 \(or -1\) means 'no label'"),
+    (torch.tensor([-2, 0]), r"label -2 in y is outside 0..3"),
     (torch.tensor([0.0, 1.0]), r"labels y must be integers"),
     (torch.tensor([0, 1, 2]), r"labels y have shape \(3,\)"),
 ])

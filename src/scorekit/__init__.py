@@ -1,5 +1,7 @@
 """scorekit: denoising diffusion and score-based generative models, tested against exact mathematics."""
+from .conditioning import Condition
 from .errors import ScorekitError
+from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .likelihood import Elbo, OdeLikelihood, elbo, ode_likelihood
 from .prediction import Denoiser
 from .processes import DDPM, EDM, VESDE, VPSDE, GaussianProcess, SimpleVE, SubVPSDE, beta_schedule
@@ -10,6 +12,7 @@ from .samplers import (SAMPLERS, annealed_langevin, ddim, ddim_invert, ddpm, dei
 from .sampling import invert, sample
 from .schedule_tuning import TunedSchedule, load_tuned, save_tuned, tune_timesteps
 from .timesteps import make_timesteps
+from .train.checkpoint import load_denoiser
 from .variances import LearnedVarianceDenoiser, analytic_variances
 
 __version__ = "0.1.0"
@@ -18,6 +21,8 @@ __all__ = [
     # processes and the prediction layer
     "DDPM", "EDM", "VESDE", "VPSDE", "GaussianProcess", "SimpleVE", "SubVPSDE", "beta_schedule",
     "Denoiser", "ScorekitError",
+    # conditions and guidance
+    "Condition", "ClassifierFreeGuidance", "ClassifierGuidance", "load_denoiser",
     # sampling
     "SAMPLERS", "sample", "invert", "make_timesteps", "ddpm", "ddim", "ddim_invert",
     "reverse_sde", "reverse_diffusion", "pc", "langevin", "annealed_langevin",

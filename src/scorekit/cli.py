@@ -684,9 +684,9 @@ class _Counted:
         self.model = model
         self.calls = 0
 
-    def __call__(self, x_t, t):
+    def __call__(self, x_t, t, **condition):
         self.calls += 1
-        return self.model(x_t, t)
+        return self.model(x_t, t, **condition)
 
 
 def _class_labels(text: str, num_classes: int, class_names) -> list[int]:

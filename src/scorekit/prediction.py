@@ -12,6 +12,7 @@ prediction type into the function ``D(x_t, t) = x0_pred`` that every sampler use
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -22,6 +23,8 @@ from .processes import GaussianProcess, expand_like
 Tensor = torch.Tensor
 
 PREDICTION_TYPES = ("eps", "x0", "v", "score")
+
+_BOUND = object()      # "the condition the denoiser is bound to"
 
 
 def x0_from_eps(x_t: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
@@ -115,19 +118,32 @@ def convert(output: Tensor, source: str, target: str, x_t: Tensor, alpha, sigma)
 class Denoiser:
     r"""``D(x_t, t) = x0_pred``: a network of any prediction type, seen as a denoiser.
 
+    A conditional network estimates ``E[x_0 | x_t, c]``; the denoiser is then *bound* to a
+    condition ``c`` (:class:`scorekit.conditioning.Condition`, or class labels), and samplers,
+    which only ever call ``D(x_t, t)``, serve it unchanged. :meth:`predict` evaluates the
+    network under any other condition (guidance evaluates the null condition beside ``c``).
+
     Args:
-        model: ``model(x_t, t) -> Tensor`` of the same shape as ``x_t``. ``t`` is passed as a
-            tensor of shape ``(N,)``: integer (``torch.long``) when the process is discrete and
-            the time is a whole number (the DDPM / diffusers convention ``0 .. T-1``), float
-            otherwise. ``time_input`` overrides this.
+        model: ``model(x_t, t) -> Tensor`` of the same shape as ``x_t``, or for a conditional
+            network ``model(x_t, t, y=labels)`` (the keyword arguments of
+            :meth:`Condition.network_kwargs`). ``t`` is passed as a tensor of shape ``(N,)``:
+            integer (``torch.long``) when the process is discrete and the time is a whole number
+            (the DDPM / diffusers convention ``0 .. T-1``), float otherwise. ``time_input``
+            overrides this.
         process: the forward process the model was trained with.
         prediction_type: what the model predicts: ``"eps"``, ``"x0"``, ``"v"`` or ``"score"``.
         time_input: optional ``fn(t: Tensor(N,) float64) -> Tensor`` mapping process time to the
             model's time input (e.g. ``lambda t: 1000 * t`` or a noise-level embedding).
+        condition: the condition ``D`` is bound to (``None``: call the network without one).
+        num_classes: the network's number of classes (default: its ``num_classes`` attribute,
+            looked up through wrappers); ``None`` for an unconditional network.
     """
 
-    def __init__(self, model: Callable[[Tensor, Tensor], Tensor], process: GaussianProcess,
-                 prediction_type: str = "eps", *, time_input: Callable[[Tensor], Tensor] | None = None):
+    def __init__(self, model: Callable[..., Tensor], process: GaussianProcess,
+                 prediction_type: str = "eps", *, time_input: Callable[[Tensor], Tensor] | None = None,
+                 condition=None, num_classes: int | None = None):
+        from .conditioning import as_condition, check_labels_for, model_num_classes
+
         _check_type(prediction_type)
         if not callable(model):
             raise ScorekitError("model must be callable as model(x_t, t)")
@@ -135,6 +151,25 @@ class Denoiser:
         self.process = process
         self.prediction_type = prediction_type
         self.time_input = time_input
+        self.num_classes = num_classes if num_classes is not None else model_num_classes(model)
+        self.condition = as_condition(condition)
+        check_labels_for(self.condition, self.num_classes)
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the network takes a condition (it was trained with classes)."""
+        return self.num_classes is not None
+
+    def with_condition(self, condition) -> "Denoiser":
+        """The same denoiser bound to ``condition`` (a :class:`~scorekit.conditioning.Condition`,
+        class labels, or ``None``)."""
+        from .conditioning import as_condition, check_labels_for
+
+        condition = as_condition(condition)
+        check_labels_for(condition, self.num_classes)
+        bound = copy.copy(self)
+        bound.condition = condition
+        return bound
 
     def model_time(self, t, batch: int, device) -> Tensor:
         if isinstance(t, (int, float)) and self.time_input is None:     # one time for the batch
@@ -148,9 +183,19 @@ class Denoiser:
             return t.to(torch.long)
         return t.to(torch.float32)
 
-    def output(self, x_t: Tensor, t) -> Tensor:
-        """The raw network output at ``(x_t, t)``, with its shape checked."""
-        out = self.model(x_t, self.model_time(t, x_t.shape[0], x_t.device))
+    def call_network(self, model, x_t: Tensor, t, condition) -> Tensor:
+        """``model(x_t, t_model, **condition)``: one network call with the condition for the batch."""
+        time = self.model_time(t, x_t.shape[0], x_t.device)
+        if condition is None:
+            return model(x_t, time)
+        condition = condition.for_batch(x_t.shape[0]).to(x_t.device)
+        return model(x_t, time, **condition.network_kwargs())
+
+    def output(self, x_t: Tensor, t, condition=_BOUND) -> Tensor:
+        """The raw network output at ``(x_t, t)`` under ``condition`` (default: the bound one),
+        with its shape checked."""
+        condition = self.condition if condition is _BOUND else condition
+        out = self.call_network(self.model, x_t, t, condition)
         if not isinstance(out, Tensor):
             # diffusers models return an output object with a .sample field
             out = getattr(out, "sample", out)
@@ -163,11 +208,17 @@ class Denoiser:
                 f"return a {self.prediction_type!r} prediction of the same shape as its input")
         return out
 
-    def __call__(self, x_t: Tensor, t) -> Tensor:
-        out = self.output(x_t, t)
+    def coefficients(self, x_t: Tensor, t):
+        """``(alpha(t), sigma(t))``: numbers for one time, else tensors broadcast like ``x_t``."""
         if isinstance(t, (int, float)):                      # one time for the batch
-            alpha, sigma = self.process.alpha(t).item(), self.process.sigma(t).item()
-        else:
-            alpha = expand_like(self.process.alpha(t), x_t)
-            sigma = expand_like(self.process.sigma(t), x_t)
-        return to_x0(out, self.prediction_type, x_t, alpha, sigma)
+            return self.process.alpha(t).item(), self.process.sigma(t).item()
+        return expand_like(self.process.alpha(t), x_t), expand_like(self.process.sigma(t), x_t)
+
+    def predict(self, x_t: Tensor, t, condition=None) -> Tensor:
+        """``E[x_0 | x_t, condition]``: the network's prediction under ``condition`` (not the bound
+        one; ``None`` calls the network without a condition), converted to ``x0``."""
+        alpha, sigma = self.coefficients(x_t, t)
+        return to_x0(self.output(x_t, t, condition), self.prediction_type, x_t, alpha, sigma)
+
+    def __call__(self, x_t: Tensor, t) -> Tensor:
+        return self.predict(x_t, t, self.condition)

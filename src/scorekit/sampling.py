@@ -7,8 +7,10 @@ from typing import Callable
 import torch
 
 from .errors import ScorekitError, check_options, option_schema
-from .guidance import clip_x0, threshold_x0
+from .conditioning import as_condition
+from .guidance import guided
 from .prediction import Denoiser
+from .wrappers import DenoiserWrapper
 from .processes import DDPM, GaussianProcess
 from .samplers import SAMPLERS
 from .samplers._common import Callback, FiniteStates
@@ -62,6 +64,8 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
            clip: float | None = None, threshold: float | None = None, threshold_max: float = 1.0,
            callback: Callback | None = None, progress: bool = False,
            time_input: Callable[[Tensor], Tensor] | None = None, check_finite: bool = True,
+           condition=None, guidance_scale: float | None = None, guidance_interval=None,
+           guidance_rescale: float = 0.0, classifier=None, classifier_scale: float = 1.0,
            **options) -> Tensor:
     """Sample from a diffusion model: run ``sampler`` from ``x_T`` to the data.
 
@@ -91,6 +95,14 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
         callback: ``callback(i, t, x_t, x0_pred)`` after each network evaluation.
         progress: show a progress bar.
         time_input: maps process time to the model's time input (see :class:`Denoiser`).
+        condition: what a conditional model is conditioned on: class labels ``(N,)`` (or one for
+            all) or a :class:`~scorekit.conditioning.Condition`.
+        guidance_scale: classifier-free guidance weight ``w`` (``1``: the conditional model, ``0``:
+            the unconditional one; :class:`~scorekit.guidance.ClassifierFreeGuidance`), with
+            ``guidance_interval`` ``(lo, hi)`` in noise level ``sigma / alpha`` and
+            ``guidance_rescale`` ``phi``.
+        classifier: a noise-aware classifier ``classifier(x_t, t) -> logits`` for classifier
+            guidance with scale ``classifier_scale`` (:class:`~scorekit.guidance.ClassifierGuidance`).
         check_finite: raise :class:`ScorekitError` at the first network evaluation whose state
             or model output holds NaN or Inf, naming it (:class:`~scorekit.samplers._common.
             FiniteStates`); ``False`` lets the sampler run on and return what it gets.
@@ -102,12 +114,16 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
     fn = _lookup(sampler)
     options = check_sampler_options(sampler, options)
     denoiser, process = _model_denoiser(model, betas, alpha_bar, process, prediction_type, time_input)
-    if clip is not None and threshold is not None:
-        raise ScorekitError("use either clip or threshold, not both")
-    if clip is not None:
-        denoiser = clip_x0(denoiser, clip)
-    if threshold is not None:
-        denoiser = threshold_x0(denoiser, threshold, threshold_max)
+    denoiser = guided(denoiser, guidance_scale=guidance_scale, guidance_interval=guidance_interval,
+                      guidance_rescale=guidance_rescale, classifier=classifier,
+                      classifier_scale=classifier_scale, clip=clip, threshold=threshold,
+                      threshold_max=threshold_max)
+    condition = as_condition(condition)
+    if condition is not None:
+        if not hasattr(denoiser, "with_condition"):
+            raise ScorekitError("condition= needs a model, or a scorekit.Denoiser, that takes a condition; "
+                                "a plain function D(x_t, t) takes none")
+        denoiser = denoiser.with_condition(condition.for_batch(x_T.shape[0]))
     if timesteps is None:
         timesteps = make_timesteps(process, num_steps, spacing)
     if not isinstance(check_finite, bool):
@@ -127,7 +143,10 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
 
 def _model_denoiser(model, betas, alpha_bar, process, prediction_type, time_input):
     """``(denoiser, process)`` from a model and its schedule (``betas``, ``alpha_bar`` or ``process``),
-    as :func:`sample` and :func:`invert` take them."""
+    as :func:`sample` and :func:`invert` take them; a ready denoiser brings its own process."""
+    ready = isinstance(model, (Denoiser, DenoiserWrapper))        # possibly wrapped
+    if process is None and ready and betas is None and alpha_bar is None:
+        process = model.process
     if process is None:
         if betas is None and alpha_bar is None:
             raise ScorekitError("give the model's schedule: betas=..., alpha_bar=... or process=...")
@@ -139,7 +158,7 @@ def _model_denoiser(model, betas, alpha_bar, process, prediction_type, time_inpu
     elif not isinstance(process, GaussianProcess):
         raise ScorekitError(f"process must be a scorekit.processes.GaussianProcess (e.g. "
                             f"DDPM(schedule='cosine')), got {type(process).__name__}")
-    if isinstance(model, Denoiser):              # e.g. a learned-variance checkpoint's denoiser
+    if ready:
         if process is not None and model.process is not process and model.process.config() != process.config():
             raise ScorekitError("the denoiser was built for another process than the one given")
         return model, process

@@ -234,8 +234,12 @@ class GaussianMixture:
         return mu, lam, U
 
     # --- the core computation ----------------------------------------------------------------
-    def _evaluate(self, x, alpha, sigma, want: Sequence[str]) -> tuple[list[Tensor], torch.dtype, tuple]:
+    def _evaluate(self, x, alpha, sigma, want: Sequence[str], mask: Tensor | None = None
+                  ) -> tuple[list[Tensor], torch.dtype, tuple]:
         r"""Compute the requested quantities of ``p_t`` at ``x_t`` (float64), in chunks of rows.
+
+        ``mask`` (N, K) bool restricts, per sample, the components the responsibilities ``r_k``
+        run over (the mixture of those components, renormalised); ``"logp"`` is not masked.
 
         With ``d_k = x - alpha mu_k``, ``z_k = U_k^T d_k`` and ``c_k = alpha^2 lam_k + sigma^2``
         (the eigenvalues of ``C_k``):
@@ -271,7 +275,7 @@ class GaussianMixture:
                 outputs["logp"].append(logp)
             if tuple(want) == ("logp",):
                 continue
-            r = torch.softmax(logp, dim=-1)
+            r = torch.softmax(logp if mask is None else logp.masked_fill(~mask[sl], -math.inf), dim=-1)
 
             def combine(v):                                  # sum_k r_k U_k v_k
                 if U is None:
@@ -453,6 +457,165 @@ class GaussianMixture:
 
 
 # ---------------------------------------------------------------------------------------------
+# Labelled mixtures: exact class-conditional models and noisy classifiers
+# ---------------------------------------------------------------------------------------------
+
+class LabelledMixture:
+    r"""A Gaussian mixture whose components carry classes: ``p(x, y) = sum_{k: c_k = y} w_k N(x; mu_k, Sigma_k)``.
+
+    Under the forward process every law stays a mixture, so all of these are exact:
+
+    * the class prior ``p(y) = sum_{k: c_k = y} w_k``;
+    * the class-conditional law ``p(x_0 | y)``, the mixture of class ``y``'s components with
+      weights ``w_k / p(y)`` (:meth:`class_mixture`), and its denoiser ``E[x_0 | x_t, y]``
+      (:meth:`posterior_mean` with labels), the responsibilities renormalised over those components;
+    * the noisy classifier ``p(y | x_t) = sum_{k: c_k = y} r_k(x_t)``, the diffused mixture's
+      responsibilities summed over the class (:meth:`log_class_posterior`).
+
+    Bayes' rule ties them together: ``grad log p_t(x_t | y) = grad log p_t(x_t) + grad log p(y | x_t)``,
+    the identity classifier guidance rests on.
+
+    Args:
+        mixture: the :class:`GaussianMixture`.
+        classes: (K,) the class ``c_k`` of each component, integers ``0 .. C-1``, each class used.
+    """
+
+    def __init__(self, mixture: GaussianMixture, classes):
+        if not isinstance(mixture, GaussianMixture):
+            raise ScorekitError(f"mixture must be a GaussianMixture, got {type(mixture).__name__}")
+        c = torch.as_tensor(np.asarray(classes))
+        if c.is_floating_point() or c.ndim != 1 or c.numel() != mixture.num_components:
+            raise ScorekitError(f"classes must be {mixture.num_components} integers, one per component, "
+                                f"got {tuple(c.shape)} of {c.dtype}")
+        c = c.to(torch.long)
+        num = int(c.max()) + 1
+        if int(c.min()) < 0 or torch.bincount(c, minlength=num).min() == 0:
+            raise ScorekitError(f"classes must use every class 0..C-1 at least once, got {c.tolist()}")
+        self.mixture = mixture
+        self.classes = c
+        self.num_classes = num
+        self.event_shape = mixture.event_shape
+
+    def __repr__(self) -> str:
+        return f"LabelledMixture({self.mixture!r}, classes={self.classes.tolist()})"
+
+    @property
+    def class_weights(self) -> Tensor:
+        """(C,) float64 ``p(y)``."""
+        return torch.zeros(self.num_classes, dtype=_F64).index_add_(0, self.classes, self.mixture.weights)
+
+    def class_mixture(self, y: int) -> GaussianMixture:
+        """The law ``p(x_0 | y)``: the class's components with weights ``w_k / p(y)``."""
+        y = self._check_class(y)
+        idx = torch.nonzero(self.classes == y)[:, 0]
+        m = self.mixture
+        return GaussianMixture._from_eigen(m.weights[idx] / m.weights[idx].sum(), m.means[idx],
+                                           m.eigenvalues[idx],
+                                           None if m.eigenvectors is None else m.eigenvectors[idx],
+                                           m.event_shape)
+
+    def _check_class(self, y) -> int:
+        if isinstance(y, bool) or not isinstance(y, (int, np.integer)) or not 0 <= y < self.num_classes:
+            raise ScorekitError(f"class must be an integer in 0..{self.num_classes - 1}, got {y!r}")
+        return int(y)
+
+    def _mask(self, labels, n: int, device) -> Tensor | None:
+        """(N, K) components of each sample's class; all components for the null label -1."""
+        if labels is None:
+            return None
+        y = torch.as_tensor(labels, device=device).to(torch.long).reshape(-1)
+        if y.numel() == 1 and n != 1:
+            y = y.expand(n)
+        if y.numel() != n:
+            raise ScorekitError(f"give one label per sample ({n}), got {y.numel()}")
+        if y.numel() and (int(y.min()) < -1 or int(y.max()) >= self.num_classes):
+            raise ScorekitError(f"labels must lie in 0..{self.num_classes - 1} (or -1 for none)")
+        return (self.classes.to(device)[None, :] == y[:, None]) | (y[:, None] == -1)
+
+    def log_class_posterior(self, x_t, alpha=1.0, sigma=0.0) -> Tensor:
+        r"""(N, C) ``log p(y | x_t) = logsumexp_{k: c_k = y} log r_k(x_t)``; differentiable in ``x_t``."""
+        logp = self.mixture.component_log_prob(x_t, alpha, sigma).to(_F64)
+        log_r = logp - torch.logsumexp(logp, dim=1, keepdim=True)
+        out = torch.full((log_r.shape[0], self.num_classes), -math.inf, dtype=_F64, device=log_r.device)
+        for y in range(self.num_classes):
+            out[:, y] = torch.logsumexp(log_r[:, self.classes.to(log_r.device) == y], dim=1)
+        return out.to(x_t.dtype if isinstance(x_t, Tensor) and x_t.is_floating_point() else _F64)
+
+    def posterior_mean(self, x_t, alpha, sigma, labels=None) -> Tensor:
+        r"""``E[x_0 | x_t, y]`` per sample (the mixture of class ``y``'s components); label ``-1`` or
+        ``labels=None``: the unconditional ``E[x_0 | x_t]``."""
+        return self._predict(x_t, alpha, sigma, labels, "x0")
+
+    def posterior_noise(self, x_t, alpha, sigma, labels=None) -> Tensor:
+        r"""``E[eps | x_t, y] = (x_t - alpha E[x_0 | x_t, y]) / sigma`` per sample."""
+        return self._predict(x_t, alpha, sigma, labels, "eps")
+
+    def _predict(self, x_t, alpha, sigma, labels, kind: str) -> Tensor:
+        x, _, _ = self.mixture._flatten(x_t)
+        mask = self._mask(labels, x.shape[0], x.device)
+        (out,), dtype, shape = self.mixture._evaluate(x_t, alpha, sigma, (kind,), mask)
+        return out.reshape(shape).to(dtype)
+
+    def model(self, process, kind: str = "x0") -> Callable[..., Tensor]:
+        r"""An exact conditional "network" ``model(x_t, t, y=None)`` predicting ``kind`` (``"x0"``,
+        ``"eps"`` or ``"v"``) of ``E[. | x_t, y]``; ``y=None`` or label ``-1`` is the unconditional
+        model, as for a network trained with label dropout. ``model.num_classes`` is set."""
+        if kind not in ("x0", "eps", "v"):
+            raise ScorekitError(f"kind must be 'x0', 'eps' or 'v', got {kind!r}")
+
+        def exact_conditional_model(x_t: Tensor, t, y=None) -> Tensor:
+            alpha, sigma = process.alpha(t), process.sigma(t)
+            x0 = self._predict(x_t, alpha, sigma, y, "x0").to(_F64)
+            if kind == "x0":
+                return x0.to(x_t.dtype)
+            a = _expand(alpha, x0)
+            s = _expand(sigma, x0)
+            eps = (x_t.to(_F64) - a * x0) / s
+            return (eps if kind == "eps" else a * eps - s * x0).to(x_t.dtype)
+
+        exact_conditional_model.num_classes = self.num_classes
+        return exact_conditional_model
+
+    def classifier(self, process) -> Callable[[Tensor, object], Tensor]:
+        r"""The exact noise-aware classifier ``classifier(x_t, t) -> log p(y | x_t)`` (N, C), as logits
+        (``t`` the process time, as a network takes it); differentiable in ``x_t``."""
+
+        def exact_classifier(x_t: Tensor, t) -> Tensor:
+            return self.log_class_posterior(x_t, process.alpha(t), process.sigma(t))
+
+        exact_classifier.num_classes = self.num_classes
+        return exact_classifier
+
+    def sample(self, n: int, labels=None, *, generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        r"""``(x, y)``: ``n`` exact draws of ``p(x, y)``, or of ``p(x | y)`` for a given class
+        ``labels`` (an int for all, or (n,) labels)."""
+        x, comp = self.mixture.sample(n, generator=generator, dtype=dtype, return_components=True)
+        if labels is None:
+            return x, self.classes[comp]
+        y = torch.as_tensor(labels, dtype=torch.long).reshape(-1).expand(n) if n else torch.zeros(0, dtype=torch.long)
+        out = torch.empty_like(x)
+        for c in torch.unique(y).tolist():
+            idx = torch.nonzero(y == c)[:, 0]
+            out[idx] = self.class_mixture(int(c)).sample(idx.numel(), generator=generator, dtype=dtype)
+        return out, y.clone()
+
+
+def _expand(value, x: Tensor) -> Tensor:
+    """A number, 0-d or (N,) tensor as float64 broadcastable against ``x`` (N, ...)."""
+    v = torch.as_tensor(value, dtype=_F64, device=x.device)
+    return v.reshape((-1,) + (1,) * (x.ndim - 1)) if v.ndim else v
+
+
+def labelled_eight_gaussians(num_classes: int = 2, radius: float = 2.0, std: float = 0.1) -> LabelledMixture:
+    r""":func:`eight_gaussians` with component ``k`` in class ``k mod num_classes`` (two classes:
+    alternate modes; eight: one mode per class)."""
+    if num_classes not in (1, 2, 4, 8):
+        raise ScorekitError(f"num_classes must divide 8 (1, 2, 4 or 8), got {num_classes!r}")
+    return LabelledMixture(eight_gaussians(radius, std), [k % num_classes for k in range(8)])
+
+
+# ---------------------------------------------------------------------------------------------
 # Ready-made mixtures
 # ---------------------------------------------------------------------------------------------
 
@@ -532,4 +695,5 @@ def image_mixture(num_components: int = 4, shape: Sequence[int] = (3, 8, 8), see
     return GaussianMixture(weights, means, stds=stds, event_shape=shape)
 
 
-__all__ = ["GaussianMixture", "eight_gaussians", "multiscale_2d", "image_mixture"]
+__all__ = ["GaussianMixture", "LabelledMixture", "eight_gaussians", "image_mixture", "labelled_eight_gaussians",
+           "multiscale_2d"]

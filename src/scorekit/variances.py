@@ -122,8 +122,8 @@ class PredictionHead(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x_t: Tensor, t, *args):
-        return split_output(self.model(x_t, t, *args), x_t)[0]
+    def forward(self, x_t: Tensor, t, *args, **kwargs):
+        return split_output(self.model(x_t, t, *args, **kwargs), x_t)[0]
 
 
 def split_output(out, x_t: Tensor) -> tuple[Tensor, Tensor]:
@@ -158,22 +158,28 @@ class LearnedVarianceDenoiser(Denoiser):
 
     learned_variance = True
 
-    def __init__(self, model: Callable[[Tensor, Tensor], Tensor], process: GaussianProcess,
-                 prediction_type: str = "eps", *, time_input: Callable[[Tensor], Tensor] | None = None):
-        super().__init__(PredictionHead(model), process, prediction_type, time_input=time_input)
+    def __init__(self, model: Callable[..., Tensor], process: GaussianProcess,
+                 prediction_type: str = "eps", *, time_input: Callable[[Tensor], Tensor] | None = None,
+                 condition=None, num_classes: int | None = None):
+        from .conditioning import model_num_classes
+
+        super().__init__(PredictionHead(model), process, prediction_type, time_input=time_input,
+                         condition=condition,
+                         num_classes=num_classes if num_classes is not None else model_num_classes(model))
         self.network = model
 
-    def x0_and_log_variance(self, x_t: Tensor, t, s) -> tuple[Tensor, Tensor]:
-        """``(x0_pred, log Sigma)`` for the reverse step ``t -> s`` from one network evaluation."""
-        out = self.network(x_t, self.model_time(t, x_t.shape[0], x_t.device))
+    def predict_with_log_variance(self, x_t: Tensor, t, s, condition=None) -> tuple[Tensor, Tensor]:
+        """``(x0_pred, log Sigma)`` under ``condition`` for the reverse step ``t -> s``, from one
+        network evaluation."""
+        out = self.call_network(self.network, x_t, t, condition)
         pred, raw = split_output(out, x_t)
-        if isinstance(t, (int, float)):
-            alpha, sigma = self.process.alpha(t).item(), self.process.sigma(t).item()
-        else:
-            alpha = expand_like(self.process.alpha(t), x_t)
-            sigma = expand_like(self.process.sigma(t), x_t)
+        alpha, sigma = self.coefficients(x_t, t)
         x0 = to_x0(pred, self.prediction_type, x_t, alpha, sigma)
         return x0, learned_log_variance(raw, self.process, t, s)
+
+    def x0_and_log_variance(self, x_t: Tensor, t, s) -> tuple[Tensor, Tensor]:
+        """``(x0_pred, log Sigma)`` under the bound condition for the reverse step ``t -> s``."""
+        return self.predict_with_log_variance(x_t, t, s, self.condition)
 
 
 # ---------------------------------------------------------------------------------------------

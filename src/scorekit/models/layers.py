@@ -109,7 +109,8 @@ def time_vector(t, batch: int, device) -> Tensor:
 
 
 def label_vector(y, batch: int, num_classes: int | None, device) -> Tensor | None:
-    """Class labels as a long tensor ``(batch,)``; ``None`` becomes the "no label" index ``num_classes``.
+    """Class labels as a long tensor ``(batch,)``; ``None``, and the null label ``-1`` of
+    :class:`scorekit.conditioning.Condition`, become the "no label" index ``num_classes``.
 
     Returns ``None`` for an unconditional network (``num_classes is None``) called without labels.
     """
@@ -127,11 +128,12 @@ def label_vector(y, batch: int, num_classes: int | None, device) -> Tensor | Non
     if y.shape != (batch,):
         raise ScorekitError(f"labels y have shape {tuple(y.shape)}; pass one label per sample, shape ({batch},)")
     y = y.to(torch.long)
+    y = torch.where(y == -1, torch.full_like(y, num_classes), y)      # the null label
     if y.numel() and (int(y.min()) < 0 or int(y.max()) > num_classes):
         bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
         raise ScorekitError(
             f"label {bad} in y is outside 0..{num_classes}: the network has num_classes={num_classes} "
-            f"classes 0..{num_classes - 1}, and {num_classes} means 'no label'")
+            f"classes 0..{num_classes - 1}, and {num_classes} (or -1) means 'no label'")
     return y
 
 

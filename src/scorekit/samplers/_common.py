@@ -7,6 +7,7 @@ from typing import Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
+from ..wrappers import DenoiserWrapper
 from ..errors import ScorekitError
 from ..processes import GaussianProcess
 from ..timesteps import check_timesteps
@@ -86,7 +87,7 @@ def _non_finite(x: Tensor) -> str | None:
     return "NaN" if bool(torch.isnan(x).any()) else "Inf"
 
 
-class FiniteStates:
+class FiniteStates(DenoiserWrapper):
     r"""The denoiser ``D`` that a sampler calls, watched for NaN and Inf.
 
     Every network evaluation of every sampler passes through a denoiser, so this is the one place
@@ -95,14 +96,19 @@ class FiniteStates:
     :class:`ScorekitError` naming the evaluation ``k`` (counted from 0), its time, and whether the
     model output or the sampler's own step was the first to go non-finite. The cost is two sums
     per evaluation (of the state and of the output; see :func:`_non_finite`).
-    Other attributes (``process``, ``x0_and_log_variance``) are those of the wrapped denoiser.
+    Other attributes (``process``, ``x0_and_log_variance``) are those of the wrapped denoiser
+    (:class:`~scorekit.wrappers.DenoiserWrapper`).
     """
 
     def __init__(self, denoiser, sampler: str):
-        self.denoiser = denoiser
+        super().__init__(denoiser)
         self.sampler = sampler
         self.evaluations = 0
         self.last_time = None
+
+    @property
+    def denoiser(self):
+        return self.inner
 
     def _fail(self, what: str) -> None:
         raise ScorekitError(f"sampler {self.sampler!r}: {what}; pass check_finite=False to let it "
@@ -121,34 +127,22 @@ class FiniteStates:
         self._fail(f"the state x_t {before}{where}, although every model output so far was finite: "
                    f"the sampler's step diverged (try more steps or another sampler)")
 
-    def _check_output(self, out: Tensor, t, what: str = "output") -> None:
+    def _check_output(self, out: Tensor, t, what: str = "output", evaluation: int | None = None) -> None:
         kind = _non_finite(out)
         if kind is not None:
-            self._fail(f"the model {what} holds {kind} at network evaluation {self.evaluations} "
+            evaluation = self.evaluations if evaluation is None else evaluation
+            self._fail(f"the model {what} holds {kind} at network evaluation {evaluation} "
                        f"({_time(t)}) from a finite state x_t: the model itself returns non-finite "
                        f"values (check its weights and inputs)")
 
-    def __call__(self, x_t: Tensor, t) -> Tensor:
+    def apply(self, x_t: Tensor, t, condition, predict) -> Tensor:
         self.check_state(x_t, t)
-        x0 = self.denoiser(x_t, t)
+        x0 = predict(x_t, t, condition)
         self._check_output(x0, t)
         self.evaluations += 1
         self.last_time = t
         return x0
 
-    def __getattr__(self, name):
-        attr = getattr(self.denoiser, name)           # AttributeError as the denoiser gives it
-        if name != "x0_and_log_variance":
-            return attr
-
-        def x0_and_log_variance(x_t: Tensor, t, s):
-            self.check_state(x_t, t)
-            x0, log_var = attr(x_t, t, s)
-            self._check_output(x0, t)
-            self._check_output(log_var, t, "log-variance")
-            self.evaluations += 1
-            self.last_time = t
-            return x0, log_var
-
-        return x0_and_log_variance
-
+    def log_variance(self, log_var: Tensor, batch: int) -> Tensor:
+        self._check_output(log_var, self.last_time, "log-variance", self.evaluations - 1)
+        return log_var[:batch]

@@ -575,32 +575,52 @@ def _preconditioned(net: nn.Module, process, config: dict, source: str):
         raise ScorekitError(f"{source}: {err}") from None
 
 
-def checkpoint_denoiser(ckpt: Checkpoint, *, ema: bool = True, y: torch.Tensor | None = None):
-    """What :func:`scorekit.sample` needs, as a :class:`scorekit.prediction.Denoiser`.
+def checkpoint_denoiser(ckpt: Checkpoint, *, ema: bool = True, y: torch.Tensor | None = None,
+                        condition=None):
+    """The ready denoiser of a loaded checkpoint: what :func:`scorekit.sample` and every sampler take.
 
-    ``denoiser.model`` (the network, the EMA copy by default, called as ``model(x_t, t)`` with
-    labels ``y`` if given), ``denoiser.process`` and ``denoiser.prediction_type``::
+    A :class:`scorekit.prediction.Denoiser` over the network (the EMA copy by default), the
+    run's process and prediction type, and its number of classes, bound to ``condition`` (class
+    labels, or a :class:`~scorekit.conditioning.Condition`; ``y`` is the same for labels)::
 
-        d = checkpoint_denoiser(load_checkpoint("runs/digits"))
-        x0 = scorekit.sample(d.model, x_T, process=d.process, prediction_type=d.prediction_type)
+        d = checkpoint_denoiser(load_checkpoint("runs/digits"), condition=torch.tensor([3, 3]))
+        x0 = scorekit.sample(d, x_T, sampler="ddim")
 
     For a network with a variance head (``learn_variance``) it is a
-    :class:`scorekit.variances.LearnedVarianceDenoiser`: ``d.model`` is then the prediction half
-    (so the lines above work unchanged) and ``ddpm(d, ..., variance="learned")`` samples with the
-    learned variances. A run trained with a preconditioning (``config["precondition"]``) has its
-    network wrapped by it here (e.g. :class:`scorekit.precondition.EDMPrecond`, an ``x0`` prediction).
+    :class:`scorekit.variances.LearnedVarianceDenoiser`, whose ``x0_and_log_variance`` the
+    ``ddpm`` sampler (``variance="learned"``) uses. A run trained with a preconditioning
+    (``config["precondition"]``) has its network wrapped by it here (e.g.
+    :class:`scorekit.precondition.EDMPrecond`, an ``x0`` prediction).
     """
     from ..prediction import Denoiser
 
+    if y is not None and condition is not None:
+        raise ScorekitError("give the labels either as y or as condition, not both")
     net = _preconditioned(ckpt.ema_net if ema else ckpt.net, ckpt.process, ckpt.config, ckpt.path)
+    kind = Denoiser
     if ckpt.model_config.get("learn_variance"):
-        from ..variances import LearnedVarianceDenoiser
+        from ..variances import LearnedVarianceDenoiser as kind
+    return kind(net, ckpt.process, ckpt.prediction_type, num_classes=ckpt.num_classes,
+                condition=condition if y is None else y)
 
-        return LearnedVarianceDenoiser(LabelledModel(net, y), ckpt.process, ckpt.prediction_type)
-    return Denoiser(LabelledModel(net, y), ckpt.process, ckpt.prediction_type)
+
+def load_denoiser(path, *, ema: bool = True, condition=None, device="cpu"):
+    """The one way from a trained run to a ready denoiser: :func:`load_checkpoint` (``path`` a run
+    folder or one of its checkpoints, the latest by default) then :func:`checkpoint_denoiser`.
+
+    ``denoiser.process``, ``denoiser.prediction_type`` and ``denoiser.num_classes`` describe the
+    run; ``denoiser.checkpoint`` is the loaded :class:`Checkpoint` (config, step, data)::
+
+        d = scorekit.load_denoiser("runs/mnist", condition=torch.full((16,), 7))
+        x0 = scorekit.sample(d, d.process.prior_sample((16, 1, 28, 28), generator=g), guidance_scale=3)
+    """
+    ckpt = load_checkpoint(path, device=device)
+    denoiser = checkpoint_denoiser(ckpt, ema=ema, condition=condition)
+    denoiser.checkpoint = ckpt
+    return denoiser
 
 
-__all__ = ["CHECKPOINT_FILES", "Checkpoint", "checkpoint_denoiser", "checkpoint_name",
+__all__ = ["CHECKPOINT_FILES", "Checkpoint", "checkpoint_denoiser", "checkpoint_name", "load_denoiser",
            "check_state_fits", "clean_partial", "flatten_optimizer_state", "latest_checkpoint",
            "list_checkpoints", "load_checkpoint", "read_config", "read_trainer_info", "remove_checkpoints_after",
            "resolve_checkpoint", "save_checkpoint", "unflatten_optimizer_state", "write_latest"]

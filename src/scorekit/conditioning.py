@@ -1,0 +1,178 @@
+r"""What a conditional model is told besides ``(x_t, t)``: the condition ``c`` of ``D(x_t, t, c)``.
+
+A conditional denoiser estimates ``E[x_0 | x_t, c]``. The condition travels as one object,
+:class:`Condition`, from the user through any sampler to the network: a denoiser is *bound* to a
+condition (:meth:`scorekit.prediction.Denoiser.with_condition`), samplers keep calling
+``D(x_t, t)``, and the bound denoiser calls the network as ``net(x_t, t, **condition.network_kwargs())``.
+Guidance wrappers (:mod:`scorekit.guidance`) evaluate the same network under another condition,
+typically the *null* condition, in the same batch.
+
+Each field is one kind of condition, with one value per sample:
+
+* ``labels``: class labels ``(N,)``, ``torch.long``, passed to the network as ``y``. The value
+  :data:`NULL_LABEL` (``-1``) means "no label" for that sample: the unconditional model that label
+  dropout trains (Ho & Salimans 2022). scorekit's networks map it to their extra "no label"
+  embedding row.
+
+The **null condition** (:meth:`Condition.null`) replaces every field of every sample by its null
+value; ``D(x_t, t, null)`` is the unconditional model ``E[x_0 | x_t]`` of a network trained with
+condition dropout. A new kind of condition (an image concatenated to the input, a sequence of
+embeddings for cross-attention) is a new field here, with its null value and network argument;
+samplers and wrappers need no change.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ScorekitError
+
+Tensor = torch.Tensor
+
+#: the label that means "no label" for one sample (the null condition of a class label)
+NULL_LABEL = -1
+
+# each field's argument name in a network's forward(x_t, t, ...)
+_NETWORK_ARGS = {"labels": "y"}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A batch of conditions, one per sample (see the module docstring).
+
+    Args:
+        labels: ``(N,)`` integer class labels; :data:`NULL_LABEL` marks a sample without one.
+    """
+
+    labels: Tensor | None = None
+
+    def __post_init__(self):
+        if self.labels is not None:
+            object.__setattr__(self, "labels", _check_labels(self.labels))
+        if self.batch_size is None:
+            raise ScorekitError("a Condition needs at least one field, e.g. Condition(labels=y)")
+
+    # --- shape -------------------------------------------------------------------------------
+    def _fields(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None}
+
+    @property
+    def batch_size(self) -> int | None:
+        """The number of samples the condition is for."""
+        for value in self._fields().values():
+            return value.shape[0]
+        return None
+
+    def map(self, fn) -> "Condition":
+        """The condition with ``fn`` applied to every field's tensor (indexing, moving, ...)."""
+        return Condition(**{name: fn(value) for name, value in self._fields().items()})
+
+    def to(self, device) -> "Condition":
+        return self.map(lambda v: v.to(device))
+
+    def for_batch(self, n: int) -> "Condition":
+        """The condition for a batch of ``n`` samples: itself, or one condition repeated ``n`` times."""
+        size = self.batch_size
+        if size == n:
+            return self
+        if size == 1:
+            return self.map(lambda v: v.expand((n,) + tuple(v.shape[1:])))
+        raise ScorekitError(f"the condition is for {size} samples but the batch has {n}; give one "
+                            f"condition per sample or one for all")
+
+    def __getitem__(self, index) -> "Condition":
+        return self.map(lambda v: v[index])
+
+    def cat(self, other: "Condition") -> "Condition":
+        """This batch followed by ``other`` (same fields)."""
+        mine, theirs = self._fields(), other._fields()
+        if mine.keys() != theirs.keys():
+            raise ScorekitError(f"cannot join conditions with fields {sorted(mine)} and {sorted(theirs)}")
+        return Condition(**{k: torch.cat([mine[k], theirs[k].to(mine[k].device)]) for k in mine})
+
+    # --- the null condition --------------------------------------------------------------------
+    def null(self) -> "Condition":
+        """The null condition for the same batch: every field at its "no condition" value."""
+        return Condition(**{name: _NULL[name](value) for name, value in self._fields().items()})
+
+    @property
+    def is_null(self) -> Tensor:
+        """``(N,)`` bool: which samples carry the null condition in every field."""
+        out = None
+        for name, value in self._fields().items():
+            mask = _IS_NULL[name](value)
+            out = mask if out is None else out & mask
+        return out
+
+    # --- what the network receives -------------------------------------------------------------
+    def network_kwargs(self) -> dict:
+        """The keyword arguments of ``net(x_t, t, **kwargs)``, e.g. ``{"y": labels}``."""
+        return {_NETWORK_ARGS[name]: value for name, value in self._fields().items()}
+
+
+_NULL = {"labels": lambda y: torch.full_like(y, NULL_LABEL)}
+_IS_NULL = {"labels": lambda y: y == NULL_LABEL}
+
+
+def _check_labels(y) -> Tensor:
+    if not isinstance(y, Tensor):
+        try:
+            y = torch.as_tensor(y)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ScorekitError(f"labels must be integers, one per sample: {err}") from None
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ScorekitError(f"labels must be integers (torch.long), got dtype {y.dtype}")
+    if y.ndim == 0:
+        y = y.reshape(1)
+    if y.ndim != 1:
+        raise ScorekitError(f"labels must have shape (N,), one per sample, got {tuple(y.shape)}")
+    y = y.to(torch.long)
+    if y.numel() and int(y.min()) < NULL_LABEL:
+        raise ScorekitError(f"label {int(y.min())} is negative; labels are 0..K-1, or {NULL_LABEL} "
+                            f"for 'no label'")
+    return y
+
+
+def as_condition(value) -> Condition | None:
+    """``None``, a :class:`Condition`, or class labels (a tensor, a sequence or an int) as a
+    :class:`Condition`."""
+    if value is None or isinstance(value, Condition):
+        return value
+    return Condition(labels=value)
+
+
+def check_labels_for(condition: Condition | None, num_classes: int | None, what: str = "the model") -> None:
+    """Refuse labels outside ``0 .. num_classes - 1`` (or :data:`NULL_LABEL`), and any label for a
+    model without classes (``num_classes=None``)."""
+    if condition is None or condition.labels is None:
+        return
+    y = condition.labels
+    if num_classes is None:
+        if bool((y != NULL_LABEL).any()):
+            raise ScorekitError(f"class labels were given but {what} is unconditional (it was trained "
+                                f"without labels)", cli=f"--class was given but {what} is unconditional "
+                                                        f"(it was trained without labels)")
+        return
+    bad = y[(y != NULL_LABEL) & ((y < 0) | (y >= num_classes))]
+    if bad.numel():
+        raise ScorekitError(f"class {int(bad[0])} is outside {what}'s classes 0..{num_classes - 1}")
+
+
+def model_num_classes(model) -> int | None:
+    """The number of classes of a network, looking through wrappers (``.net``, ``.model``,
+    ``.module``); ``None`` for an unconditional one."""
+    seen = set()
+    while model is not None and id(model) not in seen:
+        seen.add(id(model))
+        n = getattr(model, "num_classes", None)
+        if isinstance(n, int) and not isinstance(n, bool):
+            return n
+        model = next((getattr(model, a) for a in ("net", "model", "module", "network")
+                      if getattr(model, a, None) is not None), None)
+    return None
+
+
+__all__ = ["Condition", "NULL_LABEL", "as_condition", "check_labels_for", "model_num_classes"]
