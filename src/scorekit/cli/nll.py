@@ -8,7 +8,6 @@ import textwrap
 
 from ..errors import ScorekitError
 from ._common import BIG, DEFAULT_TRAIN_THREADS, PROG, Formatter, int_in, key_value, positive_float
-from .sample import _Counted
 
 
 NLL_METHODS = ("ode", "elbo", "both")
@@ -134,6 +133,7 @@ def _nll_method(method, args, ckpt, x, labels, data_bits, elbo_grid, elbo_fn) ->
     from tqdm.auto import tqdm
 
     from ..likelihood.ode import ode_likelihood
+    from ..nfe import count_network_calls
     from ..train.checkpoint import checkpoint_denoiser
 
     num = x.shape[0]
@@ -143,15 +143,8 @@ def _nll_method(method, args, ckpt, x, labels, data_bits, elbo_grid, elbo_fn) ->
     try:
         for lo in range(0, num, args.batch_size):
             hi = min(lo + args.batch_size, num)
-            d = checkpoint_denoiser(ckpt, ema=not args.no_ema,
-                                    y=None if labels is None else labels[lo:hi])
-            if getattr(d, "learned_variance", False):   # count the whole network's calls
-                from ..variances import PredictionHead
-
-                counter = d.network = _Counted(d.network)
-                d.model = PredictionHead(counter)
-            else:
-                counter = d.model = _Counted(d.model)
+            y = None if labels is None else labels[lo:hi]
+            d, counter = count_network_calls(checkpoint_denoiser(ckpt, ema=not args.no_ema, y=y))
             if method == "ode":
                 res = ode_likelihood(d, ckpt.process, x[lo:hi], divergence=args.divergence,
                                      probe=args.probe, num_probes=args.num_probes, rtol=args.rtol,

@@ -103,18 +103,6 @@ def _analytic_variances(args: argparse.Namespace, ckpt, timesteps, device, class
                               progress=not args.no_progress)
 
 
-class _Counted:
-    """Counts the calls of a model (one call evaluates the network on a whole batch)."""
-
-    def __init__(self, model):
-        self.model = model
-        self.calls = 0
-
-    def __call__(self, x_t, t):
-        self.calls += 1
-        return self.model(x_t, t)
-
-
 def _class_labels(text: str, num_classes: int, class_names) -> list[int]:
     """The labels ``--class`` names: comma-separated numbers ``0 .. num_classes-1`` or names of
     ``class_names`` (the run's, e.g. an image folder's sub-folders)."""
@@ -154,13 +142,11 @@ def _sample_steps(args: argparse.Namespace) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
     import numpy as np
     import torch
 
     from ..plotting import atomic_path
-    from ..sampling import sample
+    from ..sampling import sample_batches
     from ..train.checkpoint import checkpoint_denoiser, load_checkpoint
     from ..train.distributed import resolve_device
     from ..samplers.options import ADAPTIVE_SAMPLERS
@@ -220,30 +206,13 @@ def run(args: argparse.Namespace) -> int:
             if timesteps is None:
                 timesteps = make_timesteps(ckpt.process, steps, args.spacing)
             options["variance"] = _analytic_variances(args, ckpt, timesteps, device, classes)
-        parts, nfe_calls, batches = [], 0, 0
-        start = time.perf_counter()
-        for lo in range(0, args.num, args.batch_size):
-            hi = min(lo + args.batch_size, args.num)
-            y = None if labels is None else labels[lo:hi].to(device)
-            d = checkpoint_denoiser(ckpt, ema=not args.no_ema, y=y)
-            if getattr(d, "learned_variance", False):   # the whole network, variance head included
-                from ..variances import LearnedVarianceDenoiser
-
-                model = _Counted(d.network)
-                target = LearnedVarianceDenoiser(model, ckpt.process, ckpt.prediction_type,
-                                                 time_input=d.time_input)
-            else:
-                model = target = _Counted(d.model)
-            x = sample(target, x_T[lo:hi].to(device), process=ckpt.process,
-                       prediction_type=ckpt.prediction_type, sampler=args.sampler,
-                       num_steps=steps, spacing=args.spacing, timesteps=timesteps,
-                       generator=noise, clip=args.clip, progress=not args.no_progress,
-                       check_finite=not args.allow_nonfinite, **options)
-            parts.append(x.cpu())
-            nfe_calls += model.calls
-            batches += 1
-        seconds = time.perf_counter() - start
-        x0 = torch.cat(parts)
+        result = sample_batches(lambda y: checkpoint_denoiser(ckpt, ema=not args.no_ema, y=y), x_T,
+                                batch_size=args.batch_size, labels=labels, device=device, generator=noise,
+                                process=ckpt.process, sampler=args.sampler, num_steps=steps,
+                                spacing=args.spacing, timesteps=timesteps, clip=args.clip,
+                                progress=not args.no_progress, check_finite=not args.allow_nonfinite,
+                                **options)
+        x0 = result.x
     finally:
         torch.set_num_threads(threads_before)
     if not torch.isfinite(x0).all():
@@ -260,7 +229,6 @@ def run(args: argparse.Namespace) -> int:
                     if ckpt.data_config else None)
         except ScorekitError:
             data = None
-    nfe = nfe_calls / max(batches, 1)
     step_text = f"{steps} steps" if args.sampler not in ADAPTIVE_SAMPLERS else "adaptive steps"
     title = f"{args.sampler}, {step_text}, {'raw' if args.no_ema else 'EMA'} weights, step {ckpt.step}"
     try:
@@ -279,8 +247,8 @@ def run(args: argparse.Namespace) -> int:
             raise
     except OSError as err:
         raise ScorekitError(f"cannot write {out!r}: {err.strerror or err}") from None
-    print(f"sampled {args.num} in {seconds:.2f} s with {args.sampler} ({step_text}, "
-          f"NFE {nfe:g} per sample) from step {ckpt.step} of {ckpt.path}")
+    print(f"sampled {args.num} in {result.seconds:.2f} s with {args.sampler} ({step_text}, "
+          f"NFE {result.nfe:g} per sample) from step {ckpt.step} of {ckpt.path}")
     print("wrote:")
     print(f"  {out}")
     print(f"  {npz}")
