@@ -119,7 +119,7 @@ def test_a_missing_tuned_schedule(run, capsys, tmp_path):
         load_tuned(run, "ddim", 3)
     assert "save_tuned(" in str(info.value) and "tune_timesteps(" in str(info.value)
     speaks_python(str(info.value))
-    code, _, err = run_main(capsys, ["sample", run, "--steps", "3", "--schedule", "tuned", "--no-progress",
+    code, _, err = run_main(capsys, ["sample", run, "--steps", "3", "--spacing", "tuned", "--no-progress",
                                      "--out", tmp_path / "x.png"])
     assert_one_line_error(code, err, "no tuned schedule for ddim at NFE 3", "scorekit tune", "--nfe 3")
     speaks_cli(err)

@@ -10,6 +10,9 @@ from ..errors import ScorekitError
 from ._common import PROG, Formatter, add_run_flags, int_in, positive_float, sampler_name
 from ._sampler_flags import add_sampler_option_flags, sampler_options_from
 
+#: the --spacing that takes the time steps ``scorekit tune`` saved (:func:`scorekit.load_tuned`)
+TUNED = "tuned"
+
 
 def add(commands) -> None:
     from ..samplers import SAMPLERS
@@ -35,6 +38,7 @@ def add(commands) -> None:
               {PROG} sample runs/digits --sampler ddpm --steps 100 --variance large --out ddpm.png
               {PROG} sample runs/digits/checkpoints/step-0001000 --no-ema --num 100 --out raw.png
               {PROG} sample runs/8g --sampler ddim --eta 1 --num 5000 --out points.png
+              {PROG} sample runs/8g --sampler unipc --steps 10 --spacing tuned --out tuned.png   (after {PROG} tune)
             """))
     p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint folder")
     p.add_argument("--sampler", choices=list(SAMPLERS), type=sampler_name, default="ddim", help="the sampler")
@@ -42,11 +46,12 @@ def add(commands) -> None:
                    help=f"sampler steps (network evaluations for DDIM and DDPM), at most T for ddpm and "
                         f"simple_ve models (default: {DEFAULT_SAMPLE_STEPS}, or T if smaller); not for "
                         f"{', '.join(ADAPTIVE_SAMPLERS)}, which chooses its own (its NFE is printed)")
-    p.add_argument("--spacing", choices=sorted(set(DISCRETE_SPACINGS) | set(CONTINUOUS_SPACINGS)),
-                   help="how the steps are spaced (default: the process's own: trailing for DDPM, karras for EDM, uniform for the SDEs)")
-    p.add_argument("--schedule", choices=("default", "tuned"), default="default",
-                   help="tuned: the time steps 'scorekit tune' saved for this sampler and step count "
-                        "(instead of --spacing)")
+    p.add_argument("--spacing", choices=[*sorted(set(DISCRETE_SPACINGS) | set(CONTINUOUS_SPACINGS)), TUNED],
+                   help="how the steps are spaced (default: the process's own: trailing for DDPM, karras for "
+                        "EDM, uniform for the SDEs); tuned: the time steps 'scorekit tune' saved for this "
+                        "sampler and step count")
+    p.add_argument("--schedule", dest="deprecated_schedule", choices=("default", "tuned"),
+                   help=argparse.SUPPRESS)          # the old name of --spacing tuned; see _deprecated_schedule
     add_sampler_option_flags(p)
     p.add_argument("--clip", metavar="X", type=positive_float("--clip"),
                    help="clamp the predicted x_0 to [-X, X] at every step (e.g. 1 for images)")
@@ -125,16 +130,33 @@ def _class_labels(text: str, num_classes: int, class_names) -> list[int]:
     return labels
 
 
+def _deprecated_schedule(args: argparse.Namespace) -> None:
+    """``--schedule default|tuned``, which chose between the default grid and the tuned one before
+    --spacing took ``tuned``: still accepted, onto --spacing, with a one-line warning (the flag
+    names the beta schedule in ``scorekit train``)."""
+    old = args.deprecated_schedule
+    if old is None:
+        return
+    if old == TUNED and args.spacing not in (None, TUNED):
+        raise ScorekitError(f"give either --spacing {args.spacing} or --spacing tuned (written --schedule "
+                            f"tuned before), not both")
+    advice = "use --spacing tuned" if old == TUNED else \
+        "leave it out for the process's own grid, or choose one with --spacing"
+    print(f"{PROG} sample: warning: --schedule {old} is deprecated and will be removed ('{PROG} train "
+          f"--schedule' is the beta schedule); {advice}", file=sys.stderr, flush=True)
+    if old == TUNED:
+        args.spacing = TUNED
+
+
 def _sample_steps(args: argparse.Namespace) -> int | None:
     """``--steps`` (``None``: the default for the model); an adaptive sampler chooses its own
-    steps, so it refuses --steps, --spacing and --schedule tuned and gets the grid of one step
+    steps, so it refuses --steps and --spacing (tuned too) and gets the grid of one step
     (whose first and last times are all it uses)."""
     from ..samplers.options import ADAPTIVE_SAMPLERS
 
     if args.sampler not in ADAPTIVE_SAMPLERS:
         return args.steps
     given = [flag for flag, value in (("--steps", args.steps), ("--spacing", args.spacing)) if value is not None]
-    given += ["--schedule tuned"] if args.schedule == "tuned" else []
     if given:
         raise ScorekitError(f"--sampler {args.sampler} chooses its own steps (--rtol and --atol set its "
                             f"accuracy; the NFE is printed): drop {', '.join(given)}")
@@ -161,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
         raise ScorekitError(f"the folder of --out {out!r} does not exist; create it first")
+    _deprecated_schedule(args)
     options = sampler_options_from(args)
     steps = _sample_steps(args)
     device = resolve_device(args.device)
@@ -192,24 +215,22 @@ def run(args: argparse.Namespace) -> int:
         noise = torch.Generator(device=device).manual_seed(args.seed + 1)
         steps = default_step_count(ckpt.process) if steps is None else check_step_count(ckpt.process, steps,
                                                                                          "--steps")
-        timesteps = None
-        if args.schedule == "tuned":
+        timesteps, spacing = None, args.spacing
+        if spacing == TUNED:                             # a saved grid, not a rule for one
             from ..schedule_tuning import load_tuned_for_steps
 
-            if args.spacing is not None:
-                raise ScorekitError("give either --spacing or --schedule tuned, not both")
-            timesteps = load_tuned_for_steps(ckpt.path, ckpt.process, args.sampler, steps,
-                                             **options).timesteps
+            spacing = None
+            timesteps = load_tuned_for_steps(ckpt.path, ckpt.process, args.sampler, steps, **options).timesteps
         if isinstance(options.get("variance"), str) and options["variance"] == "analytic":
             from ..timesteps import make_timesteps
 
             if timesteps is None:
-                timesteps = make_timesteps(ckpt.process, steps, args.spacing)
+                timesteps = make_timesteps(ckpt.process, steps, spacing)
             options["variance"] = _analytic_variances(args, ckpt, timesteps, device, classes)
         result = sample_batches(lambda y: checkpoint_denoiser(ckpt, ema=not args.no_ema, y=y), x_T,
                                 batch_size=args.batch_size, labels=labels, device=device, generator=noise,
                                 process=ckpt.process, sampler=args.sampler, num_steps=steps,
-                                spacing=args.spacing, timesteps=timesteps, clip=args.clip,
+                                spacing=spacing, timesteps=timesteps, clip=args.clip,
                                 progress=not args.no_progress, check_finite=not args.allow_nonfinite,
                                 **options)
         x0 = result.x

@@ -25,14 +25,14 @@ def add(commands) -> None:
             error to that solution over the grids uniform in log-SNR after a smooth reshaping
             (Nelder-Mead, at most --max-evals sampler runs). Prints the error on the sampler's
             default grid and on the tuned one, and saves the tuned grid in schedules.json of the
-            checkpoint folder, where 'scorekit sample --schedule tuned' finds it.
+            checkpoint folder, where 'scorekit sample --spacing tuned' finds it.
 
             Single-step higher-order solvers make more than one evaluation per step: the grid then
             has fewer steps than --nfe (an --nfe no grid reaches is refused, naming the nearest)."""),
         epilog=textwrap.dedent(f"""\
             examples:
               {PROG} tune runs/8g --sampler ddim --nfe 10
-              {PROG} sample runs/8g --sampler ddim --steps 10 --schedule tuned --out tuned.png
+              {PROG} sample runs/8g --sampler ddim --steps 10 --spacing tuned --out tuned.png
               {PROG} tune runs/8g --sampler ode_heun --nfe 9 --num 256 --max-evals 500
             """))
     p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint folder")
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
           f"tuned {tuned.error_tuned:.4g} ({ratio:.2f}x lower)")
     print(f"time steps: {times}")
     print(f"use it: {PROG} sample {args.checkpoint} --sampler {args.sampler} --steps {tuned.steps} "
-          f"--schedule tuned")
+          f"--spacing tuned")
     print("wrote:")
     print(f"  {file}")
     return 0
