@@ -136,6 +136,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
 # --- errors and signals ----------------------------------------------------------------------
 
 def fail(message: str) -> int:
+    """Print ``scorekit: error: MESSAGE`` as one line on standard error; the exit status 2."""
     message = " ".join(str(message).split())            # one line, whatever the message held
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
     return 2
@@ -148,4 +149,5 @@ class Terminated(KeyboardInterrupt):
 
 
 def raise_terminated(signum, frame):
+    """The SIGTERM handler of every command but ``train`` (which stops on its own terms)."""
     raise Terminated()
