@@ -50,11 +50,25 @@ def test_no_command_prints_help(capsys):
     assert code == 0 and "demo" in out
 
 
-def test_python_m_scorekit_help():
-    proc = subprocess.run([sys.executable, "-m", "scorekit", "--help"], capture_output=True,
+@pytest.mark.parametrize("module", ["scorekit", "scorekit.cli"])
+def test_python_m_scorekit_help(module):
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "demo" in proc.stdout and proc.stderr == ""
+
+
+def test_every_command_module_adds_its_parser_and_runs_it():
+    """``scorekit.cli.COMMANDS``: one module per command, each with ``add`` and ``run``, in the
+    order of the help."""
+    from scorekit import cli
+
+    names = [m.__name__.rsplit(".", 1)[1] for m in cli.COMMANDS]
+    assert names == ["demo", "train", "sample", "info", "nll", "tune"]
+    commands = cli.build_parser()._subparsers._group_actions[0].choices
+    assert list(commands) == names
+    for module in cli.COMMANDS:
+        assert commands[module.__name__.rsplit(".", 1)[1]].get_default("handler") is module.run
 
 
 

@@ -1,4 +1,4 @@
-"""``scorekit tune`` and ``scorekit sample --schedule tuned`` end to end through ``cli.main`` on a
+"""``scorekit tune`` and ``scorekit sample --spacing tuned`` end to end through ``cli.main`` on a
 tiny trained 2-D run, and every bad input: exit status 2, one line on standard error."""
 import io
 import json
@@ -37,7 +37,7 @@ def run(tmp_path_factory):
     return str(folder)
 
 
-def test_help_lists_tune_and_the_schedule_option(capsys):
+def test_help_lists_tune_and_the_tuned_spacing(capsys):
     code, out, _ = run_main(capsys, ["--help"])
     assert code == 0 and "\n    tune " in out
     code, out, _ = run_main(capsys, ["tune", "--help"])
@@ -46,7 +46,8 @@ def test_help_lists_tune_and_the_schedule_option(capsys):
                    "schedules.json"):
         assert needle in out, needle
     code, out, _ = run_main(capsys, ["sample", "--help"])
-    assert code == 0 and "--schedule" in out and "tuned" in out
+    assert code == 0 and "--spacing" in out and ",tuned}" in out and "'scorekit tune' saved" in out
+    assert "--schedule" not in out                  # deprecated here: train's beta schedule
 
 
 def test_tune_then_sample_with_the_tuned_grid(run, capsys, tmp_path):
@@ -61,13 +62,14 @@ def test_tune_then_sample_with_the_tuned_grid(run, capsys, tmp_path):
     assert tuned.error_tuned <= tuned.error_default
     assert f"default grid {saved['error_default']:.4g}, tuned {saved['error_tuned']:.4g}" in out
     assert "tuned ddim at NFE 4 (4 steps) on 32 samples" in out and file in out
+    assert f"use it: scorekit sample {run} --sampler ddim --steps 4 --spacing tuned" in out
     ts = tuned.timesteps
     assert ts[0] == ckpt.process.t_max and ts[-1] == ckpt.process.t_data
     assert torch.all(ts[1:] < ts[:-1]) and ts[:-1].min() >= ckpt.process.t_min
 
-    code, out, err = run_main(capsys, ["sample", run, "--steps", "4", "--schedule", "tuned", "--num", "24",
+    code, out, err = run_main(capsys, ["sample", run, "--steps", "4", "--spacing", "tuned", "--num", "24",
                                        "--seed", "5", "--out", tmp_path / "tuned.png", "--no-progress"])
-    assert code == 0, err
+    assert code == 0 and err == "", err
     assert "NFE 4 per sample" in out
     got = np.load(tmp_path / "tuned.npz")["x"]
     # the same samples from the library on the saved grid
@@ -82,6 +84,26 @@ def test_tune_then_sample_with_the_tuned_grid(run, capsys, tmp_path):
         assert code == 0, err
         assert not np.allclose(np.load(tmp_path / "default.npz")["x"], got)
 
+    # the deprecated --schedule: the same samples, and one line on stderr naming --spacing
+    code, out, err = run_main(capsys, ["sample", run, "--steps", "4", "--schedule", "tuned", "--num", "24",
+                                       "--seed", "5", "--out", tmp_path / "old.png", "--no-progress"])
+    assert code == 0, err
+    assert err.splitlines() == ["scorekit sample: warning: --schedule tuned is deprecated and will be removed "
+                                "('scorekit train --schedule' is the beta schedule); use --spacing tuned"]
+    np.testing.assert_array_equal(np.load(tmp_path / "old.npz")["x"], got)
+
+
+def test_the_deprecated_schedule_default_is_the_default_grid(run, capsys, tmp_path):
+    argv = ["sample", run, "--steps", "3", "--num", "6", "--no-progress"]
+    code, _, err = run_main(capsys, [*argv, "--out", tmp_path / "plain.png"])
+    assert code == 0 and err == "", err
+    code, _, err = run_main(capsys, [*argv, "--schedule", "default", "--out", tmp_path / "old.png"])
+    assert code == 0, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scorekit sample: warning: --schedule default is deprecated")
+    assert "--spacing" in lines[0]
+    np.testing.assert_array_equal(np.load(tmp_path / "old.npz")["x"], np.load(tmp_path / "plain.npz")["x"])
+
 
 @pytest.mark.parametrize("argv, fragments", [
     (["tune", "{run}", "--sampler", "ddpm", "--nfe", "4", "--num", "8"], ["ddpm", "stochastic"]),
@@ -94,10 +116,14 @@ def test_tune_then_sample_with_the_tuned_grid(run, capsys, tmp_path):
      ["--variant taylor is not an option of unipc"]),
     (["tune", "{run}"], ["--nfe"]),
     (["tune", "{run}/nowhere", "--nfe", "4"], ["does not exist"]),
-    (["sample", "{run}", "--steps", "7", "--schedule", "tuned", "--out", "{tmp}/x.png"],
+    (["sample", "{run}", "--steps", "7", "--spacing", "tuned", "--out", "{tmp}/x.png"],
      ["no tuned schedule for ddim at NFE 7", "scorekit tune", "--sampler ddim --nfe 7"]),
+    (["sample", "{run}", "--sampler", "ode_adaptive", "--spacing", "tuned", "--out", "{tmp}/x.png"],
+     ["ode_adaptive chooses its own steps", "drop --spacing"]),
     (["sample", "{run}", "--steps", "4", "--schedule", "tuned", "--spacing", "linspace",
-      "--out", "{tmp}/x.png"], ["--spacing", "--schedule tuned"]),
+      "--out", "{tmp}/x.png"], ["--spacing linspace", "--spacing tuned", "--schedule tuned"]),
+    (["sample", "{run}", "--steps", "4", "--schedule", "karras", "--out", "{tmp}/x.png"],
+     ["--schedule", "invalid choice"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(run, capsys, tmp_path, argv, fragments):
     argv = [a.format(run=run, tmp=tmp_path) for a in argv]

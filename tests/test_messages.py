@@ -21,7 +21,7 @@ def raised_messages():
     literal message: the string pieces of the message and of its ``cli=`` keyword."""
     found = []
     for path in sorted(SRC.rglob("*.py")):
-        if path.name == "cli.py":                           # the command line's own messages
+        if path.relative_to(SRC).parts[0] == "cli":         # the command line's own messages
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             name = getattr(node, "func", None)
@@ -46,12 +46,12 @@ def test_library_messages_name_no_command_line_flags_and_cli_variants_no_python_
 
 
 def flag_strings_outside_cli_texts():
-    """``where: text`` of every string in the library (the command line's module aside) that names a
+    """``where: text`` of every string in the library (the command line's package aside) that names a
     flag but is neither a docstring, nor inside a keyword argument or an assignment whose name holds
     ``cli``: pieces of messages built before the raise, which the scan above cannot see."""
     found = []
     for path in sorted(SRC.rglob("*.py")):
-        if path.name == "cli.py":
+        if path.relative_to(SRC).parts[0] == "cli":
             continue
         tree = ast.parse(path.read_text())
         exempt = set()
@@ -119,7 +119,7 @@ def test_a_missing_tuned_schedule(run, capsys, tmp_path):
         load_tuned(run, "ddim", 3)
     assert "save_tuned(" in str(info.value) and "tune_timesteps(" in str(info.value)
     speaks_python(str(info.value))
-    code, _, err = run_main(capsys, ["sample", run, "--steps", "3", "--schedule", "tuned", "--no-progress",
+    code, _, err = run_main(capsys, ["sample", run, "--steps", "3", "--spacing", "tuned", "--no-progress",
                                      "--out", tmp_path / "x.png"])
     assert_one_line_error(code, err, "no tuned schedule for ddim at NFE 3", "scorekit tune", "--nfe 3")
     speaks_cli(err)
@@ -148,12 +148,13 @@ def test_learned_variances_of_a_model_without_a_variance_head(run, capsys, tmp_p
      "--label-dropout 0.25 needs labelled data"),
 ])
 def test_training_settings_are_named_as_the_caller_gave_them(tmp_path, capsys, flags, python, cli):
-    from scorekit.cli import _train_config, build_parser
+    from scorekit.cli import build_parser
+    from scorekit.cli.train import train_config
 
     argv = ["train", "--data", "swiss_roll", "--data-option", "n=64", "--steps", "1", *flags,
             "--no-progress", "--out", str(tmp_path / "run")]           # unlabelled 2-D points
     with pytest.raises(ScorekitError) as info:             # the same settings through Python
-        train(_train_config(build_parser().parse_args(argv)), str(tmp_path / "run"), progress=False)
+        train(train_config(build_parser().parse_args(argv)), str(tmp_path / "run"), progress=False)
     assert python in str(info.value)
     speaks_python(str(info.value))
     code, _, err = run_main(capsys, argv)

@@ -9,7 +9,8 @@ from .samplers import (SAMPLERS, annealed_langevin, ddim, ddim_invert, ddpm, dei
                        dpmpp_2s, dpmpp_3m, dpmpp_3m_sde, dpmpp_3s, edm, edm_heun, euler, euler_ancestral,
                        ipndm, langevin, ode_adaptive, ode_euler, ode_heun, pc, reverse_diffusion,
                        reverse_sde, unipc)
-from .sampling import invert, sample
+from .nfe import NFECounter, count_network_calls
+from .sampling import BatchedSamples, invert, sample, sample_batches
 from .schedule_tuning import TunedSchedule, load_tuned, save_tuned, tune_timesteps
 from .timesteps import make_timesteps
 from .train.checkpoint import load_denoiser
@@ -24,7 +25,8 @@ __all__ = [
     # conditions and guidance
     "Condition", "ClassifierFreeGuidance", "ClassifierGuidance", "load_denoiser",
     # sampling
-    "SAMPLERS", "sample", "invert", "make_timesteps", "ddpm", "ddim", "ddim_invert",
+    "SAMPLERS", "sample", "sample_batches", "BatchedSamples", "NFECounter", "count_network_calls", "invert",
+    "make_timesteps", "ddpm", "ddim", "ddim_invert",
     "reverse_sde", "reverse_diffusion", "pc", "langevin", "annealed_langevin",
     "ode_euler", "ode_heun", "ode_adaptive",
     "dpmpp_2m", "dpmpp_3m", "dpmpp_2s", "dpmpp_3s", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc",

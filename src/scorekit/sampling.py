@@ -1,6 +1,7 @@
 """``scorekit.sample``: one entry point that runs any sampler on any model."""
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Callable
 
@@ -198,3 +199,84 @@ def invert(model: Callable[[Tensor, Tensor], Tensor], x0: Tensor, *, betas=None,
     with torch.no_grad():
         return ddim_invert(denoiser, process, x0, timesteps, fixed_point_iters=fixed_point_iters,
                            callback=callback, progress=progress)
+
+
+@dataclasses.dataclass
+class BatchedSamples:
+    """What :func:`sample_batches` returns: the samples and what they cost."""
+
+    #: the samples ``x_0``, shaped like ``x_T`` and on its device
+    x: Tensor
+    #: the network evaluations of each batch (:func:`scorekit.nfe.count_network_calls`)
+    calls: list[int]
+    #: wall time of the sampling, in seconds
+    seconds: float
+
+    @property
+    def nfe(self) -> float:
+        """Network evaluations per sample: each evaluation covers a whole batch, so this is the
+        mean of :attr:`calls` over the batches (the same for every batch unless the sampler is
+        adaptive)."""
+        return sum(self.calls) / max(len(self.calls), 1)
+
+
+def sample_batches(model_for: Callable[[Tensor | None], Callable], x_T: Tensor, *, batch_size: int,
+                   labels: Tensor | None = None, device=None, generator: torch.Generator | None = None,
+                   **kwargs) -> BatchedSamples:
+    """:func:`sample` from ``x_T`` batch by batch, counting the network evaluations.
+
+    Runs :func:`sample` on ``x_T[lo:hi]`` for consecutive batches of ``batch_size`` samples, so
+    ``N`` samples need the memory of one batch on ``device``, and gathers the samples.
+
+    Args:
+        model_for: ``model_for(y)`` returns the model or denoiser (what :func:`sample` takes as
+            ``model``) for a batch with labels ``y``: ``labels[lo:hi]`` on ``device``, or ``None``
+            when ``labels`` is ``None``. For example ``lambda y: checkpoint_denoiser(ckpt, y=y)``
+            (:func:`scorekit.train.checkpoint_denoiser`), or ``lambda y: model`` for a model that
+            takes no labels.
+        x_T: the initial noise of all ``N`` samples, shape ``(N, ...)``.
+        batch_size: the most samples per batch (per network call).
+        labels: optional per-sample labels, shape ``(N,)``, handed to ``model_for`` batch by batch.
+        device: where each batch is sampled (default: ``x_T``'s device); the samples are gathered
+            on ``x_T``'s device.
+        generator: given to every batch in turn. A stochastic sampler draws from it batch after
+            batch, so its samples depend on ``batch_size`` (and are reproducible from the
+            generator's state); a deterministic one (``ddim`` with ``eta = 0``, the ODE solvers)
+            gives the samples of one :func:`sample` call on all of ``x_T``, whatever ``batch_size``
+            (up to rounding where the network's arithmetic depends on the batch size).
+        **kwargs: the other arguments of :func:`sample`, the same for every batch: ``process``,
+            ``sampler``, ``num_steps``, ``spacing`` or ``timesteps``, ``clip``, ``progress`` (a bar
+            per batch), ``check_finite``, the sampler's options, ...
+
+    Returns:
+        :class:`BatchedSamples`: the samples, the network evaluations of each batch (``.nfe`` per
+        sample) and the seconds taken.
+    """
+    import time
+
+    from .nfe import count_network_calls
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ScorekitError(f"batch_size must be a positive whole number, got {batch_size!r}")
+    if not isinstance(x_T, Tensor) or x_T.ndim < 1 or x_T.shape[0] < 1:
+        got = tuple(x_T.shape) if isinstance(x_T, Tensor) else type(x_T).__name__
+        raise ScorekitError(f"x_T must be a tensor of shape (N, ...) with N >= 1, got {got}")
+    num = x_T.shape[0]
+    if labels is not None and (not isinstance(labels, Tensor) or labels.shape[:1] != (num,)):
+        got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ScorekitError(f"labels must be a tensor of one label per sample, shape ({num},), got {got}")
+    if not callable(model_for):
+        raise ScorekitError(f"model_for must be a function of the labels y returning the model, got "
+                            f"{type(model_for).__name__}")
+    device = x_T.device if device is None else torch.device(device)
+    parts, calls = [], []
+    start = time.perf_counter()
+    for lo in range(0, num, batch_size):
+        hi = min(lo + batch_size, num)
+        y = None if labels is None else labels[lo:hi].to(device)
+        model, counter = count_network_calls(model_for(y))
+        x = sample(model, x_T[lo:hi].to(device), generator=generator, **kwargs)
+        parts.append(x.to(x_T.device))
+        calls.append(counter.calls)
+    seconds = time.perf_counter() - start
+    return BatchedSamples(torch.cat(parts), calls, seconds)

@@ -1,0 +1,153 @@
+"""What the commands of ``scorekit`` share: the parser and help formatter, the argument types,
+the one-line error report, SIGTERM as an interrupt, and the flags of the commands that load a run."""
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+
+PROG = "scorekit"
+
+
+class UsageError(Exception):
+    """A bad command line (raised instead of argparse's print-usage-and-exit)."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # noqa: D401 - argparse hook
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the hand-written layout of descriptions and epilogs; show the defaults of options
+    that take a value."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings \
+                and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+# --- argument types --------------------------------------------------------------------------
+
+def step_list(text: str) -> tuple[int, ...]:
+    from ..demo import NUM_TRAIN_STEPS
+
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or any(not p for p in parts):
+        raise argparse.ArgumentTypeError(f"expected step counts separated by commas, like 10,50,1000; "
+                                         f"got {text!r}")
+    values = []
+    for p in parts:
+        try:
+            v = int(p)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{p!r} is not a whole number (expected step counts "
+                                             f"like 10,50,1000)") from None
+        if not 1 <= v <= NUM_TRAIN_STEPS:
+            raise argparse.ArgumentTypeError(f"{v} is outside 1..{NUM_TRAIN_STEPS} (the DDPM schedule "
+                                             f"has T = {NUM_TRAIN_STEPS} steps)")
+        values.append(v)
+    return tuple(values)
+
+
+def sampler_name(text: str) -> str:
+    """A ``--sampler`` value; a name that is not a sampler but a known function gets a pointer
+    (argparse's choices list the samplers)."""
+    from ..sampling import NOT_SAMPLERS
+
+    if text in NOT_SAMPLERS:
+        raise argparse.ArgumentTypeError(NOT_SAMPLERS[text])
+    return text
+
+
+def int_in(lo: int, hi: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{what} must be from {lo} to {hi}, got {v}")
+        return v
+    return parse
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as JSON when it parses (numbers, true/false, lists), else text."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def positive_float(what: str, *, allow_zero: bool = False):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (v >= 0 if allow_zero else v > 0) or not math.isfinite(v):
+            kind = "non-negative" if allow_zero else "positive"
+            raise argparse.ArgumentTypeError(f"{what} must be a {kind} finite number, got {text}")
+        return v
+    return parse
+
+
+def unit_interval(what: str, *, closed_top: bool = False):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (0.0 <= v <= 1.0 if closed_top else 0.0 <= v < 1.0):
+            bracket = "]" if closed_top else ")"
+            raise argparse.ArgumentTypeError(f"{what} must be in [0, 1{bracket}, got {text}")
+        return v
+    return parse
+
+
+#: the largest count a flag takes where the library sets no smaller limit
+BIG = 2 ** 31 - 1
+
+#: torch threads ``scorekit train`` and ``sample`` use unless --threads says otherwise (measured:
+#: on a busy 2-core machine one thread runs the small U-Nets many times faster than two)
+DEFAULT_TRAIN_THREADS = 1
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """--device, --threads and --no-progress, as `sample` and `tune` take them."""
+    p.add_argument("--device", metavar="DEV", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", metavar="N", type=int_in(1, 1024, "--threads"),
+                   default=DEFAULT_TRAIN_THREADS,
+                   help="torch CPU threads (on a busy machine more threads can be much slower)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+# --- errors and signals ----------------------------------------------------------------------
+
+def fail(message: str) -> int:
+    """Print ``scorekit: error: MESSAGE`` as one line on standard error; the exit status 2."""
+    message = " ".join(str(message).split())            # one line, whatever the message held
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that files being written are removed on the way out."""
+
+    signum = signal.SIGTERM
+
+
+def raise_terminated(signum, frame):
+    """The SIGTERM handler of every command but ``train`` (which stops on its own terms)."""
+    raise Terminated()

@@ -1,0 +1,265 @@
+"""``scorekit nll``: bits/dim of data by the ODE likelihood and the ELBO (:mod:`scorekit.likelihood`)."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import textwrap
+
+from ..errors import ScorekitError
+from ._common import BIG, DEFAULT_TRAIN_THREADS, PROG, Formatter, int_in, key_value, positive_float
+
+
+NLL_METHODS = ("ode", "elbo", "both")
+
+
+def _data_bits(text: str):
+    """``auto``, ``0`` (continuous data) or a bit depth 1..16."""
+    if text == "auto":
+        return text
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, 0 or a bit depth from 1 to 16; got {text!r}") from None
+    if not 0 <= v <= 16:
+        raise argparse.ArgumentTypeError(f"--data-bits must be auto, 0 (continuous) or 1..16, got {v}")
+    return v
+
+
+def add(commands) -> None:
+    from ..likelihood.ode import DIVERGENCES, PROBES
+    from ..timesteps import DEFAULT_CHAIN_STEPS
+    from ..variances import VARIANCES
+
+    p = commands.add_parser(
+        "nll", formatter_class=Formatter,
+        help="negative log-likelihood of data in bits/dim: the exact probability-flow ODE likelihood "
+             "and/or the ELBO",
+        description=textwrap.dedent("""\
+            Evaluate a trained model's negative log-likelihood of data, in bits per dimension, from
+            a run folder (its newest checkpoint) or a checkpoint folder, with the EMA weights by
+            default:
+              ode   the exact likelihood through the probability-flow ODE (adaptive RK45, with
+                    Hutchinson's divergence estimate or the exact trace; scorekit.likelihood.ode)
+              elbo  the variational bound of a discrete chain (scorekit.likelihood.elbo): a
+                    discrete process's own steps, or for a continuous process (vp, subvp, ve,
+                    edm) --elbo-steps times uniform in log-SNR (scorekit.timesteps.chain_timesteps)
+            The data are the checkpoint's training data unless --data names others; --data-option
+            changes their options (e.g. start=1500 for samples not trained on). For 8-bit data
+            (--data-bits auto detects values on the 256 levels of [-1, 1]) both report bits/dim of
+            the discrete values: the ODE through uniform dequantisation, an upper bound. Other data
+            are scored by the continuous density (which can be negative in bits/dim).
+
+            Prints for each method the mean bits/dim +- its standard error over the samples, the
+            network evaluations (NFE) per batch and the wall time; --out writes them, with every
+            sample's value, as JSON. With --method both, a method that cannot be computed for this
+            model (e.g. --variance learned without a variance head) is reported in one line beside
+            the other's result; the exit status is 2 only if neither could be computed."""),
+        epilog=textwrap.dedent(f"""\
+            examples:
+              {PROG} nll runs/digits --num 128
+              {PROG} nll runs/mnist --data mnist:../shared/data/mnist-test --data-option pad_to=32 \\
+                  --method both --out nll.json
+              {PROG} nll runs/8g --data-option seed=1 --divergence exact --rtol 1e-6 --atol 1e-6
+            """))
+    p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint folder")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="SPEC", help="dataset name or KIND:PATH (default: the checkpoint's data)")
+    g.add_argument("--data-option", metavar="KEY=VALUE", action="append", type=key_value,
+                   help="a dataset option, e.g. start=1500 or seed=1 for held-out samples (repeatable)")
+    g.add_argument("--num", metavar="N", type=int_in(1, BIG, "--num"), default=256,
+                   help="evaluate the first N samples (all of them if the data hold fewer)")
+    g.add_argument("--batch-size", metavar="B", type=int_in(1, BIG, "--batch-size"), default=64,
+                   help="samples per ODE solve / ELBO pass")
+    g.add_argument("--data-bits", metavar="B", type=_data_bits, default="auto",
+                   help="bit depth of the data: auto (8 if every value is on the 256 levels of [-1, 1], "
+                        "else continuous), 0 for continuous data, or 1..16")
+    g = p.add_argument_group("method")
+    g.add_argument("--method", choices=list(NLL_METHODS), default="ode",
+                   help="the exact ODE likelihood, the ELBO, or both")
+    g.add_argument("--divergence", choices=list(DIVERGENCES), default="hutchinson",
+                   help="ODE: Hutchinson's estimate or the exact trace (one backward pass per dimension)")
+    g.add_argument("--probe", choices=list(PROBES), default="rademacher", help="ODE: Hutchinson's probes")
+    g.add_argument("--num-probes", metavar="K", type=int_in(1, 4096, "--num-probes"), default=1,
+                   help="ODE: probes per evaluation")
+    g.add_argument("--rtol", metavar="R", type=positive_float("--rtol"), default=1e-5,
+                   help="ODE: relative tolerance")
+    g.add_argument("--atol", metavar="A", type=positive_float("--atol"), default=1e-5,
+                   help="ODE: absolute tolerance")
+    g.add_argument("--t-eps", metavar="T", type=float,
+                   help="ODE: start time of the integral (default: the process's t_min)")
+    g.add_argument("--variance", choices=list(VARIANCES), default="small",
+                   help="ELBO: the reverse variance (learned: a model trained with --variance learned)")
+    g.add_argument("--elbo-steps", metavar="N", type=int_in(1, 100000, "--elbo-steps"),
+                   help=f"ELBO: reverse steps of the chain (default: a discrete process's whole chain of "
+                        f"T steps; a continuous one's {DEFAULT_CHAIN_STEPS} steps uniform in log-SNR)")
+    g = p.add_argument_group("other")
+    g.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    g.add_argument("--seed", metavar="S", type=int_in(0, 2 ** 63 - 1, "--seed"), default=0,
+                   help="seed of the dequantisation noise, the probes and the ELBO's x_t")
+    g.add_argument("--out", metavar="FILE.json", help="write the results as JSON")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(handler=run)
+
+
+def _nll_data(args: argparse.Namespace, ckpt):
+    """The dataset ``scorekit nll`` evaluates: --data (or the checkpoint's), with --data-option."""
+    from ..data import load_dataset
+
+    if args.data is not None:
+        spec, options = args.data, {}
+    else:
+        if not ckpt.data_config or "spec" not in ckpt.data_config:
+            raise ScorekitError(f"{ckpt.path} records no dataset; name one with --data")
+        options = {k: v for k, v in ckpt.data_config.items() if k not in ("spec", "flip")}
+        spec = ckpt.data_config["spec"]
+    options.update(dict(args.data_option or []))
+    if args.no_progress:
+        options["progress"] = False
+    dataset = load_dataset(spec, **options)
+    if tuple(dataset.shape) != tuple(ckpt.sample_shape):
+        raise ScorekitError(f"{dataset.spec} holds samples of shape {tuple(dataset.shape)}, but the model "
+                            f"takes {tuple(ckpt.sample_shape)}; give data of the model's shape (--data, "
+                            f"--data-option)")
+    return dataset
+
+
+def _nll_method(method, args, ckpt, x, labels, data_bits, elbo_grid, elbo_fn) -> dict:
+    """One method's bits/dim of ``x`` batch by batch: the mean, its standard error, every sample's value,
+    NFE per batch and seconds."""
+    import time
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..likelihood.ode import ode_likelihood
+    from ..nfe import count_network_calls
+    from ..train.checkpoint import checkpoint_denoiser
+
+    num = x.shape[0]
+    generator = torch.Generator().manual_seed(args.seed)
+    bpd, nfe, start = [], [], time.perf_counter()
+    bar = tqdm(total=num, desc=f"nll {method}", disable=args.no_progress, leave=False)
+    try:
+        for lo in range(0, num, args.batch_size):
+            hi = min(lo + args.batch_size, num)
+            y = None if labels is None else labels[lo:hi]
+            d, counter = count_network_calls(checkpoint_denoiser(ckpt, ema=not args.no_ema, y=y))
+            if method == "ode":
+                res = ode_likelihood(d, ckpt.process, x[lo:hi], divergence=args.divergence,
+                                     probe=args.probe, num_probes=args.num_probes, rtol=args.rtol,
+                                     atol=args.atol, t_eps=args.t_eps, data_bits=data_bits,
+                                     generator=generator)
+                bpd.append(res.bits_per_dim)
+            else:
+                with torch.no_grad():
+                    res = elbo_fn(d, ckpt.process, x[lo:hi], data_bits=data_bits, variance=args.variance,
+                                  timesteps=elbo_grid, generator=generator)
+                bpd.append(res.total_bpd)
+            nfe.append(counter.calls)
+            bar.update(hi - lo)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    values = torch.cat(bpd).to(torch.float64)
+    stderr = values.std().item() / math.sqrt(num) if num > 1 else float("nan")
+    return {"mean_bpd": values.mean().item(), "stderr_bpd": stderr,
+            "nfe_per_batch": sum(nfe) / len(nfe), "batches": len(nfe),
+            "seconds": seconds, "bits_per_dim": values.tolist()}
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from ..likelihood.ode import is_quantized
+    from ..train.checkpoint import load_checkpoint
+
+    if args.out is not None:
+        if os.path.isdir(args.out):
+            raise ScorekitError(f"--out {args.out!r} is a folder; give a file name ending in .json")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+            raise ScorekitError(f"the folder of --out {args.out!r} does not exist; create it first")
+    elbo_fn = None
+    if args.method in ("elbo", "both"):
+        try:
+            from ..likelihood import elbo as elbo_fn
+        except ImportError:
+            raise ScorekitError("--method elbo: this installation has no scorekit.likelihood.elbo; "
+                                "use --method ode") from None
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(DEFAULT_TRAIN_THREADS)
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        dataset = _nll_data(args, ckpt)
+        num = min(args.num, len(dataset))
+        x = dataset.x[:num]
+        labels = None
+        if ckpt.num_classes is not None and dataset.y is not None:
+            labels = dataset.y[:num]
+        if args.data_bits == "auto":
+            data_bits = 8 if is_quantized(x, 8) else None
+        else:
+            data_bits = args.data_bits or None
+        if data_bits is not None and not is_quantized(x, data_bits):
+            raise ScorekitError(f"--data-bits {data_bits}: {dataset.spec} is not on the {2 ** data_bits} "
+                                f"levels of {data_bits}-bit values in [-1, 1]; use --data-bits auto or 0")
+        methods = ["ode", "elbo"] if args.method == "both" else [args.method]
+        elbo_grid = None
+        if "elbo" in methods:                          # the process's chain, or --elbo-steps of it
+            from ..timesteps import chain_timesteps
+
+            elbo_grid = chain_timesteps(ckpt.process, args.elbo_steps)
+        results, failures = {}, {}
+        for method in methods:
+            try:
+                results[method] = _nll_method(method, args, ckpt, x, labels, data_bits, elbo_grid, elbo_fn)
+            except ScorekitError as err:
+                if args.method != "both":
+                    raise
+                failures[method] = " ".join(err.for_cli().split())
+    finally:
+        torch.set_num_threads(threads_before)
+    if not results:
+        raise ScorekitError("; ".join(f"--method {m}: {why}" for m, why in failures.items()))
+
+    kind = f"{data_bits}-bit" if data_bits is not None else "continuous"
+    given = ", given their labels" if labels is not None else ""
+    print(f"{num} samples of {dataset.spec} ({kind} data, {int(x[0].numel())} dims{given}) under step "
+          f"{ckpt.step} of {ckpt.path} ({'raw' if args.no_ema else 'EMA'} weights)")
+    elbo_steps = len(elbo_grid) - 1 if elbo_grid is not None else None
+    for method in methods:
+        if method in failures:
+            print(f"  {method}: not computed: {failures[method]}")
+            continue
+        r = results[method]
+        detail = (f"{args.divergence}" + (f", {args.num_probes} {args.probe} probe(s)"
+                                           if args.divergence == "hutchinson" else "")
+                  + f", rtol {args.rtol:g}, atol {args.atol:g}") if method == "ode" else \
+            f"bound, {elbo_steps} steps, variance {args.variance}"
+        stderr = "nan" if math.isnan(r["stderr_bpd"]) else f"{r['stderr_bpd']:.4f}"
+        print(f"  {method}: {r['mean_bpd']:.4f} +- {stderr} bits/dim ({detail}); NFE {r['nfe_per_batch']:.0f} "
+              f"per batch of up to {args.batch_size}; {r['seconds']:.2f} s ({r['seconds'] / num:.3g} s per sample)")
+    if args.out is not None:
+        from ..plotting import atomic_path
+
+        report = {"checkpoint": ckpt.path, "step": ckpt.step, "data": dataset.config(), "num": num,
+                  "data_bits": data_bits, "conditional": labels is not None, "ema": not args.no_ema,
+                  "seed": args.seed,
+                  "ode_options": {"divergence": args.divergence, "probe": args.probe,
+                                  "num_probes": args.num_probes, "rtol": args.rtol, "atol": args.atol,
+                                  "t_eps": args.t_eps},
+                  "elbo_options": {"variance": args.variance, "steps": elbo_steps},
+                  "not_computed": failures,
+                  "results": {m: {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                                  for k, v in r.items()} for m, r in results.items()}}
+        try:
+            with atomic_path(args.out) as tmp:
+                with open(tmp, "w") as fh:
+                    json.dump(report, fh, indent=1)
+        except OSError as err:
+            raise ScorekitError(f"cannot write {args.out!r}: {err.strerror or err}") from None
+        print("wrote:")
+        print(f"  {args.out}")
+    return 0

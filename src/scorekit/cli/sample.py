@@ -1,0 +1,276 @@
+"""``scorekit sample``: sample a trained model (:func:`scorekit.sampling.sample_batches`)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+
+from ..errors import ScorekitError
+from ._common import PROG, Formatter, add_run_flags, int_in, positive_float, sampler_name
+from ._sampler_flags import add_sampler_option_flags, sampler_options_from
+
+#: the --spacing that takes the time steps ``scorekit tune`` saved (:func:`scorekit.load_tuned`)
+TUNED = "tuned"
+
+
+def add(commands) -> None:
+    from ..samplers import SAMPLERS
+    from ..samplers.options import ADAPTIVE_SAMPLERS
+    from ..timesteps import CONTINUOUS_SPACINGS, DEFAULT_SAMPLE_STEPS, DISCRETE_SPACINGS
+
+    p = commands.add_parser(
+        "sample", formatter_class=Formatter,
+        help="sample a trained model: write a PNG grid (or scatter plot) and an .npz of the samples",
+        description=textwrap.dedent("""\
+            Draw samples from a run folder (its newest checkpoint) or a checkpoint folder, with any
+            sampler, from the EMA weights by default. Writes --out (a PNG: an image grid, or a
+            scatter plot for 2-D points) and the samples themselves beside it as .npz (x: float32
+            samples in the data's scale, y: the class labels for a class-conditional model).
+            Prints the time taken and the number of network evaluations (NFE) per sample.
+
+            Class-conditional models sample the classes in turn (0, 1, ..., one column each) unless
+            --class names one. The noise comes from --seed; a deterministic sampler (DDIM with
+            eta 0) gives the same samples whatever the --batch-size."""),
+        epilog=textwrap.dedent(f"""\
+            examples:
+              {PROG} sample runs/digits --out digits.png
+              {PROG} sample runs/digits --sampler ddpm --steps 100 --variance large --out ddpm.png
+              {PROG} sample runs/digits/checkpoints/step-0001000 --no-ema --num 100 --out raw.png
+              {PROG} sample runs/8g --sampler ddim --eta 1 --num 5000 --out points.png
+              {PROG} sample runs/8g --sampler unipc --steps 10 --spacing tuned --out tuned.png   (after {PROG} tune)
+            """))
+    p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint folder")
+    p.add_argument("--sampler", choices=list(SAMPLERS), type=sampler_name, default="ddim", help="the sampler")
+    p.add_argument("--steps", metavar="N", type=int_in(1, 100000, "--steps"),
+                   help=f"sampler steps (network evaluations for DDIM and DDPM), at most T for ddpm and "
+                        f"simple_ve models (default: {DEFAULT_SAMPLE_STEPS}, or T if smaller); not for "
+                        f"{', '.join(ADAPTIVE_SAMPLERS)}, which chooses its own (its NFE is printed)")
+    p.add_argument("--spacing", choices=[*sorted(set(DISCRETE_SPACINGS) | set(CONTINUOUS_SPACINGS)), TUNED],
+                   help="how the steps are spaced (default: the process's own: trailing for DDPM, karras for "
+                        "EDM, uniform for the SDEs); tuned: the time steps 'scorekit tune' saved for this "
+                        "sampler and step count")
+    p.add_argument("--schedule", dest="deprecated_schedule", choices=("default", "tuned"),
+                   help=argparse.SUPPRESS)          # the old name of --spacing tuned; see _deprecated_schedule
+    add_sampler_option_flags(p)
+    p.add_argument("--clip", metavar="X", type=positive_float("--clip"),
+                   help="clamp the predicted x_0 to [-X, X] at every step (e.g. 1 for images)")
+    p.add_argument("--num", metavar="N", type=int_in(1, 1000000, "--num"), default=64,
+                   help="number of samples")
+    p.add_argument("--class", dest="label", metavar="K[,K...]",
+                   help="the class(es) to sample from a class-conditional model, by number or by the "
+                        "name 'scorekit info' lists (e.g. 3 or cat, or cat,dog in turn; default: all "
+                        "classes in turn)")
+    p.add_argument("--unconditional", action="store_true",
+                   help="sample a class-conditional model without labels (it learnt this through "
+                        "label dropout)")
+    p.add_argument("--seed", metavar="S", type=int_in(0, 2 ** 63 - 1, "--seed"), default=0,
+                   help="seed of the noise")
+    p.add_argument("--batch-size", metavar="B", type=int_in(1, 1000000, "--batch-size"), default=256,
+                   help="samples per network call")
+    p.add_argument("--out", metavar="FILE.png", default="samples.png",
+                   help="the image to write; the samples go to the same name with .npz")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="sample on when the state becomes NaN or Inf (by default that is an error "
+                        "naming the step where it happened)")
+    add_run_flags(p)
+    p.set_defaults(handler=run)
+
+
+#: training samples per reverse step on which ``sample --variance analytic`` estimates Analytic-DPM's
+#: variances (Bao et al. 2022 report stable estimates from 100 per step)
+ANALYTIC_SAMPLES = 100
+
+
+def _analytic_variances(args: argparse.Namespace, ckpt, timesteps, device, classes):
+    """Analytic-DPM's reverse variances on ``timesteps`` (:func:`scorekit.variances.analytic_variances`),
+    estimated on :data:`ANALYTIC_SAMPLES` training samples per step drawn with seed ``--seed + 2``:
+    with one ``--class`` on that class's samples and label, otherwise on all of them without labels
+    (for a class-conditional model that is the larger, marginal posterior variance)."""
+    import torch
+
+    from ..data import dataset_from_config
+    from ..train.checkpoint import checkpoint_denoiser
+    from ..variances import analytic_variances
+
+    if not ckpt.data_config:
+        raise ScorekitError(f"--variance analytic is estimated on the run's training data, but {ckpt.path} "
+                            f"records none; use --variance small or large")
+    data = dataset_from_config(ckpt.data_config, progress=False if args.no_progress else None)
+    x, y = data.x, None
+    if classes is not None and len(classes) == 1 and data.y is not None:
+        x = x[data.y == classes[0]]
+        y = torch.full((ANALYTIC_SAMPLES,), classes[0], dtype=torch.long, device=device)
+    denoiser = checkpoint_denoiser(ckpt, ema=not args.no_ema, y=y)
+    return analytic_variances(denoiser, ckpt.process, x.to(device), num_samples=ANALYTIC_SAMPLES,
+                              timesteps=timesteps, generator=torch.Generator().manual_seed(args.seed + 2),
+                              progress=not args.no_progress)
+
+
+def _class_labels(text: str, num_classes: int, class_names) -> list[int]:
+    """The labels ``--class`` names: comma-separated numbers ``0 .. num_classes-1`` or names of
+    ``class_names`` (the run's, e.g. an image folder's sub-folders)."""
+    names = list(class_names or [])
+    listing = (", ".join(f"{i} {n}" for i, n in enumerate(names)) if names else
+               f"0 to {num_classes - 1} (this run stores no class names)")
+    labels = []
+    for part in text.split(","):
+        part = part.strip()
+        if part in names:
+            labels.append(names.index(part))
+            continue
+        try:
+            k = int(part)
+        except ValueError:
+            raise ScorekitError(f"--class {part!r} is not a class of this model; its classes are: {listing}") from None
+        if not 0 <= k < num_classes:
+            raise ScorekitError(f"--class {k} is outside 0..{num_classes - 1}; the model's classes are: {listing}")
+        labels.append(k)
+    return labels
+
+
+def _deprecated_schedule(args: argparse.Namespace) -> None:
+    """``--schedule default|tuned``, which chose between the default grid and the tuned one before
+    --spacing took ``tuned``: still accepted, onto --spacing, with a one-line warning (the flag
+    names the beta schedule in ``scorekit train``)."""
+    old = args.deprecated_schedule
+    if old is None:
+        return
+    if old == TUNED and args.spacing not in (None, TUNED):
+        raise ScorekitError(f"give either --spacing {args.spacing} or --spacing tuned (written --schedule "
+                            f"tuned before), not both")
+    advice = "use --spacing tuned" if old == TUNED else \
+        "leave it out for the process's own grid, or choose one with --spacing"
+    print(f"{PROG} sample: warning: --schedule {old} is deprecated and will be removed ('{PROG} train "
+          f"--schedule' is the beta schedule); {advice}", file=sys.stderr, flush=True)
+    if old == TUNED:
+        args.spacing = TUNED
+
+
+def _sample_steps(args: argparse.Namespace) -> int | None:
+    """``--steps`` (``None``: the default for the model); an adaptive sampler chooses its own
+    steps, so it refuses --steps and --spacing (tuned too) and gets the grid of one step
+    (whose first and last times are all it uses)."""
+    from ..samplers.options import ADAPTIVE_SAMPLERS
+
+    if args.sampler not in ADAPTIVE_SAMPLERS:
+        return args.steps
+    given = [flag for flag, value in (("--steps", args.steps), ("--spacing", args.spacing)) if value is not None]
+    if given:
+        raise ScorekitError(f"--sampler {args.sampler} chooses its own steps (--rtol and --atol set its "
+                            f"accuracy; the NFE is printed): drop {', '.join(given)}")
+    return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from ..plotting import atomic_path
+    from ..sampling import sample_batches
+    from ..train.checkpoint import checkpoint_denoiser, load_checkpoint
+    from ..train.distributed import resolve_device
+    from ..samplers.options import ADAPTIVE_SAMPLERS
+    from ..timesteps import check_step_count, default_step_count
+    from ..train.trainer import write_samples
+
+    out = args.out
+    if not out.lower().endswith(".png"):
+        raise ScorekitError(f"--out {out!r} must name a .png file (the samples go beside it as .npz)")
+    if os.path.isdir(out):
+        raise ScorekitError(f"--out {out!r} is a folder; give a file name ending in .png")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise ScorekitError(f"the folder of --out {out!r} does not exist; create it first")
+    _deprecated_schedule(args)
+    options = sampler_options_from(args)
+    steps = _sample_steps(args)
+    device = resolve_device(args.device)
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        ckpt = load_checkpoint(args.checkpoint, device=device)
+        num_classes = ckpt.num_classes
+        classes = None                                  # the --class labels, in turn
+        if args.unconditional and args.label is not None:
+            raise ScorekitError("give either --class or --unconditional, not both")
+        if args.unconditional:
+            if num_classes is None:
+                raise ScorekitError("--unconditional: this model was trained without labels; it is "
+                                    "unconditional already")
+            labels = None
+        elif args.label is not None:
+            if num_classes is None:
+                raise ScorekitError(f"--class {args.label}: this model was trained without labels")
+            classes = _class_labels(args.label, num_classes, ckpt.config.get("class_names"))
+            labels = torch.tensor(classes, dtype=torch.long)[torch.arange(args.num) % len(classes)]
+        elif num_classes is not None:
+            labels = torch.arange(args.num) % num_classes
+        else:
+            labels = None
+        shape = (args.num, *ckpt.sample_shape)
+        x_T = ckpt.process.prior_sample(shape, generator=torch.Generator().manual_seed(args.seed))
+        noise = torch.Generator(device=device).manual_seed(args.seed + 1)
+        steps = default_step_count(ckpt.process) if steps is None else check_step_count(ckpt.process, steps,
+                                                                                         "--steps")
+        timesteps, spacing = None, args.spacing
+        if spacing == TUNED:                             # a saved grid, not a rule for one
+            from ..schedule_tuning import load_tuned_for_steps
+
+            spacing = None
+            timesteps = load_tuned_for_steps(ckpt.path, ckpt.process, args.sampler, steps, **options).timesteps
+        if isinstance(options.get("variance"), str) and options["variance"] == "analytic":
+            from ..timesteps import make_timesteps
+
+            if timesteps is None:
+                timesteps = make_timesteps(ckpt.process, steps, spacing)
+            options["variance"] = _analytic_variances(args, ckpt, timesteps, device, classes)
+        result = sample_batches(lambda y: checkpoint_denoiser(ckpt, ema=not args.no_ema, y=y), x_T,
+                                batch_size=args.batch_size, labels=labels, device=device, generator=noise,
+                                process=ckpt.process, sampler=args.sampler, num_steps=steps,
+                                spacing=spacing, timesteps=timesteps, clip=args.clip,
+                                progress=not args.no_progress, check_finite=not args.allow_nonfinite,
+                                **options)
+        x0 = result.x
+    finally:
+        torch.set_num_threads(threads_before)
+    if not torch.isfinite(x0).all():
+        bad = int((~torch.isfinite(x0.reshape(x0.shape[0], -1)).all(1)).sum())
+        print(f"{PROG} sample: warning: {bad} of {args.num} samples hold NaN or Inf values",
+              file=sys.stderr)
+    npz = os.path.splitext(out)[0] + ".npz"
+    data = None
+    if len(ckpt.sample_shape) == 1:                       # points: draw the data beside them
+        try:
+            from ..data import dataset_from_config
+
+            data = (dataset_from_config(ckpt.data_config, progress=False if args.no_progress else None).x
+                    if ckpt.data_config else None)
+        except ScorekitError:
+            data = None
+    step_text = f"{steps} steps" if args.sampler not in ADAPTIVE_SAMPLERS else "adaptive steps"
+    title = f"{args.sampler}, {step_text}, {'raw' if args.no_ema else 'EMA'} weights, step {ckpt.step}"
+    try:
+        arrays = {"x": x0.numpy().astype(np.float32)}
+        if labels is not None:
+            arrays["y"] = labels.numpy()
+        with atomic_path(npz) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+        try:
+            write_samples(x0, out, data=data, title=title,
+                          nrow=None if labels is None or classes is not None and len(classes) == 1
+                          else len(classes or range(num_classes)))
+        except BaseException:
+            os.remove(npz)
+            raise
+    except OSError as err:
+        raise ScorekitError(f"cannot write {out!r}: {err.strerror or err}") from None
+    print(f"sampled {args.num} in {result.seconds:.2f} s with {args.sampler} ({step_text}, "
+          f"NFE {result.nfe:g} per sample) from step {ckpt.step} of {ckpt.path}")
+    print("wrote:")
+    print(f"  {out}")
+    print(f"  {npz}")
+    return 0

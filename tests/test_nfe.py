@@ -1,0 +1,179 @@
+"""Counting network evaluations (``scorekit.nfe``) and sampling in batches
+(``scorekit.sample_batches``), on exact Gaussian mixtures that stand in for trained networks."""
+import pytest
+import torch
+
+import scorekit
+from scorekit import DDPM, EDM, VPSDE, ScorekitError
+from scorekit.nfe import NFECounter, count_network_calls
+from scorekit.prediction import Denoiser
+from scorekit.samplers import ddim, ddpm
+from scorekit.timesteps import make_timesteps
+from scorekit.toy import eight_gaussians
+from scorekit.variances import LearnedVarianceDenoiser
+
+MIX = eight_gaussians()
+
+
+def prior(process, n=12, seed=0):
+    return process.prior_sample((n, 2), generator=torch.Generator().manual_seed(seed))
+
+
+def learned_variance_network(process):
+    """The mixture's exact eps with a variance head that outputs 0 (``v = 0``: the small variance)."""
+    eps = MIX.eps_model(process)
+
+    def network(x_t, t):
+        return torch.cat([eps(x_t, t), torch.zeros_like(x_t)], dim=1)
+
+    return network
+
+
+def counted_sample(model, process, sampler, n, **options):
+    counted, counter = count_network_calls(model)
+    scorekit.sample(counted, prior(process), process=process, sampler=sampler, num_steps=n,
+                    generator=torch.Generator().manual_seed(1), **options)
+    return counter.calls
+
+
+@pytest.mark.parametrize("n", [1, 4, 10])
+def test_first_order_samplers_evaluate_the_network_once_per_step(n):
+    process = DDPM()
+    for sampler in ("ddim", "ddpm", "euler", "dpmpp_2m", "unipc"):
+        assert counted_sample(MIX.eps_model(process), process, sampler, n) == n, sampler
+
+
+@pytest.mark.parametrize("process", [DDPM(), VPSDE(), EDM()], ids=["ddpm", "vp", "edm"])
+@pytest.mark.parametrize("sampler", ["ode_heun", "edm_heun"])
+def test_heun_evaluates_twice_per_step_but_once_onto_the_data(process, sampler):
+    """``2 n - 1``: the last step ends where sigma = 0 and returns D (one evaluation)."""
+    n = 6
+    assert process.sigma(make_timesteps(process, n)[-1]).item() == 0
+    assert counted_sample(MIX.eps_model(process), process, sampler, n) == 2 * n - 1
+
+
+def test_a_denoiser_is_counted_at_its_network_and_left_unchanged():
+    process = DDPM()
+    model = MIX.eps_model(process)
+    d = Denoiser(model, process, "eps")
+    counted, counter = count_network_calls(d)
+    assert isinstance(counted, Denoiser) and counted is not d and counter is not counted
+    assert d.model is model and counted.model is counter and counter.__wrapped__ is model
+    assert counted.process is process and counted.prediction_type == "eps"
+    x = prior(process)
+    torch.testing.assert_close(counted(x, 500), d(x, 500), rtol=0, atol=0)
+    assert counter.calls == 1
+    counter.reset()
+    assert counter.calls == 0
+
+
+def test_a_learned_variance_denoiser_counts_both_ways_its_network_is_reached():
+    """``D(x_t, t)`` and ``x0_and_log_variance`` each evaluate the whole network once."""
+    process = DDPM()
+    d = LearnedVarianceDenoiser(learned_variance_network(process), process, "eps")
+    counted, counter = count_network_calls(d)
+    assert counted.learned_variance and counted.network is counter and d.network is not counter
+    n = 5
+    x0 = scorekit.sample(counted, prior(process), process=process, sampler="ddpm", num_steps=n,
+                         variance="learned", generator=torch.Generator().manual_seed(1))
+    assert counter.calls == n
+    plain = scorekit.sample(d, prior(process), process=process, sampler="ddpm", num_steps=n,
+                            variance="learned", generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(x0, plain, rtol=0, atol=0)
+    counter.reset()
+    counted(prior(process), 10)
+    assert counter.calls == 1
+
+
+def test_the_counter_forwards_every_attribute_of_what_it_wraps():
+    process = DDPM()
+    d = LearnedVarianceDenoiser(learned_variance_network(process), process, "eps")
+    counter = NFECounter(d)
+    assert counter.process is process and counter.learned_variance and counter.prediction_type == "eps"
+    with pytest.raises(AttributeError, match="no_such"):
+        counter.no_such
+    n = 4
+    timesteps = make_timesteps(process, n)
+    x = ddpm(counter, process, prior(process), timesteps, generator=torch.Generator().manual_seed(1),
+             variance="learned")                         # through counter.x0_and_log_variance
+    assert counter.calls == n and torch.isfinite(x).all()
+    counter = NFECounter(Denoiser(MIX.eps_model(process), process, "eps"))
+    ddim(counter, process, prior(process), timesteps)
+    assert counter.calls == n
+    assert "calls=4" in repr(counter)
+
+
+def test_the_counter_refuses_what_cannot_be_called():
+    with pytest.raises(ScorekitError, match="cannot be called"):
+        NFECounter(3)
+
+
+# --- sample_batches ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch_size", [1, 5, 12, 100])
+def test_deterministic_batches_give_the_samples_of_one_call(batch_size):
+    process = DDPM()
+    model = MIX.eps_model(process)
+    x_T = prior(process, 12)
+    whole = scorekit.sample(model, x_T, process=process, sampler="ddim", num_steps=8)
+    got = scorekit.sample_batches(lambda y: model, x_T, batch_size=batch_size, process=process,
+                                  sampler="ddim", num_steps=8)
+    # equal up to float32 rounding: a BLAS may order a batch's sums by its size
+    torch.testing.assert_close(got.x, whole, rtol=1e-5, atol=1e-6)
+    assert len(got.calls) == -(-12 // batch_size) and set(got.calls) == {8} and got.nfe == 8
+    assert got.seconds >= 0
+
+
+def test_stochastic_batches_draw_from_the_generator_batch_after_batch():
+    process = DDPM()
+    model = MIX.eps_model(process)
+    x_T = prior(process, 10)
+    kwargs = dict(process=process, sampler="ddpm", num_steps=6)
+    got = scorekit.sample_batches(lambda y: model, x_T, batch_size=4,
+                                  generator=torch.Generator().manual_seed(7), **kwargs)
+    g = torch.Generator().manual_seed(7)
+    by_hand = torch.cat([scorekit.sample(model, x_T[lo:lo + 4], generator=g, **kwargs) for lo in (0, 4, 8)])
+    torch.testing.assert_close(got.x, by_hand, rtol=0, atol=0)
+    one = scorekit.sample_batches(lambda y: model, x_T, batch_size=10,
+                                  generator=torch.Generator().manual_seed(7), **kwargs)
+    torch.testing.assert_close(one.x, scorekit.sample(model, x_T, generator=torch.Generator().manual_seed(7),
+                                                      **kwargs), rtol=0, atol=0)
+
+
+def test_each_batch_gets_the_model_for_its_labels():
+    """A class-conditional "network": each label picks the mode its samples go to."""
+    process = DDPM()
+    means = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.0]])
+    seen = []
+
+    per_label = [scorekit.toy.GaussianMixture(torch.ones(1), means[k:k + 1], stds=0.05).x0_model(process)
+                 for k in range(3)]
+
+    def model_for(y):
+        seen.append(y.clone())
+
+        def model(x_t, t):
+            out = torch.empty_like(x_t)
+            for k in range(3):
+                if (y == k).any():
+                    out[y == k] = per_label[k](x_t[y == k], t[y == k])
+            return out
+        return model
+
+    labels = torch.arange(7) % 3
+    got = scorekit.sample_batches(model_for, prior(process, 7), batch_size=3, labels=labels, process=process,
+                                  prediction_type="x0", sampler="ddim", num_steps=10)
+    assert [s.tolist() for s in seen] == [[0, 1, 2], [0, 1, 2], [0]]
+    torch.testing.assert_close(got.x, means[labels], atol=0.5, rtol=0)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(batch_size=0), "batch_size must be a positive whole number"),
+    (dict(batch_size=2.0), "batch_size must be a positive whole number"),
+    (dict(batch_size=2, labels=torch.zeros(3, dtype=torch.long)), "one label per sample, shape (4,)"),
+])
+def test_sample_batches_refuses_bad_arguments(kwargs, fragment):
+    process = DDPM()
+    with pytest.raises(ScorekitError) as info:
+        scorekit.sample_batches(lambda y: MIX.eps_model(process), prior(process, 4), process=process, **kwargs)
+    assert fragment in str(info.value)
