@@ -65,6 +65,10 @@ _LOSS_ARGUMENTS = ("net", "process", "x0", "prediction_type", "weighting", "gene
 class TrainConfig:
     """Everything that defines a training run (stored in the run's ``config.json``).
 
+    Objective:
+        objective: what the run trains (:mod:`scorekit.train.objectives`): ``"diffusion"`` (the
+            default: a denoising network, by the loss of :func:`scorekit.losses.diffusion_loss`).
+
     Data and model:
         data: dataset spec for :func:`scorekit.data.load_dataset` (``"digits"``, ``"moons"``,
             ``"mnist:PATH"``, ``"folder:PATH"``, ``"npz:PATH"``, ...).
@@ -183,6 +187,7 @@ class TrainConfig:
     sample_num: int | None = None
     sample_steps: int | None = None
     sample_sampler: str = "ddim"
+    objective: str = "diffusion"
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -203,8 +208,12 @@ class TrainConfig:
             data["adam_betas"] = tuple(data["adam_betas"])
         return cls(**data)
 
-    def validate(self) -> "TrainConfig":
-        """Raise :class:`ScorekitError` naming the first bad setting; returns ``self``."""
+    def validate(self, objectives: dict | None = None) -> "TrainConfig":
+        """Raise :class:`ScorekitError` naming the first bad setting; returns ``self``.
+
+        ``objectives`` maps the objective names this run may name to their classes (default
+        :data:`scorekit.train.objectives.OBJECTIVES`); the named one checks its own settings
+        (``Objective.check_config``)."""
         def whole(name, lo, allow_none=False):
             v = getattr(self, name)
             if v is None and allow_none:
@@ -236,6 +245,7 @@ class TrainConfig:
         from ..losses import WEIGHTINGS
         from ..prediction import PREDICTION_TYPES
         from ..samplers import SAMPLERS
+        from .objectives import OBJECTIVES
 
         if not isinstance(self.data, str) or not self.data:
             raise ScorekitError(f"data must be a dataset spec such as 'digits', got {self.data!r}")
@@ -250,14 +260,11 @@ class TrainConfig:
             choice("prediction", PREDICTION_TYPES)
         choice("weighting", WEIGHTINGS)
         choice("variance", VARIANCE_CHOICES)
-        _check_precondition(self)
-        if (self.variance == "learned") != (self.weighting == "hybrid"):
-            raise ScorekitError("a learned variance is trained by the hybrid loss and the hybrid loss needs a "
-                                f"learned variance: use variance 'learned' with weighting 'hybrid' (got variance "
-                                f"{self.variance!r}, weighting {self.weighting!r})")
-        if self.variance == "learned" and self.process not in ("ddpm", "simple_ve"):
-            raise ScorekitError(f"a learned variance needs a discrete process (ddpm or simple_ve), got "
-                                f"{self.process!r}")
+        known = OBJECTIVES if objectives is None else objectives
+        if not isinstance(self.objective, str) or self.objective not in known:
+            raise ScorekitError(f"unknown objective {self.objective!r}; choose one of {', '.join(known)} (or "
+                                f"pass an Objective subclass to train(objective=...))")
+        known[self.objective].check_config(self)    # the objective's own settings, e.g. preconditioning
         choice("timesteps", list(TIMESTEP_SAMPLERS))
         self.timesteps_options = check_options(
             self.timesteps_options, option_schema(TIMESTEP_SAMPLERS[self.timesteps], skip=("process",)),
@@ -313,8 +320,21 @@ class TrainConfig:
         return self
 
 
+def check_diffusion_settings(cfg: TrainConfig) -> None:
+    """The settings only a diffusion run has: preconditioning and learned variances (part of
+    :meth:`TrainConfig.validate` through ``DiffusionObjective.check_config``)."""
+    _check_precondition(cfg)
+    if (cfg.variance == "learned") != (cfg.weighting == "hybrid"):
+        raise ScorekitError("a learned variance is trained by the hybrid loss and the hybrid loss needs a "
+                            f"learned variance: use variance 'learned' with weighting 'hybrid' (got variance "
+                            f"{cfg.variance!r}, weighting {cfg.weighting!r})")
+    if cfg.variance == "learned" and cfg.process not in ("ddpm", "simple_ve"):
+        raise ScorekitError(f"a learned variance needs a discrete process (ddpm or simple_ve), got "
+                            f"{cfg.process!r}")
+
+
 def _check_precondition(cfg: TrainConfig) -> None:
-    """The preconditioning settings of a run (part of :meth:`TrainConfig.validate`)."""
+    """The preconditioning settings of a run."""
     from ..precondition import PRECONDITIONS, check_sigma_data
 
     if cfg.precondition is not None and cfg.precondition not in PRECONDITIONS:
@@ -386,42 +406,58 @@ def coarse_noise_warning(process, x: Tensor) -> str | None:
             f"by default; a DDPM with more steps T starts lower) or data on a larger scale")
 
 
-def _with_default_prediction(config: TrainConfig) -> TrainConfig:
-    if config.prediction is not None:
-        return config
-    process = build_process(config.process, config.process_options)
-    return dataclasses.replace(config, prediction=default_prediction(process))
+#: the presets ``model="auto"`` picks: ``(images, vectors)`` for a denoising network and a classifier
+AUTO_PRESETS = {False: ("tiny", "mlp"), True: ("classifier-tiny", "classifier-mlp")}
 
 
-def resolve_preset(name: str, dataset) -> str:
-    """The preset name, with ``"auto"`` meaning ``"tiny"`` for images and ``"mlp"`` for vectors."""
+def resolve_preset(name: str, dataset, *, classifier: bool = False) -> str:
+    """The preset name, with ``"auto"`` meaning ``"tiny"`` for images and ``"mlp"`` for vectors
+    (``"classifier-tiny"`` and ``"classifier-mlp"`` for a ``classifier``)."""
     from ..models import PRESETS
 
     if name == "auto":
-        return "tiny" if dataset.is_image else "mlp"
+        images, vectors = AUTO_PRESETS[bool(classifier)]
+        return images if dataset.is_image else vectors
     if name not in PRESETS:
         raise ScorekitError(f"unknown model preset {name!r}; choose one of auto, {', '.join(PRESETS)}")
     return name
 
 
-def model_config_for(config: TrainConfig, dataset, process) -> dict:
-    """The network configuration of a run: the preset, filled in for the data, then overrides."""
-    from ..models import PRESETS, check_model_options
+def model_config_for(config: TrainConfig, dataset, process, *, classifier: bool = False) -> dict:
+    """The network configuration of a run: the preset, filled in for the data, then overrides.
 
-    name = resolve_preset(config.model, dataset)
+    ``classifier`` asks for a noise-aware classifier (:data:`scorekit.models.CLASSIFIER_KINDS`,
+    ``num_classes`` outputs) instead of a denoising network (``num_classes`` conditioning labels).
+    """
+    from ..models import CLASSIFIER_KINDS, IMAGE_KINDS, PRESETS, check_model_options
+
+    name = resolve_preset(config.model, dataset, classifier=classifier)
     cfg = dict(PRESETS[name])
-    if cfg["kind"] == "unet":
+    images, vectors = AUTO_PRESETS[bool(classifier)]
+    if (cfg["kind"] in CLASSIFIER_KINDS) != bool(classifier):
+        others = ", ".join(n for n, p in PRESETS.items() if (p["kind"] in CLASSIFIER_KINDS) == bool(classifier))
+        if classifier:
+            raise ScorekitError(f"objective 'classifier' trains a noise-aware classifier, but model {config.model!r} "
+                                f"is a denoising network; choose one of auto, {others}")
+        raise ScorekitError(f"model {config.model!r} is a noise-aware classifier (it outputs class logits); a "
+                            f"diffusion run trains a denoising network: choose one of auto, {others}, or train the "
+                            f"classifier with objective='classifier'",
+                            cli=f"--model {config.model} is a noise-aware classifier (it outputs class logits); "
+                                f"scorekit train trains a denoising network: choose --model auto, {others}")
+    if cfg["kind"] in IMAGE_KINDS:
         if not dataset.is_image:
             raise ScorekitError(f"model {config.model!r} is a U-Net for images, but {dataset.spec} holds "
-                                f"{dataset.shape} vectors; use model='mlp'",
+                                f"{dataset.shape} vectors; use model={vectors!r}",
                                 cli=f"model {config.model!r} is a U-Net for images, but {dataset.spec} "
-                                    f"holds {dataset.shape} vectors; use --model mlp")
+                                    f"holds {dataset.shape} vectors; use --model {vectors}")
         cfg["in_channels"] = dataset.shape[0]
         cfg.pop("out_channels", None)
-    elif cfg["kind"] == "mlp":
+    else:
         if dataset.is_image:
+            image_presets = ", ".join(n for n, p in PRESETS.items() if p["kind"] in IMAGE_KINDS
+                                      and (p["kind"] in CLASSIFIER_KINDS) == bool(classifier))
             raise ScorekitError(f"model {config.model!r} is an MLP for vectors, but {dataset.spec} holds "
-                                f"{dataset.shape} images; use an image preset (tiny, small, base)")
+                                f"{dataset.shape} images; use an image preset ({image_presets})")
         cfg["dim"] = dataset.shape[0]
     cfg["num_classes"] = dataset.num_classes
     cfg["seed"] = int(config.seed)
@@ -445,6 +481,6 @@ def settings_changed(saved: TrainConfig, config: TrainConfig) -> dict:
 
 
 
-__all__ = ["DEFAULT_DDPM_SCHEDULE", "LR_SCHEDULES", "MIXED_PRECISION", "PROCESS_NAMES", "RESUMABLE_FIELDS",
+__all__ = ["AUTO_PRESETS", "DEFAULT_DDPM_SCHEDULE", "LR_SCHEDULES", "MIXED_PRECISION", "PROCESS_NAMES", "RESUMABLE_FIELDS",
            "TIMESTEP_SAMPLERS", "VARIANCE_CHOICES", "TrainConfig", "build_process", "coarse_noise_warning",
            "default_prediction", "model_config_for", "resolve_preset", "settings_changed"]

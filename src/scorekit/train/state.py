@@ -119,8 +119,8 @@ def trainer_state(trainer) -> tuple[dict, dict]:
 
     Tensors: the optimiser's (``optimizer.state.*``), the data order (``data.permutation``,
     ``rng.data``), the generators (``rng.augment``, ``rng.labels``, and ``rng.noise.rankR``,
-    ``rng.torch.rankR``, ``rng.cuda.rankR`` of every process) and the time sampler's
-    (``timesteps.*``). Info: step, data position, EMA, optimiser structure, learning rate, the time
+    ``rng.torch.rankR``, ``rng.cuda.rankR`` of every process), the time sampler's
+    (``timesteps.*``) and the objective's (``objective.*``, usually none). Info: step, data position, EMA, optimiser structure, learning rate, the time
     sampler's other state, the fp16 loss scaler, the metrics of the interval not yet logged,
     training seconds, world size, batch size, gradient accumulation and versions. Collective under
     DDP (every process calls it).
@@ -149,6 +149,8 @@ def trainer_state(trainer) -> tuple[dict, dict]:
             tensors[f"timesteps.{k}"] = v
         else:
             ts_json[k] = v
+    for k, v in trainer.objective.state_dict().items():
+        tensors[f"objective.{k}"] = v
     config, ema = trainer.config, trainer.ema
     info = {
         "format_version": ckpt_io.FORMAT_VERSION,
@@ -196,6 +198,8 @@ def load_trainer_state(trainer, ckpt_dir: str) -> None:
         ts_state.update(info.get("timestep_sampler", {}).get("state", {}))
         if hasattr(trainer.timestep_sampler, "load_state_dict"):
             trainer.timestep_sampler.load_state_dict(ts_state)
+        trainer.objective.load_state_dict({k[len("objective."):]: v for k, v in tensors.items()
+                                           if k.startswith("objective.")})
         if trainer.scaler is not None and info.get("grad_scaler"):
             trainer.scaler.load_state_dict(info["grad_scaler"])
         trainer.interval = dict(info.get("metrics_interval", trainer.interval))

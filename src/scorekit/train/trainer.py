@@ -7,6 +7,9 @@ r"""The training loop: data, loss, AdamW, EMA, checkpoints, logging -- and exact
   process, the network configuration, the default prediction type);
 * :mod:`scorekit.train.state` -- the run's generators (:class:`DataOrder`, :func:`derive_seed`) and
   the trainer state a checkpoint keeps for exact resumption;
+* :mod:`scorekit.train.objectives` -- what the run minimises (``TrainConfig.objective``): the
+  denoising loss (:class:`~scorekit.train.objectives.DiffusionObjective`, the default) or another
+  :class:`~scorekit.train.objectives.Objective`;
 * this module -- the loop (``_Trainer``), :func:`learning_rate`, :func:`make_optimizer`,
   :func:`write_samples` and :func:`train`.
 
@@ -15,14 +18,14 @@ One optimiser step ``k`` (counting from 0):
 1. ``lr_k`` from :func:`learning_rate` (linear warm-up, then constant or cosine);
 2. the global batch: the next ``batch_size`` indices of a per-epoch random permutation of the
    data (batches run on across epoch ends), the dataset's augmentation (random horizontal flips
-   when enabled) and, for labelled data, label dropout: each label is replaced by the "no label"
-   value ``num_classes`` with probability ``label_dropout`` (classifier-free guidance needs the
-   unconditional model too);
+   when enabled), then the objective's ``prepare`` -- for a diffusion run with labelled data,
+   label dropout: each label is replaced by the "no label" value ``num_classes`` with probability
+   ``label_dropout`` (classifier-free guidance needs the unconditional model too);
 3. this process's block of the batch (all of it in a single process, see
    :mod:`scorekit.train.distributed`), split into ``grad_accum`` micro-batches; each adds
-   ``grad(L_micro) / grad_accum`` to the gradient, ``L_micro`` the mean loss of
-   :func:`scorekit.losses.diffusion_loss` over the micro-batch, so the step follows the gradient
-   of the mean loss over the whole batch;
+   ``grad(L_micro) / grad_accum`` to the gradient, ``L_micro`` the objective's mean loss over the
+   micro-batch (:func:`scorekit.losses.diffusion_loss` for a diffusion run), so the step follows
+   the gradient of the mean loss over the whole batch;
 4. the gradient norm is clipped to ``grad_clip`` (the norm before clipping is logged), AdamW
    steps, and the EMA of the weights is updated (:mod:`scorekit.train.ema`).
 
@@ -56,18 +59,15 @@ from . import checkpoint as ckpt_io
 # re-exported: these names were defined here before the settings moved to config.py and the
 # random state to state.py, and scorekit.train.trainer still serves them
 from .config import (DEFAULT_DDPM_SCHEDULE, LR_SCHEDULES, MIXED_PRECISION, PROCESS_NAMES, RESUMABLE_FIELDS,
-                     TIMESTEP_SAMPLERS, VARIANCE_CHOICES, TrainConfig, _with_default_prediction, build_process,
-                     coarse_noise_warning, default_prediction, model_config_for, resolve_preset,
+                     TIMESTEP_SAMPLERS, VARIANCE_CHOICES, TrainConfig, build_process, coarse_noise_warning, default_prediction, model_config_for, resolve_preset,
                      settings_changed)
 from .distributed import DistributedContext, setup
 from .ema import EMA
 from .interrupt import StopRequest, TrainingInterrupted, stop_signals
 from .logging import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, plot_loss_curve
+from .objectives import Batch, objective_classes
 from .state import (DataOrder, RunGenerators, derive_seed, load_trainer_state, seeded_generator, trainer_state,
                     versions)
-
-# the loss is looked up here (not bound at import) so that it can be swapped in one place
-from .. import losses as _losses
 
 Tensor = torch.Tensor
 
@@ -75,6 +75,8 @@ RUN_CONFIG_FILE = "config.json"
 #: the loss curve is redrawn at a checkpoint if this many seconds passed since it was last drawn
 PLOT_INTERVAL = 30.0
 SAMPLES_DIR = "samples"
+#: the sums the loop keeps between two lines of metrics.jsonl; an objective's metrics join them
+_INTERVAL_KEYS = {"loss": 0.0, "grad_norm": 0.0, "count": 0}
 FORMAT_VERSION = ckpt_io.FORMAT_VERSION
 
 
@@ -138,8 +140,9 @@ def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
 
 def _check_data_fits(dataset, net_config: dict) -> None:
     from ..data import check_compatible
+    from ..models import IMAGE_KINDS
 
-    if net_config["kind"] == "unet":
+    if net_config["kind"] in IMAGE_KINDS:
         check_compatible(dataset, channels=net_config["in_channels"],
                          multiple_of=2 ** (len(net_config["channel_mults"]) - 1),
                          num_classes=net_config.get("num_classes"))
@@ -151,12 +154,13 @@ def _check_data_fits(dataset, net_config: dict) -> None:
 
 class _Trainer:
     def __init__(self, config: TrainConfig, out_dir: str, ctx: DistributedContext, *, resume: bool,
-                 progress: bool, log):
+                 progress: bool, log, objective=None):
         self.ctx = ctx
         self.out_dir = os.path.abspath(os.fspath(out_dir))
         self.progress = progress and ctx.is_main
         self.log = log if ctx.is_main else None
-        self.config, resume_from = self._settle_config(config, resume)
+        self.objectives, chosen = objective_classes(objective)
+        self.config, resume_from = self._settle_config(config, resume, chosen)
         cfg = self.config
         self.device = ctx.device
 
@@ -176,30 +180,23 @@ class _Trainer:
             check_step_count(self.process, cfg.sample_steps, "sample_steps", cli_name="--sample-steps")
         from ..models import build_model
 
-        self.net_config = model_config_for(cfg, self.dataset, self.process) if self.saved_run is None \
+        objective_cls = self.objectives[cfg.objective]
+        self.net_config = objective_cls.model_config(cfg, self.dataset, self.process) if self.saved_run is None \
             else dict(self.saved_run["model"])
         _check_data_fits(self.dataset, self.net_config)
         self.net = build_model(dict(self.net_config)).to(self.device)
         self.net.train()
-        self.conditional = self.net_config.get("num_classes") is not None
-        if self.conditional and self.dataset.y is None:
-            raise ScorekitError(f"the model is class-conditional but {self.dataset.spec} has no labels")
-        self.label_dropout = (0.1 if self.conditional else 0.0) if cfg.label_dropout is None \
-            else float(cfg.label_dropout)
-        if self.label_dropout > 0 and not self.conditional:
-            unlabelled = f"needs labelled data and a class-conditional model; {self.dataset.spec} has none"
-            raise ScorekitError(f"label_dropout={cfg.label_dropout} {unlabelled}",
-                                cli=f"--label-dropout {cfg.label_dropout} {unlabelled}")
-        self.ddp_net = ctx.wrap(self.net)
-        self.precondition = self._precondition_config()
-        # what the loss trains: the network, or the preconditioned denoiser D around it
-        self.loss_net = self.denoising_net(self.ddp_net)
-        self.ema = EMA(self.net, cfg.ema_decay, warmup=cfg.ema_warmup)
-        self.optimizer = make_optimizer(self.net, cfg)
         try:
             self.timestep_sampler = TIMESTEP_SAMPLERS[cfg.timesteps](self.process, **cfg.timesteps_options)
         except TypeError as err:
             raise ScorekitError(f"bad timesteps_options for {cfg.timesteps!r}: {err}") from None
+        self.objective = objective_cls(cfg, process=self.process, dataset=self.dataset,
+                                       net_config=self.net_config, timestep_sampler=self.timestep_sampler)
+        self.ddp_net = ctx.wrap(self.net)
+        # what the loss trains: the network, or e.g. the preconditioned denoiser D around it
+        self.loss_net = self.objective.training_net(self.ddp_net)
+        self.ema = EMA(self.net, cfg.ema_decay, warmup=cfg.ema_warmup)
+        self.optimizer = make_optimizer(self.net, cfg)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
 
         per_rank = cfg.batch_size // ctx.world_size
@@ -213,7 +210,7 @@ class _Trainer:
 
         self.step = 0
         self.elapsed = 0.0
-        self.interval = {"loss": 0.0, "grad_norm": 0.0, "count": 0}
+        self.interval = dict(_INTERVAL_KEYS)
         self.last_checkpoint = None
         self.last_plot = time.monotonic()
         self.metrics = MetricsLog(os.path.join(self.out_dir, METRICS_FILE))
@@ -232,7 +229,14 @@ class _Trainer:
         ctx.barrier()
 
     # -- configuration and run folder ----------------------------------------------------------------
-    def _settle_config(self, config: TrainConfig | None, resume: bool):
+    def _settle_config(self, config: TrainConfig | None, resume: bool, objective: str | None):
+        """The run's configuration (``config``, or the run's own when resuming, with the objective
+        ``objective`` if given) checked, and the checkpoint to resume from (``None``: none)."""
+        if config is not None and objective is not None and config.objective != objective:
+            if config.objective != TrainConfig.objective:
+                raise ScorekitError(f"config.objective {config.objective!r} and objective={objective!r} "
+                                    f"disagree; give it once")
+            config = dataclasses.replace(config, objective=objective)
         run_cfg_path = os.path.join(self.out_dir, RUN_CONFIG_FILE)
         exists = os.path.isfile(run_cfg_path) or os.path.isdir(
             os.path.join(self.out_dir, ckpt_io.CHECKPOINTS_DIR))
@@ -247,12 +251,16 @@ class _Trainer:
             if config is None:
                 raise ScorekitError(f"nothing to resume in {self.out_dir!r} (no run there); give a "
                                     f"training configuration to start one")
-            return _with_default_prediction(config.validate()), None
+            config.validate(self.objectives)
+            return self.objectives[config.objective].complete_config(config), None
         saved = ckpt_io.read_config(self.out_dir) if os.path.isfile(run_cfg_path) else None
         if saved is None:
             raise ScorekitError(f"{self.out_dir!r} has checkpoints but no {RUN_CONFIG_FILE}; it is not "
                                 f"a complete run folder")
         saved_cfg = TrainConfig.from_dict(saved.get("train", {}), run_cfg_path)
+        if config is None and objective is not None and saved_cfg.objective != objective:
+            raise ScorekitError(f"{self.out_dir!r} holds a run of objective {saved_cfg.objective!r}, not "
+                                f"{objective!r}; resume it with its own objective")
         if config is not None:
             if config.prediction is None:              # the run's own (chosen for its process)
                 config = dataclasses.replace(config, prediction=saved_cfg.prediction)
@@ -268,54 +276,35 @@ class _Trainer:
             merged = saved_cfg
         self.saved_run = saved
         resume_from = ckpt_io.latest_checkpoint(self.out_dir)
-        return merged.validate(), resume_from
-
-    def _precondition_config(self) -> dict | None:
-        """The preconditioning as ``config.json`` records it (``None``: none)."""
-        from ..precondition import resolve_sigma_data
-
-        cfg = self.config
-        if cfg.precondition is None:
-            return None
-        sigma_data = cfg.weighting_options.get("sigma_data") if cfg.sigma_data is None else cfg.sigma_data
-        return {"kind": cfg.precondition, "sigma_data": resolve_sigma_data(self.process, sigma_data)}
-
-    def denoising_net(self, net):
-        """``net`` as the loss and the samplers see it: wrapped by the run's preconditioning."""
-        from ..precondition import precondition
-
-        return precondition(net, self.process, self.precondition)
-
-    def _weighting_options(self) -> dict:
-        """The loss options; the edm weighting gets the run's ``sigma_data``."""
-        options = dict(self.config.weighting_options)
-        if self.precondition is not None:
-            options["sigma_data"] = self.precondition["sigma_data"]
-        elif self.config.sigma_data is not None:
-            options["sigma_data"] = self.config.sigma_data
-        return options
+        return merged.validate(self.objectives), resume_from
 
     def run_config(self) -> dict:
+        """What ``config.json`` holds: the run's settings and what was built from them, and the
+        objective's entries (:meth:`scorekit.train.objectives.Objective.describe`)."""
         cfg = self.config
         return {
             "format": ckpt_io.CONFIG_FORMAT,
             "format_version": FORMAT_VERSION,
             "versions": versions(),
+            "objective": self.objective.name,
             "train": cfg.to_dict(),
-            "model_preset": resolve_preset(cfg.model, self.dataset),
+            "model_preset": self.net_preset(),
             "model": dict(self.net_config),
             "process": self.process.config(),
-            "prediction_type": cfg.prediction,
-            "precondition": self.precondition,
-            "loss": {"weighting": cfg.weighting, "options": self._weighting_options(),
-                     "timesteps": cfg.timesteps, "timesteps_options": dict(cfg.timesteps_options)},
+            **self.objective.describe(),
             "data": self.dataset.config(),
             "sample_shape": list(self.dataset.shape),
             "num_classes": self.dataset.num_classes,
             "class_names": list(self.dataset.class_names) if self.dataset.class_names else None,
             "ema": {"decay": cfg.ema_decay, "warmup": cfg.ema_warmup},
-            "label_dropout": self.label_dropout,
         }
+
+    def net_preset(self) -> str:
+        """The name of the preset the network was built from."""
+        from ..models import CLASSIFIER_KINDS
+
+        return resolve_preset(self.config.model, self.dataset,
+                              classifier=self.net_config["kind"] in CLASSIFIER_KINDS)
 
     def _write_run_config(self) -> None:
         import json
@@ -350,18 +339,13 @@ class _Trainer:
         self.last_checkpoint = ckpt_dir
 
     # -- one step ---------------------------------------------------------------------------------
-    def _global_batch(self) -> tuple[Tensor, Tensor | None]:
+    def _global_batch(self) -> Batch:
         cfg = self.config
         idx = self.generators.order.next(cfg.batch_size)
         x = self.dataset.x[idx]
         x = self.dataset.augment(x, self.generators.augment)
-        y = None
-        if self.conditional:
-            y = self.dataset.y[idx].clone()
-            if self.label_dropout > 0:
-                drop = torch.rand(y.shape[0], generator=self.generators.labels) < self.label_dropout
-                y = torch.where(drop, torch.full_like(y, self.net_config["num_classes"]), y)
-        return x, y
+        y = self.dataset.y[idx].clone() if self.objective.uses_labels else None
+        return self.objective.prepare(Batch(x, y), self.generators.labels)
 
     def _autocast(self):
         mp = self.config.mixed_precision
@@ -370,8 +354,9 @@ class _Trainer:
         dtype = torch.bfloat16 if mp == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def train_step(self) -> tuple[float, float]:
-        """One optimiser step; returns ``(loss, grad_norm)`` averaged over the whole batch."""
+    def train_step(self) -> tuple[float, float, dict]:
+        """One optimiser step; returns ``(loss, grad_norm, metrics)``: the loss and the objective's
+        metrics (:class:`scorekit.train.objectives.ObjectiveOutput`) averaged over the whole batch."""
         cfg, ctx = self.config, self.ctx
         lr = learning_rate(self.step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                            schedule=cfg.lr_schedule, min_lr=cfg.min_lr)
@@ -382,6 +367,7 @@ class _Trainer:
         x, y = x[lo:lo + self.per_rank], (None if y is None else y[lo:lo + self.per_rank])
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), dtype=torch.float64)
+        metric_sums = {}
         ts, losses = [], []
         for j in range(cfg.grad_accum):
             xm = x[j * self.micro:(j + 1) * self.micro].to(self.device)
@@ -390,18 +376,19 @@ class _Trainer:
             sync = contextlib.nullcontext() if (last or not ctx.distributed) else self.ddp_net.no_sync()
             with sync:
                 with self._autocast():
-                    out = _losses.diffusion_loss(
-                        self.loss_net, self.process, xm, prediction_type=cfg.prediction,
-                        weighting=cfg.weighting, generator=self.generators.noise, y=ym,
-                        timestep_sampler=self.timestep_sampler, **self._weighting_options())
+                    out = self.objective.loss(self.loss_net, Batch(xm, ym), self.generators.noise)
                 scaled = out.loss / cfg.grad_accum
                 if self.scaler is not None:
                     scaled = self.scaler.scale(scaled)
                 scaled.backward()
             loss_sum += out.loss.detach().to("cpu", torch.float64)
-            ts.append(out.t.detach())
-            losses.append(out.per_sample.detach())
+            for name, values in out.metrics.items():
+                metric_sums[name] = metric_sums.get(name, 0.0) + values.detach().to("cpu", torch.float64).sum()
+            if out.t is not None:
+                ts.append(out.t.detach())
+                losses.append(out.per_sample.detach())
         loss = float(ctx.all_reduce_sum(loss_sum)) / (cfg.grad_accum * ctx.world_size)
+        metrics = {name: float(ctx.all_reduce_sum(total)) / cfg.batch_size for name, total in metric_sums.items()}
         if ctx.any(not math.isfinite(loss)):
             self._diverged("loss", loss, lr)
         if self.scaler is not None:
@@ -416,12 +403,12 @@ class _Trainer:
         else:
             self.optimizer.step()
         self.ema.update(self.net)
-        if hasattr(self.timestep_sampler, "update"):
+        if ts and hasattr(self.timestep_sampler, "update"):
             t_all = torch.cat([self._gather(t) for t in ts])
             l_all = torch.cat([self._gather(v.float()) for v in losses])
             self.timestep_sampler.update(t_all.cpu(), l_all.cpu())
         self.step += 1
-        return loss, grad_norm
+        return loss, grad_norm, metrics
 
     def _gather(self, t: Tensor) -> Tensor:
         if not self.ctx.distributed:
@@ -449,35 +436,29 @@ class _Trainer:
     def _log_row(self, images_per_second: float) -> dict:
         n = max(self.interval["count"], 1)
         row = {"step": self.step, "loss": self.interval["loss"] / n,
+               **{k: v / n for k, v in self.interval.items() if k not in _INTERVAL_KEYS},
                "lr": self.optimizer.param_groups[0]["lr"],
                "grad_norm": self.interval["grad_norm"] / n,
                "ema_decay": self.ema.current_decay(),
                "images_per_second": round(images_per_second, 3),
                "seconds": round(self.elapsed, 3)}
-        self.interval = {"loss": 0.0, "grad_norm": 0.0, "count": 0}
+        self.interval = dict(_INTERVAL_KEYS)
         return row
 
     def sample_grid(self, stop: StopRequest | None = None) -> str | None:
         """Sample from the EMA weights with fixed noise and write the grid (or scatter plot); a
-        stop signal (``stop``) abandons the grid (``None``, nothing written)."""
-        if not self.ctx.is_main:
+        stop signal (``stop``) abandons the grid (``None``, nothing written). Only for an objective
+        that draws samples (a diffusion run; ``None`` otherwise)."""
+        if not self.ctx.is_main or not self.objective.draws_samples:
             return None
         from ..sampling import sample
-        from .checkpoint import LabelledModel
 
         cfg = self.config
         n = cfg.sample_num or (64 if self.dataset.is_image else 2000)
         shape = (n, *self.dataset.shape)
         x_T = self.process.prior_sample(shape, generator=seeded_generator(cfg.seed, "samples"),
                                         dtype=torch.float32).to(self.device)
-        y = None
-        if self.conditional:
-            y = (torch.arange(n) % self.net_config["num_classes"]).to(self.device)
-        model = LabelledModel(self.denoising_net(self.ema.net), y)
-        if self.net_config.get("learn_variance"):
-            from ..variances import PredictionHead
-
-            model = PredictionHead(model)                   # the grids use the prediction only
+        model, y = self.objective.sampling_model(self.ema.net, n, self.device)
         from ..timesteps import default_step_count
 
         steps = cfg.sample_steps if cfg.sample_steps is not None else default_step_count(self.process)
@@ -487,7 +468,7 @@ class _Trainer:
                 raise _GridAbandoned
 
         try:
-            x0 = sample(model, x_T, process=self.process, prediction_type=cfg.prediction,
+            x0 = sample(model, x_T, process=self.process, prediction_type=self.objective.prediction_type,
                         sampler=cfg.sample_sampler, num_steps=steps, callback=give_up_on_stop,
                         generator=seeded_generator(cfg.seed, "sampler", device=self.device))
         except _GridAbandoned:
@@ -497,7 +478,7 @@ class _Trainer:
         path = os.path.join(folder, f"{ckpt_io.checkpoint_name(self.step)}.png")
         write_samples(x0, path, data=self.dataset.x,
                       title=f"step {self.step}: {cfg.sample_sampler}, {steps} steps, EMA weights",
-                      nrow=self.net_config["num_classes"] if self.conditional else None)
+                      nrow=self.net_config["num_classes"] if y is not None else None)
         return path
 
     # -- the loop -----------------------------------------------------------------------------------
@@ -518,12 +499,14 @@ class _Trainer:
             from ..models import count_parameters
 
             word = "resuming at" if start_step else "starting at"
-            preset = resolve_preset(cfg.model, self.dataset)
+            preset = self.net_preset()
             self.log(f"{cfg.data}: {len(self.dataset)} samples of shape {self.dataset.shape}; model "
                      f"{preset} ({count_parameters(self.net):,} parameters); {cfg.process} "
-                     f"{cfg.prediction}-prediction, {cfg.weighting} weighting; {word} step "
+                     f"{self.objective.summary()}; {word} step "
                      f"{start_step} of {cfg.steps}; writing to {self.out_dir}")
-        warning = coarse_noise_warning(self.process, self.dataset.x) if ctx.is_main and start_step == 0 else None
+        warning = None
+        if ctx.is_main and start_step == 0 and self.objective.draws_samples:
+            warning = coarse_noise_warning(self.process, self.dataset.x)
         if warning and self.log:
             self.log(f"warning: {warning}")
         elif warning:
@@ -549,7 +532,7 @@ class _Trainer:
                 if max_seconds is not None and ctx.any(trained_seconds >= max_seconds):
                     break
                 t0 = time.perf_counter()
-                loss, grad_norm = self.train_step()
+                loss, grad_norm, metrics = self.train_step()
                 now = time.perf_counter()
                 self.elapsed += now - t0
                 trained_seconds += now - t0
@@ -557,6 +540,8 @@ class _Trainer:
                 self.interval["loss"] += loss
                 self.interval["grad_norm"] += grad_norm
                 self.interval["count"] += 1
+                for name, value in metrics.items():
+                    self.interval[name] = self.interval.get(name, 0.0) + value
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     ips = images_since / max(now - t_last, 1e-9)
@@ -637,8 +622,10 @@ def _saved_device(out_dir) -> str:
 
 
 def train(config: TrainConfig | None, out_dir, *, resume: bool = False, progress: bool = True,
-          log=None, stop_at_step: int | None = None, max_seconds: float | None = None) -> TrainResult:
-    """Train a diffusion model as ``config`` says, writing the run into ``out_dir``.
+          log=None, stop_at_step: int | None = None, max_seconds: float | None = None,
+          objective=None) -> TrainResult:
+    """Train a diffusion model (or what ``config.objective`` names) as ``config`` says, writing the
+    run into ``out_dir``.
 
     Args:
         config: the settings; with ``resume=True`` it may be ``None`` (use the run's own), else it
@@ -654,6 +641,10 @@ def train(config: TrainConfig | None, out_dir, *, resume: bool = False, progress
             this many seconds; checkpoints, sample grids and start-up do not count. The stopped
             run resumes exactly like any other; the learning-rate schedule still follows
             ``config.steps``.
+        objective: what to train, if not ``config.objective``: a name in
+            :data:`scorekit.train.objectives.OBJECTIVES` or an
+            :class:`~scorekit.train.objectives.Objective` subclass (its ``name`` is recorded; resume
+            such a run by passing the class again).
 
     Works unchanged under ``torchrun`` (see :mod:`scorekit.train.distributed`). Threads: with
     ``config.num_threads`` set, torch uses that many during the call (restored afterwards).
@@ -679,7 +670,8 @@ def train(config: TrainConfig | None, out_dir, *, resume: bool = False, progress
         with stop_signals() as stop:                    # SIGINT / SIGTERM: finish the step, save, stop
             if threads:
                 torch.set_num_threads(int(threads))
-            trainer = _Trainer(config, out_dir, ctx, resume=resume, progress=progress, log=log)
+            trainer = _Trainer(config, out_dir, ctx, resume=resume, progress=progress, log=log,
+                               objective=objective)
             if trainer.config.num_threads and trainer.config.num_threads != torch.get_num_threads():
                 torch.set_num_threads(int(trainer.config.num_threads))
             if max_seconds is not None and not (float(max_seconds) > 0):
