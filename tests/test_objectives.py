@@ -72,8 +72,8 @@ def test_a_new_objective_trains_is_recorded_and_resumes_exactly(tmp_path):
     straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
     train(cfg, straight, progress=False, objective=EpsRegression)
     train(cfg, stopped, progress=False, objective=EpsRegression, stop_at_step=2)
-    with pytest.raises(ScorekitError, match=r"unknown objective 'eps_regression'; choose one of diffusion.* \(or "
-                                            r"pass an Objective subclass to train\(objective=\.\.\.\)\)"):
+    with pytest.raises(ScorekitError, match=r"unknown objective 'eps_regression'; choose one of diffusion, classifier "
+                                            r"\(or pass an Objective subclass to train\(objective=\.\.\.\)\)"):
         train(None, stopped, progress=False, resume=True)                  # the class is needed to resume
     with pytest.raises(ScorekitError, match="holds a run of objective 'eps_regression', not 'diffusion'"):
         train(None, stopped, progress=False, resume=True, objective="diffusion")
@@ -104,7 +104,7 @@ def test_the_objective_is_a_setting_of_the_run(tmp_path):
     assert load_checkpoint(run).objective == "diffusion"
     with pytest.raises(ScorekitError, match=r"cannot resume .* objective 'diffusion' -> 'classifier'"):
         train(small_2d(steps=4, objective="classifier", model="auto"), run, progress=False, resume=True)
-    with pytest.raises(ScorekitError, match="unknown objective 'denoise'; choose one of diffusion"):
+    with pytest.raises(ScorekitError, match="unknown objective 'denoise'; choose one of diffusion, classifier"):
         small_2d(objective="denoise").validate()
     with pytest.raises(ScorekitError, match="unknown objective 'denoise'"):
         train(small_2d(), str(tmp_path / "other"), progress=False, objective="denoise")

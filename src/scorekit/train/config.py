@@ -67,7 +67,13 @@ class TrainConfig:
 
     Objective:
         objective: what the run trains (:mod:`scorekit.train.objectives`): ``"diffusion"`` (the
-            default: a denoising network, by the loss of :func:`scorekit.losses.diffusion_loss`).
+            default: a denoising network, by the loss of :func:`scorekit.losses.diffusion_loss`) or
+            ``"classifier"`` (a noise-aware classifier ``p_phi(y | x_t, t)`` for classifier
+            guidance, by cross-entropy on labelled data; it has no prediction type, weighting,
+            preconditioning, learned variance, label dropout or sample grids, logs the batch
+            accuracy, and its ``model`` is a classifier preset: ``auto`` is ``classifier-tiny`` for
+            images, ``classifier-mlp`` for vectors). The process and time sampler are those of a
+            diffusion run.
 
     Data and model:
         data: dataset spec for :func:`scorekit.data.load_dataset` (``"digits"``, ``"moons"``,
@@ -481,6 +487,7 @@ def settings_changed(saved: TrainConfig, config: TrainConfig) -> dict:
 
 
 
-__all__ = ["AUTO_PRESETS", "DEFAULT_DDPM_SCHEDULE", "LR_SCHEDULES", "MIXED_PRECISION", "PROCESS_NAMES", "RESUMABLE_FIELDS",
-           "TIMESTEP_SAMPLERS", "VARIANCE_CHOICES", "TrainConfig", "build_process", "coarse_noise_warning",
-           "default_prediction", "model_config_for", "resolve_preset", "settings_changed"]
+__all__ = ["AUTO_PRESETS", "DEFAULT_DDPM_SCHEDULE", "LR_SCHEDULES", "MIXED_PRECISION", "PROCESS_NAMES",
+           "RESUMABLE_FIELDS", "TIMESTEP_SAMPLERS", "VARIANCE_CHOICES", "TrainConfig", "build_process",
+           "check_diffusion_settings", "coarse_noise_warning", "default_prediction", "model_config_for",
+           "resolve_preset", "settings_changed"]

@@ -271,8 +271,106 @@ class DiffusionObjective(Objective):
         return model, y
 
 
+class ClassifierObjective(Objective):
+    r"""A noise-aware classifier ``p_phi(y | x_t, t)`` for classifier guidance (Dhariwal & Nichol
+    2021, section 4), trained by cross-entropy on noisy labelled data:
+
+        L(phi) = E_{(x_0, y), t, eps}[ w_t * -log softmax(f_phi(x_t, t))_y ],
+        x_t = alpha(t) x_0 + sigma(t) eps,
+
+    ``f_phi`` the network's logits (:mod:`scorekit.models.classifier`), ``t`` and its weight ``w_t``
+    from the run's time sampler (ones unless it importance-samples) and ``eps ~ N(0, I)`` from the
+    run's ``noise`` generator, drawn in that order by :func:`scorekit.losses.noisy_batch` as the
+    denoising loss draws them. The network sees the time as the run's denoiser would (integer
+    steps for a discrete process, the float time otherwise: the convention of
+    :meth:`scorekit.prediction.Denoiser.model_time`), so a classifier and a denoiser trained on the
+    same process take the same time input. At each ``t`` the loss is minimised, over all
+    functions, by the posterior of the noisy data
+
+        p_t(y | x_t) = p(y) p_t(x_t | y) / sum_k p(k) p_t(x_t | k),   p_t(x_t | y) = E[q(x_t | x_0) | y],
+
+    whose gradient ``grad_x log p_t(y | x_t)`` is what classifier guidance adds to the score
+    (``grad log p_t(x_t | y) = grad log p_t(x_t) + grad log p_t(y | x_t)``). For data drawn from a
+    Gaussian mixture whose components carry the classes, ``p_t(y | x_t)`` is the sum of the
+    responsibilities of the class's components in the mixture diffused to ``(alpha(t), sigma(t))``
+    (:meth:`scorekit.toy.GaussianMixture.responsibilities`).
+
+    Labels are required and never dropped. Logged beside the loss: ``accuracy``, the share of the
+    batch whose largest logit is its label -- at the drawn noise levels, so below the accuracy on
+    clean data. A classifier run writes no sample grids; ``config.json`` records ``objective``
+    ``"classifier"``, ``prediction_type`` ``"logits"`` and ``classifier`` (loss, number of classes,
+    time sampler).
+    """
+
+    name = "classifier"
+    prediction_type = "logits"
+    uses_labels = True
+
+    #: the settings of a diffusion run that a classifier has no use for, with the value they must keep
+    UNUSED_SETTINGS = (("prediction", None), ("weighting", "simple"), ("weighting_options", {}),
+                       ("precondition", None), ("sigma_data", None), ("variance", "fixed"), ("sample_every", 0))
+
+    def __init__(self, config: TrainConfig, *, process, dataset, net_config: dict, timestep_sampler):
+        super().__init__(config, process=process, dataset=dataset, net_config=net_config,
+                         timestep_sampler=timestep_sampler)
+        _require_labels(dataset)
+        self.num_classes = int(net_config["num_classes"])
+
+    @classmethod
+    def check_config(cls, config: TrainConfig) -> None:
+        unused = [(name, value) for name, value in cls.UNUSED_SETTINGS if getattr(config, name) != value]
+        if config.label_dropout not in (None, 0, 0.0):
+            unused.append(("label_dropout", None))
+        if unused:
+            name, value = unused[0]
+            raise ScorekitError(f"{name}={getattr(config, name)!r} does not apply to objective 'classifier' (a "
+                                f"noise-aware classifier trained by cross-entropy: no prediction type, weighting, "
+                                f"preconditioning, learned variance, label dropout or sample grids); leave {name} "
+                                f"at {value!r}")
+
+    @classmethod
+    def model_config(cls, config: TrainConfig, dataset, process) -> dict:
+        """A classifier preset (:data:`scorekit.train.config.AUTO_PRESETS`) for the data's classes."""
+        _require_labels(dataset)
+        return model_config_for(config, dataset, process, classifier=True)
+
+    def loss(self, net, batch: Batch, generator: torch.Generator) -> ObjectiveOutput:
+        if batch.y is None:
+            raise ScorekitError("the classifier objective needs the labels of the batch (Batch.y), got None")
+        noisy = _losses.noisy_batch(self.process, batch.x, generator=generator,
+                                    timestep_sampler=self.timestep_sampler)
+        logits = net(noisy.x_t, noisy.t)
+        n = batch.x.shape[0]
+        if not isinstance(logits, Tensor) or logits.shape != (n, self.num_classes):
+            got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ScorekitError(f"the classifier returned {got} for a batch of {n}; net(x_t, t) must return "
+                                f"(N, num_classes) = ({n}, {self.num_classes}) logits")
+        log_p = torch.log_softmax(logits.float(), dim=1)
+        per_sample = -log_p.gather(1, batch.y[:, None]).squeeze(1)
+        weight = noisy.weight.to(per_sample)
+        accuracy = (logits.argmax(dim=1) == batch.y).to(per_sample)
+        return ObjectiveOutput((weight * per_sample).mean(), per_sample, noisy.t, {"accuracy": accuracy})
+
+    def describe(self) -> dict:
+        cfg = self.config
+        return {"prediction_type": self.prediction_type, "precondition": None, "label_dropout": 0.0,
+                "classifier": {"loss": "cross_entropy", "num_classes": self.num_classes,
+                               "timesteps": cfg.timesteps, "timesteps_options": dict(cfg.timesteps_options)}}
+
+    def summary(self) -> str:
+        return (f"noise-aware classifier of {self.num_classes} classes (cross-entropy, {self.config.timesteps} "
+                f"timesteps)")
+
+
+def _require_labels(dataset) -> None:
+    if dataset.y is None:
+        raise ScorekitError(f"objective 'classifier' learns p(y | x_t, t) from labelled data, but {dataset.spec} has "
+                            f"no labels; use labelled data (e.g. digits, mnist:PATH, moons, eight_gaussians, or "
+                            f"npz:PATH with labels)")
+
+
 #: the objectives ``TrainConfig.objective`` names
-OBJECTIVES = {"diffusion": DiffusionObjective}
+OBJECTIVES = {"diffusion": DiffusionObjective, "classifier": ClassifierObjective}
 
 
 def objective_classes(objective=None) -> tuple[dict, str | None]:
@@ -300,4 +398,5 @@ def objective_classes(objective=None) -> tuple[dict, str | None]:
                         f"{objective!r}")
 
 
-__all__ = ["Batch", "DiffusionObjective", "OBJECTIVES", "Objective", "ObjectiveOutput", "objective_classes"]
+__all__ = ["Batch", "ClassifierObjective", "DiffusionObjective", "OBJECTIVES", "Objective", "ObjectiveOutput",
+           "objective_classes"]

@@ -120,10 +120,10 @@ def trainer_state(trainer) -> tuple[dict, dict]:
     Tensors: the optimiser's (``optimizer.state.*``), the data order (``data.permutation``,
     ``rng.data``), the generators (``rng.augment``, ``rng.labels``, and ``rng.noise.rankR``,
     ``rng.torch.rankR``, ``rng.cuda.rankR`` of every process), the time sampler's
-    (``timesteps.*``) and the objective's (``objective.*``, usually none). Info: step, data position, EMA, optimiser structure, learning rate, the time
-    sampler's other state, the fp16 loss scaler, the metrics of the interval not yet logged,
-    training seconds, world size, batch size, gradient accumulation and versions. Collective under
-    DDP (every process calls it).
+    (``timesteps.*``) and the objective's (``objective.*``, usually none). Info: step, data
+    position, EMA, optimiser structure, learning rate, the time sampler's other state, the fp16
+    loss scaler, the metrics of the interval not yet logged, training seconds, world size, batch
+    size, gradient accumulation and versions. Collective under DDP (every process calls it).
     """
     from . import checkpoint as ckpt_io
 

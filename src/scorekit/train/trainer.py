@@ -59,8 +59,8 @@ from . import checkpoint as ckpt_io
 # re-exported: these names were defined here before the settings moved to config.py and the
 # random state to state.py, and scorekit.train.trainer still serves them
 from .config import (DEFAULT_DDPM_SCHEDULE, LR_SCHEDULES, MIXED_PRECISION, PROCESS_NAMES, RESUMABLE_FIELDS,
-                     TIMESTEP_SAMPLERS, VARIANCE_CHOICES, TrainConfig, build_process, coarse_noise_warning, default_prediction, model_config_for, resolve_preset,
-                     settings_changed)
+                     TIMESTEP_SAMPLERS, VARIANCE_CHOICES, TrainConfig, build_process, coarse_noise_warning,
+                     default_prediction, model_config_for, resolve_preset, settings_changed)
 from .distributed import DistributedContext, setup
 from .ema import EMA
 from .interrupt import StopRequest, TrainingInterrupted, stop_signals
