@@ -431,8 +431,51 @@ def hybrid_vlb(process: GaussianProcess, x0: Tensor, x_t: Tensor, t, x0_pred: Te
 
 
 # ---------------------------------------------------------------------------------------------
-# The loss
+# The noisy batch and the loss
 # ---------------------------------------------------------------------------------------------
+
+class NoisyBatch(NamedTuple):
+    """A batch carried forward to drawn training times (what :func:`noisy_batch` returns).
+
+    Attributes:
+        x_t: ``alpha_t x_0 + sigma_t eps``, shaped and typed like ``x_0``.
+        t: (N,) the times as a network sees them: ``torch.long`` steps for a discrete process,
+            the data's float dtype otherwise (the convention of
+            :meth:`scorekit.prediction.Denoiser.model_time`).
+        t64: (N,) the same times in float64, for the process's coefficients.
+        eps: the noise, shaped and typed like ``x_0``.
+        weight: (N,) the time sampler's weights, float64.
+    """
+
+    x_t: Tensor
+    t: Tensor
+    t64: Tensor
+    eps: Tensor
+    weight: Tensor
+
+
+def noisy_batch(process: GaussianProcess, x0: Tensor, *, generator: torch.Generator,
+                timestep_sampler=None) -> NoisyBatch:
+    r"""Draw ``(t, weight)`` from ``timestep_sampler`` (default :class:`UniformTimesteps`), then
+    ``eps ~ N(0, I)`` from ``generator`` -- in that order, the draws of :func:`diffusion_loss` -- and
+    form ``x_t = alpha_t x_0 + sigma_t eps``, a sample of ``q(x_t | x_0)``. Every objective that
+    trains on noisy data (the denoising loss, a noise-aware classifier) draws through here."""
+    _check_generator(generator)
+    return NoisyBatch(*_draw_noisy(process, _check_x0(x0), generator, timestep_sampler))
+
+
+def _draw_noisy(process: GaussianProcess, x0: Tensor, generator: torch.Generator, timestep_sampler):
+    """:func:`noisy_batch` on checked inputs: ``(x_t, t, t64, eps, weight)``."""
+    n = x0.shape[0]
+    sampler = UniformTimesteps(process) if timestep_sampler is None else timestep_sampler
+    t, sampler_weight = sampler.sample(n, generator)
+    t_net, t64 = _times(process, t, n, x0)
+    sampler_weight = torch.as_tensor(sampler_weight).reshape(-1)
+    if sampler_weight.numel() != n:
+        raise ScorekitError(f"timestep_sampler returned {sampler_weight.numel()} weights for {n} samples")
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    return process.sample_marginal(x0, t64, eps), t_net, t64, eps, sampler_weight
+
 
 def diffusion_loss(net: Callable, process: GaussianProcess, x0: Tensor, *, prediction_type: str = "eps",
                    weighting: str = "simple", generator: torch.Generator, y: Tensor | None = None,
@@ -492,15 +535,7 @@ def diffusion_loss(net: Callable, process: GaussianProcess, x0: Tensor, *, predi
     if y is not None and (not isinstance(y, Tensor) or y.shape != (n,)):
         raise ScorekitError(f"y must be an (N,) = ({n},) tensor of class labels, got "
                             f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
-    sampler = UniformTimesteps(process) if timestep_sampler is None else timestep_sampler
-
-    t, sampler_weight = sampler.sample(n, generator)
-    t_net, t64 = _times(process, t, n, x0)
-    sampler_weight = torch.as_tensor(sampler_weight).reshape(-1)
-    if sampler_weight.numel() != n:
-        raise ScorekitError(f"timestep_sampler returned {sampler_weight.numel()} weights for {n} samples")
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-    x_t = process.sample_marginal(x0, t64, eps)
+    x_t, t_net, t64, eps, sampler_weight = _draw_noisy(process, x0, generator, timestep_sampler)
 
     if weighting == "hybrid":
         out, raw_variance = split_output(net(x_t, t_net, y), x_t)
@@ -590,5 +625,5 @@ def _output(out, x_t: Tensor) -> Tensor:
 
 
 __all__ = ["ELBO_VARIANCES", "WEIGHTINGS", "ImportanceTimesteps", "LogNormalTimesteps", "LossOutput",
-           "UniformTimesteps", "diffusion_loss", "elbo_terms", "eps_weight", "hybrid_vlb", "loss_weight",
-           "own_error_ratio"]
+           "NoisyBatch", "UniformTimesteps", "diffusion_loss", "elbo_terms", "eps_weight", "hybrid_vlb",
+           "loss_weight", "noisy_batch", "own_error_ratio"]

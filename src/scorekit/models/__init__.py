@@ -6,6 +6,9 @@ process and a prediction type. ``y`` holds optional class labels, where the valu
 ``num_classes`` means "no label" (the same as ``y=None``).
 
 * :class:`UNet` for images ``(N, C, H, W)`` and :class:`MLP` for low-dimensional data ``(N, D)``;
+* noise-aware classifiers ``net(x_t, t) -> (N, num_classes)`` logits for classifier guidance,
+  :class:`UNetClassifier` and :class:`MLPClassifier` (:mod:`scorekit.models.classifier`; their
+  kinds are listed in :data:`CLASSIFIER_KINDS`);
 * ``net.config()`` is a JSON dict with a ``"kind"`` key, and :func:`build_model` rebuilds the
   network from it, with the same initial weights (they come from the config's ``seed``);
 * :data:`PRESETS` names ready-made configurations; :func:`preset` fills in the data's channels.
@@ -17,12 +20,17 @@ import copy
 from torch import nn
 
 from ..errors import ScorekitError, check_options, option_schema
+from .classifier import MLPClassifier, UNetClassifier
 from .layers import sinusoidal_embedding
 from .mlp import MLP
 from .unet import UNet
 
 #: the network class for each ``config["kind"]``
-MODELS = {"unet": UNet, "mlp": MLP}
+MODELS = {"unet": UNet, "mlp": MLP, "unet_classifier": UNetClassifier, "mlp_classifier": MLPClassifier}
+#: the kinds that map ``(x_t, t)`` to class logits rather than to a tensor shaped like ``x_t``
+CLASSIFIER_KINDS = ("unet_classifier", "mlp_classifier")
+#: the kinds that take images ``(N, C, H, W)`` (``in_channels``); the others take vectors ``(N, D)`` (``dim``)
+IMAGE_KINDS = ("unet", "unet_classifier")
 
 #: ready-made configurations; override ``in_channels`` (and ``num_classes``) for your data. The
 #: U-Nets take any image size that is a multiple of 4 ("tiny", "small") or 8 ("base"):
@@ -40,6 +48,13 @@ PRESETS = {
                  attention_resolutions=[16], dropout=0.1, num_heads=1, groups=32, image_size=32),
     # ~0.92 M parameters: 2-D toy data
     "mlp": dict(kind="mlp", dim=2, hidden=256, depth=4, time_embedding="sinusoidal"),
+    # noise-aware classifiers (objective "classifier"): the encoder of "tiny" with a pooled head,
+    # for 8x8 digits or 28/32-pixel MNIST; and a residual MLP for 2-D toy data
+    "classifier-tiny": dict(kind="unet_classifier", in_channels=1, num_classes=10, base_channels=16,
+                            channel_mults=[1, 2, 2], num_res_blocks=2, attention_resolutions=[8], dropout=0.0,
+                            num_heads=1, groups=8, image_size=32),
+    "classifier-mlp": dict(kind="mlp_classifier", dim=2, num_classes=2, hidden=128, depth=3,
+                           time_embedding="sinusoidal"),
 }
 
 
@@ -56,7 +71,7 @@ def build_model(config: dict) -> nn.Module:
 
 
 def check_model_options(kind: str, options: dict) -> dict:
-    """The options of a ``kind`` network (``"unet"``, ``"mlp"``) checked against its constructor's
+    """The options of a ``kind`` network (``"unet"``, ``"mlp"``, ...) checked against its constructor's
     signature and converted to the types it expects (e.g. ``"1,2"`` -> ``[1, 2]``)."""
     return check_options(options, option_schema(MODELS[kind]), f"{kind} model option")
 
@@ -95,5 +110,6 @@ def describe(net: nn.Module) -> str:
     return f"{label}: {count_parameters(net):,} parameters"
 
 
-__all__ = ["MLP", "MODELS", "PRESETS", "UNet", "build_model", "check_model_options", "count_parameters", "describe", "preset",
+__all__ = ["CLASSIFIER_KINDS", "IMAGE_KINDS", "MLP", "MLPClassifier", "MODELS", "PRESETS", "UNet", "UNetClassifier",
+           "build_model", "check_model_options", "count_parameters", "describe", "preset",
            "preset_name", "sinusoidal_embedding"]

@@ -70,15 +70,9 @@ class MLP(nn.Module):
                  dropout: float = 0.0, time_scale: float = 1.0, fourier_scale: float = 16.0, seed: int = 0,
                  learn_variance: bool = False):
         super().__init__()
-        check_choice(time_embedding, TIME_EMBEDDINGS, "time_embedding")
-        check_choice(norm, NORMS, "norm")
-        time_dim = hidden if time_dim is None else time_dim
-        for name, value in (("dim", dim), ("hidden", hidden), ("depth", depth), ("time_dim", time_dim)):
-            if int(value) < 1:
-                raise ScorekitError(f"{name} must be a positive integer, got {value}")
+        time_dim = check_layout(dim=dim, hidden=hidden, depth=depth, time_dim=time_dim,
+                                time_embedding=time_embedding, norm=norm, dropout=dropout)
         num_classes = class_count(num_classes)
-        if not 0.0 <= dropout < 1.0:
-            raise ScorekitError(f"dropout must be in [0, 1), got {dropout}")
         self.dim = int(dim)
         self.num_classes = int(num_classes) if num_classes is not None else None
         self._config = dict(kind=self.kind, dim=self.dim, hidden=int(hidden), depth=int(depth),
@@ -103,11 +97,7 @@ class MLP(nn.Module):
         return dict(self._config)
 
     def forward(self, x: Tensor, t, y=None) -> Tensor:
-        if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != self.dim:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ScorekitError(
-                f"the MLP was built for data of shape (N, {self.dim}); got {shape}. "
-                f"Build it with dim equal to the data dimension")
+        check_vectors(x, self.dim, "the MLP")
         emb = self.time_embed(time_vector(t, x.shape[0], x.device))
         labels = label_vector(y, x.shape[0], self.num_classes, x.device)
         if labels is not None:
@@ -116,3 +106,25 @@ class MLP(nn.Module):
         for block in self.blocks:
             h = block(h, emb)
         return self.linear_out(F.silu(self.norm_out(h)))
+
+
+def check_layout(*, dim, hidden, depth, time_dim, time_embedding, norm, dropout) -> int:
+    """Check the layout arguments of a residual MLP; returns ``time_dim`` (``hidden`` if ``None``)."""
+    check_choice(time_embedding, TIME_EMBEDDINGS, "time_embedding")
+    check_choice(norm, NORMS, "norm")
+    time_dim = hidden if time_dim is None else time_dim
+    for name, value in (("dim", dim), ("hidden", hidden), ("depth", depth), ("time_dim", time_dim)):
+        if int(value) < 1:
+            raise ScorekitError(f"{name} must be a positive integer, got {value}")
+    if not 0.0 <= dropout < 1.0:
+        raise ScorekitError(f"dropout must be in [0, 1), got {dropout}")
+    return time_dim
+
+
+def check_vectors(x: Tensor, dim: int, what: str) -> None:
+    """Raise :class:`ScorekitError` unless ``x`` is ``(N, dim)`` (``what`` names the network)."""
+    if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != dim:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ScorekitError(
+            f"{what} was built for data of shape (N, {dim}); got {shape}. "
+            f"Build it with dim equal to the data dimension")

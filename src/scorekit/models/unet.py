@@ -89,30 +89,14 @@ class UNet(nn.Module):
                  compute_dtype: str = "float32", learn_variance: bool = False):
         super().__init__()
         check_choice(compute_dtype, COMPUTE_DTYPES, "compute_dtype")
-        check_choice(time_embedding, TIME_EMBEDDINGS, "time_embedding")
-        check_choice(time_conditioning, TIME_CONDITIONINGS, "time_conditioning")
-        channel_mults = tuple(int(m) for m in channel_mults)
-        attention_resolutions = tuple(int(r) for r in attention_resolutions)
-        for name, value in (("in_channels", in_channels), ("base_channels", base_channels),
-                            ("num_res_blocks", num_res_blocks), ("image_size", image_size),
-                            ("groups", groups), ("num_heads", num_heads)):
-            if int(value) < 1:
-                raise ScorekitError(f"{name} must be a positive integer, got {value}")
+        channel_mults, attention_resolutions, levels = check_layout(
+            in_channels=in_channels, base_channels=base_channels, channel_mults=channel_mults,
+            num_res_blocks=num_res_blocks, attention_resolutions=attention_resolutions, dropout=dropout,
+            num_heads=num_heads, time_embedding=time_embedding, time_conditioning=time_conditioning,
+            image_size=image_size, groups=groups)
         if out_channels is not None and int(out_channels) < 1:
             raise ScorekitError(f"out_channels must be a positive integer or None, got {out_channels}")
-        if not channel_mults or min(channel_mults) < 1:
-            raise ScorekitError(
-                f"channel_mults must be a non-empty list of positive integers, got {list(channel_mults)}")
         num_classes = class_count(num_classes)
-        if not 0.0 <= dropout < 1.0:
-            raise ScorekitError(f"dropout must be in [0, 1), got {dropout}")
-        levels = [image_size // 2 ** i for i in range(len(channel_mults))]
-        unused = [r for r in attention_resolutions if r not in levels]
-        if unused:
-            raise ScorekitError(
-                f"attention_resolutions {list(attention_resolutions)}: {unused} is not the resolution of "
-                f"any level; with image_size={image_size} and {len(channel_mults)} levels the resolutions "
-                f"are {levels}")
 
         self.in_channels = int(in_channels)
         self.learn_variance = bool(learn_variance)
@@ -141,24 +125,10 @@ class UNet(nn.Module):
             self.time_embed = TimeEmbedding(time_embedding, base_channels, emb_dim, time_scale=time_scale,
                                             fourier_scale=fourier_scale, seed=seed)
             self.class_embed = nn.Embedding(self.num_classes + 1, emb_dim) if self.num_classes else None
-            self.conv_in = nn.Conv2d(self.in_channels, base_channels, 3, padding=1)
-
-            ch, skips = base_channels, [base_channels]
-            self.down = nn.ModuleList()
-            for level, mult in enumerate(channel_mults):
-                for _ in range(num_res_blocks):
-                    stage = _Stage([ResBlock(ch, base_channels * mult, **block)])
-                    ch = base_channels * mult
-                    if levels[level] in attention_resolutions:
-                        stage.append(AttentionBlock(ch, num_heads, groups))
-                    self.down.append(stage)
-                    skips.append(ch)
-                if level < self.downsamplings:
-                    self.down.append(_Stage([Downsample(ch)]))
-                    skips.append(ch)
-
-            self.middle = _Stage([ResBlock(ch, ch, **block), AttentionBlock(ch, num_heads, groups),
-                                  ResBlock(ch, ch, **block)])
+            self.conv_in, self.down, skips = encoder(self.in_channels, base_channels, channel_mults, num_res_blocks,
+                                                     attention_resolutions, levels, num_heads, block)
+            ch = skips[-1]
+            self.middle = middle(ch, num_heads, block)
 
             self.up = nn.ModuleList()
             for level, mult in reversed(list(enumerate(channel_mults))):
@@ -182,20 +152,7 @@ class UNet(nn.Module):
     def check_input(self, x: Tensor) -> None:
         """Raise :class:`ScorekitError` unless ``x`` is ``(N, in_channels, H, W)`` with ``H`` and ``W``
         multiples of ``2 ** downsamplings``."""
-        if not isinstance(x, Tensor) or x.ndim != 4:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ScorekitError(f"the U-Net takes images of shape (N, C, H, W); got {shape}")
-        if x.shape[1] != self.in_channels:
-            raise ScorekitError(
-                f"input has {x.shape[1]} channels but the U-Net was built with in_channels={self.in_channels}; "
-                f"build it with in_channels={x.shape[1]} or convert the images")
-        multiple = 2 ** self.downsamplings
-        h, w = x.shape[-2:]
-        if h % multiple or w % multiple:
-            raise ScorekitError(
-                f"input size {h}x{w} is not a multiple of {multiple}: the U-Net downsamples "
-                f"{self.downsamplings} times; pad or crop the images to a multiple of {multiple} "
-                f"(e.g. {-(-h // multiple) * multiple}x{-(-w // multiple) * multiple})")
+        check_images(x, self.in_channels, self.downsamplings, "the U-Net")
 
     def embedding(self, t, batch: int, y=None, device=None) -> Tensor:
         """The vector every residual block receives: time embedding plus class embedding."""
@@ -208,9 +165,7 @@ class UNet(nn.Module):
     def forward(self, x: Tensor, t, y=None) -> Tensor:
         self.check_input(x)
         emb = self.embedding(t, x.shape[0], y, x.device)
-        autocast = (torch.autocast(x.device.type, dtype=torch.bfloat16) if self.compute_dtype == "bfloat16"
-                    else contextlib.nullcontext())
-        with autocast:
+        with compute_autocast(self.compute_dtype, x.device):
             h = self.conv_in(x)
             skips = [h]
             for stage in self.down:
@@ -221,3 +176,88 @@ class UNet(nn.Module):
                 h = stage(torch.cat([h, skips.pop()], dim=1), emb)
             out = self.conv_out(nn.functional.silu(self.norm_out(h)))
         return out.to(x.dtype)
+
+
+# --- pieces shared with the encoder-only networks (scorekit.models.classifier) ---------------------------
+
+def check_layout(*, in_channels, base_channels, channel_mults, num_res_blocks, attention_resolutions, dropout,
+                 num_heads, time_embedding, time_conditioning, image_size, groups):
+    """Check the layout arguments of a U-Net (or its encoder); returns ``(channel_mults,
+    attention_resolutions, levels)``, ``levels`` the nominal resolution of each level."""
+    check_choice(time_embedding, TIME_EMBEDDINGS, "time_embedding")
+    check_choice(time_conditioning, TIME_CONDITIONINGS, "time_conditioning")
+    channel_mults = tuple(int(m) for m in channel_mults)
+    attention_resolutions = tuple(int(r) for r in attention_resolutions)
+    for name, value in (("in_channels", in_channels), ("base_channels", base_channels),
+                        ("num_res_blocks", num_res_blocks), ("image_size", image_size),
+                        ("groups", groups), ("num_heads", num_heads)):
+        if int(value) < 1:
+            raise ScorekitError(f"{name} must be a positive integer, got {value}")
+    if not channel_mults or min(channel_mults) < 1:
+        raise ScorekitError(
+            f"channel_mults must be a non-empty list of positive integers, got {list(channel_mults)}")
+    if not 0.0 <= dropout < 1.0:
+        raise ScorekitError(f"dropout must be in [0, 1), got {dropout}")
+    levels = [image_size // 2 ** i for i in range(len(channel_mults))]
+    unused = [r for r in attention_resolutions if r not in levels]
+    if unused:
+        raise ScorekitError(
+            f"attention_resolutions {list(attention_resolutions)}: {unused} is not the resolution of "
+            f"any level; with image_size={image_size} and {len(channel_mults)} levels the resolutions "
+            f"are {levels}")
+    return channel_mults, attention_resolutions, levels
+
+
+def encoder(in_channels: int, base_channels: int, channel_mults, num_res_blocks: int, attention_resolutions,
+            levels, num_heads: int, block: dict) -> tuple[nn.Module, nn.ModuleList, list[int]]:
+    """``(conv_in, down, skips)``: the input convolution and the way down of a U-Net -- per level
+    ``num_res_blocks`` residual blocks (``block`` their keyword arguments), each followed by
+    attention at the levels in ``attention_resolutions``, and a downsampling between levels --
+    with the channels of each stage's output (the skip connections; ``skips[-1]`` the last)."""
+    conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+    ch, skips = base_channels, [base_channels]
+    down = nn.ModuleList()
+    for level, mult in enumerate(channel_mults):
+        for _ in range(num_res_blocks):
+            stage = _Stage([ResBlock(ch, base_channels * mult, **block)])
+            ch = base_channels * mult
+            if levels[level] in attention_resolutions:
+                stage.append(AttentionBlock(ch, num_heads, block["groups"]))
+            down.append(stage)
+            skips.append(ch)
+        if level < len(channel_mults) - 1:
+            down.append(_Stage([Downsample(ch)]))
+            skips.append(ch)
+    return conv_in, down, skips
+
+
+def middle(ch: int, num_heads: int, block: dict) -> _Stage:
+    """The middle of a U-Net: residual block, attention, residual block."""
+    return _Stage([ResBlock(ch, ch, **block), AttentionBlock(ch, num_heads, block["groups"]),
+                   ResBlock(ch, ch, **block)])
+
+
+def check_images(x: Tensor, in_channels: int, downsamplings: int, what: str) -> None:
+    """Raise :class:`ScorekitError` unless ``x`` is ``(N, in_channels, H, W)`` with ``H`` and ``W``
+    multiples of ``2 ** downsamplings`` (``what`` names the network in the message)."""
+    if not isinstance(x, Tensor) or x.ndim != 4:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ScorekitError(f"{what} takes images of shape (N, C, H, W); got {shape}")
+    if x.shape[1] != in_channels:
+        raise ScorekitError(
+            f"input has {x.shape[1]} channels but {what} was built with in_channels={in_channels}; "
+            f"build it with in_channels={x.shape[1]} or convert the images")
+    multiple = 2 ** downsamplings
+    h, w = x.shape[-2:]
+    if h % multiple or w % multiple:
+        raise ScorekitError(
+            f"input size {h}x{w} is not a multiple of {multiple}: {what} downsamples "
+            f"{downsamplings} times; pad or crop the images to a multiple of {multiple} "
+            f"(e.g. {-(-h // multiple) * multiple}x{-(-w // multiple) * multiple})")
+
+
+def compute_autocast(compute_dtype: str, device: torch.device):
+    """``torch.autocast`` in bfloat16 for ``compute_dtype="bfloat16"``, else a no-op context."""
+    if compute_dtype == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -411,10 +411,13 @@ class Checkpoint:
             which :func:`checkpoint_denoiser` wraps.
         ema_net: the network with the moving-average weights (eval mode); sample from this.
         process: the forward process it was trained with.
-        prediction_type: ``"eps"``, ``"x0"``, ``"v"`` or ``"score"``.
+        prediction_type: ``"eps"``, ``"x0"``, ``"v"`` or ``"score"`` for a diffusion run; what
+            another objective's network outputs (``"logits"`` for a noise-aware classifier).
         step: optimiser steps taken.
         data_config: the dataset configuration (``scorekit.data.dataset_from_config`` rebuilds it).
         trainer: the contents of ``trainer.json``.
+        objective: what the run trained (``"diffusion"``, ``"classifier"``, ...; runs written
+            before objectives were recorded are ``"diffusion"``).
     """
 
     path: str
@@ -426,6 +429,7 @@ class Checkpoint:
     step: int
     data_config: dict | None
     trainer: dict = field(default_factory=dict)
+    objective: str = "diffusion"
 
     @property
     def model_config(self) -> dict:
@@ -527,7 +531,8 @@ def load_checkpoint(path, *, device="cpu") -> Checkpoint:
     config = read_config(ckpt_dir)
     from ..prediction import PREDICTION_TYPES
 
-    if config["prediction_type"] not in PREDICTION_TYPES:
+    objective = run_objective(config, os.path.join(ckpt_dir, CONFIG_FILE))
+    if objective == "diffusion" and config["prediction_type"] not in PREDICTION_TYPES:
         raise ScorekitError(f"{os.path.join(ckpt_dir, CONFIG_FILE)}: unknown prediction type "
                             f"{config['prediction_type']!r}")
     net, process = build_from_config(config, os.path.join(ckpt_dir, CONFIG_FILE))
@@ -547,7 +552,16 @@ def load_checkpoint(path, *, device="cpu") -> Checkpoint:
                             f"{step!r}; the file is corrupt")
     return Checkpoint(path=ckpt_dir, config=config, net=net, ema_net=ema_net, process=process,
                       prediction_type=config["prediction_type"], step=step,
-                      data_config=config.get("data"), trainer=trainer)
+                      data_config=config.get("data"), trainer=trainer, objective=objective)
+
+
+def run_objective(config: dict, source: str = "config.json") -> str:
+    """The objective a run configuration records (``"diffusion"`` where it names none)."""
+    objective = config.get("objective", "diffusion")
+    if not isinstance(objective, str) or not objective:
+        raise ScorekitError(f"{source}: 'objective' must be the name of a training objective, got "
+                            f"{objective!r}; the configuration is corrupt")
+    return objective
 
 
 class LabelledModel(nn.Module):
@@ -596,6 +610,11 @@ def checkpoint_denoiser(ckpt: Checkpoint, *, ema: bool = True, y: torch.Tensor |
 
     if y is not None and condition is not None:
         raise ScorekitError("give the labels either as y or as condition, not both")
+    if ckpt.objective != "diffusion":
+        what = "a noise-aware classifier" if ckpt.objective == "classifier" else "a network"
+        holds = f"{ckpt.path} holds {what} trained with objective {ckpt.objective!r}, not a denoiser"
+        raise ScorekitError(f"{holds}; its network is ckpt.ema_net (outputs: {ckpt.prediction_type}); sample "
+                            f"from a diffusion run", cli=f"{holds}; give the folder of a diffusion run")
     net = _preconditioned(ckpt.ema_net if ema else ckpt.net, ckpt.process, ckpt.config, ckpt.path)
     kind = Denoiser
     if ckpt.model_config.get("learn_variance"):
@@ -623,4 +642,4 @@ def load_denoiser(path, *, ema: bool = True, condition=None, device="cpu"):
 __all__ = ["CHECKPOINT_FILES", "Checkpoint", "checkpoint_denoiser", "checkpoint_name", "load_denoiser",
            "check_state_fits", "clean_partial", "flatten_optimizer_state", "latest_checkpoint",
            "list_checkpoints", "load_checkpoint", "read_config", "read_trainer_info", "remove_checkpoints_after",
-           "resolve_checkpoint", "save_checkpoint", "unflatten_optimizer_state", "write_latest"]
+           "resolve_checkpoint", "run_objective", "save_checkpoint", "unflatten_optimizer_state", "write_latest"]
