@@ -116,7 +116,7 @@ def test_deterministic_batches_give_the_samples_of_one_call(batch_size):
     model = MIX.eps_model(process)
     x_T = prior(process, 12)
     whole = scorekit.sample(model, x_T, process=process, sampler="ddim", num_steps=8)
-    got = scorekit.sample_batches(lambda y: model, x_T, batch_size=batch_size, process=process,
+    got = scorekit.sample_batches(model, x_T, batch_size=batch_size, process=process,
                                   sampler="ddim", num_steps=8)
     # equal up to float32 rounding: a BLAS may order a batch's sums by its size
     torch.testing.assert_close(got.x, whole, rtol=1e-5, atol=1e-6)
@@ -129,18 +129,18 @@ def test_stochastic_batches_draw_from_the_generator_batch_after_batch():
     model = MIX.eps_model(process)
     x_T = prior(process, 10)
     kwargs = dict(process=process, sampler="ddpm", num_steps=6)
-    got = scorekit.sample_batches(lambda y: model, x_T, batch_size=4,
+    got = scorekit.sample_batches(model, x_T, batch_size=4,
                                   generator=torch.Generator().manual_seed(7), **kwargs)
     g = torch.Generator().manual_seed(7)
     by_hand = torch.cat([scorekit.sample(model, x_T[lo:lo + 4], generator=g, **kwargs) for lo in (0, 4, 8)])
     torch.testing.assert_close(got.x, by_hand, rtol=0, atol=0)
-    one = scorekit.sample_batches(lambda y: model, x_T, batch_size=10,
+    one = scorekit.sample_batches(model, x_T, batch_size=10,
                                   generator=torch.Generator().manual_seed(7), **kwargs)
     torch.testing.assert_close(one.x, scorekit.sample(model, x_T, generator=torch.Generator().manual_seed(7),
                                                       **kwargs), rtol=0, atol=0)
 
 
-def test_each_batch_gets_the_model_for_its_labels():
+def test_each_batch_gets_its_slice_of_the_condition():
     """A class-conditional "network": each label picks the mode its samples go to."""
     process = DDPM()
     means = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.0]])
@@ -149,31 +149,44 @@ def test_each_batch_gets_the_model_for_its_labels():
     per_label = [scorekit.toy.GaussianMixture(torch.ones(1), means[k:k + 1], stds=0.05).x0_model(process)
                  for k in range(3)]
 
-    def model_for(y):
-        seen.append(y.clone())
+    def model(x_t, t, y=None):
+        seen.append(tuple(y.tolist()))
+        out = torch.empty_like(x_t)
+        for k in range(3):
+            if (y == k).any():
+                out[y == k] = per_label[k](x_t[y == k], t[y == k])
+        return out
 
-        def model(x_t, t):
-            out = torch.empty_like(x_t)
-            for k in range(3):
-                if (y == k).any():
-                    out[y == k] = per_label[k](x_t[y == k], t[y == k])
-            return out
-        return model
-
+    model.num_classes = 3
     labels = torch.arange(7) % 3
-    got = scorekit.sample_batches(model_for, prior(process, 7), batch_size=3, labels=labels, process=process,
+    got = scorekit.sample_batches(model, prior(process, 7), batch_size=3, condition=labels, process=process,
                                   prediction_type="x0", sampler="ddim", num_steps=10)
-    assert [s.tolist() for s in seen] == [[0, 1, 2], [0, 1, 2], [0]]
+    assert seen == [(0, 1, 2)] * 20 + [(0,)] * 10          # 10 steps per batch
     torch.testing.assert_close(got.x, means[labels], atol=0.5, rtol=0)
+
+
+def test_guided_batches_count_network_and_classifier_calls():
+    """Classifier-free guidance: one network call per step on the doubled batch; classifier
+    guidance: one classifier evaluation (with its gradient) per step and batch."""
+    lm, process = scorekit.toy.labelled_eight_gaussians(2), DDPM()
+    d = Denoiser(lm.model(process, "eps"), process, "eps")
+    x_T = prior(process, 10)
+    got = scorekit.sample_batches(d, x_T, batch_size=4, condition=1, sampler="ddim", num_steps=6,
+                                  guidance_scale=3.0)
+    assert got.calls == [6, 6, 6] and got.classifier_calls == 0
+    u = Denoiser(lm.mixture.eps_model(process), process, "eps")
+    got = scorekit.sample_batches(u, x_T, batch_size=4, condition=1, sampler="ddim", num_steps=6,
+                                  classifier=lm.classifier(process))
+    assert got.calls == [6, 6, 6] and got.classifier_calls == 18
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
     (dict(batch_size=0), "batch_size must be a positive whole number"),
     (dict(batch_size=2.0), "batch_size must be a positive whole number"),
-    (dict(batch_size=2, labels=torch.zeros(3, dtype=torch.long)), "one label per sample, shape (4,)"),
+    (dict(batch_size=2, condition=torch.zeros(3, dtype=torch.long)), "the condition is for 3 samples but the batch has 4"),
 ])
 def test_sample_batches_refuses_bad_arguments(kwargs, fragment):
     process = DDPM()
     with pytest.raises(ScorekitError) as info:
-        scorekit.sample_batches(lambda y: MIX.eps_model(process), prior(process, 4), process=process, **kwargs)
+        scorekit.sample_batches(MIX.eps_model(process), prior(process, 4), process=process, **kwargs)
     assert fragment in str(info.value)

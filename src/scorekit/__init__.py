@@ -13,7 +13,7 @@ from .nfe import NFECounter, count_network_calls
 from .sampling import BatchedSamples, invert, sample, sample_batches
 from .schedule_tuning import TunedSchedule, load_tuned, save_tuned, tune_timesteps
 from .timesteps import make_timesteps
-from .train.checkpoint import load_denoiser
+from .train.checkpoint import load_classifier, load_denoiser
 from .variances import LearnedVarianceDenoiser, analytic_variances
 
 __version__ = "0.1.0"
@@ -23,7 +23,7 @@ __all__ = [
     "DDPM", "EDM", "VESDE", "VPSDE", "GaussianProcess", "SimpleVE", "SubVPSDE", "beta_schedule",
     "Denoiser", "ScorekitError",
     # conditions and guidance
-    "Condition", "ClassifierFreeGuidance", "ClassifierGuidance", "load_denoiser",
+    "Condition", "ClassifierFreeGuidance", "ClassifierGuidance", "load_classifier", "load_denoiser",
     # sampling
     "SAMPLERS", "sample", "sample_batches", "BatchedSamples", "NFECounter", "count_network_calls", "invert",
     "make_timesteps", "ddpm", "ddim", "ddim_invert",

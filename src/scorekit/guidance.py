@@ -186,6 +186,10 @@ class ClassifierGuidance(DenoiserWrapper):
                                 f"got {type(classifier).__name__}")
         self.classifier = classifier
         self.scale = _finite(scale, "the classifier scale", cli_name="--classifier-scale")
+        process = getattr(classifier, "process", None)
+        if process is not None and process.config() != self.process.config():
+            raise ScorekitError(f"the classifier was trained on noisy data of another process ({process!r}) "
+                                f"than the model's ({self.process!r}); train it with the model's process")
         classes = getattr(classifier, "num_classes", None)
         if classes is not None and getattr(denoiser, "conditional", False) and denoiser.num_classes != classes:
             raise ScorekitError(f"the classifier has {classes} classes but the model has "
@@ -197,6 +201,10 @@ class ClassifierGuidance(DenoiserWrapper):
 
     def log_prob_gradient(self, x_t: Tensor, t, labels: Tensor) -> Tensor:
         r"""``grad_x log p_phi(y | x_t, t)`` per sample (zero where ``y`` is the null label)."""
+        shape = getattr(self.classifier, "sample_shape", None)
+        if shape is not None and tuple(x_t.shape[1:]) != tuple(shape):
+            raise ScorekitError(f"the classifier was trained on samples of shape {tuple(shape)} but the "
+                                f"model draws {tuple(x_t.shape[1:])}")
         keep = labels != NULL_LABEL
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)

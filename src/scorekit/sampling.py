@@ -211,6 +211,8 @@ class BatchedSamples:
     calls: list[int]
     #: wall time of the sampling, in seconds
     seconds: float
+    #: evaluations (each with its gradient) of the classifier of classifier guidance, all batches
+    classifier_calls: int = 0
 
     @property
     def nfe(self) -> float:
@@ -220,23 +222,22 @@ class BatchedSamples:
         return sum(self.calls) / max(len(self.calls), 1)
 
 
-def sample_batches(model_for: Callable[[Tensor | None], Callable], x_T: Tensor, *, batch_size: int,
-                   labels: Tensor | None = None, device=None, generator: torch.Generator | None = None,
-                   **kwargs) -> BatchedSamples:
+def sample_batches(model, x_T: Tensor, *, batch_size: int, condition=None, device=None,
+                   generator: torch.Generator | None = None, **kwargs) -> BatchedSamples:
     """:func:`sample` from ``x_T`` batch by batch, counting the network evaluations.
 
-    Runs :func:`sample` on ``x_T[lo:hi]`` for consecutive batches of ``batch_size`` samples, so
-    ``N`` samples need the memory of one batch on ``device``, and gathers the samples.
+    Runs :func:`sample` on ``x_T[lo:hi]`` (and ``condition[lo:hi]``) for consecutive batches of
+    ``batch_size`` samples, so ``N`` samples need the memory of one batch on ``device``, and
+    gathers the samples.
 
     Args:
-        model_for: ``model_for(y)`` returns the model or denoiser (what :func:`sample` takes as
-            ``model``) for a batch with labels ``y``: ``labels[lo:hi]`` on ``device``, or ``None``
-            when ``labels`` is ``None``. For example ``lambda y: checkpoint_denoiser(ckpt, y=y)``
-            (:func:`scorekit.train.checkpoint_denoiser`), or ``lambda y: model`` for a model that
-            takes no labels.
+        model: what :func:`sample` takes: a network or a ready denoiser, e.g.
+            :func:`scorekit.load_denoiser` of a run.
         x_T: the initial noise of all ``N`` samples, shape ``(N, ...)``.
-        batch_size: the most samples per batch (per network call).
-        labels: optional per-sample labels, shape ``(N,)``, handed to ``model_for`` batch by batch.
+        batch_size: the most samples per batch (per network call; classifier-free guidance
+            evaluates the network on twice as many rows in that one call).
+        condition: optional per-sample condition (class labels ``(N,)`` or a
+            :class:`~scorekit.conditioning.Condition`), sliced batch by batch.
         device: where each batch is sampled (default: ``x_T``'s device); the samples are gathered
             on ``x_T``'s device.
         generator: given to every batch in turn. A stochastic sampler draws from it batch after
@@ -245,16 +246,17 @@ def sample_batches(model_for: Callable[[Tensor | None], Callable], x_T: Tensor, 
             gives the samples of one :func:`sample` call on all of ``x_T``, whatever ``batch_size``
             (up to rounding where the network's arithmetic depends on the batch size).
         **kwargs: the other arguments of :func:`sample`, the same for every batch: ``process``,
-            ``sampler``, ``num_steps``, ``spacing`` or ``timesteps``, ``clip``, ``progress`` (a bar
-            per batch), ``check_finite``, the sampler's options, ...
+            ``sampler``, ``num_steps``, ``spacing`` or ``timesteps``, guidance, ``clip``,
+            ``progress`` (a bar per batch), ``check_finite``, the sampler's options, ...
 
     Returns:
         :class:`BatchedSamples`: the samples, the network evaluations of each batch (``.nfe`` per
-        sample) and the seconds taken.
+        sample), the classifier evaluations of classifier guidance, and the seconds taken.
     """
     import time
 
-    from .nfe import count_network_calls
+    from .conditioning import as_condition
+    from .nfe import NFECounter, count_network_calls
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ScorekitError(f"batch_size must be a positive whole number, got {batch_size!r}")
@@ -262,21 +264,22 @@ def sample_batches(model_for: Callable[[Tensor | None], Callable], x_T: Tensor, 
         got = tuple(x_T.shape) if isinstance(x_T, Tensor) else type(x_T).__name__
         raise ScorekitError(f"x_T must be a tensor of shape (N, ...) with N >= 1, got {got}")
     num = x_T.shape[0]
-    if labels is not None and (not isinstance(labels, Tensor) or labels.shape[:1] != (num,)):
-        got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-        raise ScorekitError(f"labels must be a tensor of one label per sample, shape ({num},), got {got}")
-    if not callable(model_for):
-        raise ScorekitError(f"model_for must be a function of the labels y returning the model, got "
-                            f"{type(model_for).__name__}")
+    condition = as_condition(condition)
+    if condition is not None:
+        condition = condition.for_batch(num)
     device = x_T.device if device is None else torch.device(device)
+    classifier = kwargs.pop("classifier", None)
+    classifier_counter = None if classifier is None else NFECounter(classifier)
     parts, calls = [], []
     start = time.perf_counter()
     for lo in range(0, num, batch_size):
         hi = min(lo + batch_size, num)
-        y = None if labels is None else labels[lo:hi].to(device)
-        model, counter = count_network_calls(model_for(y))
-        x = sample(model, x_T[lo:hi].to(device), generator=generator, **kwargs)
+        counted, counter = count_network_calls(model)
+        x = sample(counted, x_T[lo:hi].to(device), generator=generator,
+                   condition=None if condition is None else condition[lo:hi].to(device),
+                   classifier=classifier_counter, **kwargs)
         parts.append(x.to(x_T.device))
         calls.append(counter.calls)
     seconds = time.perf_counter() - start
-    return BatchedSamples(torch.cat(parts), calls, seconds)
+    return BatchedSamples(torch.cat(parts), calls, seconds,
+                          0 if classifier_counter is None else classifier_counter.calls)

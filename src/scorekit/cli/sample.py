@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 from ..errors import ScorekitError
-from ._common import PROG, Formatter, add_run_flags, int_in, positive_float, sampler_name
+from ._common import PROG, Formatter, add_run_flags, int_in, positive_float, sampler_name, unit_interval
 from ._sampler_flags import add_sampler_option_flags, sampler_options_from
 
 #: the --spacing that takes the time steps ``scorekit tune`` saved (:func:`scorekit.load_tuned`)
@@ -55,6 +55,32 @@ def add(commands) -> None:
     add_sampler_option_flags(p)
     p.add_argument("--clip", metavar="X", type=positive_float("--clip"),
                    help="clamp the predicted x_0 to [-X, X] at every step (e.g. 1 for images)")
+    p.add_argument("--threshold", metavar="P", type=unit_interval("--threshold", closed_top=True),
+                   help="dynamic thresholding of the predicted x_0 at percentile P of |x_0| per sample "
+                        "(Imagen; e.g. 0.995): keeps large guidance scales in the data range")
+    p.add_argument("--threshold-max", metavar="M", type=positive_float("--threshold-max"), default=1.0,
+                   help="the largest threshold of --threshold (>= 1)")
+    g = p.add_argument_group(
+        "guidance", "steer a class-conditional model towards --class (see docs/guidance.md)")
+    g.add_argument("--guidance-scale", metavar="W", type=float,
+                   help="classifier-free guidance weight w: D = D(null) + w (D(class) - D(null)); 1 is the "
+                        "plain conditional model, 0 the unconditional one, 2-5 typical (diffusers' "
+                        "guidance_scale; the paper's w is W - 1). Needs a model trained with "
+                        "--label-dropout; each step evaluates the network once on the conditional and "
+                        "unconditional batch together")
+    g.add_argument("--guidance-interval", metavar="LO,HI", type=_interval,
+                   help="guide only where the noise level sigma/alpha lies in (LO, HI] (Kynkaanniemi et "
+                        "al. 2024; e.g. 0.28,5.42 for EDM-scaled images); the plain conditional model elsewhere")
+    g.add_argument("--guidance-rescale", metavar="PHI", type=unit_interval("--guidance-rescale", closed_top=True),
+                   default=0.0,
+                   help="guidance rescale (Lin et al. 2024): match the guided prediction's spread to the "
+                        "conditional one's by this fraction (e.g. 0.7)")
+    g.add_argument("--classifier", metavar="RUN",
+                   help="classifier guidance with the noise-aware classifier of RUN (trained with "
+                        f"'{PROG} train --objective classifier' on the same data and process)")
+    g.add_argument("--classifier-scale", metavar="S", type=float, default=1.0,
+                   help="classifier guidance scale s: score + s grad log p(class | x_t); 1 samples "
+                        "p(x | class) with an exact classifier, larger values trade diversity for fidelity")
     p.add_argument("--num", metavar="N", type=int_in(1, 1000000, "--num"), default=64,
                    help="number of samples")
     p.add_argument("--class", dest="label", metavar="K[,K...]",
@@ -148,6 +174,32 @@ def _deprecated_schedule(args: argparse.Namespace) -> None:
         args.spacing = TUNED
 
 
+def _interval(text: str) -> tuple[float, float]:
+    """``LO,HI`` of --guidance-interval."""
+    parts = text.split(",")
+    try:
+        lo, hi = (float(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--guidance-interval takes two noise levels LO,HI (e.g. "
+                                         f"0.28,5.42), got {text!r}") from None
+    return lo, hi
+
+
+def _guidance(args: argparse.Namespace, device) -> dict:
+    """The guidance arguments of :func:`scorekit.sample` that the flags ask for."""
+    from ..train.checkpoint import load_classifier
+
+    if args.classifier is None and args.classifier_scale != 1.0:
+        raise ScorekitError("--classifier-scale needs --classifier RUN")
+    kwargs = dict(guidance_scale=args.guidance_scale, guidance_interval=args.guidance_interval,
+                  guidance_rescale=args.guidance_rescale, threshold=args.threshold,
+                  threshold_max=args.threshold_max)
+    if args.classifier is not None:
+        kwargs.update(classifier=load_classifier(args.classifier, device=device),
+                      classifier_scale=args.classifier_scale)
+    return kwargs
+
+
 def _sample_steps(args: argparse.Namespace) -> int | None:
     """``--steps`` (``None``: the default for the model); an adaptive sampler chooses its own
     steps, so it refuses --steps and --spacing (tuned too) and gets the grid of one step
@@ -169,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..plotting import atomic_path
     from ..sampling import sample_batches
-    from ..train.checkpoint import checkpoint_denoiser, load_checkpoint
+    from ..train.checkpoint import load_denoiser
     from ..train.distributed import resolve_device
     from ..samplers.options import ADAPTIVE_SAMPLERS
     from ..timesteps import check_step_count, default_step_count
@@ -191,12 +243,19 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        ckpt = load_checkpoint(args.checkpoint, device=device)
+        denoiser = load_denoiser(args.checkpoint, ema=not args.no_ema, device=device)
+        ckpt = denoiser.checkpoint
+        guidance = _guidance(args, device)
+        classifier = guidance.get("classifier")
         num_classes = ckpt.num_classes
+        if num_classes is None and classifier is not None:  # an unconditional model steered by classes
+            num_classes = classifier.num_classes
         classes = None                                  # the --class labels, in turn
         if args.unconditional and args.label is not None:
             raise ScorekitError("give either --class or --unconditional, not both")
         if args.unconditional:
+            if args.guidance_scale is not None or classifier is not None:
+                raise ScorekitError("guidance steers towards a class: give --class or leave out --unconditional")
             if num_classes is None:
                 raise ScorekitError("--unconditional: this model was trained without labels; it is "
                                     "unconditional already")
@@ -227,12 +286,11 @@ def run(args: argparse.Namespace) -> int:
             if timesteps is None:
                 timesteps = make_timesteps(ckpt.process, steps, spacing)
             options["variance"] = _analytic_variances(args, ckpt, timesteps, device, classes)
-        result = sample_batches(lambda y: checkpoint_denoiser(ckpt, ema=not args.no_ema, y=y), x_T,
-                                batch_size=args.batch_size, labels=labels, device=device, generator=noise,
-                                process=ckpt.process, sampler=args.sampler, num_steps=steps,
+        result = sample_batches(denoiser, x_T, batch_size=args.batch_size, condition=labels, device=device,
+                                generator=noise, sampler=args.sampler, num_steps=steps,
                                 spacing=spacing, timesteps=timesteps, clip=args.clip,
                                 progress=not args.no_progress, check_finite=not args.allow_nonfinite,
-                                **options)
+                                **guidance, **options)
         x0 = result.x
     finally:
         torch.set_num_threads(threads_before)
@@ -252,6 +310,10 @@ def run(args: argparse.Namespace) -> int:
             data = None
     step_text = f"{steps} steps" if args.sampler not in ADAPTIVE_SAMPLERS else "adaptive steps"
     title = f"{args.sampler}, {step_text}, {'raw' if args.no_ema else 'EMA'} weights, step {ckpt.step}"
+    if args.guidance_scale is not None:
+        title += f", guidance {args.guidance_scale:g}"
+    if args.classifier is not None:
+        title += f", classifier scale {args.classifier_scale:g}"
     try:
         arrays = {"x": x0.numpy().astype(np.float32)}
         if labels is not None:
@@ -268,8 +330,13 @@ def run(args: argparse.Namespace) -> int:
             raise
     except OSError as err:
         raise ScorekitError(f"cannot write {out!r}: {err.strerror or err}") from None
+    cost = f"NFE {result.nfe:g} per sample"
+    if args.guidance_scale is not None:
+        cost += ", each on the conditional and unconditional batch together"
+    if args.classifier is not None:
+        cost += f", {result.classifier_calls / max(len(result.calls), 1):g} classifier gradients"
     print(f"sampled {args.num} in {result.seconds:.2f} s with {args.sampler} ({step_text}, "
-          f"NFE {result.nfe:g} per sample) from step {ckpt.step} of {ckpt.path}")
+          f"{cost}) from step {ckpt.step} of {ckpt.path}")
     print("wrote:")
     print(f"  {out}")
     print(f"  {npz}")

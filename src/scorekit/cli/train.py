@@ -21,6 +21,7 @@ _TRAIN_FIELDS = {
     "device": "device", "threads": "num_threads", "log_every": "log_every",
     "checkpoint_every": "checkpoint_every", "sample_every": "sample_every",
     "sample_num": "sample_num", "sample_steps": "sample_steps", "sample_sampler": "sample_sampler",
+    "objective": "objective",
 }
 
 #: the flags that set TrainConfig fields with no flag of the same name
@@ -55,6 +56,7 @@ def _check_resumable(args: argparse.Namespace, config) -> None:
 def add(commands) -> None:
     from ..losses import WEIGHTINGS
     from ..models import PRESETS
+    from ..train.objectives import OBJECTIVES
     from ..precondition import DEFAULT_SIGMA_DATA, PRECONDITIONS
     from ..prediction import PREDICTION_TYPES
     from ..processes import BETA_SCHEDULES
@@ -82,7 +84,9 @@ def add(commands) -> None:
             moons, checkerboard, eight_gaussians, multiscale_2d, or mnist:PATH (IDX files),
             folder:PATH (an image folder or .tar.gz), npz:PATH (arrays x [, y]). Labelled data train a
             class-conditional network; --label-dropout of the labels (default 0.1) also trains it
-            without labels, for classifier-free guidance.
+            without labels, for classifier-free guidance (scorekit sample --guidance-scale).
+            --objective classifier trains a noise-aware classifier p(y | x_t, t) on the same
+            noisy data instead, for classifier guidance (scorekit sample --classifier RUN).
 
             Writes into --out:
               config.json                  everything to rebuild model, process, loss and data
@@ -101,6 +105,8 @@ def add(commands) -> None:
                   --mixed-precision bf16 --out runs/mnist
               {PROG} train --data eight_gaussians --timesteps lognormal --steps 2000 --out runs/8g
               {PROG} train --data eight_gaussians --precondition edm --timesteps lognormal --out runs/8g-edm
+              {PROG} train --data digits --objective classifier --out runs/digits-clf   (a classifier
+                  for classifier guidance: give it the --process and its options of the model to guide)
               {PROG} train --out runs/digits --resume --steps 6000    continue, for longer
             """))
     g = p.add_argument_group("data and model")
@@ -109,6 +115,10 @@ def add(commands) -> None:
                    help="a dataset option, e.g. pad_to=32, stop=8000, size=16, channels=3 (repeatable)")
     g.add_argument("--flip", action="store_true", default=None,
                    help="augment images by random horizontal flips (not for digits!)")
+    g.add_argument("--objective", choices=list(OBJECTIVES),
+                   help="what to train: diffusion (a denoiser) or classifier (a noise-aware classifier "
+                        "p(y | x_t, t) of labelled data for classifier guidance; its model presets are "
+                        "classifier-tiny and classifier-mlp, chosen by auto)" + dflt(d.objective))
     g.add_argument("--model", metavar="PRESET", choices=["auto", *PRESETS],
                    help=f"network preset: auto, {', '.join(PRESETS)}; auto is tiny for images and mlp "
                         f"for points" + dflt(d.model))

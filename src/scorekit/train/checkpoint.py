@@ -639,7 +639,43 @@ def load_denoiser(path, *, ema: bool = True, condition=None, device="cpu"):
     return denoiser
 
 
-__all__ = ["CHECKPOINT_FILES", "Checkpoint", "checkpoint_denoiser", "checkpoint_name", "load_denoiser",
+class NoisyClassifier:
+    """A trained noise-aware classifier ``p_phi(y | x_t, t)``, as classifier guidance
+    (:class:`scorekit.guidance.ClassifierGuidance`) takes it: ``classifier(x_t, t) -> logits``.
+
+    Attributes:
+        net: the network (the EMA copy by default), ``net(x_t, t) -> (N, num_classes)``.
+        process: the forward process whose noisy data it was trained on.
+        num_classes: its number of classes.
+        sample_shape: the shape of one sample it classifies.
+        path: the checkpoint it came from.
+    """
+
+    def __init__(self, net, process, num_classes: int, sample_shape, path: str | None = None):
+        self.net, self.process, self.num_classes = net, process, num_classes
+        self.sample_shape, self.path = tuple(sample_shape), path
+
+    def __call__(self, x_t: torch.Tensor, t) -> torch.Tensor:
+        return self.net(x_t, t)
+
+    def __repr__(self) -> str:
+        return f"NoisyClassifier({self.path or type(self.net).__name__}, {self.num_classes} classes, {self.process!r})"
+
+
+def load_classifier(path, *, ema: bool = True, device="cpu") -> NoisyClassifier:
+    """The noise-aware classifier of a run trained with ``objective="classifier"``, ready for
+    ``scorekit.sample(..., classifier=...)`` (``path``: its run folder or a checkpoint)."""
+    ckpt = load_checkpoint(path, device=device)
+    if ckpt.objective != "classifier":
+        holds = f"{ckpt.path} holds a run trained with objective {ckpt.objective!r}, not a noise-aware classifier"
+        raise ScorekitError(f"{holds}; train one with objective='classifier'",
+                            cli=f"{holds}; train one with scorekit train --objective classifier")
+    return NoisyClassifier(ckpt.ema_net if ema else ckpt.net, ckpt.process, ckpt.num_classes,
+                           ckpt.sample_shape, ckpt.path)
+
+
+__all__ = ["CHECKPOINT_FILES", "Checkpoint", "NoisyClassifier", "checkpoint_denoiser", "checkpoint_name",
+           "load_classifier", "load_denoiser",
            "check_state_fits", "clean_partial", "flatten_optimizer_state", "latest_checkpoint",
            "list_checkpoints", "load_checkpoint", "read_config", "read_trainer_info", "remove_checkpoints_after",
            "resolve_checkpoint", "run_objective", "save_checkpoint", "unflatten_optimizer_state", "write_latest"]
