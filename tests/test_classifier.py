@@ -239,7 +239,7 @@ def test_a_classifier_run_records_what_it_trained_loads_and_resumes_exactly(tmp_
 
     assert main(["info", str(straight)]) == 0
     out = capsys.readouterr().out
-    assert "unet_classifier preset classifier-tiny" in out and "prediction: logits" in out
+    assert "unet_classifier preset classifier-tiny" in out and "objective:  classifier" in out
     assert main(["sample", str(straight), "--out", str(tmp_path / "s.png")]) == 2
     assert "give the folder of a diffusion run" in capsys.readouterr().err
 

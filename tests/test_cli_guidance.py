@@ -122,5 +122,6 @@ def test_cfg_on_an_unconditional_model_is_refused(runs, tmp_path, capsys):
 def test_a_classifier_run_is_described_and_refused_as_a_model(runs, tmp_path, capsys):
     code, out, err = run_main(capsys, ["info", runs["classifier"]])
     assert code == 0, err
+    assert "objective:  classifier (a noise-aware classifier" in out and "prediction:" not in out
     code, _, err = run_main(capsys, ["sample", runs["classifier"], "--out", tmp_path / "x.png"])
     assert_one_line_error(code, err, "noise-aware classifier", "not a denoiser")

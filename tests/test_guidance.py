@@ -192,6 +192,21 @@ def test_conformance_with_classifier_guidance(name, options, process):
     assert_matches_mixture(x, lm.class_mixture(1))
 
 
+@pytest.mark.parametrize("process", ALL_PROCESSES, ids=repr)
+def test_exact_cfg_at_weight_w_is_exact_classifier_guidance_at_scale_w(process):
+    """D(c) - D(null) = (sigma^2 / alpha) grad log p(c | x_t) for exact models, so the two
+    guidance methods coincide at every scale (the implicit classifier of CFG is the true one)."""
+    lm = labelled_multiscale()
+    cond = Denoiser(lm.model(process, "x0"), process, "x0", condition=LABELS)
+    uncond = Denoiser(lm.mixture.x0_model(process), process, "x0")
+    for t in times(process):
+        x = points(process, t)
+        for w in (0.5, 3.0):
+            cfg = ClassifierFreeGuidance(cond, w)(x, t)
+            cg = ClassifierGuidance(uncond, lm.classifier(process), w).with_condition(LABELS)(x, t)
+            assert torch.allclose(cfg, cg, atol=1e-8 * w * (1 + float(process.sigma(t)) ** 2)), (t, w)
+
+
 # --- classifier-free guidance ------------------------------------------------------------------------------
 
 class Counting:
@@ -401,3 +416,32 @@ def test_guidance_refuses_bad_input():
         guided(cond, guidance_interval=(0.1, 1.0))
     with pytest.raises(ScorekitError, match="the model is unconditional"):
         scorekit.sample(lm.mixture.denoiser(process), x, process=process, condition=1)
+
+
+# --- likelihood under a condition ---------------------------------------------------------------------------
+
+def test_nll_batches_under_a_condition_is_the_class_mixtures_likelihood():
+    """-log p(x | y) of the conditional model bound to y, batch by batch, equals the likelihood
+    under the class mixture's own exact denoiser, computed in one call."""
+    from scorekit.likelihood import nll_batches, ode_likelihood
+
+    lm, process = labelled_multiscale(), VPSDE()
+    d = Denoiser(lm.model(process, "x0"), process, "x0")
+    x, y = lm.sample(7, generator=gen(4), dtype=F64)
+    options = dict(divergence="exact", rtol=1e-7, atol=1e-7)
+    got = nll_batches(d, x, method="ode", batch_size=3, condition=y, **options)
+    assert len(got.calls) == 3 and got.nfe_per_batch > 0
+    for c in range(2):
+        own = Denoiser(lm.class_mixture(c).x0_model(process), process, "x0")
+        expected = ode_likelihood(own, process, x[y == c], **options).bits_per_dim
+        assert torch.allclose(got.bits_per_dim[y == c], expected.to(F64), atol=1e-5)
+    elbo = nll_batches(ddpm_denoiser(lm), x, method="elbo", batch_size=4, condition=y, data_bits=None,
+                       generator=gen(5))
+    assert elbo.bits_per_dim.shape == (7,) and torch.isfinite(elbo.bits_per_dim).all()
+    with pytest.raises(ScorekitError, match="unknown likelihood method"):
+        nll_batches(d, x, method="bogus")
+
+
+def ddpm_denoiser(lm):
+    process = DDPM(num_steps=50)
+    return Denoiser(lm.model(process, "eps"), process, "eps")

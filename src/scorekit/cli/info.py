@@ -63,8 +63,13 @@ def run(args: argparse.Namespace) -> int:
         ("model", f"{model['kind']}" + (f" preset {preset}" if preset else "")
          + f", {count_parameters(ckpt.net):,} parameters ({details})"),
         ("process", repr(ckpt.process)),
-        ("prediction", ckpt.prediction_type + _precondition_text(cfg.get("precondition"))),
     ]
+    if ckpt.objective == "diffusion":
+        lines.append(("prediction", ckpt.prediction_type + _precondition_text(cfg.get("precondition"))))
+    else:
+        use = (f" (a noise-aware classifier p(y | x_t, t): sample RUN --class K --classifier {run})"
+               if ckpt.objective == "classifier" else "")
+        lines.append(("objective", ckpt.objective + use))
     loss = cfg.get("loss", {})
     if loss:
         opts = ", ".join(f"{k}={v}" for k, v in loss.get("options", {}).items())
@@ -78,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
         data_text += f" ({opts})"
     data_text += f": {size if size is not None else '?'} samples of shape {tuple(ckpt.sample_shape)}"
     if ckpt.num_classes is not None:
-        data_text += f", {ckpt.num_classes} classes, label dropout {cfg.get('label_dropout')}"
+        data_text += f", {ckpt.num_classes} classes"
+        if ckpt.objective == "diffusion":
+            data_text += f", label dropout {cfg.get('label_dropout')}"
     lines.append(("data", data_text))
     if cfg.get("class_names"):
         lines.append(("classes", ", ".join(f"{i} {name}" for i, name in enumerate(cfg["class_names"]))

@@ -124,48 +124,23 @@ def _nll_data(args: argparse.Namespace, ckpt):
     return dataset
 
 
-def _nll_method(method, args, ckpt, x, labels, data_bits, elbo_grid, elbo_fn) -> dict:
-    """One method's bits/dim of ``x`` batch by batch: the mean, its standard error, every sample's value,
-    NFE per batch and seconds."""
-    import time
-
+def _nll_method(method, args, denoiser, x, labels, data_bits, elbo_grid) -> dict:
+    """One method's bits/dim of ``x`` (:func:`scorekit.likelihood.nll_batches`): the mean, its
+    standard error, every sample's value, NFE per batch and seconds."""
     import torch
-    from tqdm.auto import tqdm
 
-    from ..likelihood.ode import ode_likelihood
-    from ..nfe import count_network_calls
-    from ..train.checkpoint import checkpoint_denoiser
+    from ..likelihood import nll_batches
 
-    num = x.shape[0]
-    generator = torch.Generator().manual_seed(args.seed)
-    bpd, nfe, start = [], [], time.perf_counter()
-    bar = tqdm(total=num, desc=f"nll {method}", disable=args.no_progress, leave=False)
-    try:
-        for lo in range(0, num, args.batch_size):
-            hi = min(lo + args.batch_size, num)
-            y = None if labels is None else labels[lo:hi]
-            d, counter = count_network_calls(checkpoint_denoiser(ckpt, ema=not args.no_ema, y=y))
-            if method == "ode":
-                res = ode_likelihood(d, ckpt.process, x[lo:hi], divergence=args.divergence,
-                                     probe=args.probe, num_probes=args.num_probes, rtol=args.rtol,
-                                     atol=args.atol, t_eps=args.t_eps, data_bits=data_bits,
-                                     generator=generator)
-                bpd.append(res.bits_per_dim)
-            else:
-                with torch.no_grad():
-                    res = elbo_fn(d, ckpt.process, x[lo:hi], data_bits=data_bits, variance=args.variance,
-                                  timesteps=elbo_grid, generator=generator)
-                bpd.append(res.total_bpd)
-            nfe.append(counter.calls)
-            bar.update(hi - lo)
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - start
-    values = torch.cat(bpd).to(torch.float64)
-    stderr = values.std().item() / math.sqrt(num) if num > 1 else float("nan")
-    return {"mean_bpd": values.mean().item(), "stderr_bpd": stderr,
-            "nfe_per_batch": sum(nfe) / len(nfe), "batches": len(nfe),
-            "seconds": seconds, "bits_per_dim": values.tolist()}
+    if method == "ode":
+        options = dict(divergence=args.divergence, probe=args.probe, num_probes=args.num_probes,
+                       rtol=args.rtol, atol=args.atol, t_eps=args.t_eps)
+    else:
+        options = dict(variance=args.variance, timesteps=elbo_grid)
+    r = nll_batches(denoiser, x, method=method, batch_size=args.batch_size, condition=labels,
+                    generator=torch.Generator().manual_seed(args.seed), progress=not args.no_progress,
+                    data_bits=data_bits, **options)
+    return {"mean_bpd": r.mean, "stderr_bpd": r.stderr, "nfe_per_batch": r.nfe_per_batch,
+            "batches": len(r.calls), "seconds": r.seconds, "bits_per_dim": r.bits_per_dim.tolist()}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -174,24 +149,18 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..likelihood.ode import is_quantized
-    from ..train.checkpoint import load_checkpoint
+    from ..train.checkpoint import load_denoiser
 
     if args.out is not None:
         if os.path.isdir(args.out):
             raise ScorekitError(f"--out {args.out!r} is a folder; give a file name ending in .json")
         if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
             raise ScorekitError(f"the folder of --out {args.out!r} does not exist; create it first")
-    elbo_fn = None
-    if args.method in ("elbo", "both"):
-        try:
-            from ..likelihood import elbo as elbo_fn
-        except ImportError:
-            raise ScorekitError("--method elbo: this installation has no scorekit.likelihood.elbo; "
-                                "use --method ode") from None
     threads_before = torch.get_num_threads()
     torch.set_num_threads(DEFAULT_TRAIN_THREADS)
     try:
-        ckpt = load_checkpoint(args.checkpoint)
+        denoiser = load_denoiser(args.checkpoint, ema=not args.no_ema)
+        ckpt = denoiser.checkpoint
         dataset = _nll_data(args, ckpt)
         num = min(args.num, len(dataset))
         x = dataset.x[:num]
@@ -214,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         results, failures = {}, {}
         for method in methods:
             try:
-                results[method] = _nll_method(method, args, ckpt, x, labels, data_bits, elbo_grid, elbo_fn)
+                results[method] = _nll_method(method, args, denoiser, x, labels, data_bits, elbo_grid)
             except ScorekitError as err:
                 if args.method != "both":
                     raise

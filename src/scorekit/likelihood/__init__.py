@@ -2,10 +2,15 @@
 
 * :mod:`.elbo` -- the discrete variational bound of DDPM, term by term.
 * :mod:`.ode` -- the exact log-likelihood through the probability-flow ODE.
+* :mod:`.batches` -- either one over a dataset, batch by batch (:func:`nll_batches`).
 """
 # --- ELBO (elbo.py) ---
 from .elbo import Elbo, elbo
 # --- ODE likelihood (ode.py) ---
 from .ode import OdeLikelihood, bits_per_dim, dequantize, ode_likelihood
 
-__all__ = ["Elbo", "OdeLikelihood", "bits_per_dim", "dequantize", "elbo", "ode_likelihood"]
+# --- a dataset in batches (batches.py) ---
+from .batches import NLL_METHODS, BatchedNll, nll_batches
+
+__all__ = ["BatchedNll", "Elbo", "NLL_METHODS", "OdeLikelihood", "bits_per_dim", "dequantize", "elbo",
+           "nll_batches", "ode_likelihood"]

@@ -564,21 +564,6 @@ def run_objective(config: dict, source: str = "config.json") -> str:
     return objective
 
 
-class LabelledModel(nn.Module):
-    """``model(x_t, t) = net(x_t, t, y)`` with fixed labels ``y`` (what samplers call)."""
-
-    def __init__(self, net: nn.Module, y: torch.Tensor | None):
-        super().__init__()
-        self.net = net
-        self.y = y
-
-    def forward(self, x_t, t):
-        y = self.y
-        if y is not None and y.shape[0] != x_t.shape[0]:
-            raise ScorekitError(f"{y.shape[0]} labels for a batch of {x_t.shape[0]} samples")
-        return self.net(x_t, t, y)
-
-
 def _preconditioned(net: nn.Module, process, config: dict, source: str):
     """``net`` wrapped by the run's preconditioning (``config["precondition"]``; none if absent)."""
     from ..precondition import precondition

@@ -150,7 +150,7 @@ class Objective:
         return f"objective {self.name}"
 
     def sampling_model(self, net, n: int, device) -> tuple:
-        """``(model, labels)`` for a sample grid of ``n`` samples, where :attr:`draws_samples`."""
+        """``(denoiser, labels)`` for a sample grid of ``n`` samples, where :attr:`draws_samples`."""
         raise NotImplementedError(f"{type(self).__name__} draws no samples")
 
 
@@ -256,19 +256,20 @@ class DiffusionObjective(Objective):
         return f"{self.prediction_type}-prediction, {self.config.weighting} weighting"
 
     def sampling_model(self, net, n: int, device) -> tuple:
-        """``(model, labels)``: ``model(x_t, t)`` the prediction of ``net`` (preconditioned, labelled
-        with classes ``0, 1, ..., K-1, 0, ...`` when class-conditional, without a variance head)."""
-        from .checkpoint import LabelledModel
+        """``(denoiser, labels)``: the :class:`~scorekit.prediction.Denoiser` of ``net``
+        (preconditioned, without a variance head) bound to the classes ``0, 1, ..., K-1, 0, ...``
+        when class-conditional."""
+        from ..prediction import Denoiser
+        from ..variances import PredictionHead
 
         y = None
         if self.conditional:
             y = (torch.arange(n) % self.net_config["num_classes"]).to(device)
-        model = LabelledModel(self.training_net(net), y)
+        model = self.training_net(net)
         if self.net_config.get("learn_variance"):
-            from ..variances import PredictionHead
-
             model = PredictionHead(model)                   # the grids use the prediction only
-        return model, y
+        return Denoiser(model, self.process, self.prediction_type, condition=y,
+                        num_classes=self.net_config.get("num_classes")), y
 
 
 class ClassifierObjective(Objective):

@@ -468,7 +468,7 @@ class _Trainer:
                 raise _GridAbandoned
 
         try:
-            x0 = sample(model, x_T, process=self.process, prediction_type=self.objective.prediction_type,
+            x0 = sample(model, x_T, process=self.process,
                         sampler=cfg.sample_sampler, num_steps=steps, callback=give_up_on_stop,
                         generator=seeded_generator(cfg.seed, "sampler", device=self.device))
         except _GridAbandoned:
