@@ -39,6 +39,8 @@ def add(commands) -> None:
               {PROG} sample runs/digits/checkpoints/step-0001000 --no-ema --num 100 --out raw.png
               {PROG} sample runs/8g --sampler ddim --eta 1 --num 5000 --out points.png
               {PROG} sample runs/8g --sampler unipc --steps 10 --spacing tuned --out tuned.png   (after {PROG} tune)
+              {PROG} sample runs/mnist --class 7 --guidance-scale 3 --threshold 0.995 --out sevens.png
+              {PROG} sample runs/mnist --class 7 --classifier runs/mnist-clf --classifier-scale 4 --out cg.png
             """))
     p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint folder")
     p.add_argument("--sampler", choices=list(SAMPLERS), type=sampler_name, default="ddim", help="the sampler")
@@ -65,9 +67,9 @@ def add(commands) -> None:
     g.add_argument("--guidance-scale", metavar="W", type=float,
                    help="classifier-free guidance weight w: D = D(null) + w (D(class) - D(null)); 1 is the "
                         "plain conditional model, 0 the unconditional one, 2-5 typical (diffusers' "
-                        "guidance_scale; the paper's w is W - 1). Needs a model trained with "
-                        "--label-dropout; each step evaluates the network once on the conditional and "
-                        "unconditional batch together")
+                        "guidance_scale; the paper's w is W - 1). Needs a model trained on labelled data "
+                        "with label dropout (on by default); each step evaluates the network once on the "
+                        "conditional and unconditional batch together")
     g.add_argument("--guidance-interval", metavar="LO,HI", type=_interval,
                    help="guide only where the noise level sigma/alpha lies in (LO, HI] (Kynkaanniemi et "
                         "al. 2024; e.g. 0.28,5.42 for EDM-scaled images); the plain conditional model elsewhere")
