@@ -370,11 +370,11 @@ def confident_share(probs, threshold: float = 0.9) -> float:
 
 def inception_score(probs) -> float:
     r"""``exp( (1/N) sum_n KL(p(y|x_n) || p_hat(y)) )``, ``p_hat = (1/N) sum_n p(y|x_n)``, in
-    float64 (``0 log 0 = 0``), over all samples at once (not in splits)."""
-    p = _probs(probs)
-    marginal = p.mean(dim=0, keepdim=True)
-    kl = (torch.special.xlogy(p, p) - torch.special.xlogy(p, marginal)).sum(dim=1)
-    return float(torch.exp(kl.mean()))
+    float64 (``0 log 0 = 0``), over all samples at once (not in splits; see
+    :func:`scorekit.metrics.inception_score.inception_score` for the split form)."""
+    from .inception_score import inception_score as split_score
+
+    return split_score(_probs(probs), splits=1).mean
 
 
 def class_balance(labels, num_classes: int = 10) -> dict:
