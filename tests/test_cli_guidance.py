@@ -41,6 +41,7 @@ def runs(tmp_path_factory):
         "vp_classifier": _train(root / "clf-vp", "--data", "moons", "--objective", "classifier",
                                 "--process", "vp"),
         "unconditional": _train(root / "uncond", "--data", "swiss_roll"),
+        "no_dropout": _train(root / "no-dropout", "--data", "moons", "--label-dropout", "0"),
     }
 
 
@@ -125,3 +126,10 @@ def test_a_classifier_run_is_described_and_refused_as_a_model(runs, tmp_path, ca
     assert "objective:  classifier (a noise-aware classifier" in out and "prediction:" not in out
     code, _, err = run_main(capsys, ["sample", runs["classifier"], "--out", tmp_path / "x.png"])
     assert_one_line_error(code, err, "noise-aware classifier", "not a denoiser")
+
+
+def test_guidance_of_a_model_trained_without_label_dropout_warns(runs, tmp_path, capsys):
+    code, _, err = run_main(capsys, ["sample", runs["no_dropout"], "--class", "1", "--guidance-scale", "2",
+                                     "--num", "4", "--no-progress", "--out", tmp_path / "x.png"])
+    assert code == 0
+    assert "warning: this model was trained with --label-dropout 0" in err

@@ -249,6 +249,12 @@ def run(args: argparse.Namespace) -> int:
         ckpt = denoiser.checkpoint
         guidance = _guidance(args, device)
         classifier = guidance.get("classifier")
+        dropout = ckpt.config.get("label_dropout")
+        if (args.guidance_scale is not None or args.unconditional) and ckpt.num_classes is not None \
+                and dropout is not None and dropout <= 0:
+            print(f"{PROG} sample: warning: this model was trained with --label-dropout 0, so its "
+                  f"unconditional prediction was never trained; guidance and --unconditional use it",
+                  file=sys.stderr, flush=True)
         num_classes = ckpt.num_classes
         if num_classes is None and classifier is not None:  # an unconditional model steered by classes
             num_classes = classifier.num_classes
