@@ -452,3 +452,16 @@ def test_nll_batches_under_a_condition_is_the_class_mixtures_likelihood():
 def ddpm_denoiser(lm):
     process = DDPM(num_steps=50)
     return Denoiser(lm.model(process, "eps"), process, "eps")
+
+
+def test_invert_under_a_condition_round_trips_with_sample():
+    """DDIM inversion bound to a class, then DDIM sampling under the same class, returns the data
+    (first-order error, small with many steps); under the other class it does not."""
+    lm, process = labelled_eight_gaussians(2), DDPM()
+    d = Denoiser(lm.model(process, "eps"), process, "eps")
+    x0, y = lm.sample(6, generator=gen(12), dtype=F64)
+    x_T = scorekit.invert(d, x0, num_steps=500, condition=y)
+    back = scorekit.sample(d, x_T, sampler="ddim", num_steps=500, condition=y)
+    assert torch.allclose(back, x0, atol=0.05)
+    other = scorekit.sample(d, x_T, sampler="ddim", num_steps=500, condition=1 - y)
+    assert not torch.allclose(other, x0, atol=0.05)

@@ -170,7 +170,7 @@ def invert(model: Callable[[Tensor, Tensor], Tensor], x0: Tensor, *, betas=None,
            process: GaussianProcess | None = None, prediction_type: str = "eps", num_steps: int = 50,
            spacing: str | None = None, timesteps=None, fixed_point_iters: int = 0,
            callback: Callback | None = None, progress: bool = False,
-           time_input: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+           time_input: Callable[[Tensor], Tensor] | None = None, condition=None) -> Tensor:
     r"""DDIM inversion: the latents ``x_T`` from which deterministic DDIM returns the data ``x0``.
 
     The counterpart of :func:`sample` for the other direction (inversion starts from data, so it is
@@ -186,7 +186,8 @@ def invert(model: Callable[[Tensor, Tensor], Tensor], x0: Tensor, *, betas=None,
     probability-flow ODE, so the round trip ``x0 -> x_T -> x0`` errs by ``O(1 / n)``;
     ``fixed_point_iters = k`` refines each step towards the exact inverse of the sampling step
     (:func:`~scorekit.samplers.ddim_invert`). The model, schedule and ``prediction_type`` arguments
-    are those of :func:`sample`.
+    are those of :func:`sample`; ``condition`` inverts under a condition (class labels or a
+    :class:`~scorekit.conditioning.Condition`), as :func:`sample` samples under one.
 
     Returns:
         ``x_T``, shaped and typed like ``x0``.
@@ -194,6 +195,9 @@ def invert(model: Callable[[Tensor, Tensor], Tensor], x0: Tensor, *, betas=None,
     from .samplers import ddim_invert
 
     denoiser, process = _model_denoiser(model, betas, alpha_bar, process, prediction_type, time_input)
+    condition = as_condition(condition)
+    if condition is not None:
+        denoiser = denoiser.with_condition(condition.for_batch(x0.shape[0]))
     if timesteps is None:
         timesteps = make_timesteps(process, num_steps, spacing)
     with torch.no_grad():
