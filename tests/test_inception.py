@@ -178,3 +178,8 @@ def test_conversion_snippet_works_and_is_documented(weights, tmp_path):
     assert torch.equal(ex.module.fc.weight, state["fc.weight"])
     with open(README, encoding="utf-8") as fh:
         assert CONVERSION_SNIPPET in fh.read()
+
+
+def test_wraps_only_a_loaded_network():
+    with pytest.raises(ScorekitError, match="InceptionFeatures.from_file"):
+        InceptionFeatures(torch.nn.Linear(2, 2))

@@ -90,7 +90,8 @@ class FeatureExtractor:
     A subclass sets ``name`` and ``module`` (the ``nn.Module`` that holds the weights) and writes
     :meth:`_forward`, which maps one batch already on the network's device to its features
     ``(B, ...)`` or to ``(features, logits)``; ``has_probabilities`` says whether it gives logits.
-    :meth:`_prepare` may first change a CPU batch (e.g. quantise it) before it is moved.
+    :meth:`_prepare` may first change a batch (e.g. quantise it) before it is moved; a floating
+    batch is cast to the network's floating dtype on the way.
     Batching, the device, evaluation mode, ``no_grad``, the progress bar and the float64 results
     are this class's work.
     """

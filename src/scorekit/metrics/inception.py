@@ -281,14 +281,17 @@ class InceptionFeatures(FeatureExtractor):
     images ``(N, 1 or 3, H, W)`` in ``[-1, 1]`` prepared as the module docstring says.
 
     Build it with :meth:`from_file` (the released weights, converted to safetensors once);
-    ``InceptionFeatures(net)`` wraps a :class:`FIDInceptionV3` as it is.
+    ``InceptionFeatures(net)`` wraps a :class:`FIDInceptionV3` whose weights are already loaded.
     """
 
     name = "fid_inception_v3"
     has_probabilities = True
 
-    def __init__(self, net: FIDInceptionV3 | None = None):
-        self.module = FIDInceptionV3() if net is None else net
+    def __init__(self, net: FIDInceptionV3):
+        if not isinstance(net, FIDInceptionV3):
+            raise ScorekitError(f"InceptionFeatures wraps a FIDInceptionV3 network, got {type(net).__name__}; "
+                                f"load the weights with InceptionFeatures.from_file(path)")
+        self.module = net
 
     @classmethod
     def from_file(cls, path) -> "InceptionFeatures":
