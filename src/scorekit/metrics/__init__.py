@@ -21,3 +21,10 @@ __all__ = [
     "mode_weights", "mode_weight_error", "mode_weight_stderr",
     "within_mode_swd", "within_mode_spread",
 ]
+from .features import DigitFeatures, FeatureExtractor, ModuleExtractor, state_hash
+from .inception import FIDInceptionV3, InceptionFeatures
+
+__all__ += [
+    "FeatureExtractor", "ModuleExtractor", "DigitFeatures", "state_hash",
+    "FIDInceptionV3", "InceptionFeatures",
+]

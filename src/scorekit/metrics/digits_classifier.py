@@ -126,9 +126,15 @@ class DigitClassifier(nn.Module):
         x = pad_digits(x)
         return self.fc(self.conv(x).flatten(1))
 
+    def features_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The features ``f(x)`` ``(N, feature_dim)`` and the logits ``(N, num_classes)`` of one
+        batch, from one pass (with gradients, on the network's device)."""
+        f = self._features(x)
+        return f, self.head(F.relu(f))
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(N, num_classes)`` of ``(N, 1, 28 or 32, 28 or 32)`` images in ``[-1, 1]``."""
-        return self.head(F.relu(self._features(x)))
+        return self.features_and_logits(x)[1]
 
     @torch.no_grad()
     def _batched(self, fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int) -> Tensor:
