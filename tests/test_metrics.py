@@ -1,7 +1,9 @@
-"""Tests of the distribution-error measures (scorekit.metrics.distribution).
+"""Tests of the distribution-error measures (scorekit.metrics.distribution) and of improved
+precision and recall (scorekit.metrics.precision_recall).
 
-Exact cases (shifts, replicated sample sets, Gaussian scale errors) are checked to rounding;
-Monte-Carlo cases with tolerances of a few standard errors and fixed seeds.
+Exact cases (shifts, replicated sample sets, Gaussian scale errors, nearest-neighbour radii of
+points on a line, a brute-force double loop) are checked to rounding; Monte-Carlo cases with
+tolerances of a few standard errors and fixed seeds.
 """
 import math
 
@@ -12,9 +14,12 @@ from scipy import integrate, stats
 
 from scorekit.errors import ScorekitError
 from scorekit.metrics import (
+    knn_radii,
+    manifold_coverage,
     mode_weight_error,
     mode_weight_stderr,
     mode_weights,
+    precision_recall,
     random_directions,
     sliced_wasserstein,
     swd_noise_floor,
@@ -209,6 +214,78 @@ def test_within_mode_swd_sees_fine_scale_error_swd_misses():
     ref = torch.tensor([within_mode_swd(mixture.sample(n, generator=gen(30 + i), dtype=F64), mixture)
                         for i in range(4)])
     assert within_mode_swd(y, mixture) > ref.mean() + 10 * ref.std()
+
+
+# --- improved precision and recall -------------------------------------------------------------------
+
+def test_knn_radii_of_points_on_a_line():
+    x = torch.tensor([[0.0], [1.0], [3.0], [6.0]])
+    assert knn_radii(x, 1).tolist() == [1.0, 1.0, 2.0, 3.0]
+    assert knn_radii(x, 2).tolist() == [3.0, 2.0, 3.0, 5.0]
+    assert knn_radii(x, 3, block=3).tolist() == [6.0, 5.0, 3.0, 6.0]
+    # a duplicate is a neighbour at distance 0
+    assert knn_radii(torch.tensor([[0.0], [0.0], [2.0]]), 1).tolist() == [0.0, 0.0, 2.0]
+
+
+def test_precision_recall_of_identical_sets_is_one():
+    x = torch.randn(300, 8, generator=gen(0))
+    assert precision_recall(x, x) == (1.0, 1.0)
+    assert precision_recall(x, x[torch.randperm(300, generator=gen(1))], k=5) == (1.0, 1.0)
+
+
+def test_precision_recall_of_far_apart_sets_is_zero():
+    real = torch.randn(200, 4, generator=gen(0))
+    fake = torch.randn(150, 4, generator=gen(1)) + 100.0
+    assert precision_recall(real, fake) == (0.0, 0.0)
+
+
+def test_a_subset_lies_on_the_manifold_of_the_whole():
+    real = torch.randn(400, 2, generator=gen(0), dtype=F64)
+    half = real[real[:, 0] < 0]                       # only half of the data: faithful, not diverse
+    precision, recall = precision_recall(real, half)
+    assert precision == 1.0
+    assert recall < 0.8
+    assert manifold_coverage(half, real) == 1.0
+
+
+def test_mode_dropping_lowers_recall_not_precision():
+    g = gen(3)
+    centres = torch.tensor([[-10.0, 0.0], [10.0, 0.0]], dtype=F64)
+    real = torch.cat([centres[0] + torch.randn(500, 2, generator=g, dtype=F64),
+                      centres[1] + torch.randn(500, 2, generator=g, dtype=F64)])
+    fake = centres[0] + torch.randn(1000, 2, generator=g, dtype=F64)   # one mode, twice as dense
+    precision, recall = precision_recall(real, fake)
+    assert precision > 0.95
+    assert 0.4 < recall < 0.55                         # the first mode, less its sparse tail
+
+
+def test_precision_recall_match_a_brute_force_loop():
+    g = gen(4)
+    real = torch.randn(37, 3, generator=g, dtype=F64)
+    fake = 0.7 * torch.randn(29, 3, generator=g, dtype=F64) + 0.3
+
+    def coverage(points, ref, k):
+        radii = [sorted(float((r - q).norm()) for q in ref)[k] for r in ref]
+        return sum(any(float((p - r).norm()) <= rad for r, rad in zip(ref, radii)) for p in points) / len(points)
+
+    for k in (1, 3, 5):
+        want = (coverage(fake, real, k), coverage(real, fake, k))
+        assert precision_recall(real, fake, k) == pytest.approx(want, abs=0)
+        assert precision_recall(real.numpy(), fake.tolist(), k, block=4) == pytest.approx(want, abs=0)
+
+
+def test_precision_recall_bad_inputs():
+    x = torch.zeros(5, 3)
+    with pytest.raises(ScorekitError, match="same dimension"):
+        precision_recall(x, torch.zeros(5, 2))
+    with pytest.raises(ScorekitError, match="fake_features holds 3 points, too few for k = 3"):
+        precision_recall(x, torch.zeros(3, 3))
+    with pytest.raises(ScorekitError, match="k must be a whole number"):
+        precision_recall(x, x, k=0)
+    with pytest.raises(ScorekitError, match="NaN"):
+        precision_recall(x, torch.full((5, 3), float("nan")))
+    with pytest.raises(ScorekitError, match=r"shape \(N, D\)"):
+        knn_radii(torch.zeros(5))
 
 
 # --- user errors ---------------------------------------------------------------------------------------
