@@ -1,11 +1,14 @@
 """Measures of sample quality.
 
-:mod:`scorekit.metrics.distribution` compares samples with a known distribution (the exact
-Gaussian mixtures of :mod:`scorekit.toy`): sliced Wasserstein distance against its own noise
-floor, mode weights, and within-mode (fine-scale) error. :mod:`scorekit.metrics.frechet` and
-:mod:`scorekit.metrics.precision_recall` compare two sets of features (e.g. those of
-:mod:`scorekit.metrics.digits_classifier`): the Fréchet distance, and improved precision and
-recall, which tell fidelity and diversity apart.
+* :mod:`.distribution` compares samples with a known distribution (the exact Gaussian mixtures of
+  :mod:`scorekit.toy`): sliced Wasserstein distance against its own noise floor, mode weights,
+  and within-mode (fine-scale) error.
+* Metrics on features of images: :mod:`.frechet` (the Fréchet distance of FID), :mod:`.kid`
+  (Kernel Inception Distance), :mod:`.inception_score`, :mod:`.precision_recall` (improved
+  precision and recall).
+* Feature extractors (:mod:`.features`): one interface for the FID Inception network
+  (:mod:`.inception`, from a weights file), the digit classifier (:mod:`.digits_classifier`) and
+  any user module.
 """
 from .distribution import (
     mode_weight_error,
@@ -17,19 +20,21 @@ from .distribution import (
     within_mode_spread,
     within_mode_swd,
 )
+from .features import DigitFeatures, FeatureExtractor, ModuleExtractor, state_hash
 from .frechet import feature_statistics, frechet_distance, frechet_distance_from_features
+from .inception import FIDInceptionV3, InceptionFeatures
+from .inception_score import InceptionScore, inception_score
+from .kid import KID, kernel_inception_distance, mmd2_unbiased
 from .precision_recall import knn_radii, manifold_coverage, precision_recall
 
 __all__ = [
     "sliced_wasserstein", "swd_noise_floor", "random_directions",
     "mode_weights", "mode_weight_error", "mode_weight_stderr",
     "within_mode_swd", "within_mode_spread",
+    "feature_statistics", "frechet_distance", "frechet_distance_from_features",
+    "KID", "kernel_inception_distance", "mmd2_unbiased",
+    "InceptionScore", "inception_score",
     "knn_radii", "manifold_coverage", "precision_recall",
-]
-from .features import DigitFeatures, FeatureExtractor, ModuleExtractor, state_hash
-from .inception import FIDInceptionV3, InceptionFeatures
-
-__all__ += [
     "FeatureExtractor", "ModuleExtractor", "DigitFeatures", "state_hash",
     "FIDInceptionV3", "InceptionFeatures",
 ]
