@@ -268,6 +268,15 @@ def finite(obj):
     return obj
 
 
+def write_report(out: Path, tag: str, report: dict, text: str) -> None:
+    """Write ``report`` as strict JSON to ``OUT/TAG.json`` and ``text`` to ``OUT/TAG.md``
+    (atomically), and print ``text``."""
+    write_text(out / f"{tag}.json", json.dumps(finite(report), indent=2, allow_nan=False) + "\n")
+    write_text(out / f"{tag}.md", text)
+    log(f"wrote {out / (tag + '.md')} and {out / (tag + '.json')}")
+    print(text)
+
+
 def fmt_counts(c) -> str:
     return " ".join(str(v) for v in c)
 
@@ -432,10 +441,7 @@ def main(argv=None) -> int:
     report["load"]["at the end"] = load_average()
     for m in report["models"].values():
         m["grid"] = os.path.relpath(m["grid"], ROOT)
-    write_text(out / f"{tag}.json", json.dumps(finite(report), indent=2, allow_nan=False) + "\n")
-    write_text(out / f"{tag}.md", markdown(report))
-    log(f"wrote {out / (tag + '.md')} and {out / (tag + '.json')}")
-    print(markdown(report))
+    write_report(out, tag, report, markdown(report))
     return 0
 
 
