@@ -157,13 +157,13 @@ class ClassifierFreeGuidance(DenoiserWrapper):
 
     def _rescaled(self, guided: Tensor, d_c: Tensor, x_t: Tensor, t) -> Tensor:
         alpha, sigma = self.coefficients(x_t, t)
-        space = self.rescale_space
-        g = convert(guided, "x0", space, x_t, alpha, sigma) if space != "x0" else guided
-        c = convert(d_c, "x0", space, x_t, alpha, sigma) if space != "x0" else d_c
+        space = self.rescale_space                    # convert returns its input for "x0"
+        g = convert(guided, "x0", space, x_t, alpha, sigma)
+        c = convert(d_c, "x0", space, x_t, alpha, sigma)
         dims = tuple(range(1, x_t.ndim))
         ratio = c.std(dim=dims, keepdim=True) / g.std(dim=dims, keepdim=True).clamp_min(1e-12)
         g = self.rescale * g * ratio + (1 - self.rescale) * g
-        return convert(g, space, "x0", x_t, alpha, sigma).to(guided.dtype) if space != "x0" else g
+        return convert(g, space, "x0", x_t, alpha, sigma).to(guided.dtype)
 
 
 class ClassifierGuidance(DenoiserWrapper):

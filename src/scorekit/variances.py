@@ -161,11 +161,9 @@ class LearnedVarianceDenoiser(Denoiser):
     def __init__(self, model: Callable[..., Tensor], process: GaussianProcess,
                  prediction_type: str = "eps", *, time_input: Callable[[Tensor], Tensor] | None = None,
                  condition=None, num_classes: int | None = None):
-        from .conditioning import model_num_classes
-
+        # the classes of ``model`` are found through PredictionHead.model
         super().__init__(PredictionHead(model), process, prediction_type, time_input=time_input,
-                         condition=condition,
-                         num_classes=num_classes if num_classes is not None else model_num_classes(model))
+                         condition=condition, num_classes=num_classes)
         self.network = model
 
     def predict_with_log_variance(self, x_t: Tensor, t, s, condition=None) -> tuple[Tensor, Tensor]:
