@@ -23,9 +23,10 @@ Standard errors (``Score.stderr``):
 * FID: the standard deviation of the FID over ``fid_bootstrap`` bootstrap replicates (both sets
   resampled with replacement, Efron & Tibshirani 1993). Replicates hold repeated points, so their
   FIDs are larger than the estimate; their spread is what the standard error uses.
-* KID: the standard deviation over the subsets divided by the square root of their number
-  (:attr:`scorekit.metrics.KID.stderr`; the subsets overlap, so this understates the spread
-  between independent sample sets; ``std`` in :meth:`EvalReport.to_dict` is the paper's ``+-``).
+* KID: the delete-a-group jackknife of ``MMD^2_u`` on the whole sets
+  (:func:`scorekit.metrics.kid.mmd2_jackknife`, 10 groups). The standard deviation over the
+  subsets, which the paper reports as ``+-``, is ``std`` in :meth:`EvalReport.to_dict`: it
+  measures a subset's spread, and it is 0 when a subset holds every sample.
 * IS: the standard deviation over the splits divided by the square root of their number.
 * Precision and recall: the binomial ``sqrt(p (1 - p) / n)`` of the ``n`` points tested, the
   manifolds taken as fixed.
@@ -366,6 +367,7 @@ def _scores(fake_f: Tensor, fake_p: Tensor | None, real_f: Tensor, metrics, *, k
             kid_subset_size: int, is_splits: int, pr_k: int, fid_bootstrap: int,
             generator: torch.Generator) -> dict:
     from .metrics import frechet_distance_from_features, inception_score, kernel_inception_distance
+    from .metrics.kid import mmd2_jackknife
 
     out = {}
     for m in metrics:
@@ -375,7 +377,10 @@ def _scores(fake_f: Tensor, fake_p: Tensor | None, real_f: Tensor, metrics, *, k
         elif m == "kid":
             kid = kernel_inception_distance(fake_f, real_f, num_subsets=kid_subsets,
                                             subset_size=kid_subset_size, generator=generator)
-            out["kid"] = Score(kid.mean, kid.stderr, kid.std)
+            blocks = min(10, fake_f.shape[0] // 2, real_f.shape[0] // 2)
+            stderr = mmd2_jackknife(fake_f, real_f, blocks=blocks, generator=generator)[1] if blocks >= 2 \
+                else float("nan")
+            out["kid"] = Score(kid.mean, stderr, kid.std)
         elif m == "is" and fake_p is not None:
             splits = min(is_splits, fake_p.shape[0])
             score = inception_score(fake_p, splits=splits)

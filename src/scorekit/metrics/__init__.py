@@ -24,7 +24,7 @@ from .features import DigitFeatures, FeatureExtractor, ModuleExtractor, state_ha
 from .frechet import feature_statistics, frechet_distance, frechet_distance_from_features
 from .inception import FIDInceptionV3, InceptionFeatures
 from .inception_score import InceptionScore, inception_score
-from .kid import KID, kernel_inception_distance, mmd2_unbiased
+from .kid import KID, kernel_inception_distance, mmd2_jackknife, mmd2_unbiased
 from .precision_recall import knn_radii, manifold_coverage, precision_recall
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
     "mode_weights", "mode_weight_error", "mode_weight_stderr",
     "within_mode_swd", "within_mode_spread",
     "feature_statistics", "frechet_distance", "frechet_distance_from_features",
-    "KID", "kernel_inception_distance", "mmd2_unbiased",
+    "KID", "kernel_inception_distance", "mmd2_jackknife", "mmd2_unbiased",
     "InceptionScore", "inception_score",
     "knn_radii", "manifold_coverage", "precision_recall",
     "FeatureExtractor", "ModuleExtractor", "DigitFeatures", "state_hash",
