@@ -1,7 +1,7 @@
 """Feature networks for evaluation: the classifiers ``scorekit.metrics.trained_feature_network``
 trains with its default settings, their held-out accuracy and their training time.
 
-    nice .venv/bin/python benchmarks/feature_nets.py                  # all three, 2 threads
+    nice .venv/bin/python benchmarks/feature_nets.py                  # all three, 1 thread
     nice .venv/bin/python benchmarks/feature_nets.py --only mnist     # one of them
 
 Three trainings, each on the whole set with the default held-out share (20 % of every class),
@@ -80,7 +80,8 @@ def run_one(name: str, args, cache: Path) -> dict:
 
 def write_report(report: dict, out: Path) -> None:
     lines = ["# Feature networks for evaluation", "",
-             f"{report['threads']} torch threads, seed {report['seed']}, default settings; "
+             f"{report['threads']} torch thread{'s' if report['threads'] != 1 else ''}, seed {report['seed']}, "
+             f"default settings; "
              f"{report['date']}, torch {report['torch']}.", "",
              "| data | kind | images (train / held out) | epochs | parameters | feature dim "
              "| held-out accuracy | training time | features of all images | noise with p > 0.9 |",
@@ -106,7 +107,8 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=sorted(SETS), action="append",
                    help="train only this one (repeatable; default: all three)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on a shared 2-core machine two threads wait on each other)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the training (default 0)")
     p.add_argument("--mnist", default=str(SHARED / "mnist-test"), help="the MNIST IDX folder")
     p.add_argument("--cifar", default=str(SHARED / "cifar10-test-jpg.tar.gz"),

@@ -140,6 +140,9 @@ def test_bad_inputs_are_refused(tmp_path, digits):
         build(digits, tmp_path, seed=-1)
     assert folders(tmp_path) == []
     assert FEATURE_KINDS == ("digits", "cifar10")
+    # the overshoot of resampling filters that load_dataset admits (IMAGE_LIMIT) is not refused
+    ringing = Dataset(digits.x * 1.2, digits.y, num_classes=10, spec="resampled")
+    assert build(ringing, tmp_path / "ringing").info["num_train"] == 95
 
 
 def test_heldout_split_is_stratified_disjoint_and_seeded():

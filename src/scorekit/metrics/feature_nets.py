@@ -51,7 +51,7 @@ kind     batch  lr     weight decay  outlier  outlier  default epochs
                                      share    weight
 =======  =====  =====  ============  =======  =======  ========================================
 digits   64     3e-3   1e-4          0.25     0.5      ``max(4, ceil(1000 / steps per epoch))``
-cifar10  64     2e-3   5e-4          0.25     0.5      10
+cifar10  64     2e-3   5e-4          0.25     0.5      20
 =======  =====  =====  ============  =======  =======  ========================================
 
 The default epochs of the digits kind give at least 1,000 optimiser steps: 8 epochs on 8,000
@@ -62,7 +62,8 @@ CIFAR-10 default is a modest CPU budget; more epochs give a more accurate networ
 (stratified, from a permutation drawn from ``torch.Generator().manual_seed(seed)``; the same
 generator then trains the network on the rest), and the accuracy is measured on the held-out part. The
 network is saved atomically to ``cache_dir/<kind>-<key>``, ``key`` the first 12 hex digits of the
-SHA-256 of the kind, the recipe (architecture and training settings, epochs included), the seed,
+SHA-256 of the kind, the recipe (architecture and training settings; the number of epochs, not
+the rule that chose it), the seed,
 the held-out share and the data's content (:func:`data_hash`: the image tensor's bytes and the
 labels, so changed data train a new network). The folder holds ``config.json`` (the architecture,
 the recipe and ``info``) and ``model.safetensors``; nothing is pickled.
@@ -82,6 +83,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..data.dataset import IMAGE_LIMIT
 from ..errors import ScorekitError, write_error
 from ..plotting import fsync_path, write_json
 from .features import ClassifierFeatures
@@ -311,7 +313,9 @@ def outlier_images(n: int, generator: torch.Generator, size=32, channels: int = 
 # --- training ---------------------------------------------------------------------------------------------
 
 def check_training_data(x, y, num_classes: int, channels: int | None = None) -> tuple[Tensor, Tensor]:
-    """``(x, y)`` as float32 images and long labels, after checking shapes, labels and range."""
+    """``(x, y)`` as float32 images and long labels, after checking shapes, labels and range (the
+    margin of :data:`scorekit.data.dataset.IMAGE_LIMIT` around ``[-1, 1]`` admits what resampled
+    datasets hold)."""
     if (not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point()
             or (channels is not None and x.shape[1] != channels)):
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -325,7 +329,7 @@ def check_training_data(x, y, num_classes: int, channels: int | None = None) -> 
     y = y.long()
     if int(y.min()) < 0 or int(y.max()) >= num_classes:
         raise ScorekitError(f"labels must lie in 0 .. {num_classes - 1}, found {int(y.min())} .. {int(y.max())}")
-    if float(x.min()) < -1.0 - 1e-6 or float(x.max()) > 1.0 + 1e-6:
+    if float(x.min()) < -IMAGE_LIMIT or float(x.max()) > IMAGE_LIMIT:
         raise ScorekitError(f"images must be scaled to [-1, 1], found values in "
                             f"[{float(x.min()):.3g}, {float(x.max()):.3g}]")
     return x.float(), y
@@ -552,7 +556,7 @@ RECIPES = {
                      outlier_share=0.25, outlier_weight=0.5, min_epochs=4, min_steps=1000),
     "cifar10": Recipe(widths=(16, 32, 64), convs_per_stage=2, batch_norm=True, feature_dim=256,
                       batch_size=64, lr=2e-3, weight_decay=5e-4, max_shift=4, max_shift_small=2, flip=True,
-                      outlier_share=0.25, outlier_weight=0.5, min_epochs=10, min_steps=0),
+                      outlier_share=0.25, outlier_weight=0.5, min_epochs=20, min_steps=0),
 }
 
 
@@ -676,7 +680,8 @@ def trained_feature_network(kind: str, data, cache_dir, *, seed: int = 0, epochs
         raise ScorekitError(f"epochs must be a whole number >= 1 (or None for the default), got {epochs!r}")
     max_shift = recipe.shift(image_shape[1:])
     content = data_hash(data)
-    settings = {"format": FORMAT, "kind": kind, "recipe": dataclasses.asdict(recipe), "epochs": epochs,
+    trained_with = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in ("min_epochs", "min_steps")}
+    settings = {"format": FORMAT, "kind": kind, "recipe": trained_with, "epochs": epochs,
                 "max_shift": max_shift, "seed": seed, "heldout_share": float(heldout_share),
                 "data_hash": content}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
