@@ -73,8 +73,9 @@ def default_cache_dir() -> str:
     return os.path.join(base, "scorekit")
 
 
-def data_hash(x: Tensor, y: Tensor | None = None) -> str:
-    """SHA-256 (hex) of a data set's content: the images' dtype, shape and bytes, then the labels'."""
+def data_hash(x: Tensor, y: Tensor | None = None, *, num_classes: int | None = None) -> str:
+    """SHA-256 (hex) of a data set's content: the images' dtype, shape and bytes, then the labels'
+    (and the number of classes, when given)."""
     digest = hashlib.sha256()
     for name, t in (("x", x), ("y", y)):
         if t is None:
@@ -82,6 +83,8 @@ def data_hash(x: Tensor, y: Tensor | None = None) -> str:
         t = t.detach().to("cpu").contiguous()
         digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    if num_classes is not None:
+        digest.update(f"classes\0{int(num_classes)}".encode())
     return digest.hexdigest()
 
 

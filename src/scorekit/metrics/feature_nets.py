@@ -568,18 +568,13 @@ def _check_kind(kind) -> str:
 
 
 def data_hash(data) -> str:
-    """The SHA-256 (hex) of a dataset's content: the image tensor's shape and float32 bytes, the
-    labels as int64 bytes and the number of classes (not the spec, so changed files give another
-    hash and the same images loaded from elsewhere the same one)."""
-    digest = hashlib.sha256()
-    x = data.x.detach().to("cpu", torch.float32).contiguous()
-    digest.update(f"x\0{tuple(x.shape)}\0".encode())
-    digest.update(x.reshape(-1).view(torch.uint8).numpy().tobytes())
-    if data.y is not None:
-        y = data.y.detach().to("cpu", torch.int64).contiguous()
-        digest.update(f"\0y\0{y.shape[0]}\0{data.num_classes}\0".encode())
-        digest.update(y.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    """The SHA-256 (hex) of a dataset's content (:func:`scorekit.evaluation.data_hash` of its
+    images as float32 and its labels as int64, with the number of classes): not the spec, so
+    changed files give another hash and the same images loaded from elsewhere the same one."""
+    from ..evaluation import data_hash as content_hash
+
+    y = None if data.y is None else data.y.to(torch.int64)
+    return content_hash(data.x.to(torch.float32), y, num_classes=data.num_classes if y is not None else None)
 
 
 def heldout_split(labels: Tensor, heldout_share: float,
