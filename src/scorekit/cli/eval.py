@@ -226,6 +226,18 @@ def _extractor(args: argparse.Namespace, reference, image_shape, cache: str, log
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..evaluation import ReferenceStatistics, default_cache_dir, evaluate, parse_metrics, reference_statistics
     from ..train.distributed import resolve_device
     from .sample import draw
