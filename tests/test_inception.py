@@ -17,7 +17,7 @@ from scorekit.metrics import FeatureExtractor, FIDInceptionV3, InceptionFeatures
 from scorekit.metrics.inception import CONVERSION_SNIPPET, expected_tensors, inception_input, quantize_uint8
 from scorekit.plotting import _grid_array
 
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+EVALUATION_DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "evaluation.md")
 
 #: a few tensors of pytorch-fid's pt_inception-2015-12-05 state dict, with their shapes
 KEY_TENSORS = {
@@ -167,7 +167,7 @@ def test_bad_files_are_refused(weights, tmp_path):
 
 
 def test_conversion_snippet_works_and_is_documented(weights, tmp_path):
-    """The README's snippet turns a .pth state dict (BatchNorm counters included) into a file
+    """The snippet of docs/evaluation.md turns a .pth state dict (BatchNorm counters included) into a file
     from_file reads; the counters are accepted."""
     _, state = weights
     full = dict(state)
@@ -176,7 +176,7 @@ def test_conversion_snippet_works_and_is_documented(weights, tmp_path):
     subprocess.run([sys.executable, "-c", CONVERSION_SNIPPET], cwd=tmp_path, check=True)
     ex = InceptionFeatures.from_file(tmp_path / "pt_inception-2015-12-05.safetensors")
     assert torch.equal(ex.module.fc.weight, state["fc.weight"])
-    with open(README, encoding="utf-8") as fh:
+    with open(EVALUATION_DOC, encoding="utf-8") as fh:
         assert CONVERSION_SNIPPET in fh.read()
 
 

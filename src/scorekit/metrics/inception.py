@@ -38,7 +38,7 @@ over all 1008 logits of ``fc`` -- the graph's 1008 classes, of which 1000 are Im
 pytorch-fid's network and the original Inception Score code compute it.
 
 **Weights.** scorekit reads them from a safetensors file only (:meth:`InceptionFeatures.from_file`);
-``README.md`` ("Evaluation features") says where the ``.pth`` file comes from and how to convert
+``docs/evaluation.md`` ("The FID Inception network") says where the ``.pth`` file comes from and how to convert
 it once.
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ INPUT_SIZE = 299
 FEATURE_DIM = 2048
 NUM_LOGITS = 1008
 
-#: how to convert the released ``.pth`` file once (shown by errors and in README.md)
+#: how to convert the released ``.pth`` file once (shown by errors and in docs/evaluation.md)
 CONVERSION_SNIPPET = """\
 import torch
 from safetensors.torch import save_file
@@ -298,7 +298,7 @@ class InceptionFeatures(FeatureExtractor):
         """Read the network's weights from a safetensors file holding exactly the tensors of
         :func:`expected_tensors` under their names (float tensors of any precision, stored as
         float32). Nothing is unpickled: a ``.pth`` / ``.pt`` file is refused with the one-time
-        conversion to safetensors (``README.md``, "Evaluation features"). A file with missing,
+        conversion to safetensors (``docs/evaluation.md``, "The FID Inception network"). A file with missing,
         unexpected or mis-shaped tensors is refused, naming some of each."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -312,7 +312,7 @@ class InceptionFeatures(FeatureExtractor):
         if not os.path.isfile(path):
             raise ScorekitError(f"{path} does not exist; the FID Inception weights are "
                                 f"pt_inception-2015-12-05-6726825d.pth from the pytorch-fid releases, "
-                                f"converted once to safetensors (README.md, 'Evaluation features')")
+                                f"converted once to safetensors (docs/evaluation.md, 'The FID Inception network')")
         try:
             state = load_file(path)
         except (OSError, SafetensorError, ValueError) as err:
