@@ -142,6 +142,20 @@ def train_config(args, name: str) -> TrainConfig:
                        checkpoint_every=10 ** 9, keep_checkpoints=1, sample_num=1, sample_steps=1)
 
 
+def loss_summary(run_dir: Path) -> dict:
+    """The training curve in numbers, from the run's ``metrics.jsonl`` (one line per 10 steps: the
+    mean loss and gradient norm before clipping over those steps)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    loss = np.array([r["loss"] for r in rows], dtype=float)
+    grad = np.array([r.get("grad_norm", float("nan")) for r in rows], dtype=float)
+    half = loss[len(loss) // 2:]
+    return {"windows": len(rows), "loss_first": float(loss[0]), "loss_last_half_median": float(np.median(half)),
+            "loss_max": float(np.max(loss)), "loss_max_step": int(rows[int(np.argmax(loss))]["step"]),
+            "spikes": int(np.sum(loss > 10 * np.median(half))), "finite": bool(np.isfinite(loss).all()),
+            "grad_norm_median": float(np.nanmedian(grad)), "grad_norm_max": float(np.nanmax(grad))}
+
+
 def primary_variance(name: str) -> str:
     return "learned" if MODELS[name][0].get("variance") == "learned" else "small"
 
@@ -447,6 +461,18 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {m['training']['final_loss']:.4g} | {pm(vs.get('small'))} | {pm(vs.get('large'))} | "
                      f"{pm(vs.get('learned'))} | {pm(paired(report, name))} | {v['decoder_bpd']:.3f} | {last} | "
                      f"{pm(rv)} | {rlast} | {pm(c)} | {pm(same)} |")
+    lines += ["", "## Training", "",
+              "Loss: the run's mean over each 10 steps (the weighting's own units: elbo sums nats over the 1024 "
+              "dimensions, the others average); spikes = 10-step windows above 10x the median of the second half; "
+              "gradient norm before clipping to 1.", "",
+              "| weighting | steps | images/s | first loss | median loss, 2nd half | largest (step) | spikes | "
+              "gradient norm median | largest |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, m in report["models"].items():
+        t, c = m["training"], m["curve"]
+        lines.append(f"| {name} | {t['steps']} | {t['images_per_second']:.1f} | {c['loss_first']:.4g} | "
+                     f"{c['loss_last_half_median']:.4g} | {c['loss_max']:.4g} ({c['loss_max_step']}) | {c['spikes']} | "
+                     f"{c['grad_norm_median']:.3g} | {c['grad_norm_max']:.3g} |")
     lines += ["", "Strata of the sampled ELBO (steps): "
               + ", ".join(f"{int(a)}-{int(b)}" for a, b in report["models"][next(iter(report["models"]))]["bits"]
                           ["elbo"]["stratum_times"]) if report["models"] else "", "",
@@ -556,7 +582,8 @@ def main(argv=None) -> int:
         run_dir = cache / f"loss_weighting-{name}-run"
         training = trained_run(config, run_dir, args.minutes, f"{name} ({MODELS[name][1]})")
         models[name] = {"description": MODELS[name][1], "run": os.path.relpath(run_dir, ROOT),
-                        "config": config.to_dict(), "training": training, "bits": {}, "samples": {}}
+                        "config": config.to_dict(), "training": training, "curve": loss_summary(run_dir),
+                        "bits": {}, "samples": {}}
     load["after training"] = load_average()
     phases["training"] = time.perf_counter() - t_phase
 
