@@ -5,7 +5,7 @@ can make (bad arguments, a bad path, a :class:`scorekit.errors.ScorekitError` fr
 are reported in one line, ``scorekit: error: <message>``, with exit status 2.
 
 One module per command (:mod:`~scorekit.cli.demo`, ``train``, ``sample``, ``info``, ``nll``,
-``tune``, ``evaluate`` for ``eval``), each with ``add(commands)``, which adds its sub-parser, and ``run(args)``, which
+``tune``, ``eval``), each with ``add(commands)``, which adds its sub-parser, and ``run(args)``, which
 carries it out and returns the exit status; what they share is in ``_common`` and
 ``_sampler_flags``.
 """
@@ -19,7 +19,8 @@ import textwrap
 from typing import Sequence
 
 from ..errors import ScorekitError
-from . import demo, evaluate, info, nll, sample, train, tune
+from . import demo, info, nll, sample, train, tune
+from . import eval as evaluate        # the module of 'scorekit eval', named so as not to hide eval()
 from ._common import PROG, Formatter, Parser, UsageError, fail, raise_terminated
 
 #: the commands in the order ``scorekit --help`` lists them

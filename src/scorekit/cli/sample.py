@@ -253,8 +253,8 @@ class Drawn:
         return f"{args.sampler} ({self.step_text(args)}, {cost})"
 
 
-def draw(args: argparse.Namespace, device) -> Drawn:
-    """Sample the run ``args.checkpoint`` as the flags of :func:`add_sampling_flags` say."""
+def draw(args: argparse.Namespace, path: str, device) -> Drawn:
+    """Sample the run or checkpoint ``path`` as the flags of :func:`add_sampling_flags` say."""
     import torch
 
     from ..sampling import sample_batches
@@ -268,7 +268,7 @@ def draw(args: argparse.Namespace, device) -> Drawn:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        denoiser = load_denoiser(args.checkpoint, ema=not args.no_ema, device=device)
+        denoiser = load_denoiser(path, ema=not args.no_ema, device=device)
         ckpt = denoiser.checkpoint
         guidance = _guidance(args, device)
         classifier = guidance.get("classifier")
@@ -343,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
         raise ScorekitError(f"the folder of --out {out!r} does not exist; create it first")
-    drawn = draw(args, resolve_device(args.device))
+    drawn = draw(args, args.checkpoint, resolve_device(args.device))
     x0, labels, ckpt, classes, num_classes = drawn.x, drawn.labels, drawn.ckpt, drawn.classes, drawn.num_classes
     if not torch.isfinite(x0).all():
         bad = int((~torch.isfinite(x0.reshape(x0.shape[0], -1)).all(1)).sum())

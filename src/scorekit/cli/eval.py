@@ -73,6 +73,9 @@ def add(commands) -> None:
                         "reference data)")
     g.add_argument("--features-data-option", metavar="KEY=VALUE", action="append", type=key_value,
                    default=[], help="an option of --features-data; repeatable")
+    g.add_argument("--features-epochs", metavar="N", type=int_in(1, 100000, "--features-epochs"),
+                   help="passes over the data when the digits/cifar10 feature network is trained (default: "
+                        "the network's own, which reaches its recorded accuracy)")
     g.add_argument("--inception-weights", metavar="FILE",
                    help="the FID Inception network's weights as .safetensors (for --features inception)")
     g.add_argument("--metrics", default=",".join(METRICS),
@@ -182,6 +185,8 @@ def _extractor(args: argparse.Namespace, reference, image_shape, cache: str, log
     name = args.features
     if name == "auto":
         name = "digits" if image_shape[0] == 1 else "cifar10"
+    if args.features_epochs is not None and name not in ("digits", "cifar10"):
+        raise ScorekitError("--features-epochs goes with --features digits or cifar10, which scorekit trains")
     if args.inception_weights is not None and name != "inception":
         raise ScorekitError("--inception-weights goes with --features inception")
     if name == "inception" or (name not in FEATURE_CHOICES and os.path.isfile(name)
@@ -203,10 +208,15 @@ def _extractor(args: argparse.Namespace, reference, image_shape, cache: str, log
                 raise ScorekitError("--features-data-option goes with --features-data")
             data = reference
         if data is None or data.y is None:
-            raise ScorekitError(f"--features {name} trains a classifier on labelled images: give "
-                                f"--features-data SPEC with labels (the reference has none)")
-        return trained_feature_network(name, data, os.path.join(cache, "features"),
-                                       progress=not args.no_progress, log=log)
+            which = (f"--features-data {args.features_data} has no labels" if args.features_data is not None
+                     else "the reference has no labels" if data is not None else
+                     "saved reference statistics hold no images to train on")
+            raise ScorekitError(f"--features {name} trains a classifier on labelled images, but {which}; "
+                                f"give --features-data SPEC with labels (e.g. mnist:PATH or folder:PATH with "
+                                f"one sub-folder per class)")
+        return trained_feature_network(name, data, os.path.join(cache, "features"), epochs=args.features_epochs,
+                                       progress=not args.no_progress,
+                                       log=lambda line: None if line.startswith("classifier epoch") else log(line))
     if name not in FEATURE_CHOICES and os.path.isdir(name):
         from ..metrics import load_feature_network
 
@@ -236,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     ckpt = None
     started = time.perf_counter()
     if kind == "run":
-        drawn = draw(args, device)
+        drawn = draw(args, args.source, device)
         x, labels, ckpt = drawn.x, drawn.labels, drawn.ckpt
         if len(ckpt.sample_shape) != 3:
             raise ScorekitError(f"{args.source} models {tuple(ckpt.sample_shape)} vectors, not images; FID "
@@ -258,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
     info = dict(getattr(extractor, "info", None) or {})
     if "heldout_accuracy" in info:
         log(f"features: {extractor.name} (held-out accuracy {100 * info['heldout_accuracy']:.2f}% on "
-            f"{info.get('num_heldout', '?')} images of {info.get('data', '?')})")
+            f"{info.get('num_heldout', '?')} held-out images of {info.get('data_spec', '?')})")
     else:
         log(f"features: {extractor.name} (weights {extractor.weights_hash[:12]})")
     if stats_path is not None:
