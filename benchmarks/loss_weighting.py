@@ -42,9 +42,9 @@ trained runs).
    last step, where ``beta`` is clipped at 0.999: the weight of the eps error there is
    ``beta / (2 (1 - beta) (1 - abar_{t-1})) ~ 500`` per dimension, against at most ~1 at every
    other step, so the bound measures how exactly the network returns ``x_t / sigma`` on pure
-   noise. That unclipped bound is reported too, on the first ``--raw-num`` digits, and checked
-   against the exact chain (``scorekit.likelihood.elbo``, all 1000 steps, term by term) on the
-   first ``--check-num``. Last, the probability-flow ODE likelihood
+   noise. That unclipped bound is reported too, on the first ``--raw-num`` digits. The estimate is
+   checked against the exact chain (``scorekit.likelihood.elbo``, all 1000 steps, term by term) on
+   the first ``--check-num`` digits. Last, the probability-flow ODE likelihood
    (``scorekit.likelihood.nll_batches``, RK45, Hutchinson's estimator with one Rademacher probe,
    uniform dequantisation, rtol = atol = ``--rtol``; the network itself, unclipped) of the first
    ``--ode-num``.
@@ -61,9 +61,11 @@ trained runs).
 
 Writes ``TAG.json`` and ``TAG.md`` into ``--out`` (default ``benchmarks/results/``, TAG
 ``loss_weighting`` or ``loss_weighting-quick``) and two figures into ``--figures`` (default
-``docs/images/``; ``OUT`` with ``--quick``): ``loss-weighting.png`` (bits/dim against FID, one
-point per weighting and sampler with standard errors; the bound's share of each stratum of steps
-per weighting) and ``loss-weighting-samples.png`` (the first samples of each model and sampler).
+``docs/images/``; ``OUT`` with ``--quick``), named after TAG with dashes: ``loss-weighting.png``
+(bits/dim against FID, one point per weighting and sampler with standard errors; the bound's
+terms along the chain per weighting) and ``loss-weighting-samples.png`` (the first samples of each
+model and sampler). The runs and every intermediate result are kept in ``OUT/cache/`` under TAG,
+so runs with other settings (``--steps 400 --tag loss_weighting-400steps``) keep their own.
 """
 from __future__ import annotations
 
@@ -96,7 +98,7 @@ from scorekit.thresholding import clip_x0  # noqa: E402
 from scorekit.train import TrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SEEDS = {"train": 0, "pick": 1, "elbo": 2, "check": 3, "ode": 4, "x_T": 5, "ancestral": 6}
+SEEDS = {"train": 0, "pick": 1, "elbo": 2, "check": 3, "ode": 4, "x_T": 5, "ancestral": 6, "real": 7}
 #: the weightings compared: TrainConfig settings and a description
 MODELS = {
     "simple": ({"weighting": "simple"}, "L_simple: eps MSE (Ho et al. 2020)"),
@@ -221,15 +223,19 @@ def sampler_settings(args, name: str, sampler: str) -> dict:
     return {"sampler": "ddpm", "num_steps": args.ddpm_steps, "variance": variance, "clip": 1.0}
 
 
+def write_npz(path: Path, x) -> None:
+    """Images ``x`` as ``path`` (``x`` float32 (N, 1, 32, 32) in [-1, 1], what ``scorekit eval`` reads), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, x=x.clamp(-1, 1).to(torch.float32).numpy())
+    os.replace(tmp, path)
+
+
 def draw_samples(denoiser, settings: dict, args, path: Path) -> dict:
     x_T = denoiser.process.prior_sample((args.num, 1, 32, 32), generator=torch.Generator().manual_seed(SEEDS["x_T"]))
     r = scorekit.sample_batches(denoiser, x_T, batch_size=args.sample_batch,
                                 generator=torch.Generator().manual_seed(SEEDS["ancestral"]), **settings)
-    x = r.x.clamp(-1, 1).to(torch.float32).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, x=x)
-    os.replace(tmp, path)
+    write_npz(path, r.x)
     return {"seconds": r.seconds, "nfe": r.nfe, "npz": os.path.relpath(path, ROOT),
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
@@ -246,28 +252,29 @@ def bits_and_samples(name: str, m: dict, args, x) -> dict:
     run_key = {"config": m["config"], "steps": m["training"]["steps"], "loss": m["training"]["final_loss"]}
     common = {"run": digest(run_key), "pick": SEEDS["pick"], "elbo_num": args.elbo_num}
     key = {**common, "edges": strata_edges(args, 1000), "seed": SEEDS["elbo"], "x0_clip": 1.0}
-    m["bits"]["elbo"] = e = cached(cache / f"loss_weighting-{name}-elbo.json", key,
+    m["bits"]["elbo"] = e = cached(cache / f"{args.tag}-{name}-elbo.json", key,
                                    lambda: elbo_estimate(clip_x0(d, 1.0), x, name, args), f"{name} ELBO")
     v = e["variances"][primary_variance(name)]
     log(f"{name}: ELBO {v['mean_bpd']:.3f} ± {v['stderr_bpd']:.3f} bits/dim ({primary_variance(name)}; "
         f"{e['seconds']:.0f} s)")
     if args.raw_num:
         key = {**common, "edges": strata_edges(args, 1000), "seed": SEEDS["elbo"], "raw_num": args.raw_num}
-        m["bits"]["raw"] = r = cached(cache / f"loss_weighting-{name}-raw.json", key,
+        m["bits"]["raw"] = r = cached(cache / f"{args.tag}-{name}-raw.json", key,
                                       lambda: elbo_estimate(d, x[:args.raw_num], name, args), f"{name} raw ELBO")
         rv = r["variances"][primary_variance(name)]
         log(f"{name}: ELBO without clipping {rv['mean_bpd']:.3f} ± {rv['stderr_bpd']:.3f} bits/dim "
             f"({r['num']} digits; {r['seconds']:.0f} s)")
     if args.check_num:
-        key = {**common, "check_num": args.check_num, "seed": SEEDS["check"]}
-        m["bits"]["check"] = c = cached(cache / f"loss_weighting-{name}-check.json", key,
-                                        lambda: full_chain(d, x[:args.check_num], name, args), f"{name} full chain")
-        same = m["bits"]["raw"]["variances"][primary_variance(name)]["per_digit_bpd"][:c["num"]]
-        log(f"{name}: whole-chain ELBO without clipping of {c['num']} digits {c['mean_bpd']:.3f} (sampled "
-            f"estimate of the same: {np.mean(same):.3f}; {c['seconds']:.0f} s)")
+        key = {**common, "check_num": args.check_num, "seed": SEEDS["check"], "x0_clip": 1.0}
+        m["bits"]["check"] = c = cached(cache / f"{args.tag}-{name}-check.json", key,
+                                        lambda: full_chain(clip_x0(d, 1.0), x[:args.check_num], name, args),
+                                        f"{name} full chain")
+        same = v["per_digit_bpd"][:c["num"]]
+        log(f"{name}: whole-chain ELBO of {c['num']} digits {c['mean_bpd']:.3f} (sampled estimate of the same: "
+            f"{np.mean(same):.3f}; {c['seconds']:.0f} s)")
     if args.ode_num:
         key = {**common, "ode_num": args.ode_num, "rtol": args.rtol, "seed": SEEDS["ode"]}
-        m["bits"]["ode"] = o = cached(cache / f"loss_weighting-{name}-ode.json", key,
+        m["bits"]["ode"] = o = cached(cache / f"{args.tag}-{name}-ode.json", key,
                                       lambda: ode(d, x[:args.ode_num], args), f"{name} ODE")
         log(f"{name}: ODE {o['mean_bpd']:.3f} ± {o['stderr_bpd']:.3f} bits/dim ({o['seconds']:.0f} s, "
             f"NFE {o['nfe_per_batch']:.0f})")
@@ -322,20 +329,20 @@ def pm(entry: dict | None, key="mean_bpd", se="stderr_bpd", digits=3) -> str:
     return f"{entry[key]:.{digits}f}" + ("" if s is None or not math.isfinite(s) else f" ± {s:.{digits}f}")
 
 
-def metric(scores: dict | None, name: str, digits: int) -> str:
+def metric(scores: dict | None, name: str, spec: str) -> str:
+    """``value ± stderr`` of one of ``scorekit eval``'s metrics, formatted by ``spec``."""
     if not scores or name not in scores:
         return "-"
     m = scores[name]
-    if not isinstance(m, dict):
-        return f"{m:.{digits}f}"
     se = m.get("stderr")
-    return f"{m['value']:.{digits}f}" + ("" if se is None else f" ± {se:.{digits}f}")
+    return f"{m['value']:{spec}}" + ("" if se is None else f" ± {se:{spec}}")
 
 
-def paired(report: dict, name: str) -> dict | None:
-    """The per-digit ELBO difference of ``name`` against ``simple`` (same digits, steps and x_t)."""
-    a = report["models"][name]["bits"].get("elbo")
-    b = report["models"]["simple"]["bits"].get("elbo") if "simple" in report["models"] else None
+def paired(report: dict, name: str, part: str = "elbo") -> dict | None:
+    """The per-digit ELBO difference of ``name`` against ``simple`` (same digits, steps and x_t);
+    ``part`` ``"raw"`` for the bound without clipping."""
+    a = report["models"][name]["bits"].get(part)
+    b = report["models"]["simple"]["bits"].get(part) if "simple" in report["models"] else None
     if not a or not b:
         return None
     d = torch.tensor(a["variances"][primary_variance(name)]["per_digit_bpd"]) \
@@ -344,53 +351,76 @@ def paired(report: dict, name: str) -> dict | None:
 
 
 def tradeoff_figure(report: dict, path) -> str:
-    fig = _new_figure((11.5, 4.6))
-    ax, prof = fig.subplots(1, 2, width_ratios=[1.0, 1.15])
-    have_fid = False
+    """Bits/dim against FID (one point per weighting and sampler, with standard errors), the bound's
+    term per step along the chain, and each model's terms relative to the simple model's."""
+    fig = _new_figure((15.5, 4.7))
+    ax, prof, rel = fig.subplots(1, 3, width_ratios=[1.1, 1.0, 1.0])
+    profiles, points = {}, []
     for name, m in report["models"].items():
         e = m["bits"].get("elbo")
         if not e:
             continue
         v = e["variances"][primary_variance(name)]
+        steps = np.array([1.0] + [0.5 * (a + b) + 1 for a, b in e["stratum_times"]])      # t + 1; t = 0 the decoder
+        per_step = np.array([v["decoder_bpd"]] + list(np.asarray(v["strata_bpd"]) / np.diff(e["edges"])))
+        profiles[name] = (steps, per_step)
         for sampler in SAMPLERS:
-            s = m["samples"].get(sampler, {}).get("scores")
-            if not s or "fid" not in s:
-                continue
-            have_fid = True
-            ax.errorbar(v["mean_bpd"], s["fid"]["value"], xerr=v["stderr_bpd"], yerr=s["fid"].get("stderr") or 0,
-                        fmt=MARKERS[sampler], color=COLORS[name], ms=7, capsize=3,
-                        label=f"{name}, {sampler.upper()}")
-            ax.annotate(name, (v["mean_bpd"], s["fid"]["value"]), textcoords="offset points", xytext=(6, 4),
-                        fontsize=8, color=COLORS[name])
-    if not have_fid:
+            sc = m["samples"].get(sampler, {}).get("scores")
+            if sc and "fid" in sc:
+                points.append((name, sampler, v["mean_bpd"], v["stderr_bpd"], sc["fid"]["value"],
+                               sc["fid"].get("stderr") or 0.0))
+    have_fid = bool(points)
+    # the models within 0.1 bits/dim of the best bound again, magnified, when some lie far from them
+    best = min((p[2] for p in points), default=0.0)
+    close = [p for p in points if p[2] < best + 0.1]
+    inset = ax.inset_axes([0.22, 0.50, 0.45, 0.44]) if 1 < len(close) < len(points) else None
+    for target, pts in ((ax, points), (inset, close)):
+        if target is None:
+            continue
+        for name, sampler, bpd, bpd_se, fid, fid_se in pts:
+            target.errorbar(bpd, fid, xerr=bpd_se, yerr=fid_se, fmt=MARKERS[sampler], color=COLORS[name], ms=6,
+                            capsize=3, label=f"{name}, {sampler.upper()}" if target is ax else None)
+            if sampler == SAMPLERS[0]:
+                target.annotate(name, (bpd, fid), textcoords="offset points", xytext=(5, 5), fontsize=7,
+                                color=COLORS[name])
+    if inset is not None:
+        inset.set_yscale("log")
+        inset.tick_params(labelsize=7)
+        inset.grid(alpha=0.3, which="both")
+        ax.indicate_inset_zoom(inset, edgecolor="#999999")
+    ref = (report.get("reference") or {}).get("scores")
+    if ref and "fid" in ref:
+        ax.axhline(ref["fid"]["value"], color="#4d4d4d", ls="--", lw=1, label=f"real: {report['reference']['name']}")
+    if have_fid:
+        ax.set_yscale("log")
+    else:
         ax.text(0.5, 0.5, "FID not measured yet\n(scorekit eval)", transform=ax.transAxes, ha="center")
     ax.set_xlabel("ELBO, bits/dim on held-out digits (lower: better likelihood)")
-    ax.set_ylabel("FID, digits features (lower: better samples)")
+    ax.set_ylabel("FID, digits features, log scale (lower: better samples)")
     ax.set_title("likelihood against sample quality", fontsize=10)
     ax.grid(alpha=0.3)
     if have_fid:
-        ax.legend(fontsize=7, ncol=2, loc="best")
-    for name, m in report["models"].items():
-        e = m["bits"].get("elbo")
-        if not e:
-            continue
-        v = e["variances"][primary_variance(name)]
-        edges = e["edges"]
-        sizes = np.diff(edges)
-        per_step = np.asarray(v["strata_bpd"]) / sizes
-        mid = [0.5 * (a + b) for a, b in e["stratum_times"]]
-        prof.plot(mid, per_step, "-", color=COLORS[name], lw=1.4,
-                  label=f"{name} ({primary_variance(name)} variance)")
-        prof.plot([0], [v["decoder_bpd"]], MARKERS["ddim"], color=COLORS[name], ms=5)
+        ax.legend(fontsize=6.5, ncol=2, loc="lower right")
+    base = profiles.get("simple")
+    for name, (steps, per_step) in profiles.items():
+        label = f"{name} ({primary_variance(name)} variance)"
+        prof.plot(steps, per_step, "-o", color=COLORS[name], lw=1.3, ms=2.5, label=label)
+        if base is not None:
+            rel.plot(steps, per_step / base[1], "-o", color=COLORS[name], lw=1.3, ms=2.5, label=label)
+    for a in (prof, rel):
+        a.set_xscale("log")
+        a.set_xlabel("t + 1 (log scale; t = 0 is the decoder L_0, t = 999 the noisiest step)")
+        a.grid(alpha=0.3, which="both")
+        a.legend(fontsize=7)
     prof.set_yscale("log")
-    prof.set_xlabel("step t of the 1000-step chain (the decoder L_0 at t = 0)")
-    prof.set_ylabel("bound's term L_t, bits/dim per step (stratum mean)")
-    prof.set_title("where each model's bound goes", fontsize=10)
-    prof.grid(alpha=0.3, which="both")
-    prof.legend(fontsize=7)
+    prof.set_ylabel("bound's term L_t, bits/dim per step")
+    prof.set_title("where each model's bound goes (stratum means)", fontsize=10)
+    rel.axhline(1.0, color="#999999", lw=0.8)
+    rel.set_ylabel("L_t / simple model's L_t")
+    rel.set_title("each step's term relative to L_simple's", fontsize=10)
     s = report["settings"]
-    fig.suptitle(f"Loss weighting on MNIST: tiny U-Net, DDPM cosine, eps-prediction, {report['budget']}; "
-                 f"{s['elbo_num']} held-out digits, {s['num']} samples", fontsize=10)
+    fig.suptitle(f"Loss weighting on MNIST: tiny U-Net, DDPM cosine, eps-prediction, {report['budget']}; ELBO of "
+                 f"{s['elbo_num']} held-out digits (x0_pred clipped), {s['num']} samples per sampler", fontsize=10)
     return save_figure(fig, path, dpi=130)
 
 
@@ -431,19 +461,24 @@ def markdown(report: dict) -> str:
             lines.append(f"| {name if first else ''} | {m['training']['steps'] if first else ''} | "
                          f"{pm(v) if first else ''} | {pm(m['bits'].get('ode')) if first else ''} | "
                          f"{sampler.upper()} {s['ddim_steps'] if sampler == 'ddim' else s['ddpm_steps']} | "
-                         f"{metric(sc, 'fid', 1)} | {metric(sc, 'kid', 4)} | {metric(sc, 'precision', 3)} | "
-                         f"{metric(sc, 'recall', 3)} |")
+                         f"{metric(sc, 'fid', '.0f')} | {metric(sc, 'kid', '.3g')} | {metric(sc, 'precision', '.3f')} | "
+                         f"{metric(sc, 'recall', '.3f')} |")
     k = s["elbo_exact_last"]
+    ref = report.get("reference")
+    if ref and ref.get("scores"):
+        sc = ref["scores"]
+        lines.append(f"| real: {ref['name']} | | | | - | {metric(sc, 'fid', '.0f')} | {metric(sc, 'kid', '.3g')} | "
+                     f"{metric(sc, 'precision', '.3f')} | {metric(sc, 'recall', '.3f')} |")
     lines += ["", "## The bound in detail", "",
               f"ELBO columns: the sampled whole-chain estimate with x0_pred clipped ({s['elbo_num']} digits); "
               f"'minus simple's' pairs each digit with the simple model's (same steps and x_t); 'last {k} steps' is "
-              f"the share of the chain's last {k} steps (exact). 'Not clipped': the same bound of the raw network "
-              f"({s['raw_num']} digits), and the whole 1000-step chain of its first {s['check_num']} digits against "
-              "the sampled estimate of the same digits.", "",
+              f"the share of the chain's last {k} steps (exact); 'whole chain': every one of the 1000 steps for the "
+              f"first {s['check_num']} digits, against the sampled estimate of the same digits. 'Not clipped': the "
+              f"same bound of the raw network ({s['raw_num']} digits).", "",
               "| weighting | final loss | ELBO small | ELBO large | ELBO learned | minus simple's (paired) | "
-              f"decoder L_0 | last {k} steps | not clipped | its last {k} steps | whole chain, not clipped | "
-              "sampled, same digits |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              f"decoder L_0 | last {k} steps | whole chain | sampled, same digits | not clipped | "
+              f"minus simple's | its last {k} steps |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, m in report["models"].items():
         e, r, c = m["bits"].get("elbo"), m["bits"].get("raw"), m["bits"].get("check")
         if not e:
@@ -454,13 +489,13 @@ def markdown(report: dict) -> str:
         rv = r["variances"][pv] if r else None
         rlast = f"{sum(rv['strata_bpd'][-k:]):.3f}" if rv and k else "-"
         same = None
-        if c and rv:
-            est = torch.tensor(rv["per_digit_bpd"][:c["num"]], dtype=torch.float64)
+        if c:
+            est = torch.tensor(v["per_digit_bpd"][:c["num"]], dtype=torch.float64)
             same = {"mean_bpd": est.mean().item(),
                     "stderr_bpd": (est.std() / math.sqrt(c["num"])).item() if c["num"] > 1 else None}
         lines.append(f"| {name} | {m['training']['final_loss']:.4g} | {pm(vs.get('small'))} | {pm(vs.get('large'))} | "
                      f"{pm(vs.get('learned'))} | {pm(paired(report, name))} | {v['decoder_bpd']:.3f} | {last} | "
-                     f"{pm(rv)} | {rlast} | {pm(c)} | {pm(same)} |")
+                     f"{pm(c)} | {pm(same)} | {pm(rv)} | {pm(paired(report, name, 'raw'))} | {rlast} |")
     lines += ["", "## Training", "",
               "Loss: the run's mean over each 10 steps (the weighting's own units: elbo sums nats over the 1024 "
               "dimensions, the others average); spikes = 10-step windows above 10x the median of the second half; "
@@ -520,8 +555,8 @@ def parse_args(argv=None):
     p.add_argument("--elbo-strata", type=int, default=24, help="strata of the sampled ELBO")
     p.add_argument("--elbo-exact-last", type=int, default=2, help="last steps of the chain evaluated exactly")
     p.add_argument("--raw-num", type=int, default=64, help="digits for the ELBO without clipping x0_pred (0: none)")
-    p.add_argument("--check-num", type=int, default=2, help="digits whose whole 1000-step ELBO without clipping "
-                   "is computed, against the sampled estimate (0: none; at most --raw-num)")
+    p.add_argument("--check-num", type=int, default=4, help="digits whose whole 1000-step ELBO is computed, "
+                   "against the sampled estimate of the same digits (0: none)")
     p.add_argument("--ode-num", type=int, default=8, help="digits for the ODE likelihood (0: none)")
     p.add_argument("--rtol", type=float, default=1e-4, help="ODE tolerances")
     p.add_argument("--eval-batch", type=int, default=250, help="digits per network call for the bits/dim")
@@ -553,10 +588,9 @@ def parse_args(argv=None):
         p.error("--models must include simple, the reference of the paired differences")
     args.tag = args.tag or ("loss_weighting-quick" if args.quick else "loss_weighting")
     args.figures = args.figures or (args.out if args.quick else ROOT / "docs" / "images")
-    if min(args.elbo_num, args.num, args.elbo_strata) < 2 or max(args.raw_num, args.ode_num) > args.elbo_num \
-            or args.check_num > args.raw_num:
-        p.error("--elbo-num, --num and --elbo-strata must be at least 2; --raw-num and --ode-num at most --elbo-num, "
-                "--check-num at most --raw-num")
+    if min(args.elbo_num, args.num, args.elbo_strata) < 2 or max(args.raw_num, args.ode_num, args.check_num) > args.elbo_num:
+        p.error("--elbo-num, --num and --elbo-strata must be at least 2; --raw-num, --check-num and --ode-num at most "
+                "--elbo-num")
     return args
 
 
@@ -569,7 +603,7 @@ def main(argv=None) -> int:
     phases = {}
     log(f"{args.tag}: {', '.join(args.models)}; load average {load['at the start']} on {os.cpu_count()} cores")
 
-    _, held_out = load_mnist(args.data)
+    train_set, held_out = load_mnist(args.data)
     pick = torch.randperm(held_out.x.shape[0], generator=torch.Generator().manual_seed(SEEDS["pick"]))[:args.elbo_num]
     x = held_out.x[pick].float()
     assert is_quantized(x, 8), "the held-out digits are not 8-bit"
@@ -579,7 +613,7 @@ def main(argv=None) -> int:
     models = {}
     for name in args.models:
         config = train_config(args, name)
-        run_dir = cache / f"loss_weighting-{name}-run"
+        run_dir = cache / f"{args.tag}-{name}-run"
         training = trained_run(config, run_dir, args.minutes, f"{name} ({MODELS[name][1]})")
         models[name] = {"description": MODELS[name][1], "run": os.path.relpath(run_dir, ROOT),
                         "config": config.to_dict(), "training": training, "curve": loss_summary(run_dir),
@@ -601,20 +635,26 @@ def main(argv=None) -> int:
     phases["bits/dim and sampling"] = time.perf_counter() - t_phase
 
     t_phase = time.perf_counter()
+    reference = None
     if args.skip_eval or not eval_available():
         log("eval: skipped (" + ("--skip-eval" if args.skip_eval else "no digits feature network in this scorekit")
             + "); a later run adds it")
     else:
-        for name, m in models.items():
-            for sampler in SAMPLERS:
-                entry = m["samples"][sampler]
-                out_json = cache / "eval" / f"{args.tag}-{name}-{sampler}.json"
-                out_json.parent.mkdir(parents=True, exist_ok=True)
-                scores = cached(cache / "eval" / f"{args.tag}-{name}-{sampler}.key.json", {"npz": entry["sha256"]},
-                                lambda: evaluate(ROOT / entry["npz"], args, out_json), f"{name} {sampler} eval")
-                entry["scores"] = scores
-                log(f"{name} {sampler}: FID {metric(scores, 'fid', 1)}, KID {metric(scores, 'kid', 4)}, "
-                    f"precision {metric(scores, 'precision', 3)}, recall {metric(scores, 'recall', 3)}")
+        (cache / "eval").mkdir(parents=True, exist_ok=True)
+        real = cache / "samples" / f"{args.tag}-real.npz"
+        pick_real = torch.randperm(train_set.x.shape[0], generator=torch.Generator().manual_seed(SEEDS["real"]))[:args.num]
+        write_npz(real, train_set.x[pick_real])
+        jobs = [(name, sampler, m["samples"][sampler]) for name, m in models.items() for sampler in SAMPLERS]
+        reference = {"name": f"{args.num} training digits", "npz": os.path.relpath(real, ROOT),
+                     "sha256": hashlib.sha256(real.read_bytes()).hexdigest()}
+        for name, sampler, entry in jobs + [("real", "training digits", reference)]:
+            stem = f"{args.tag}-{name}" + (f"-{sampler}" if name != "real" else "")
+            scores = cached(cache / "eval" / f"{stem}.key.json", {"npz": entry["sha256"]},
+                            lambda: evaluate(ROOT / entry["npz"], args, cache / "eval" / f"{stem}.json"),
+                            f"{name} {sampler} eval")
+            entry["scores"] = scores
+            log(f"{name} {sampler}: FID {metric(scores, 'fid', '.0f')}, KID {metric(scores, 'kid', '.3g')}, "
+                f"precision {metric(scores, 'precision', '.3f')}, recall {metric(scores, 'recall', '.3f')}")
         load["after eval"] = load_average()
     phases["eval"] = time.perf_counter() - t_phase
 
@@ -624,12 +664,14 @@ def main(argv=None) -> int:
               "machine": f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
                          f"torch {torch.__version__}, one torch thread",
               "settings": settings, "budget": budget, "elbo_calls": len(strata_edges(args, 1000)),
-              "models": models, "load": load, "phase_seconds": phases, "figures": {}}
+              "models": models, "load": load, "phase_seconds": phases, "figures": {}, "reference": reference}
     for name in models:
         report["models"][name]["paired_elbo_vs_simple"] = paired(report, name)
+        report["models"][name]["paired_raw_elbo_vs_simple"] = paired(report, name, "raw")
     args.figures.mkdir(parents=True, exist_ok=True)
-    report["figures"]["tradeoff"] = os.path.relpath(tradeoff_figure(report, args.figures / "loss-weighting.png"), ROOT)
-    grid = samples_figure(report, args.figures / "loss-weighting-samples.png")
+    stem = args.tag.replace("_", "-")
+    report["figures"]["tradeoff"] = os.path.relpath(tradeoff_figure(report, args.figures / f"{stem}.png"), ROOT)
+    grid = samples_figure(report, args.figures / f"{stem}-samples.png")
     report["figures"]["samples"] = os.path.relpath(grid, ROOT) if grid else None
     write_report(args.out, args.tag, report, markdown(report))
     return 0
