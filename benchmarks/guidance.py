@@ -88,7 +88,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import scorekit  # noqa: E402
 from mnist_quality import (CONFIDENCE, DEFAULT_DATA, NUM_HELD_OUT, NUM_TRAIN, Scorer,  # noqa: E402
-                           get_classifier, load_average, load_mnist, log, train_for_budget, write_report)
+                           get_classifier, header_lines, load_average, load_mnist, log, train_for_budget,
+                           write_report)
 from scorekit.conditioning import NULL_LABEL  # noqa: E402
 from scorekit.errors import ScorekitError  # noqa: E402
 from scorekit.metrics import frechet_distance_from_features, precision_recall  # noqa: E402
@@ -393,9 +394,7 @@ HEADER = ["| scale | thresholding | fidelity | accuracy | FD | per-class FD | sp
 
 def markdown(report: dict) -> str:
     s = report["settings"]
-    lines = ["# Guidance on MNIST: fidelity against diversity", "",
-             f"Command: `{report['command']}`  ", f"Date: {report['date']}; {report['machine']}  ",
-             "Load average (1, 5, 15 min): " + "; ".join(f"{k} {v}" for k, v in report["load"].items()), "",
+    lines = header_lines(report, "Guidance on MNIST: fidelity against diversity") + [
              f"Data: MNIST test digits 0-{NUM_TRAIN - 1} for training, {NUM_TRAIN}-{NUM_TRAIN + NUM_HELD_OUT - 1} "
              f"held out, padded to 32x32. Sampling: DDIM, eta 0, {s['steps']} steps, no clipping, "
              f"{s['num']} samples per setting from one x_T, labels cycling 0..9, batches of {s['sample_batch']}; "

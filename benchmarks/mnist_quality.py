@@ -277,6 +277,12 @@ def write_report(out: Path, tag: str, report: dict, text: str) -> None:
     print(text)
 
 
+def header_lines(report: dict, title: str) -> list[str]:
+    """The title, command, date, machine and load averages that open a benchmark's Markdown report."""
+    return [f"# {title}", "", f"Command: `{report['command']}`  ", f"Date: {report['date']}; {report['machine']}  ",
+            "Load average (1, 5, 15 min): " + "; ".join(f"{k} {v}" for k, v in report["load"].items()), ""]
+
+
 def fmt_counts(c) -> str:
     return " ".join(str(v) for v in c)
 

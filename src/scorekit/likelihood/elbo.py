@@ -317,5 +317,173 @@ def elbo(denoiser, process: GaussianProcess, x0: Tensor, *, variance="small", da
                 sample_prior_bpd=prior_bpd, timesteps=t_all.clone(), dims=D, data_bits=data_bits)
 
 
-__all__ = ["Elbo", "discretized_gaussian_log_likelihood", "elbo", "gaussian_log_likelihood",
-           "log_normal_cdf_difference", "normal_kl", "prior_term", "step_terms"]
+
+@dataclass
+class SampledElbo:
+    r"""The stratified estimate of :func:`sampled_elbo`, in bits per dimension, for one reverse variance.
+
+    Attributes:
+        total_bpd: (N,) each sample's estimate of its bound, ``prior + decoder + sum of strata``.
+        mean_bpd: their mean.
+        stderr_bpd: the standard error of that mean over the samples (it holds both the spread of
+            the samples and the Monte-Carlo noise of the sampled steps).
+        prior_bpd: the mean prior term ``L_T`` (exact).
+        decoder_bpd: the mean decoder term ``L_0`` (evaluated at every sample, not sampled).
+        strata_bpd: (M,) the mean over samples of each stratum's estimated share ``n_j L_{t_j}``,
+            in ascending time.
+        sample_strata_bpd: (N, M) each sample's shares.
+        sample_prior_bpd: (N,) each sample's prior term.
+        edges: (M + 1,) the strata as indices into ``timesteps``: stratum ``j`` holds the steps
+            ``edges[j] .. edges[j + 1] - 1`` (index 0 is the decoder's step).
+        timesteps: (K,) the model times of the chain's reverse steps, ascending.
+        dims: ``D``, the dimensions per sample.
+        data_bits: bits of the discretised data, or ``None`` for a continuous density.
+    """
+
+    total_bpd: Tensor
+    mean_bpd: float
+    stderr_bpd: float
+    prior_bpd: float
+    decoder_bpd: float
+    strata_bpd: Tensor
+    sample_strata_bpd: Tensor
+    sample_prior_bpd: Tensor
+    edges: Tensor
+    timesteps: Tensor
+    dims: int
+    data_bits: int | None
+
+
+def _strata_edges(strata, K: int) -> Tensor:
+    """The strata of the steps ``1 .. K - 1`` as edges ``1 = e_0 < ... < e_M = K``."""
+    if K < 2:
+        raise ScorekitError("the chain has no step besides the decoder's; give a longer grid")
+    if isinstance(strata, int) and not isinstance(strata, bool):
+        if not 1 <= strata <= K - 1:
+            raise ScorekitError(f"strata must be between 1 and the chain's {K - 1} steps after the decoder's, "
+                                f"got {strata}")
+        return torch.round(torch.linspace(1, K, strata + 1, dtype=_F64)).long().unique()
+    try:
+        edges = torch.as_tensor(strata, dtype=torch.long).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise ScorekitError(f"strata must be a number of strata or a list of edges, got {strata!r}") from None
+    if edges.numel() < 2 or edges[0] != 1 or edges[-1] != K or not bool(torch.all(edges[1:] > edges[:-1])):
+        raise ScorekitError(f"strata edges must rise strictly from 1 to the chain's {K} steps (index 0 is the "
+                            f"decoder, always evaluated), got {edges.tolist()}")
+    return edges
+
+
+def sampled_elbo(denoiser, process: GaussianProcess, x0: Tensor, *, strata=50, variances=("small",),
+                 data_bits: int | None = 8, timesteps=None, generator: torch.Generator | None = None,
+                 batch_size: int | None = None, progress: bool = False) -> dict:
+    r"""An unbiased estimate of :func:`elbo`'s whole-chain bound from ``M + 1`` network evaluations
+    per sample instead of ``K``.
+
+    The bound is ``L_T + L_0 + sum_{k=1}^{K-1} L_k`` over the ``K`` reverse steps of the chain (for
+    DDPM ``K = T = 1000``). The prior ``L_T`` is exact and the decoder ``L_0`` is evaluated for
+    every sample; the steps ``1 .. K - 1`` are cut into ``M`` contiguous strata, and each sample
+    draws one step ``k_j`` uniformly from each stratum ``S_j`` (and its ``x_t ~ q(x_t | x_0)``):
+
+        L^ = L_T + L_0 + sum_j |S_j| L_{k_j},      E[L^] = L_T + L_0 + sum_k E[L_k],
+
+    stratified sampling over ``t`` (the continuous-time loss of Kingma et al. 2021, VDM, is
+    estimated the same way, with one ``t`` per sample). A stratum of one step is exact, so steps
+    whose terms dwarf their neighbours' (e.g. the cosine schedule's last step, whose ``beta`` is
+    clipped at 0.999) can be given their own. The network evaluations are shared by every entry of
+    ``variances``: their estimates use the same steps and the same ``x_t``, so their differences
+    carry no sampling noise of their own.
+
+    Args:
+        denoiser, process, data_bits, timesteps: as for :func:`elbo` (``timesteps`` the chain).
+        x0: (N, ...) data.
+        strata: the number ``M`` of equal strata (``1 .. K - 1``), or their edges as indices of the
+            chain's steps in ascending time, rising from 1 to ``K`` (stratum ``j`` holds
+            ``edges[j] .. edges[j+1] - 1``).
+        variances: the reverse variances to score, each ``"small"``, ``"large"`` or ``"learned"``
+            (a network with a variance head), or a mapping from names to (K,) tables of variances
+            (e.g. :func:`scorekit.variances.analytic_variances`).
+        generator: the only source of randomness (required): the sampled steps, then one
+            ``N(0, I)`` draw per stratum, decoder first.
+        batch_size: the most samples per network call (default: all ``N``).
+        progress: show a progress bar over the strata.
+
+    Returns:
+        ``{name: SampledElbo}`` in the order of ``variances``.
+    """
+    from ..samplers._common import progress_range
+
+    x0 = _check_data(x0, data_bits)
+    if not isinstance(generator, torch.Generator):
+        raise ScorekitError("sampled_elbo draws steps and x_t: pass generator=torch.Generator().manual_seed(seed)")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ScorekitError(f"batch_size must be a positive whole number, got {batch_size!r}")
+    t_all, s_all = _grid_pairs(process, timesteps)
+    K = t_all.numel()
+    if isinstance(variances, dict):
+        named = dict(variances)
+    elif isinstance(variances, (list, tuple)) and all(isinstance(v, str) for v in variances):
+        named = {v: v for v in variances}
+    else:
+        named = {}
+    if not named:
+        raise ScorekitError(f"variances must be a non-empty tuple of names (small, large, learned) or a mapping "
+                            f"from names to tables, got {variances!r}")
+    tables = {name: _variance_table(v, process, t_all, s_all) for name, v in named.items()}
+    if any(isinstance(tb, str) and tb == "analytic" for tb in tables.values()):
+        raise ScorekitError("variance 'analytic' is estimated from every step of the chain; pass the table "
+                            "scorekit.variances.analytic_variances(...) under a name of its own")
+    learned = any(isinstance(tb, str) and tb == "learned" for tb in tables.values())
+    if learned:
+        require_variance_head(denoiser)
+    edges = _strata_edges(strata, K)
+    M = edges.numel() - 1
+    sizes = (edges[1:] - edges[:-1]).to(_F64)
+    N, D = x0.shape[0], x0[0].numel()
+    dev = x0.device
+    B = N if batch_size is None else batch_size
+    u = torch.rand(N, M, generator=generator, dtype=_F64, device=generator.device).cpu()
+    index = torch.cat([torch.zeros(N, 1, dtype=torch.long),
+                       edges[:-1] + torch.floor(u * sizes).long()], 1)
+    index = torch.minimum(index, torch.cat([torch.zeros(1, dtype=torch.long), edges[1:] - 1]))  # u -> 1 rounding
+    weight = torch.cat([torch.ones(1, dtype=_F64), sizes])
+    terms = {name: torch.zeros(N, M + 1, dtype=_F64, device=dev) for name in tables}
+    with torch.no_grad():
+        prior = prior_term(process, x0, t_all[-1].item())
+        for j in progress_range(M + 1, progress, "sampled elbo"):
+            eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=generator.device).to(dev)
+            idx = index[:, j]
+            t_vec, s_vec = t_all[idx].to(dev), s_all[idx].to(dev)
+            x_t = expand_like(process.alpha(t_vec), x0).to(x0.dtype) * x0 \
+                + expand_like(process.sigma(t_vec), x0).to(x0.dtype) * eps
+            for lo in range(0, N, B):
+                sl = slice(lo, min(lo + B, N))
+                t_arg = t_all[idx[0]].item() if j == 0 else t_vec[sl]
+                s_arg = s_all[idx[0]].item() if j == 0 else s_vec[sl]
+                if learned:
+                    x0_pred, learned_log_var = denoiser.x0_and_log_variance(x_t[sl], t_arg, s_arg)
+                else:
+                    x0_pred = denoiser(x_t[sl], t_arg)
+                if not isinstance(x0_pred, Tensor) or x0_pred.shape != x_t[sl].shape:
+                    raise ScorekitError(f"the denoiser returned {getattr(x0_pred, 'shape', type(x0_pred))} for "
+                                        f"x_t of shape {tuple(x_t[sl].shape)}")
+                for name, table in tables.items():
+                    log_var = learned_log_var if isinstance(table, str) else torch.log(table[idx[sl]]).to(dev)
+                    terms[name][sl, j] = step_terms(process, x0[sl], x_t[sl], t_vec[sl], s_vec[sl], x0_pred,
+                                                    log_var, data_bits)
+    to_bpd = 1.0 / (D * _LOG2)
+    prior_bpd = prior * to_bpd
+    out = {}
+    for name, tm in terms.items():
+        shares = tm * weight.to(dev) * to_bpd
+        total = prior_bpd + shares.sum(1)
+        stderr = float(total.std(unbiased=True) / math.sqrt(N)) if N > 1 else float("nan")
+        out[name] = SampledElbo(total_bpd=total, mean_bpd=float(total.mean()), stderr_bpd=stderr,
+                                prior_bpd=float(prior_bpd.mean()), decoder_bpd=float(shares[:, 0].mean()),
+                                strata_bpd=shares[:, 1:].mean(0), sample_strata_bpd=shares[:, 1:],
+                                sample_prior_bpd=prior_bpd, edges=edges.clone(), timesteps=t_all.clone(),
+                                dims=D, data_bits=data_bits)
+    return out
+
+
+__all__ = ["Elbo", "SampledElbo", "discretized_gaussian_log_likelihood", "elbo", "gaussian_log_likelihood",
+           "log_normal_cdf_difference", "normal_kl", "prior_term", "sampled_elbo", "step_terms"]
