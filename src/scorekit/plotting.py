@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -59,6 +60,31 @@ def atomic_path(path) -> Iterator[str]:
         if failure is None:
             raise
         raise failure from None
+
+
+def fsync_path(path: str) -> None:
+    """Flush a file or folder to disk (a no-op where folders cannot be opened, e.g. Windows)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else os.O_RDONLY
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json(path: str, data) -> None:
+    """Write ``data`` as indented JSON and flush it to disk (not atomic by itself: write it into a
+    temporary file or folder that is then renamed, as checkpoints and classifier folders do)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=False, allow_nan=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def write_text(path, text: str) -> str:

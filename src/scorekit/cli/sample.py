@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import textwrap
@@ -15,10 +16,6 @@ TUNED = "tuned"
 
 
 def add(commands) -> None:
-    from ..samplers import SAMPLERS
-    from ..samplers.options import ADAPTIVE_SAMPLERS
-    from ..timesteps import CONTINUOUS_SPACINGS, DEFAULT_SAMPLE_STEPS, DISCRETE_SPACINGS
-
     p = commands.add_parser(
         "sample", formatter_class=Formatter,
         help="sample a trained model: write a PNG grid (or scatter plot) and an .npz of the samples",
@@ -43,6 +40,21 @@ def add(commands) -> None:
               {PROG} sample runs/mnist --class 7 --classifier runs/mnist-clf --classifier-scale 4 --out cg.png
             """))
     p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint folder")
+    add_sampling_flags(p)
+    p.add_argument("--out", metavar="FILE.png", default="samples.png",
+                   help="the image to write; the samples go to the same name with .npz")
+    add_run_flags(p)
+    p.set_defaults(handler=run)
+
+
+def add_sampling_flags(p: argparse.ArgumentParser, *, default_num: int = 64) -> None:
+    """The flags that say how to sample a run (shared by ``sample`` and ``eval``): the sampler,
+    its steps, grid and options, clipping and thresholding, guidance, the classes, the number of
+    samples, the seed, the batch size and the weights."""
+    from ..samplers import SAMPLERS
+    from ..samplers.options import ADAPTIVE_SAMPLERS
+    from ..timesteps import CONTINUOUS_SPACINGS, DEFAULT_SAMPLE_STEPS, DISCRETE_SPACINGS
+
     p.add_argument("--sampler", choices=list(SAMPLERS), type=sampler_name, default="ddim", help="the sampler")
     p.add_argument("--steps", metavar="N", type=int_in(1, 100000, "--steps"),
                    help=f"sampler steps (network evaluations for DDIM and DDPM), at most T for ddpm and "
@@ -83,7 +95,7 @@ def add(commands) -> None:
     g.add_argument("--classifier-scale", metavar="S", type=float, default=1.0,
                    help="classifier guidance scale s: score + s grad log p(class | x_t); 1 samples "
                         "p(x | class) with an exact classifier, larger values trade diversity for fidelity")
-    p.add_argument("--num", metavar="N", type=int_in(1, 1000000, "--num"), default=64,
+    p.add_argument("--num", metavar="N", type=int_in(1, 1000000, "--num"), default=default_num,
                    help="number of samples")
     p.add_argument("--class", dest="label", metavar="K[,K...]",
                    help="the class(es) to sample from a class-conditional model, by number or by the "
@@ -96,14 +108,10 @@ def add(commands) -> None:
                    help="seed of the noise")
     p.add_argument("--batch-size", metavar="B", type=int_in(1, 1000000, "--batch-size"), default=256,
                    help="samples per network call")
-    p.add_argument("--out", metavar="FILE.png", default="samples.png",
-                   help="the image to write; the samples go to the same name with .npz")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="sample on when the state becomes NaN or Inf (by default that is an error "
                         "naming the step where it happened)")
-    add_run_flags(p)
-    p.set_defaults(handler=run)
 
 
 #: training samples per reverse step on which ``sample --variance analytic`` estimates Analytic-DPM's
@@ -217,42 +225,57 @@ def _sample_steps(args: argparse.Namespace) -> int | None:
     return 1
 
 
-def run(args: argparse.Namespace) -> int:
-    import numpy as np
+@dataclasses.dataclass
+class Drawn:
+    """What :func:`draw` returns: the samples and how they were made."""
+
+    x: object                 # (N, ...) float32 samples on the CPU
+    labels: object            # (N,) class labels, or None
+    result: object            # scorekit.sampling.BatchedSamples
+    ckpt: object              # the checkpoint the samples come from
+    steps: int
+    classes: list | None      # the --class labels
+    num_classes: int | None
+
+    def step_text(self, args: argparse.Namespace) -> str:
+        """``"N steps"``, or ``"adaptive steps"`` for a sampler that chooses its own."""
+        from ..samplers.options import ADAPTIVE_SAMPLERS
+
+        return f"{self.steps} steps" if args.sampler not in ADAPTIVE_SAMPLERS else "adaptive steps"
+
+    def cost(self, args: argparse.Namespace) -> str:
+        """The sampler, its steps and network calls per sample, in words."""
+        cost = f"NFE {self.result.nfe:g} per sample"
+        if args.guidance_scale is not None:
+            cost += ", each on the conditional and unconditional batch together"
+        if args.classifier is not None:
+            cost += f", {self.result.classifier_calls / max(len(self.result.calls), 1):g} classifier gradients"
+        return f"{args.sampler} ({self.step_text(args)}, {cost})"
+
+
+def draw(args: argparse.Namespace, path: str, device) -> Drawn:
+    """Sample the run or checkpoint ``path`` as the flags of :func:`add_sampling_flags` say."""
     import torch
 
-    from ..plotting import atomic_path
     from ..sampling import sample_batches
     from ..train.checkpoint import load_denoiser
-    from ..train.distributed import resolve_device
-    from ..samplers.options import ADAPTIVE_SAMPLERS
     from ..timesteps import check_step_count, default_step_count
-    from ..train.trainer import write_samples
 
-    out = args.out
-    if not out.lower().endswith(".png"):
-        raise ScorekitError(f"--out {out!r} must name a .png file (the samples go beside it as .npz)")
-    if os.path.isdir(out):
-        raise ScorekitError(f"--out {out!r} is a folder; give a file name ending in .png")
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise ScorekitError(f"the folder of --out {out!r} does not exist; create it first")
     _deprecated_schedule(args)
     options = sampler_options_from(args)
     steps = _sample_steps(args)
-    device = resolve_device(args.device)
     threads_before = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        denoiser = load_denoiser(args.checkpoint, ema=not args.no_ema, device=device)
+        denoiser = load_denoiser(path, ema=not args.no_ema, device=device)
         ckpt = denoiser.checkpoint
         guidance = _guidance(args, device)
         classifier = guidance.get("classifier")
         dropout = ckpt.config.get("label_dropout")
         if (args.guidance_scale is not None or args.unconditional) and ckpt.num_classes is not None \
                 and dropout is not None and dropout <= 0:
-            print(f"{PROG} sample: warning: this model was trained with --label-dropout 0, so its "
+            print(f"{PROG} {args.command}: warning: this model was trained with --label-dropout 0, so its "
                   f"unconditional prediction was never trained; guidance and --unconditional use it",
                   file=sys.stderr, flush=True)
         num_classes = ckpt.num_classes
@@ -299,9 +322,29 @@ def run(args: argparse.Namespace) -> int:
                                 spacing=spacing, timesteps=timesteps, clip=args.clip,
                                 progress=not args.no_progress, check_finite=not args.allow_nonfinite,
                                 **guidance, **options)
-        x0 = result.x
     finally:
         torch.set_num_threads(threads_before)
+    return Drawn(result.x, labels, result, ckpt, steps, classes, num_classes)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from ..plotting import atomic_path
+    from ..train.distributed import resolve_device
+    from ..train.trainer import write_samples
+
+    out = args.out
+    if not out.lower().endswith(".png"):
+        raise ScorekitError(f"--out {out!r} must name a .png file (the samples go beside it as .npz)")
+    if os.path.isdir(out):
+        raise ScorekitError(f"--out {out!r} is a folder; give a file name ending in .png")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise ScorekitError(f"the folder of --out {out!r} does not exist; create it first")
+    drawn = draw(args, args.checkpoint, resolve_device(args.device))
+    x0, labels, ckpt, classes, num_classes = drawn.x, drawn.labels, drawn.ckpt, drawn.classes, drawn.num_classes
     if not torch.isfinite(x0).all():
         bad = int((~torch.isfinite(x0.reshape(x0.shape[0], -1)).all(1)).sum())
         print(f"{PROG} sample: warning: {bad} of {args.num} samples hold NaN or Inf values",
@@ -316,8 +359,7 @@ def run(args: argparse.Namespace) -> int:
                     if ckpt.data_config else None)
         except ScorekitError:
             data = None
-    step_text = f"{steps} steps" if args.sampler not in ADAPTIVE_SAMPLERS else "adaptive steps"
-    title = f"{args.sampler}, {step_text}, {'raw' if args.no_ema else 'EMA'} weights, step {ckpt.step}"
+    title = f"{args.sampler}, {drawn.step_text(args)}, {'raw' if args.no_ema else 'EMA'} weights, step {ckpt.step}"
     if args.guidance_scale is not None:
         title += f", guidance {args.guidance_scale:g}"
     if args.classifier is not None:
@@ -338,13 +380,8 @@ def run(args: argparse.Namespace) -> int:
             raise
     except OSError as err:
         raise ScorekitError(f"cannot write {out!r}: {err.strerror or err}") from None
-    cost = f"NFE {result.nfe:g} per sample"
-    if args.guidance_scale is not None:
-        cost += ", each on the conditional and unconditional batch together"
-    if args.classifier is not None:
-        cost += f", {result.classifier_calls / max(len(result.calls), 1):g} classifier gradients"
-    print(f"sampled {args.num} in {result.seconds:.2f} s with {args.sampler} ({step_text}, "
-          f"{cost}) from step {ckpt.step} of {ckpt.path}")
+    print(f"sampled {args.num} in {drawn.result.seconds:.2f} s with {drawn.cost(args)} "
+          f"from step {ckpt.step} of {ckpt.path}")
     print("wrote:")
     print(f"  {out}")
     print(f"  {npz}")

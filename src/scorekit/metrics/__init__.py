@@ -7,8 +7,10 @@
   (Kernel Inception Distance), :mod:`.inception_score`, :mod:`.precision_recall` (improved
   precision and recall).
 * Feature extractors (:mod:`.features`): one interface for the FID Inception network
-  (:mod:`.inception`, from a weights file), the digit classifier (:mod:`.digits_classifier`) and
-  any user module.
+  (:mod:`.inception`, from a weights file), the digit classifier (:mod:`.digits_classifier`),
+  the classifiers scorekit trains and caches as feature networks for digits and CIFAR-10
+  (:mod:`.feature_nets`: :func:`trained_feature_network`, :func:`load_feature_network`) and any
+  user module.
 """
 from .distribution import (
     mode_weight_error,
@@ -20,11 +22,12 @@ from .distribution import (
     within_mode_spread,
     within_mode_swd,
 )
-from .features import DigitFeatures, FeatureExtractor, ModuleExtractor, state_hash
+from .feature_nets import FEATURE_KINDS, load_feature_network, trained_feature_network
+from .features import ClassifierFeatures, DigitFeatures, FeatureExtractor, ModuleExtractor, state_hash
 from .frechet import feature_statistics, frechet_distance, frechet_distance_from_features
 from .inception import FIDInceptionV3, InceptionFeatures
 from .inception_score import InceptionScore, inception_score
-from .kid import KID, kernel_inception_distance, mmd2_unbiased
+from .kid import KID, kernel_inception_distance, mmd2_jackknife, mmd2_unbiased
 from .precision_recall import knn_radii, manifold_coverage, precision_recall
 
 __all__ = [
@@ -32,9 +35,10 @@ __all__ = [
     "mode_weights", "mode_weight_error", "mode_weight_stderr",
     "within_mode_swd", "within_mode_spread",
     "feature_statistics", "frechet_distance", "frechet_distance_from_features",
-    "KID", "kernel_inception_distance", "mmd2_unbiased",
+    "KID", "kernel_inception_distance", "mmd2_jackknife", "mmd2_unbiased",
     "InceptionScore", "inception_score",
     "knn_radii", "manifold_coverage", "precision_recall",
-    "FeatureExtractor", "ModuleExtractor", "DigitFeatures", "state_hash",
+    "FeatureExtractor", "ModuleExtractor", "ClassifierFeatures", "DigitFeatures", "state_hash",
+    "FEATURE_KINDS", "trained_feature_network", "load_feature_network",
     "FIDInceptionV3", "InceptionFeatures",
 ]

@@ -18,8 +18,10 @@ moved to the network's device one batch at a time, and the network runs under
 (``tqdm.auto``) counts the images when ``progress=True``.
 
 Ready-made extractors: :class:`ModuleExtractor` wraps any ``nn.Module`` that maps images to
-features (or to ``(features, logits)``); :class:`DigitFeatures` the digit classifier of
-:mod:`scorekit.metrics.digits_classifier` (128-d features, 10 classes);
+features (or to ``(features, logits)``); :class:`ClassifierFeatures` any image classifier with a ``features_and_logits`` method, such
+as the feature networks scorekit trains (:mod:`scorekit.metrics.feature_nets`);
+:class:`DigitFeatures` the digit classifier of :mod:`scorekit.metrics.digits_classifier` (128-d
+features, 10 classes);
 :class:`scorekit.metrics.inception.InceptionFeatures` the FID Inception network (2048-d features,
 1008 classes).
 """
@@ -241,7 +243,41 @@ class ModuleExtractor(FeatureExtractor):
         return tuple(out) if pair else out
 
 
-class DigitFeatures(FeatureExtractor):
+class ClassifierFeatures(FeatureExtractor):
+    """An image classifier with a ``features_and_logits(batch)`` method (the penultimate
+    pre-activations and the logits of one batch), such as
+    :class:`scorekit.metrics.feature_nets.ImageClassifier`, as a :class:`FeatureExtractor`:
+    its features as features, ``softmax`` of its logits as probabilities.
+
+    Args:
+        classifier: the network.
+        name: recorded in caches with :attr:`weights_hash`.
+        info: how the network was trained (kept as :attr:`info`).
+        path: the folder it was read from, if any (kept as :attr:`path`).
+    """
+
+    has_probabilities = True
+
+    def __init__(self, classifier: nn.Module, *, name: str, info: dict | None = None,
+                 path: str | None = None):
+        if not isinstance(classifier, nn.Module) or not callable(getattr(classifier, "features_and_logits", None)):
+            raise ScorekitError(f"classifier must be a network with a features_and_logits method "
+                                f"(e.g. an ImageClassifier), got {type(classifier).__name__}")
+        self.module = classifier
+        self.name = name
+        self.info = dict(info or {})
+        self.path = path
+
+    @property
+    def feature_dim(self) -> int:
+        """The length ``d`` of the features."""
+        return int(self.module.feature_dim)
+
+    def _forward(self, batch: Tensor):
+        return self.module.features_and_logits(batch)
+
+
+class DigitFeatures(ClassifierFeatures):
     """The digit classifier (:class:`scorekit.metrics.digits_classifier.DigitClassifier`) as a
     :class:`FeatureExtractor`: its 128-d penultimate pre-activations as features, ``softmax`` of
     its 10 logits as probabilities. Images are greyscale ``(N, 1, 28 or 32, 28 or 32)`` in
@@ -252,18 +288,14 @@ class DigitFeatures(FeatureExtractor):
         name: recorded in caches with :attr:`weights_hash`.
     """
 
-    has_probabilities = True
-
     def __init__(self, classifier, *, name: str = "digit_classifier"):
         from .digits_classifier import DigitClassifier, load_digit_classifier
 
+        path = None
         if not isinstance(classifier, DigitClassifier):
+            path = classifier
             classifier = load_digit_classifier(classifier)
-        self.module = classifier
-        self.name = name
-
-    def _forward(self, batch: Tensor):
-        return self.module.features_and_logits(batch)
+        super().__init__(classifier, name=name, info=classifier.info, path=path)
 
 
-__all__ = ["DigitFeatures", "FeatureExtractor", "ModuleExtractor", "state_hash"]
+__all__ = ["ClassifierFeatures", "DigitFeatures", "FeatureExtractor", "ModuleExtractor", "state_hash"]

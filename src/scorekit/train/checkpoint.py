@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import FileWriteError, ScorekitError, write_failure
+from ..plotting import fsync_path, write_json  # noqa: F401  (the file helpers checkpoints use)
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
@@ -57,30 +58,6 @@ def checkpoint_name(step: int) -> str:
 
 
 # --- low-level file helpers -----------------------------------------------------------------------
-
-def fsync_path(path: str) -> None:
-    """Flush a file or folder to disk (a no-op where folders cannot be opened, e.g. Windows)."""
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else os.O_RDONLY
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json(path: str, data) -> None:
-    """Write ``data`` as indented JSON and flush it to disk (not atomic; see :func:`write_latest`)."""
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=False, allow_nan=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
 
 def read_json(path: str, what: str):
     """Parse a JSON file; a missing or corrupt file raises :class:`ScorekitError` naming it."""

@@ -1,0 +1,249 @@
+"""scorekit.evaluation: scores against their definitions on Gaussian 'images' whose features are
+their pixels, the standard errors against the spread of independent repetitions, the reference
+cache (read back, refused for another extractor, corrupt files named), and per-class scores."""
+import json
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from scorekit import ScorekitError
+from scorekit.evaluation import (EvalReport, ReferenceStatistics, Score, data_hash, evaluate, parse_metrics,
+                                 reference_cache_path, reference_statistics)
+from scorekit.metrics import (ModuleExtractor, frechet_distance_from_features, inception_score,
+                              kernel_inception_distance, precision_recall)
+from scorekit.metrics.frechet import gaussian_frechet_bias
+
+SCALE = 0.2          # pixel std: N(0, SCALE^2) stays inside [-1, 1] (5 sigma) so clamping never acts
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def images(n, seed, shift=0.0, side=2):
+    return SCALE * torch.randn(n, 1, side, side, generator=gen(seed)) + shift
+
+
+class WithLogits(nn.Module):
+    """Features = pixels; logits = a fixed linear map of them (so probabilities exist)."""
+
+    def __init__(self, dim=4, classes=3):
+        super().__init__()
+        self.head = nn.Linear(dim, classes)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.randn(classes, dim, generator=gen(99)) * 5)
+            self.head.bias.zero_()
+
+    def forward(self, x):
+        f = x.flatten(1)
+        return f, self.head(f)
+
+
+def pixels(name="pixels"):
+    return ModuleExtractor(nn.Flatten(), name=name)
+
+
+def test_scores_equal_the_metric_functions_on_the_same_features():
+    """With features = pixels, every score is the metric function on the pixels (the
+    reference implementation on identical inputs; equal set sizes, so precision and recall use
+    the whole reference)."""
+    x, r = images(300, 0, 0.05), images(300, 1)
+    ext = ModuleExtractor(WithLogits(), name="pix+logits", logits=True)
+    report = evaluate(x, r, ext, fid_bootstrap=0, kid_subsets=20, kid_subset_size=200, seed=3)
+    fx, fr = x.flatten(1).double(), r.flatten(1).double()
+    assert report.scores["fid"].value == pytest.approx(frechet_distance_from_features(fx, fr), rel=1e-6)
+    kid = kernel_inception_distance(fx, fr, num_subsets=20, subset_size=200, generator=gen(3))
+    assert report.scores["kid"].value == pytest.approx(kid.mean, rel=1e-5, abs=1e-12)
+    assert report.scores["kid"].std == pytest.approx(kid.std, rel=1e-5)
+    assert report.scores["kid"].stderr > 0
+    _, probs = ext.features_and_probabilities(x)
+    assert report.scores["is"].value == pytest.approx(inception_score(probs, splits=10).mean, rel=1e-9)
+    p, rec = precision_recall(fr, fx)
+    assert report.scores["precision"].value == p and report.scores["recall"].value == rec
+    assert 0.3 < p < 1 and 0.3 < rec < 1
+    assert report.num_samples == 300 and report.num_reference == 300
+    assert set(report.scores) == {"fid", "kid", "is", "precision", "recall"}
+
+
+def test_same_distribution_gives_kid_zero_and_fid_at_its_bias():
+    """Samples and reference from one Gaussian: KID is unbiased (|mean| within 4 standard errors
+    of 0 over repetitions), FID sits at the closed-form small-sample bias of
+    gaussian_frechet_bias (within 4 standard errors of the repetitions)."""
+    kids, fids = [], []
+    for i in range(30):
+        rep = evaluate(images(200, 2 * i), images(300, 2 * i + 1), pixels(), metrics="fid,kid",
+                       fid_bootstrap=0, kid_subsets=1, kid_subset_size=200, seed=i)
+        kids.append(rep.scores["kid"].value)
+        fids.append(rep.scores["fid"].value)
+    kids, fids = torch.tensor(kids, dtype=torch.float64), torch.tensor(fids, dtype=torch.float64)
+    assert abs(float(kids.mean())) < 4 * float(kids.std()) / math.sqrt(len(kids))
+    bias = gaussian_frechet_bias(4, 200, 300, variance=SCALE ** 2)
+    assert abs(float(fids.mean()) - bias) < 4 * float(fids.std()) / math.sqrt(len(fids)) + 0.1 * bias
+
+
+def test_fid_bootstrap_stderr_matches_the_spread_of_independent_sets():
+    """The bootstrap standard error of FID estimates the standard deviation of FID between
+    independent sample sets: the two agree within a factor 1.6 (the spread's own relative error
+    at 40 repetitions is ~11%, the bootstrap's at 20 replicates ~16%)."""
+    shift = 0.1
+    reference = images(400, 1000)
+    ref_stats = reference_statistics(reference, pixels())
+    fids = [evaluate(images(300, i, shift), ref_stats, pixels(), metrics="fid", fid_bootstrap=0).scores["fid"].value
+            for i in range(40)]
+    spread = float(torch.tensor(fids).std())
+    boot = evaluate(images(300, 5000, shift), ref_stats, pixels(), metrics="fid", fid_bootstrap=20)
+    # the repetitions above keep the reference fixed, the bootstrap resamples it too: compare with
+    # repetitions that redraw both
+    both = [evaluate(images(300, i, shift), images(400, 2000 + i), pixels(), metrics="fid",
+                     fid_bootstrap=0).scores["fid"].value for i in range(40)]
+    spread_both = float(torch.tensor(both).std())
+    assert spread <= spread_both * 1.3
+    assert spread_both / 1.6 < boot.scores["fid"].stderr < spread_both * 1.6
+
+
+def test_precision_recall_find_a_missing_mode_and_far_samples():
+    """Samples covering half of a two-mode reference: precision ~1, recall ~1/2; samples far
+    away: both 0. Binomial standard errors."""
+    ref = torch.cat([images(300, 1, -0.5), images(300, 2, 0.5)])
+    half = images(300, 3, -0.5)
+    rep = evaluate(half, ref, pixels(), metrics="pr")
+    p, r = rep.scores["precision"], rep.scores["recall"]
+    assert p.value > 0.9 and 0.35 < r.value < 0.6
+    assert p.stderr == pytest.approx(math.sqrt(p.value * (1 - p.value) / 300))
+    far = evaluate(images(300, 4, 0.9) + 5, ref, pixels(), metrics="pr")
+    assert far.scores["precision"].value == 0 and far.scores["recall"].value == 0
+
+
+def test_reference_subsets_for_precision_recall_are_disjoint_and_sized_like_the_samples(monkeypatch):
+    import scorekit.metrics as metrics
+
+    seen = []
+    real_pr = metrics.precision_recall
+
+    def spy(real, fake, k=3):
+        seen.append(real.clone())
+        return real_pr(real, fake, k)
+
+    monkeypatch.setattr(metrics, "precision_recall", spy)
+    evaluate(images(100, 0), images(350, 1), pixels(), metrics="pr")
+    assert [s.shape[0] for s in seen] == [100, 100, 100]
+    rows = torch.cat(seen)
+    assert torch.unique(rows, dim=0).shape[0] == 300
+
+
+def test_is_stderr_is_the_split_deviation_over_root_splits():
+    ext = ModuleExtractor(WithLogits(), name="pix+logits", logits=True)
+    x = images(500, 7)
+    rep = evaluate(x, images(100, 8), ext, metrics="is")
+    _, probs = ext.features_and_probabilities(x)
+    ref = inception_score(probs, splits=10)
+    assert rep.scores["is"].value == pytest.approx(ref.mean)
+    assert rep.scores["is"].stderr == pytest.approx(ref.std / math.sqrt(10))
+    assert rep.scores["is"].std == pytest.approx(ref.std)
+
+
+def test_per_class_scores_see_swapped_labels_that_the_overall_scores_miss():
+    """Two classes at -0.5 and +0.5. Samples right, but labelled the wrong way round: the overall
+    FID is unchanged, the per-class FID is large; labelled right, per-class FID is small."""
+    ref = torch.cat([images(300, 1, -0.5), images(300, 2, 0.5)])
+    ref_y = torch.tensor([0] * 300 + [1] * 300)
+    stats = reference_statistics(ref, pixels(), labels=ref_y)
+    x = torch.cat([images(200, 3, -0.5), images(200, 4, 0.5)])
+    right = torch.tensor([0] * 200 + [1] * 200)
+    good = evaluate(x, stats, pixels(), metrics="fid,kid", sample_labels=right, per_class=True)
+    bad = evaluate(x, stats, pixels(), metrics="fid,kid", sample_labels=1 - right, per_class=True)
+    assert good.scores["fid"].value == pytest.approx(bad.scores["fid"].value)
+    assert bad.per_class["mean"]["fid"].value > 10 * good.per_class["mean"]["fid"].value
+    assert set(good.per_class) == {0, 1, "mean"}
+    assert good.per_class["mean"]["fid"].value == pytest.approx(
+        (good.per_class[0]["fid"].value + good.per_class[1]["fid"].value) / 2)
+
+
+def test_class_accuracy_counts_samples_the_extractor_puts_in_their_class():
+    ext = ModuleExtractor(WithLogits(classes=2), name="two", logits=True)
+    ref = images(200, 1)
+    _, probs = ext.features_and_probabilities(ref)
+    stats = reference_statistics(ref, ext, labels=probs.argmax(1))
+    x = images(300, 2)
+    _, p = ext.features_and_probabilities(x)
+    truth = p.argmax(1)
+    labels = truth.clone()
+    labels[:60] = 1 - labels[:60]                               # 60 of 300 asked for the other class
+    rep = evaluate(x, stats, ext, metrics="fid", sample_labels=labels)
+    assert rep.scores["class_accuracy"].value == pytest.approx(0.8)
+
+
+def test_reference_statistics_are_cached_and_read_back(tmp_path):
+    calls = []
+    ext = pixels()
+    original = ext.features
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    ext.features = counting
+    ref, y = images(50, 0), torch.arange(50) % 3
+    a = reference_statistics(ref, ext, labels=y, data="test", cache_dir=tmp_path)
+    b = reference_statistics(ref, ext, labels=y, data="test", cache_dir=tmp_path)
+    assert len(calls) == 1
+    assert torch.equal(a.features, b.features) and torch.equal(b.labels, y)
+    path = reference_cache_path(ext, data_hash(ref, y), tmp_path)
+    assert os.path.isfile(path) and os.path.isfile(path[:-len(".safetensors")] + ".json")
+    meta = json.load(open(path[:-len(".safetensors")] + ".json"))
+    assert meta["extractor"] == "pixels" and meta["weights_hash"] == ext.weights_hash and meta["num"] == 50
+    # other data: another key, computed again
+    reference_statistics(ref + 0.01, ext, labels=y, cache_dir=tmp_path)
+    assert len(calls) == 2
+
+
+def test_a_cache_of_another_extractor_is_refused(tmp_path):
+    ref = images(40, 0)
+    stats = reference_statistics(ref, pixels("net-a"))
+    path = stats.save(tmp_path / "ref.safetensors")
+    with pytest.raises(ScorekitError, match="computed with the feature extractor 'net-a'"):
+        ReferenceStatistics.load(path, extractor=pixels("net-b"))
+    with pytest.raises(ScorekitError, match="not with 'net-b'"):
+        evaluate(images(40, 1), stats, pixels("net-b"))
+    other_weights = ModuleExtractor(nn.Sequential(nn.Flatten(), nn.Linear(4, 4)), name="net-a")
+    with pytest.raises(ScorekitError, match="weights"):
+        ReferenceStatistics.load(path, extractor=other_weights)
+    assert ReferenceStatistics.load(path, extractor=pixels("net-a")).meta["num"] == 40
+
+
+def test_corrupt_or_missing_statistics_are_named(tmp_path):
+    stats = reference_statistics(images(20, 0), pixels())
+    path = stats.save(tmp_path / "ref")
+    open(path, "wb").write(b"not safetensors")
+    with pytest.raises(ScorekitError, match="not readable.*delete them"):
+        ReferenceStatistics.load(path)
+    with pytest.raises(ScorekitError, match="does not exist"):
+        ReferenceStatistics.load(tmp_path / "missing.safetensors")
+
+
+def test_bad_input_gives_one_clear_error():
+    ref = images(30, 0)
+    with pytest.raises(ScorekitError, match="unknown metric 'fad'"):
+        evaluate(images(30, 1), ref, pixels(), metrics="fid,fad")
+    with pytest.raises(ScorekitError, match="shape"):
+        evaluate(images(30, 1, side=3), ref, pixels())
+    with pytest.raises(ScorekitError, match="class probabilities"):
+        evaluate(images(30, 1), ref, pixels(), metrics="is")
+    with pytest.raises(ScorekitError, match="per-class scores need labels"):
+        evaluate(images(30, 1), ref, pixels(), metrics="fid", per_class=True, sample_labels=torch.zeros(30))
+    with pytest.raises(ScorekitError, match="images"):
+        evaluate(torch.zeros(30, 4), ref, pixels())
+    assert parse_metrics("FID, kid") == ("fid", "kid")
+
+
+def test_report_table_and_json():
+    rep = EvalReport({"fid": Score(12.345, 0.5), "kid": Score(1e-4, 2e-5, 2e-4)}, None, 10, 20,
+                     {"name": "x", "weights_hash": "0" * 64, "info": {}}, {})
+    text = rep.table()
+    assert "FID" in text and "12.35" in text and "lower is better" in text
+    d = rep.to_dict()
+    assert d["metrics"]["kid"] == {"value": 1e-4, "stderr": 2e-5, "std": 2e-4}
+    assert json.loads(json.dumps(d, allow_nan=False)) == d
