@@ -1,7 +1,9 @@
 """Loss weighting on MNIST: does the ELBO weighting buy likelihood at the cost of sample quality?
 
-    nice -n 10 .venv/bin/python benchmarks/loss_weighting.py            # the full run (about 50 min on 2 cores)
-    nice -n 10 .venv/bin/python benchmarks/loss_weighting.py --quick    # every phase in a few minutes
+    nice -n 10 .venv/bin/python benchmarks/loss_weighting.py          # about an hour on 2 busy cores
+    nice -n 10 .venv/bin/python benchmarks/loss_weighting.py --steps 450 --minutes 30 \
+        --tag loss_weighting-450steps --raw-num 0 --check-num 0     # the same at equal steps
+    nice -n 10 .venv/bin/python benchmarks/loss_weighting.py --quick  # every phase in a few minutes
 
 ``--help`` lists the options: the training budget, the bits/dim and sampling settings, the outputs.
 
@@ -197,13 +199,22 @@ def elbo_estimate(denoiser, x, name: str, args) -> dict:
 
 
 def full_chain(denoiser, x, name: str, args) -> dict:
-    """The exact whole-chain ELBO (every one of the 1000 steps) of ``x``, term by term."""
+    """The whole-chain ELBO (every one of the 1000 steps) of ``x``, term by term, and the mean of
+    ``--check-repeats`` sampled estimates of the same digits with other seeds (their standard error
+    over the repeats measures the estimator's own noise)."""
     variance = primary_variance(name)
     t0 = time.perf_counter()
     r = elbo(denoiser, denoiser.process, x, variance=variance, data_bits=8,
              generator=torch.Generator().manual_seed(SEEDS["check"]), batch_steps=max(1, args.eval_batch // x.shape[0]))
-    return {"seconds": time.perf_counter() - t0, "num": x.shape[0], "variance": variance, "mean_bpd": r.mean_bpd,
-            "stderr_bpd": r.stderr_bpd, "per_digit_bpd": r.total_bpd.tolist(), "terms_bpd": r.terms_bpd.tolist()}
+    seconds = time.perf_counter() - t0
+    means = [sampled_elbo(denoiser, denoiser.process, x, strata=strata_edges(args, 1000), variances=(variance,),
+                          data_bits=8, generator=torch.Generator().manual_seed(1000 + i))[variance].mean_bpd
+             for i in range(args.check_repeats)]
+    repeats = {"num": len(means), "mean_bpd": float(np.mean(means)) if means else None,
+               "stderr_bpd": float(np.std(means, ddof=1) / math.sqrt(len(means))) if len(means) > 1 else None}
+    return {"seconds": seconds, "num": x.shape[0], "variance": variance, "mean_bpd": r.mean_bpd,
+            "stderr_bpd": r.stderr_bpd, "per_digit_bpd": r.total_bpd.tolist(), "terms_bpd": r.terms_bpd.tolist(),
+            "sampled_repeats": repeats}
 
 
 def ode(denoiser, x, args) -> dict:
@@ -265,13 +276,15 @@ def bits_and_samples(name: str, m: dict, args, x) -> dict:
         log(f"{name}: ELBO without clipping {rv['mean_bpd']:.3f} ± {rv['stderr_bpd']:.3f} bits/dim "
             f"({r['num']} digits; {r['seconds']:.0f} s)")
     if args.check_num:
-        key = {**common, "check_num": args.check_num, "seed": SEEDS["check"], "x0_clip": 1.0}
+        key = {**common, "check_num": args.check_num, "seed": SEEDS["check"], "x0_clip": 1.0,
+               "repeats": args.check_repeats, "edges": strata_edges(args, 1000)}
         m["bits"]["check"] = c = cached(cache / f"{args.tag}-{name}-check.json", key,
                                         lambda: full_chain(clip_x0(d, 1.0), x[:args.check_num], name, args),
                                         f"{name} full chain")
         same = v["per_digit_bpd"][:c["num"]]
+        rep = c["sampled_repeats"]
         log(f"{name}: whole-chain ELBO of {c['num']} digits {c['mean_bpd']:.3f} (sampled estimate of the same: "
-            f"{np.mean(same):.3f}; {c['seconds']:.0f} s)")
+            f"{np.mean(same):.3f}, {rep['num']} more seeds: {pm(rep)}; {c['seconds']:.0f} s)")
     if args.ode_num:
         key = {**common, "ode_num": args.ode_num, "rtol": args.rtol, "seed": SEEDS["ode"]}
         m["bits"]["ode"] = o = cached(cache / f"{args.tag}-{name}-ode.json", key,
@@ -472,13 +485,17 @@ def markdown(report: dict) -> str:
     lines += ["", "## The bound in detail", "",
               f"ELBO columns: the sampled whole-chain estimate with x0_pred clipped ({s['elbo_num']} digits); "
               f"'minus simple's' pairs each digit with the simple model's (same steps and x_t); 'last {k} steps' is "
-              f"the share of the chain's last {k} steps (exact); 'whole chain': every one of the 1000 steps for the "
-              f"first {s['check_num']} digits, against the sampled estimate of the same digits. 'Not clipped': the "
-              f"same bound of the raw network ({s['raw_num']} digits).", "",
+              f"the share of the chain's last {k} steps (exact)."
+              + (f" 'Whole chain': every one of the 1000 steps for the first {s['check_num']} digits, against the "
+                 f"sampled estimate of the same digits and the mean of {s['check_repeats']} more (± their standard "
+                 "error)." if s["check_num"] else "")
+              + (f" 'Not clipped': the same bound of the raw network ({s['raw_num']} digits)." if s["raw_num"] else ""),
+              "",
               "| weighting | final loss | ELBO small | ELBO large | ELBO learned | minus simple's (paired) | "
-              f"decoder L_0 | last {k} steps | whole chain | sampled, same digits | not clipped | "
+              f"decoder L_0 | last {k} steps | whole chain | sampled, same digits | {s['check_repeats']} more seeds | "
+              "not clipped | "
               f"minus simple's | its last {k} steps |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, m in report["models"].items():
         e, r, c = m["bits"].get("elbo"), m["bits"].get("raw"), m["bits"].get("check")
         if not e:
@@ -495,7 +512,8 @@ def markdown(report: dict) -> str:
                     "stderr_bpd": (est.std() / math.sqrt(c["num"])).item() if c["num"] > 1 else None}
         lines.append(f"| {name} | {m['training']['final_loss']:.4g} | {pm(vs.get('small'))} | {pm(vs.get('large'))} | "
                      f"{pm(vs.get('learned'))} | {pm(paired(report, name))} | {v['decoder_bpd']:.3f} | {last} | "
-                     f"{pm(c)} | {pm(same)} | {pm(rv)} | {pm(paired(report, name, 'raw'))} | {rlast} |")
+                     f"{pm(c)} | {pm(same)} | {pm(c.get('sampled_repeats') if c else None)} | {pm(rv)} | "
+                     f"{pm(paired(report, name, 'raw'))} | {rlast} |")
     lines += ["", "## Training", "",
               "Loss: the run's mean over each 10 steps (the weighting's own units: elbo sums nats over the 1024 "
               "dimensions, the others average); spikes = 10-step windows above 10x the median of the second half; "
@@ -534,8 +552,8 @@ def markdown(report: dict) -> str:
 
 # --- main ---------------------------------------------------------------------------------------------------
 
-QUICK = {"minutes": 0.5, "elbo_num": 16, "elbo_strata": 8, "raw_num": 8, "check_num": 2, "ode_num": 2,
-         "rtol": 1e-3, "num": 20, "ddim_steps": 10, "ddpm_steps": 10}
+QUICK = {"minutes": 0.5, "elbo_num": 16, "elbo_strata": 8, "raw_num": 8, "check_num": 2, "check_repeats": 2,
+         "ode_num": 2, "rtol": 1e-3, "num": 20, "ddim_steps": 10, "ddpm_steps": 10}
 
 
 def parse_args(argv=None):
@@ -557,6 +575,8 @@ def parse_args(argv=None):
     p.add_argument("--raw-num", type=int, default=64, help="digits for the ELBO without clipping x0_pred (0: none)")
     p.add_argument("--check-num", type=int, default=4, help="digits whose whole 1000-step ELBO is computed, "
                    "against the sampled estimate of the same digits (0: none)")
+    p.add_argument("--check-repeats", type=int, default=16, help="sampled estimates of the --check-num digits with "
+                   "other seeds, averaged against the whole chain")
     p.add_argument("--ode-num", type=int, default=8, help="digits for the ODE likelihood (0: none)")
     p.add_argument("--rtol", type=float, default=1e-4, help="ODE tolerances")
     p.add_argument("--eval-batch", type=int, default=250, help="digits per network call for the bits/dim")
@@ -609,7 +629,8 @@ def main(argv=None) -> int:
     assert is_quantized(x, 8), "the held-out digits are not 8-bit"
 
     t_phase = time.perf_counter()
-    budget = f"{args.minutes:g} min of training" + (f" capped at {args.steps} steps" if args.steps else "")
+    budget = (f"{args.steps} training steps (at most {args.minutes:g} min)" if args.steps
+              else f"{args.minutes:g} min of training")
     models = {}
     for name in args.models:
         config = train_config(args, name)
