@@ -140,7 +140,7 @@ class ReferenceStatistics:
         ``path`` may end in ``.safetensors``. Returns the ``.safetensors`` path."""
         from safetensors.torch import save_file
 
-        from .plotting import atomic_path
+        from .plotting import atomic_path, write_json
 
         stem = _stem(path)
         os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
@@ -152,9 +152,7 @@ class ReferenceStatistics:
         with atomic_path(stem + ".safetensors") as tmp:
             save_file(tensors, tmp)
         with atomic_path(stem + ".json") as tmp:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(self.meta, fh, indent=2, allow_nan=False)
-                fh.write("\n")
+            write_json(tmp, self.meta)
         return stem + ".safetensors"
 
     @classmethod

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
+
+from ..errors import ScorekitError
 
 PROG = "scorekit"
 
@@ -134,6 +137,17 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 # --- errors and signals ----------------------------------------------------------------------
+
+def check_json_out(out: str | None) -> None:
+    """Refuse an ``--out FILE.json`` that cannot be written (a folder, or in a missing folder)
+    before any work starts."""
+    if out is None:
+        return
+    if os.path.isdir(out):
+        raise ScorekitError(f"--out {out!r} is a folder; give a file name ending in .json")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise ScorekitError(f"the folder of --out {out!r} does not exist; create it first")
+
 
 def fail(message: str) -> int:
     """Print ``scorekit: error: MESSAGE`` as one line on standard error; the exit status 2."""

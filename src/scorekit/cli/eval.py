@@ -3,13 +3,12 @@ with FID, KID, IS and precision/recall (:mod:`scorekit.evaluation`)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import textwrap
 import time
 
 from ..errors import ScorekitError
-from ._common import PROG, Formatter, add_run_flags, int_in, key_value
+from ._common import PROG, Formatter, add_run_flags, check_json_out, int_in, key_value
 from .sample import add_sampling_flags
 
 #: --features names besides a path
@@ -134,6 +133,7 @@ def _load_samples(args: argparse.Namespace, kind: str):
     import torch
 
     from ..data import images
+    from ..data.dataset import to_tensor
 
     if kind == "npz":
         raw = images.load_npz(args.source)
@@ -143,7 +143,7 @@ def _load_samples(args: argparse.Namespace, kind: str):
     if x.ndim != 4:
         raise ScorekitError(f"{args.source}: the samples are {tuple(x.shape[1:])} vectors, not images; "
                             f"FID and its kin score images (N, C, H, W)")
-    x = torch.from_numpy(x.astype(np.float32) / 127.5 - 1.0 if x.dtype == np.uint8 else x.astype(np.float32))
+    x = to_tensor(x)                  # uint8 pixels mapped to [-1, 1] as every dataset maps them
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x.reshape(x.shape[0], -1)).all(1)).sum())
         raise ScorekitError(f"{args.source}: {bad} of {x.shape[0]} samples hold NaN or Inf values; they "
@@ -170,11 +170,8 @@ def _reference(args: argparse.Namespace, ckpt):
         if ckpt is None or not ckpt.data_config:
             raise ScorekitError("give --ref SPEC: the data to compare the samples with (e.g. mnist:PATH "
                                 "or folder:PATH)")
-        if args.ref_option:
-            config = dict(ckpt.data_config)
-            config.update(dict(args.ref_option))
-            return dataset_from_config(config, progress=False if args.no_progress else None), None
-        return dataset_from_config(ckpt.data_config, progress=False if args.no_progress else None), None
+        config = {**ckpt.data_config, **dict(args.ref_option)}
+        return dataset_from_config(config, progress=False if args.no_progress else None), None
     return load_dataset(ref, **dict(args.ref_option)), None
 
 
@@ -243,11 +240,7 @@ def _run(args: argparse.Namespace) -> int:
     from .sample import draw
 
     metrics = parse_metrics(args.metrics)
-    if args.out is not None:
-        if os.path.isdir(args.out):
-            raise ScorekitError(f"--out {args.out!r} is a folder; give a file name ending in .json")
-        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-            raise ScorekitError(f"the folder of --out {args.out!r} does not exist; create it first")
+    check_json_out(args.out)
     cache = os.path.abspath(os.path.expanduser(args.cache)) if args.cache else default_cache_dir()
 
     def log(message: str) -> None:
@@ -288,7 +281,7 @@ def _run(args: argparse.Namespace) -> int:
         ref_text = f"{len(reference)} images (statistics {stats_path})"
     else:
         reference = reference_statistics(dataset.x, extractor, labels=dataset.y, data=dataset.spec,
-                                         cache_dir=os.path.join(cache), device=device,
+                                         cache_dir=cache, device=device,
                                          progress=not args.no_progress, log=log)
         ref_text = f"{len(dataset)} images of {dataset.spec}"
     report = evaluate(x, reference, extractor, metrics=metrics, sample_labels=labels, per_class=args.per_class,
@@ -304,7 +297,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"per class ({len(classes)} classes): " + ", ".join(
             f"{c}: FID {report.per_class[c]['fid'].value:.4g}" for c in classes if "fid" in report.per_class[c]))
     if args.out is not None:
-        from ..plotting import atomic_path
+        from ..plotting import atomic_path, write_json
 
         data = {**report.to_dict(), "samples": {**sampling, "num": int(x.shape[0]), "source": source},
                 "reference": {"data": reference.meta.get("data"), "data_hash": reference.meta.get("data_hash"),
@@ -312,9 +305,7 @@ def _run(args: argparse.Namespace) -> int:
                 "seconds": seconds}
         try:
             with atomic_path(args.out) as tmp:
-                with open(tmp, "w", encoding="utf-8") as fh:
-                    json.dump(data, fh, indent=2, allow_nan=False)
-                    fh.write("\n")
+                write_json(tmp, data)
         except OSError as err:
             raise ScorekitError(f"cannot write {args.out!r}: {err.strerror or err}") from None
         print(f"wrote {args.out}")

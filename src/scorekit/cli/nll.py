@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import textwrap
 
 from ..errors import ScorekitError
-from ._common import BIG, DEFAULT_TRAIN_THREADS, PROG, Formatter, int_in, key_value, positive_float
+from ._common import (BIG, DEFAULT_TRAIN_THREADS, PROG, Formatter, check_json_out, int_in, key_value,
+                      positive_float)
 
 
 NLL_METHODS = ("ode", "elbo", "both")
@@ -151,11 +151,7 @@ def run(args: argparse.Namespace) -> int:
     from ..likelihood.ode import is_quantized
     from ..train.checkpoint import load_denoiser
 
-    if args.out is not None:
-        if os.path.isdir(args.out):
-            raise ScorekitError(f"--out {args.out!r} is a folder; give a file name ending in .json")
-        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-            raise ScorekitError(f"the folder of --out {args.out!r} does not exist; create it first")
+    check_json_out(args.out)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(DEFAULT_TRAIN_THREADS)
     try:

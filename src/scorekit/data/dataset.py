@@ -236,7 +236,7 @@ def convert_channels(x: np.ndarray, channels: int | None) -> np.ndarray:
 _UINT8_TO_UNIT = (np.arange(256, dtype=np.float64) / 127.5 - 1.0).astype(np.float32)
 
 
-def _to_tensor(x: np.ndarray) -> Tensor:
+def to_tensor(x: np.ndarray) -> Tensor:
     r"""uint8 ``v`` in 0..255 -> ``v / 127.5 - 1`` in ``[-1, 1]``; float data are taken as they are."""
     if x.dtype == np.uint8:
         return torch.from_numpy(_UINT8_TO_UNIT[x])
@@ -252,7 +252,7 @@ def _finish(raw: images.RawData, where: str, *, start, stop, channels, pad_to=No
     if pad_to is not None:
         x = images.pad_images(x, pad_to, 0 if x.dtype == np.uint8 else -1.0)
     x = convert_channels(x, channels)
-    return dict(x=_to_tensor(x), y=None if raw.y is None else torch.from_numpy(raw.y),
+    return dict(x=to_tensor(x), y=None if raw.y is None else torch.from_numpy(raw.y),
                 num_classes=raw.num_classes, class_names=raw.class_names, skipped=raw.skipped)
 
 

@@ -29,8 +29,14 @@ _F64 = torch.float64
 def polynomial_kernel(x: Tensor, y: Tensor, *, degree: int = 3, gamma: float | None = None,
                       coef0: float = 1.0) -> Tensor:
     """``(gamma x . y + coef0)^degree`` for every pair of rows, ``gamma = 1 / d`` by default."""
-    gamma = 1.0 / x.shape[1] if gamma is None else gamma
-    return (gamma * (x @ y.T) + coef0) ** degree
+    return _kernel_of(x @ y.T, x.shape[1], degree=degree, gamma=gamma, coef0=coef0)
+
+
+def _kernel_of(dots: Tensor, dim: int, *, degree: int = 3, gamma: float | None = None,
+               coef0: float = 1.0) -> Tensor:
+    """The polynomial kernel of inner products ``dots`` of ``dim``-dimensional features."""
+    gamma = 1.0 / dim if gamma is None else gamma
+    return (gamma * dots + coef0) ** degree
 
 
 def mmd2_unbiased(x, y, **kernel) -> float:
@@ -120,8 +126,8 @@ def mmd2_jackknife(x, y, *, blocks: int = 10, generator: torch.Generator | None 
     sxx = _block_sums(x, x, ix, ix, blocks, chunk, **kernel)
     syy = _block_sums(y, y, iy, iy, blocks, chunk, **kernel)
     sxy = _block_sums(x, y, ix, iy, blocks, chunk, **kernel)
-    dxx = torch.zeros(blocks, dtype=_F64).index_add_(0, ix, _self_kernel(x, **kernel))
-    dyy = torch.zeros(blocks, dtype=_F64).index_add_(0, iy, _self_kernel(y, **kernel))
+    dxx = torch.zeros(blocks, dtype=_F64).index_add_(0, ix, _kernel_of((x * x).sum(1), x.shape[1], **kernel))
+    dyy = torch.zeros(blocks, dtype=_F64).index_add_(0, iy, _kernel_of((y * y).sum(1), y.shape[1], **kernel))
     sxx = sxx - torch.diag(dxx)                                  # i != j
     syy = syy - torch.diag(dyy)
     cm = torch.bincount(ix, minlength=blocks).to(_F64)
@@ -137,12 +143,6 @@ def mmd2_jackknife(x, y, *, blocks: int = 10, generator: torch.Generator | None 
     parts = theta(left_out(sxx), left_out(syy), left_out(sxy), m - cm, n - cn)
     se = math.sqrt((blocks - 1) / blocks * float(((parts - parts.mean()) ** 2).sum()))
     return full, se
-
-
-def _self_kernel(x: Tensor, *, degree: int = 3, gamma: float | None = None, coef0: float = 1.0) -> Tensor:
-    """``k(x_i, x_i)`` for every row."""
-    gamma = 1.0 / x.shape[1] if gamma is None else gamma
-    return (gamma * (x * x).sum(1) + coef0) ** degree
 
 
 def _features(x, name: str) -> Tensor:
