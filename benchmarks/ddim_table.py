@@ -1,6 +1,6 @@
 """Two of the DDIM lecture's quantitative claims, in miniature on MNIST.
 
-    .venv/bin/python benchmarks/ddim_table.py            # ~15 min of training, 100 samples per setting
+    .venv/bin/python benchmarks/ddim_table.py            # 15 min of training, 100 samples per setting
     .venv/bin/python benchmarks/ddim_table.py --quick    # a few minutes: checks the pipeline end to end
 
 ``--help`` lists the options: the training budget, the numbers of steps S, the etas, the number of
@@ -29,28 +29,35 @@ Phases (each cached in ``OUT/cache/`` and skipped when a later run asks for the 
      ancestral step with the posterior variance beta~ on the S-step sub-grid), and
    * sigma-hat: DDPM's ancestral step with the large variance ``beta = 1 - alpha_bar_t /
      alpha_bar_s`` of the sub-grid step t -> s (``ddpm``, ``variance="large"``), ``x0_pred``
-     clipped to [-1, 1] (``--sigma-hat-clip``) as the DDIM code's ``ddpm_steps`` does; its DDIM
-     steps do not clip.
+     clipped to [-1, 1] (``--sigma-hat-clip``) as the DDIM code's ``ddpm_steps`` does.
+   The DDIM code's DDIM steps do not clip; here they clip ``x0_pred`` to [-1, 1] too (``--clip``,
+   as DDPM's own sampler and diffusers' ``DDIMScheduler`` do), so that all rows are treated
+   alike: an eps-network trained for minutes is far from accurate enough at the top of the linear
+   schedule (``alpha(999) = 0.0064``, where its ``x0_pred`` multiplies the error of ``eps_pred``
+   by ``sigma / alpha = 157``), and unclipped deterministic sampling over the whole chain leaves
+   most pixels far outside [-1, 1] (``--clip 0`` reproduces it).
    The sub-grid is the DDIM paper's CIFAR-10 choice (``--spacing quadratic``, the default):
    ``floor(linspace(0, sqrt(0.8 T), S)^2)``, whose repeated steps (at S = 50 and 100 a few near
    t = 0) are dropped -- the DDIM code runs them, but a step from t to t is the identity for
    both samplers, so dropping them changes only the count of network calls (reported). S = T
    is the whole chain T-1, ..., 0 (the quadratic formula cannot give T distinct steps). Any
    discrete spacing of :mod:`scorekit.timesteps` may be named instead. Each setting's samples go
-   to ``OUT/cache/ddim-table/<setting>.npz`` (``x`` float32 (N, 1, 32, 32), clamped to [-1, 1]).
-3. **Coarse to fine**: DDIM (eta = 0) from one x_T for ``--c2f-num`` images on the grid 999,
-   then every ``--c2f-step``-th step down to 0. At each probe time t (``--c2f-times``, and the
-   start t = 999), the trajectory's x_t is sampled on to the data ``--c2f-resamples`` times with
-   fresh noise (DDIM eta = 1, i.e. ancestral sampling with beta~, on the rest of the grid). The
-   digit classifier (``mnist_quality.get_classifier``) measures, against t: the share of
-   re-samples whose class is the class of the trajectory's own end point, the share of pairs of
-   re-samples of one image that agree with each other, and the distances between their 128-d
-   features (to the trajectory's end point, and between re-samples), in units of the mean
-   distance between two random held-out digits.
+   to ``OUT/cache/ddim-table-<run>/<row>-S<S>-<clip>.npz`` (``x`` float32 (N, 1, 32, 32),
+   clamped to [-1, 1]; the settings that made them inside).
+3. **Coarse to fine** (clipped as the table's DDIM steps): DDIM (eta = 0) from one x_T for
+   ``--c2f-num`` images on the grid 999, then every ``--c2f-step``-th step down to 0. At each
+   probe time t (``--c2f-times``, and the start t = 999), the trajectory's x_t is sampled on to
+   the data ``--c2f-resamples`` times with fresh noise (DDIM eta = 1, i.e. ancestral sampling
+   with beta~, on the rest of the grid). The digit classifier (``mnist_quality.get_classifier``)
+   measures, against t: the share of re-samples whose class is the class of the trajectory's
+   own end point, the share of pairs of re-samples of one image that agree with each other, and
+   the distances between their 128-d features (to the trajectory's end point, and between
+   re-samples), in units of the mean distance between two random held-out digits.
 4. **Scoring** with ``scorekit eval`` (one subprocess per setting, one shared ``--cache`` so
    the reference statistics and the feature network are computed once): FID and KID of each
    setting's samples against the 2,000 held-out digits, with the features of the ``digits``
-   network trained on the 8,000 training digits. When this checkout has no ``scorekit eval``
+   network trained on the 8,000 training digits; ``--num`` random training digits are scored the
+   same way as a reference. When this checkout has no ``scorekit eval``
    yet, the phase is skipped and the report says so; a later run reuses everything cached.
 
 Writes ``TAG.json`` and ``TAG.md`` into ``--out`` (default ``benchmarks/results/``, TAG
@@ -89,7 +96,7 @@ from scorekit.train import TrainConfig  # noqa: E402
 Tensor = torch.Tensor
 
 ROOT = Path(__file__).resolve().parent.parent
-SEEDS = {"diffusion": 0, "x_T": 2, "noise": 3, "c2f_x_T": 4, "c2f_noise": 5}
+SEEDS = {"diffusion": 0, "x_T": 2, "noise": 3, "c2f_x_T": 4, "c2f_noise": 5, "reference": 6}
 #: the DDIM paper's CIFAR-10 FIDs (Song et al. 2021, Table 1, 50,000 samples) that a public source
 #: available here confirms, keyed (row, S); the other entries of that table are left blank rather
 #: than quoted from memory. Sources: ermongroup/ddim issues #32 (eta 0, S 10), #3 (eta 0, S 100),
@@ -115,7 +122,7 @@ def diffusion_config(args) -> TrainConfig:
 
 def rows(args) -> dict:
     """The table's rows: ``key -> (label, sampler, options, clip)``."""
-    out = {f"eta{eta:g}": (f"DDIM, eta = {eta:g}", "ddim", {"eta": float(eta)}, None) for eta in args.etas}
+    out = {f"eta{eta:g}": (f"DDIM, eta = {eta:g}", "ddim", {"eta": float(eta)}, args.clip or None) for eta in args.etas}
     out["sigmahat"] = ("sigma-hat (DDPM, large variance)", "ddpm", {"variance": "large"},
                        args.sigma_hat_clip or None)
     return out
@@ -167,6 +174,10 @@ def _denoiser(run_dir: str, threads: int):
     return _DENOISERS[run_dir]
 
 
+def clip_name(clip) -> str:
+    return f"clip{clip:g}" if clip else "noclip"
+
+
 def table_tasks(args, process, run_id: dict, folder: Path) -> list[dict]:
     """One task per (row, S): where its samples go and the settings that make them."""
     tasks = []
@@ -176,7 +187,8 @@ def table_tasks(args, process, run_id: dict, folder: Path) -> list[dict]:
             want = {"run": run_id, "row": key, "S": S, "sampler": sampler, "options": options, "clip": clip,
                     "grid": grid.tolist(), "num": args.num, "batch": args.sample_batch,
                     "seeds": [SEEDS["x_T"], SEEDS["noise"]]}
-            tasks.append({"row": key, "label": label, "S": S, "npz": str(folder / f"{key}-S{S}.npz"), "want": want})
+            name = f"{key}-S{S}-{clip_name(clip)}.npz"
+            tasks.append({"row": key, "label": label, "S": S, "npz": str(folder / name), "want": want})
     return tasks
 
 
@@ -205,9 +217,11 @@ def c2f_grid(process, step: int) -> Tensor:
 def c2f_task(args, process, run_id: dict, folder: Path) -> dict:
     grid = c2f_grid(process, args.c2f_step)
     want = {"run": run_id, "grid": grid.tolist(), "probes": [int(grid[0])] + sorted(args.c2f_times, reverse=True),
+            **({"clip": args.clip} if args.clip else {}),
             "num": args.c2f_num, "resamples": args.c2f_resamples, "batch": args.sample_batch,
             "seeds": [SEEDS["c2f_x_T"], SEEDS["c2f_noise"]]}
-    return {"row": "coarse-to-fine", "S": len(grid) - 1, "npz": str(folder / "coarse-to-fine.npz"), "want": want}
+    return {"row": "coarse-to-fine", "S": len(grid) - 1, "npz": str(folder / f"coarse-to-fine-{clip_name(args.clip)}.npz"),
+            "want": want}
 
 
 def run_c2f_task(run_dir: str, task: dict, threads: int) -> dict:
@@ -225,13 +239,14 @@ def run_c2f_task(run_dir: str, task: dict, threads: int) -> dict:
         if int(round(t)) in probes:
             states[int(round(t))] = x_t.clone()
 
-    arrays = {"x0": scorekit.sample(denoiser, x_T, sampler="ddim", eta=0.0, timesteps=grid, callback=grab)}
+    arrays = {"x0": scorekit.sample(denoiser, x_T, sampler="ddim", eta=0.0, timesteps=grid, clip=w.get("clip"),
+                                    callback=grab)}
     g = torch.Generator().manual_seed(w["seeds"][1])
     for t in probes:
         start = states[t].repeat_interleave(w["resamples"], dim=0)
         arrays[f"xt{t}"] = states[t]
         arrays[f"out{t}"] = scorekit.sample_batches(denoiser, start, batch_size=w["batch"], sampler="ddim", eta=1.0,
-                                                    timesteps=grid[grid <= t], generator=g).x
+                                                    timesteps=grid[grid <= t], clip=w.get("clip"), generator=g).x
     info = {"seconds": time.perf_counter() - t0, "threads": threads}
     save_npz(Path(task["npz"]), w, info=np.array(json.dumps(info)), **{k: v.numpy() for k, v in arrays.items()})
     return info
@@ -323,6 +338,17 @@ def eval_args(args, cache: Path) -> list[str]:
             "--metrics", "fid,kid", "--cache", str(cache / "eval"), "--seed", "0", "--no-progress"]
 
 
+def reference_record(args, train_set, folder: Path) -> dict:
+    """``--num`` training digits, drawn at random, scored like the samples: the FID and KID that
+    real digits reach at this sample size (FID is biased upwards at small N)."""
+    want = {"reference": train_set.spec, "num": args.num, "seed": SEEDS["reference"]}
+    path = folder / f"real-{args.num}.npz"
+    if load_cached(path, want) is None:
+        idx = torch.randperm(train_set.x.shape[0], generator=torch.Generator().manual_seed(SEEDS["reference"]))
+        save_npz(path, want, x=train_set.x[idx[:args.num]].numpy().astype(np.float32), info=np.array("{}"))
+    return {"row": "real", "label": f"{args.num} training digits", "S": 0, "npz": str(path)}
+
+
 def score(args, records: list[dict], cache: Path) -> float:
     """Run ``scorekit eval`` on every setting's samples (reusing earlier scores of the same file
     and arguments); fills ``record["metrics"]``; returns the seconds spent."""
@@ -363,6 +389,9 @@ def table_figure(report: dict, path) -> str:
         paper = sorted((S, v) for (k, S), v in PAPER_CIFAR10.items() if k == key)
         if paper:
             axes[1].plot([s for s, _ in paper], [v for _, v in paper], "o", ms=6, color=COLORS.get(key), label=label)
+    ref = (report.get("reference") or {}).get("metrics")
+    if ref:
+        axes[0].axhline(ref["fid"]["value"], color="grey", ls=":", lw=1.2, label=report["reference"]["label"])
     s = report["settings"]
     axes[0].set_title(f"MNIST, tiny U-Net, {s['num']} samples per point (FID on digit features)", fontsize=9.5)
     axes[1].set_title("DDIM paper, CIFAR-10, 50k samples (the entries a source confirms)", fontsize=9.5)
@@ -428,7 +457,7 @@ def c2f_figure(report: dict, data: dict, resamples: int, path) -> str:
     ax3.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax3.set_yticks([(h + 2) * r + h / 2 for r in range(len(probes))], [f"t = {t}" for t in probes], fontsize=7.5)
     ax3.set_xticks([w / 2, (w + 2) + w / 2, (w + 2) * (2 + (resamples - 1) / 2) + w / 2],
-                   ["x_t", "DDIM end", "re-samples from x_t"], fontsize=7.5)
+                   ["x_t", "end", "re-samples from x_t"], fontsize=7.5)
     ax3.tick_params(length=0)
     for side in ax3.spines.values():
         side.set_visible(False)
@@ -460,17 +489,30 @@ def markdown(report: dict) -> str:
              f"{'an earlier run with the same settings' if tr.get('reused') else 'this run'}), final loss "
              f"{tr['final_loss']:.4f}.", "",
              f"Sampling: {s['num']} samples per setting from one x_T; sub-grid `{s['spacing']}` "
-             f"(S = 1000: the whole chain); sigma-hat "
-             + (f"clips x0_pred to ±{s['sigma_hat_clip']:g}." if s["sigma_hat_clip"] else "does not clip."), ""]
+             f"(S = 1000: the whole chain); "
+             + (f"x0_pred clipped to ±{s['clip']:g} in the DDIM steps" if s["clip"]
+                else "x0_pred not clipped in the DDIM steps (`--clip 0`)")
+             + (f", to ±{s['sigma_hat_clip']:g} in sigma-hat's." if s["sigma_hat_clip"] else ", nor in sigma-hat's."), ""]
     lines += ["## FID (digit features, against the 2,000 held-out digits; ± the eval's standard error)", "", head, rule]
     for key, label in report["rows"].items():
         lines.append(f"| {label} | " + " | ".join(fmt((by.get((key, S)) or {}).get("metrics", {}).get("fid"))
                                                   for S in steps) + " |")
-    if not report["scored"]:
+    if report["scored"]:
+        ref = report["reference"]["metrics"]
+        lines += ["", f"Reference: {report['reference']['label']} (the same N) score FID {fmt(ref['fid'])}, "
+                      f"KID / 10^6 {fmt(ref['kid'], 1e-6, 3)}."]
+    else:
         lines += ["", f"Not scored: {report['scored_note']}"]
-    lines += ["", "## KID × 1000", "", head, rule]
+    if report["scored"]:
+        lines += ["", f"## FID relative to the same sampler's at S = {steps[-1]}", "", head, rule]
+        for key, label in report["rows"].items():
+            last = (by.get((key, steps[-1])) or {}).get("metrics")
+            lines.append(f"| {label} | " + " | ".join(
+                f"{by[key, S]['metrics']['fid']['value'] / last['fid']['value']:.2f}" if last and (key, S) in by else "-"
+                for S in steps) + " |")
+    lines += ["", "## KID / 10^6 (cubic kernel on the raw 128-d features)", "", head, rule]
     for key, label in report["rows"].items():
-        lines.append(f"| {label} | " + " | ".join(fmt((by.get((key, S)) or {}).get("metrics", {}).get("kid"), 1000, 2)
+        lines.append(f"| {label} | " + " | ".join(fmt((by.get((key, S)) or {}).get("metrics", {}).get("kid"), 1e-6, 2)
                                                   for S in steps) + " |")
     lines += ["", "## The DDIM paper, CIFAR-10 (Table 1; entries confirmed by a public source here, others blank)",
               "", head, rule]
@@ -481,6 +523,11 @@ def markdown(report: dict) -> str:
     for key, label in report["rows"].items():
         lines.append(f"| {label} | " + " | ".join(
             (f"{by[key, S]['nfe']:g} / {by[key, S]['seconds']:.0f} s" if (key, S) in by else "-") for S in steps) + " |")
+    if any(r.get("outside_share") for r in report["table"]):
+        lines += ["", "## Share of pixels outside [-1, 1] before the samples were clamped", "", head, rule]
+        for key, label in report["rows"].items():
+            lines.append(f"| {label} | " + " | ".join(
+                (f"{by[key, S]['outside_share']:.3f}" if (key, S) in by else "-") for S in steps) + " |")
     c = report["coarse_to_fine"]
     lines += ["", "## Coarse to fine", "",
               f"{c['num']} DDIM (eta = 0) trajectories on a {c['grid_steps']}-step grid, {c['resamples']} "
@@ -519,6 +566,9 @@ def parse_args(argv=None):
     parser.add_argument("--etas", type=float_list, default=[0.0, 0.2, 0.5, 1.0], help="DDIM's eta values")
     parser.add_argument("--spacing", default="quadratic", choices=DISCRETE_SPACINGS,
                         help="the S-step sub-grid (quadratic: the DDIM paper's CIFAR-10 choice, repeats dropped)")
+    parser.add_argument("--clip", type=float, default=1.0,
+                        help="clip x0_pred to [-X, X] in the DDIM steps of the table and of the coarse-to-fine "
+                             "run (0: off, as the DDIM code's generalized_steps; see the docstring)")
     parser.add_argument("--sigma-hat-clip", type=float, default=1.0,
                         help="clip x0_pred to [-X, X] in the sigma-hat sampler, as the DDIM code does (0: off)")
     parser.add_argument("--c2f-num", type=int, default=24, help="coarse to fine: trajectories")
@@ -590,9 +640,10 @@ def main(argv=None) -> int:
         log(f"t = {p['t']}: class agreement {p['class_agreement']:.3f}, distance to own end {p['distance_to_own']:.3f}, "
             f"between re-samples {p['distance_between']:.3f}")
 
-    scored, note = eval_available(), ""
+    scored, note, reference = eval_available(), "", None
     if scored:
-        timings["scoring (wall)"] = score(args, records, cache)
+        reference = reference_record(args, train_set, folder)
+        timings["scoring (wall)"] = score(args, [reference] + records, cache)
     else:
         note = ("this checkout has no `scorekit eval` (src/scorekit/cli/eval.py) yet; run the command again "
                 "once it has: the samples are cached")
@@ -608,7 +659,7 @@ def main(argv=None) -> int:
               "settings": settings, "training": training, "parameters": count_parameters(denoiser.checkpoint.ema_net),
               "rows": {k: v[0] for k, v in rows(args).items()},
               "grids": {str(S): table_grid(denoiser.process, S, args.spacing).tolist()[:-1] for S in args.steps},
-              "table": records, "scored": scored, "scored_note": note, "judge": judge_info,
+              "table": records, "reference": reference, "scored": scored, "scored_note": note, "judge": judge_info,
               "coarse_to_fine": {"num": args.c2f_num, "resamples": args.c2f_resamples,
                                  "grid_steps": len(c2f_grid(denoiser.process, args.c2f_step)) - 1,
                                  **c2f_job["info"], "reused": c2f_job["reused"], **c2f_scores},
