@@ -1,0 +1,8 @@
+"""Image tasks on top of a diffusion model: measurement operators, training-free restoration and
+editing (SDEdit, ILVR, RePaint, inverse problems), and the degradations of trained image-to-image
+models."""
+from .operators import (OPERATORS, Compose, Downsample, Greyscale, Identity, LinearOperator, Mask,
+                        RandomProjection, measure)
+
+__all__ = ["OPERATORS", "Compose", "Downsample", "Greyscale", "Identity", "LinearOperator", "Mask",
+           "RandomProjection", "measure"]
