@@ -148,13 +148,42 @@ def test_elbo_of_a_continuous_process_uses_the_documented_chain(runs, capsys, tm
         assert code == 0, err
         assert f"elbo: " in stdout and f"(bound, {steps} steps, variance small); NFE {steps} per batch" in stdout
         report = json.loads(out.read_text())
-        assert report["elbo_options"] == {"variance": "small", "steps": steps}
+        assert report["elbo_options"] == {"variance": "small", "steps": steps, "strata": None}
         g = torch.Generator().manual_seed(2)
         grid = chain_timesteps(ckpt.process, steps)
         with torch.no_grad():
             want = torch.cat([elbo(checkpoint_denoiser(ckpt, y=y[lo:lo + 4]), ckpt.process, x[lo:lo + 4],
                                    data_bits=None, timesteps=grid, generator=g).total_bpd for lo in (0, 4)])
         assert np.allclose(report["results"]["elbo"]["bits_per_dim"], want.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_sampled_elbo_reports_what_the_library_computes(runs, capsys, tmp_path):
+    """--elbo-strata M: M + 1 network evaluations per batch, the values of
+    likelihood.sampled_elbo on the same batches with the same generator; --variance analytic (a
+    whole-chain estimate) is refused in one line."""
+    from scorekit.likelihood.elbo import sampled_elbo
+    from scorekit.timesteps import chain_timesteps
+
+    ckpt = load_checkpoint(runs["vp"])
+    data = dataset_from_config(ckpt.data_config)
+    x, y = data.x[:6], data.y[:6]
+    out = tmp_path / "sampled.json"
+    code, stdout, err = run_main(capsys, ["nll", runs["vp"], "--method", "elbo", "--elbo-strata", "7",
+                                          "--variance", "large", "--num", "6", "--batch-size", "4", "--seed",
+                                          "5", "--no-progress", "--out", out])
+    assert code == 0, err
+    assert "variance large, sampled in 7 strata); NFE 8 per batch" in stdout
+    report = json.loads(out.read_text())
+    assert report["elbo_options"]["strata"] == 7
+    g = torch.Generator().manual_seed(5)
+    grid = chain_timesteps(ckpt.process, None)
+    want = torch.cat([sampled_elbo(checkpoint_denoiser(ckpt, y=y[lo:lo + 4]), ckpt.process, x[lo:lo + 4],
+                                   strata=7, variances=("large",), data_bits=None, timesteps=grid,
+                                   generator=g)["large"].total_bpd for lo in (0, 4)])
+    assert np.allclose(report["results"]["elbo"]["bits_per_dim"], want.numpy(), rtol=1e-6, atol=1e-6)
+    code, _, err = run_main(capsys, ["nll", runs["vp"], "--method", "elbo", "--elbo-strata", "7", "--variance",
+                                     "analytic", "--no-progress"])
+    assert_one_line_error(code, err, "--elbo-strata needs --variance small")
 
 
 def test_both_prints_what_it_could_compute(runs, capsys, tmp_path):

@@ -93,6 +93,11 @@ def add(commands) -> None:
     g.add_argument("--elbo-steps", metavar="N", type=int_in(1, 100000, "--elbo-steps"),
                    help=f"ELBO: reverse steps of the chain (default: a discrete process's whole chain of "
                         f"T steps; a continuous one's {DEFAULT_CHAIN_STEPS} steps uniform in log-SNR)")
+    g.add_argument("--elbo-strata", metavar="M", type=int_in(1, 100000, "--elbo-strata"),
+                   help="ELBO: estimate the whole chain's bound from M + 1 network evaluations per sample "
+                        "(one step drawn from each of M equal strata of the chain, plus the decoder; "
+                        "unbiased, its noise in the standard error) instead of one per step "
+                        "(default: every step)")
     g = p.add_argument_group("other")
     g.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     g.add_argument("--seed", metavar="S", type=int_in(0, 2 ** 63 - 1, "--seed"), default=0,
@@ -136,6 +141,8 @@ def _nll_method(method, args, denoiser, x, labels, data_bits, elbo_grid) -> dict
                        rtol=args.rtol, atol=args.atol, t_eps=args.t_eps)
     else:
         options = dict(variance=args.variance, timesteps=elbo_grid)
+        if args.elbo_strata is not None:
+            options["strata"] = args.elbo_strata
     r = nll_batches(denoiser, x, method=method, batch_size=args.batch_size, condition=labels,
                     generator=torch.Generator().manual_seed(args.seed), progress=not args.no_progress,
                     data_bits=data_bits, **options)
@@ -152,6 +159,9 @@ def run(args: argparse.Namespace) -> int:
     from ..train.checkpoint import load_denoiser
 
     check_json_out(args.out)
+    if args.elbo_strata is not None and args.variance == "analytic":
+        raise ScorekitError("--elbo-strata needs --variance small, large or learned: the analytic variance "
+                            "is estimated from every step of the chain")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(DEFAULT_TRAIN_THREADS)
     try:
@@ -202,7 +212,8 @@ def run(args: argparse.Namespace) -> int:
         detail = (f"{args.divergence}" + (f", {args.num_probes} {args.probe} probe(s)"
                                            if args.divergence == "hutchinson" else "")
                   + f", rtol {args.rtol:g}, atol {args.atol:g}") if method == "ode" else \
-            f"bound, {elbo_steps} steps, variance {args.variance}"
+            (f"bound, {elbo_steps} steps, variance {args.variance}"
+             + (f", sampled in {args.elbo_strata} strata" if args.elbo_strata else ""))
         stderr = "nan" if math.isnan(r["stderr_bpd"]) else f"{r['stderr_bpd']:.4f}"
         print(f"  {method}: {r['mean_bpd']:.4f} +- {stderr} bits/dim ({detail}); NFE {r['nfe_per_batch']:.0f} "
               f"per batch of up to {args.batch_size}; {r['seconds']:.2f} s ({r['seconds'] / num:.3g} s per sample)")
@@ -215,7 +226,8 @@ def run(args: argparse.Namespace) -> int:
                   "ode_options": {"divergence": args.divergence, "probe": args.probe,
                                   "num_probes": args.num_probes, "rtol": args.rtol, "atol": args.atol,
                                   "t_eps": args.t_eps},
-                  "elbo_options": {"variance": args.variance, "steps": elbo_steps},
+                  "elbo_options": {"variance": args.variance, "steps": elbo_steps,
+                                   "strata": args.elbo_strata},
                   "not_computed": failures,
                   "results": {m: {k: (None if isinstance(v, float) and math.isnan(v) else v)
                                   for k, v in r.items()} for m, r in results.items()}}

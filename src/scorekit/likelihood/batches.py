@@ -65,19 +65,28 @@ def nll_batches(denoiser, x: Tensor, *, method: str = "ode", batch_size: int = 2
         generator: given to every batch in turn (Hutchinson probes, the ELBO's dequantisation).
         progress: a progress bar over the samples.
         **options: the chosen method's options (``divergence``, ``rtol``, ``data_bits``, ...;
-            ``variance``, ``timesteps``, ``data_bits`` for the ELBO).
+            ``variance``, ``timesteps``, ``data_bits`` for the ELBO). For the ELBO, ``strata=M``
+            estimates the whole chain's bound from ``M + 1`` network evaluations per sample instead
+            of one per step (:func:`~scorekit.likelihood.elbo.sampled_elbo`: unbiased, its sampling
+            noise included in the standard error); ``variance`` is then ``small``, ``large`` or
+            ``learned``.
     """
     from tqdm.auto import tqdm
 
     from ..conditioning import as_condition
     from ..nfe import count_network_calls
-    from .elbo import elbo
+    from .elbo import elbo, sampled_elbo
     from .ode import ode_likelihood
 
     if method not in NLL_METHODS:
         raise ScorekitError(f"unknown likelihood method {method!r}; choose one of {', '.join(NLL_METHODS)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ScorekitError(f"batch_size must be a positive whole number, got {batch_size!r}")
+    strata = options.pop("strata", None) if method == "elbo" else None
+    if strata is not None:
+        variance = options.pop("variance", "small")
+        if not isinstance(variance, str):
+            raise ScorekitError("the sampled ELBO (strata=) takes a variance by name: small, large or learned")
     num = x.shape[0]
     condition = as_condition(condition)
     if condition is not None:
@@ -91,6 +100,10 @@ def nll_batches(denoiser, x: Tensor, *, method: str = "ode", batch_size: int = 2
             d, counter = count_network_calls(d)
             if method == "ode":
                 values.append(ode_likelihood(d, d.process, x[lo:hi], generator=generator, **options).bits_per_dim)
+            elif strata is not None:
+                est = sampled_elbo(d, d.process, x[lo:hi], strata=strata, variances=(variance,),
+                                   generator=generator, **options)
+                values.append(est[variance].total_bpd)
             else:
                 with torch.no_grad():
                     values.append(elbo(d, d.process, x[lo:hi], generator=generator, **options).total_bpd)
