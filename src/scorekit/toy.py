@@ -449,13 +449,9 @@ class GaussianMixture:
             the posterior, a :class:`GaussianMixture` of the same ``event_shape``; components whose
             weight underflows to zero are kept with weight 0.
         """
-        given = sigma_y
-        try:
-            sigma_y = float(sigma_y)
-        except (TypeError, ValueError):
-            sigma_y = math.nan
-        if not math.isfinite(sigma_y) or sigma_y < 0:
-            raise ScorekitError(f"the measurement noise sigma_y must be a finite number >= 0, got {given!r}")
+        from .tasks.inverse import check_sigma_y
+
+        sigma_y = check_sigma_y(sigma_y)
         M = self.measurement_matrix(A)                                   # (m, D)
         yv = _as64(y, "y").reshape(-1)
         if yv.numel() != M.shape[0]:
