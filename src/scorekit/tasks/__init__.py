@@ -6,3 +6,7 @@ from .operators import (OPERATORS, Compose, Downsample, Greyscale, Identity, Lin
 
 __all__ = ["OPERATORS", "Compose", "Downsample", "Greyscale", "Identity", "LinearOperator", "Mask",
            "RandomProjection", "measure"]
+from .inverse import (DPS, INVERSE_METHODS, MomentMatching, PiGDM, Projection, inverse_solver,  # noqa: E402
+                      solve_inverse)
+
+__all__ += ["DPS", "INVERSE_METHODS", "MomentMatching", "PiGDM", "Projection", "inverse_solver", "solve_inverse"]
