@@ -168,6 +168,10 @@ class Degradation:
         """The shape ``(C, h, w)`` of one observation of an image of ``shape`` (the same by default)."""
         return tuple(shape)
 
+    def observation_shapes(self, shape) -> list[tuple]:
+        """Every shape of one observation that :meth:`observe` takes for images of ``shape``."""
+        return [self.observed_shape(shape)]
+
     # -- consistency ------------------------------------------------------------------------------
     def consistency(self, x: Tensor, degraded: Degraded) -> Tensor:
         r"""``(N,)`` root-mean-square of ``measure(x) - y``: how far a restoration ``x`` is from
@@ -276,6 +280,10 @@ class Colorize(_Linear):
     def observed_shape(self, shape) -> tuple:
         self.check_shape(shape)
         return (1, shape[1], shape[2])
+
+    def observation_shapes(self, shape) -> list[tuple]:
+        """A grey image, or a colour one (made grey)."""
+        return [self.observed_shape(shape), tuple(shape)]
 
     def observe(self, y, mask=None, *, generator=None):
         """A grey observation ``(N, 1, H, W)`` (a colour one ``(N, 3, H, W)`` is made grey first)."""
