@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import textwrap
 
 from ..errors import ScorekitError
@@ -113,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
                 raise ScorekitError(f"the .npz holds a mask, but task {task!r} observes every pixel")
             degraded = observe(model, x, mask, generator=generator)
         guidance = _guidance(args, device)
+        if args.guidance_scale is not None and not ckpt.task.get("cond_dropout"):
+            print(f"{PROG} restore: warning: this model was trained with --cond-dropout 0, so its prediction "
+                  f"without the input was never trained; --guidance-scale uses it", file=sys.stderr, flush=True)
         if steps is not None:
             steps = check_step_count(ckpt.process, steps, "--steps")
         result = sample_restorations(model, degraded, num_samples=args.num_samples, sampler=args.sampler,
