@@ -13,6 +13,16 @@ Each field is one kind of condition, with one value per sample:
   :data:`NULL_LABEL` (``-1``) means "no label" for that sample: the unconditional model that label
   dropout trains (Ho & Salimans 2022). scorekit's networks map it to their extra "no label"
   embedding row.
+* ``image``: an image ``(N, C_c, H, W)`` (or a vector ``(N, D_c)`` for vector data), float,
+  passed to the network as ``cond`` and concatenated to ``x_t`` along the channels at its input
+  (``cond_channels`` of :class:`scorekit.models.UNet` and :class:`scorekit.models.MLP`): the
+  conditioning of SR3 (Saharia et al. 2021) and Palette (Saharia et al. 2022). scorekit's trained
+  image-to-image tasks (:mod:`scorekit.tasks.degradations`) give the observed image and a mask
+  channel, ``[y, m]``, ``m = 1`` on the pixels that are known. Its null value is all zeros
+  ("nothing is observed"), which condition dropout trains.
+
+A condition may hold several fields (labels and an image): the network receives each as its own
+argument, and the null condition nulls every one.
 
 The **null condition** (:meth:`Condition.null`) replaces every field of every sample by its null
 value; ``D(x_t, t, null)`` is the unconditional model ``E[x_0 | x_t]`` of a network trained with
@@ -35,7 +45,7 @@ Tensor = torch.Tensor
 NULL_LABEL = -1
 
 # each field's argument name in a network's forward(x_t, t, ...)
-_NETWORK_ARGS = {"labels": "y"}
+_NETWORK_ARGS = {"labels": "y", "image": "cond"}
 
 
 @dataclass(frozen=True)
@@ -44,15 +54,25 @@ class Condition:
 
     Args:
         labels: ``(N,)`` integer class labels; :data:`NULL_LABEL` marks a sample without one.
+        image: ``(N, C_c, H, W)`` (or ``(N, D_c)``) float images concatenated to the network's
+            input; all zeros marks a sample without one.
     """
 
     labels: Tensor | None = None
+    image: Tensor | None = None
 
     def __post_init__(self):
         if self.labels is not None:
             object.__setattr__(self, "labels", _check_labels(self.labels))
+        if self.image is not None:
+            object.__setattr__(self, "image", _check_image(self.image))
         if self.batch_size is None:
-            raise ScorekitError("a Condition needs at least one field, e.g. Condition(labels=y)")
+            raise ScorekitError("a Condition needs at least one field, e.g. Condition(labels=y) or "
+                                "Condition(image=c)")
+        sizes = {name: value.shape[0] for name, value in self._fields().items()}
+        if len(set(sizes.values())) > 1:
+            raise ScorekitError(f"the fields of a Condition are for different numbers of samples: "
+                                f"{', '.join(f'{k} {v}' for k, v in sizes.items())}")
 
     # --- shape -------------------------------------------------------------------------------
     def _fields(self) -> dict:
@@ -109,12 +129,14 @@ class Condition:
 
     # --- what the network receives -------------------------------------------------------------
     def network_kwargs(self) -> dict:
-        """The keyword arguments of ``net(x_t, t, **kwargs)``, e.g. ``{"y": labels}``."""
+        """The keyword arguments of ``net(x_t, t, **kwargs)``, e.g. ``{"y": labels}`` or
+        ``{"y": labels, "cond": image}``."""
         return {_NETWORK_ARGS[name]: value for name, value in self._fields().items()}
 
 
-_NULL = {"labels": lambda y: torch.full_like(y, NULL_LABEL)}
-_IS_NULL = {"labels": lambda y: y == NULL_LABEL}
+_NULL = {"labels": lambda y: torch.full_like(y, NULL_LABEL), "image": torch.zeros_like}
+_IS_NULL = {"labels": lambda y: y == NULL_LABEL,
+            "image": lambda c: (c.reshape(c.shape[0], -1) == 0).all(dim=1)}
 
 
 def _check_labels(y) -> Tensor:
@@ -134,6 +156,20 @@ def _check_labels(y) -> Tensor:
         raise ScorekitError(f"label {int(y.min())} is negative; labels are 0..K-1, or {NULL_LABEL} "
                             f"for 'no label'")
     return y
+
+
+def _check_image(c) -> Tensor:
+    if not isinstance(c, Tensor):
+        try:
+            c = torch.as_tensor(c, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ScorekitError(f"a condition image must be numbers, (N, C, H, W) or (N, D): {err}") from None
+    if not c.is_floating_point():
+        raise ScorekitError(f"a condition image must be floating point (e.g. torch.float32), got dtype {c.dtype}")
+    if c.ndim not in (2, 4):
+        raise ScorekitError(f"a condition image must have shape (N, C, H, W), or (N, D) for vector data, one "
+                            f"per sample; got {tuple(c.shape)}")
+    return c
 
 
 def as_condition(value) -> Condition | None:
@@ -161,13 +197,26 @@ def check_labels_for(condition: Condition | None, num_classes: int | None, what:
         raise ScorekitError(f"class {int(bad[0])} is outside {what}'s classes 0..{num_classes - 1}")
 
 
-def model_num_classes(model) -> int | None:
-    """The number of classes of a network, looking through wrappers (``.net``, ``.model``,
-    ``.module``); ``None`` for an unconditional one."""
+def check_image_for(condition: Condition | None, cond_channels: int | None, what: str = "the model") -> None:
+    """Refuse a condition image for a network that takes none (``cond_channels`` 0) and one with
+    another number of channels than ``cond_channels``; ``None`` (a network scorekit does not know)
+    checks nothing."""
+    if condition is None or condition.image is None or cond_channels is None:
+        return
+    if not cond_channels:
+        raise ScorekitError(f"a condition image was given but {what} takes none (it was trained without an "
+                            f"image condition: cond_channels=0)")
+    if condition.image.shape[1] != cond_channels:
+        raise ScorekitError(f"the condition image has {condition.image.shape[1]} channels but {what} takes "
+                            f"{cond_channels} (cond_channels)")
+
+
+def _model_attribute(model, name: str) -> int | None:
+    """The whole-number attribute ``name`` of a network, looking through wrappers."""
     seen = set()
     while model is not None and id(model) not in seen:
         seen.add(id(model))
-        n = getattr(model, "num_classes", None)
+        n = getattr(model, name, None)
         if isinstance(n, int) and not isinstance(n, bool):
             return n
         model = next((getattr(model, a) for a in ("net", "model", "module", "network")
@@ -175,4 +224,17 @@ def model_num_classes(model) -> int | None:
     return None
 
 
-__all__ = ["Condition", "NULL_LABEL", "as_condition", "check_labels_for", "model_num_classes"]
+def model_num_classes(model) -> int | None:
+    """The number of classes of a network, looking through wrappers (``.net``, ``.model``,
+    ``.module``); ``None`` for an unconditional one."""
+    return _model_attribute(model, "num_classes")
+
+
+def model_cond_channels(model) -> int | None:
+    """The channels of the condition image a network takes (``cond_channels``, 0 for none),
+    looking through wrappers; ``None`` for a network that does not say."""
+    return _model_attribute(model, "cond_channels")
+
+
+__all__ = ["Condition", "NULL_LABEL", "as_condition", "check_image_for", "check_labels_for", "model_cond_channels",
+           "model_num_classes"]

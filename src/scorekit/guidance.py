@@ -101,7 +101,7 @@ class ClassifierFreeGuidance(DenoiserWrapper):
     def __init__(self, denoiser, scale: float, *, interval: tuple[float, float] | None = None,
                  rescale: float = 0.0, rescale_space: str = "eps"):
         super().__init__(denoiser)
-        if not getattr(denoiser, "conditional", False):
+        if not (getattr(denoiser, "conditional", False) or getattr(denoiser, "cond_channels", None)):
             raise ScorekitError("classifier-free guidance needs a conditional model (one trained with "
                                 "classes and label dropout); this model is unconditional",
                                 cli="--guidance-scale needs a class-conditional model (trained with "

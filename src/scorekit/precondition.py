@@ -94,11 +94,12 @@ class EDMPrecond(nn.Module):
 
     Args:
         net: ``F(x, c_noise, y=None) -> Tensor`` shaped like ``x``, e.g. a :mod:`scorekit.models`
-            network; it is called with ``y`` only when labels are given.
+            network; it is called with ``y`` only when labels are given, and with the other keyword
+            arguments (a condition image ``cond``) as given.
         process: the forward process whose times ``t`` the wrapper is called with.
         sigma_data: the data's standard deviation (default: the process's own, else 0.5).
 
-    ``forward(x_t, t, y=None)`` takes the process's time ``t`` (a number, or an ``(N,)`` tensor,
+    ``forward(x_t, t, y=None, **kwargs)`` takes the process's time ``t`` (a number, or an ``(N,)`` tensor,
     integer steps included) and returns ``D`` in ``x_t``'s dtype; the coefficients are computed in
     float64 at the time as given (:class:`scorekit.Denoiser` passes float32 times for a continuous
     process, as to every network: ``sigma~`` then carries float32 rounding, below a float32
@@ -127,14 +128,14 @@ class EDMPrecond(nn.Module):
         sd = self.sigma_data
         return self.process.alpha(t), c_skip(sigma, sd), c_out(sigma, sd), c_in(sigma, sd), c_noise(sigma)
 
-    def forward(self, x_t: Tensor, t, y=None) -> Tensor:
+    def forward(self, x_t: Tensor, t, y=None, **kwargs) -> Tensor:
         t = t.to(x_t.device) if isinstance(t, Tensor) else torch.tensor(t, dtype=torch.float64, device=x_t.device)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
         alpha, skip, out, scale_in, noise = self.coefficients(t)
         x_hat = x_t / expand_like(alpha, x_t)
         args = (expand_like(scale_in, x_t) * x_hat, noise.to(device=x_t.device, dtype=x_t.dtype))
-        f = self.net(*args) if y is None else self.net(*args, y)
+        f = self.net(*args, **kwargs) if y is None else self.net(*args, y, **kwargs)
         if not isinstance(f, Tensor) or f.shape != x_t.shape:
             got = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
             raise ScorekitError(f"the preconditioned network's output has shape {got} but x_t has shape "

@@ -137,12 +137,15 @@ class Denoiser:
         condition: the condition ``D`` is bound to (``None``: call the network without one).
         num_classes: the network's number of classes (default: its ``num_classes`` attribute,
             looked up through wrappers); ``None`` for an unconditional network.
+        cond_channels: the channels of the condition image the network takes (``cond`` of
+            :class:`~scorekit.conditioning.Condition`; default: its ``cond_channels`` attribute,
+            looked up through wrappers); 0 for none, ``None`` when unknown (nothing is checked).
     """
 
     def __init__(self, model: Callable[..., Tensor], process: GaussianProcess,
                  prediction_type: str = "eps", *, time_input: Callable[[Tensor], Tensor] | None = None,
-                 condition=None, num_classes: int | None = None):
-        from .conditioning import as_condition, check_labels_for, model_num_classes
+                 condition=None, num_classes: int | None = None, cond_channels: int | None = None):
+        from .conditioning import as_condition, model_cond_channels, model_num_classes
 
         _check_type(prediction_type)
         if not callable(model):
@@ -152,21 +155,28 @@ class Denoiser:
         self.prediction_type = prediction_type
         self.time_input = time_input
         self.num_classes = num_classes if num_classes is not None else model_num_classes(model)
+        self.cond_channels = cond_channels if cond_channels is not None else model_cond_channels(model)
         self.condition = as_condition(condition)
-        check_labels_for(self.condition, self.num_classes)
+        self._check_condition(self.condition)
 
     @property
     def conditional(self) -> bool:
-        """Whether the network takes a condition (it was trained with classes)."""
+        """Whether the network takes class labels (it was trained with classes)."""
         return self.num_classes is not None
+
+    def _check_condition(self, condition) -> None:
+        from .conditioning import check_image_for, check_labels_for
+
+        check_labels_for(condition, self.num_classes)
+        check_image_for(condition, self.cond_channels)
 
     def with_condition(self, condition) -> "Denoiser":
         """The same denoiser bound to ``condition`` (a :class:`~scorekit.conditioning.Condition`,
         class labels, or ``None``)."""
-        from .conditioning import as_condition, check_labels_for
+        from .conditioning import as_condition
 
         condition = as_condition(condition)
-        check_labels_for(condition, self.num_classes)
+        self._check_condition(condition)
         bound = copy.copy(self)
         bound.condition = condition
         return bound

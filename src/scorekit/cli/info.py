@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     preset = cfg.get("model_preset") or train.get("model")
     details = ", ".join(f"{k} {v}" for k, v in model.items()
                         if k in ("in_channels", "dim", "base_channels", "channel_mults", "hidden",
-                                 "depth", "num_classes") and v is not None)
+                                 "depth", "num_classes", "cond_channels") and v is not None)
     lines = [("checkpoint", f"{ckpt.path} (step {ckpt.step})")]
     run = os.path.dirname(os.path.dirname(os.path.abspath(ckpt.path)))
     if is_run_dir(run):
@@ -70,6 +70,13 @@ def run(args: argparse.Namespace) -> int:
         use = (f" (a noise-aware classifier p(y | x_t, t): sample RUN --class K --classifier {run})"
                if ckpt.objective == "classifier" else "")
         lines.append(("objective", ckpt.objective + use))
+    task = ckpt.task
+    if task:
+        opts = ", ".join(f"{k}={v}" for k, v in task.get("options", {}).items())
+        lines.append(("task", f"{task['name']}{f' ({opts})' if opts else ''}: conditioned on the degraded image "
+                              f"and its mask, {task.get('cond_channels')} channels"
+                              + (f", condition dropout {task['cond_dropout']}" if task.get("cond_dropout") else "")
+                              + f" (restore with: {PROG} restore {run} --input IMAGES --out DIR)"))
     loss = cfg.get("loss", {})
     if loss:
         opts = ", ".join(f"{k}={v}" for k, v in loss.get("options", {}).items())

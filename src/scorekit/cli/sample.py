@@ -47,10 +47,11 @@ def add(commands) -> None:
     p.set_defaults(handler=run)
 
 
-def add_sampling_flags(p: argparse.ArgumentParser, *, default_num: int = 64) -> None:
-    """The flags that say how to sample a run (shared by ``sample`` and ``eval``): the sampler,
-    its steps, grid and options, clipping and thresholding, guidance, the classes, the number of
-    samples, the seed, the batch size and the weights."""
+def add_sampling_flags(p: argparse.ArgumentParser, *, default_num: int = 64, counts: bool = True) -> None:
+    """The flags that say how to sample a run (shared by ``sample``, ``eval`` and ``restore``): the
+    sampler, its steps, grid and options, clipping and thresholding, guidance, the classes and the
+    number of samples (unless ``counts`` is false: ``restore`` draws them per input), the seed, the
+    batch size and the weights."""
     from ..samplers import SAMPLERS
     from ..samplers.options import ADAPTIVE_SAMPLERS
     from ..timesteps import CONTINUOUS_SPACINGS, DEFAULT_SAMPLE_STEPS, DISCRETE_SPACINGS
@@ -95,15 +96,16 @@ def add_sampling_flags(p: argparse.ArgumentParser, *, default_num: int = 64) -> 
     g.add_argument("--classifier-scale", metavar="S", type=float, default=1.0,
                    help="classifier guidance scale s: score + s grad log p(class | x_t); 1 samples "
                         "p(x | class) with an exact classifier, larger values trade diversity for fidelity")
-    p.add_argument("--num", metavar="N", type=int_in(1, 1000000, "--num"), default=default_num,
-                   help="number of samples")
-    p.add_argument("--class", dest="label", metavar="K[,K...]",
-                   help="the class(es) to sample from a class-conditional model, by number or by the "
-                        "name 'scorekit info' lists (e.g. 3 or cat, or cat,dog in turn; default: all "
-                        "classes in turn)")
-    p.add_argument("--unconditional", action="store_true",
-                   help="sample a class-conditional model without labels (it learnt this through "
-                        "label dropout)")
+    if counts:
+        p.add_argument("--num", metavar="N", type=int_in(1, 1000000, "--num"), default=default_num,
+                       help="number of samples")
+        p.add_argument("--class", dest="label", metavar="K[,K...]",
+                       help="the class(es) to sample from a class-conditional model, by number or by the "
+                            "name 'scorekit info' lists (e.g. 3 or cat, or cat,dog in turn; default: all "
+                            "classes in turn)")
+        p.add_argument("--unconditional", action="store_true",
+                       help="sample a class-conditional model without labels (it learnt this through "
+                            "label dropout)")
     p.add_argument("--seed", metavar="S", type=int_in(0, 2 ** 63 - 1, "--seed"), default=0,
                    help="seed of the noise")
     p.add_argument("--batch-size", metavar="B", type=int_in(1, 1000000, "--batch-size"), default=256,

@@ -21,7 +21,7 @@ _TRAIN_FIELDS = {
     "device": "device", "threads": "num_threads", "log_every": "log_every",
     "checkpoint_every": "checkpoint_every", "sample_every": "sample_every",
     "sample_num": "sample_num", "sample_steps": "sample_steps", "sample_sampler": "sample_sampler",
-    "objective": "objective",
+    "objective": "objective", "task": "task", "cond_dropout": "cond_dropout",
 }
 
 #: the flags that set TrainConfig fields with no flag of the same name
@@ -30,7 +30,7 @@ _TRAIN_FIELD_FLAGS = {
     "data_options": "--data-option/--flip", "model_options": "--model-option",
     "process_options": "--process-option/--schedule/--diffusion-steps", "weighting_options": "--min-snr-gamma",
     "variance": "--variance", "ema_warmup": "--no-ema-warmup", "grad_clip": "--grad-clip",
-    "keep_checkpoints": "--keep",
+    "keep_checkpoints": "--keep", "task_options": "--task-option",
 }
 
 
@@ -61,6 +61,7 @@ def add(commands) -> None:
     from ..prediction import PREDICTION_TYPES
     from ..processes import BETA_SCHEDULES
     from ..samplers import SAMPLERS
+    from ..tasks.degradations import DEGRADATIONS
     from ..timesteps import DEFAULT_SAMPLE_STEPS
     from ..train.trainer import (DEFAULT_DDPM_SCHEDULE, LR_SCHEDULES, MIXED_PRECISION, PROCESS_NAMES,
                                 TIMESTEP_SAMPLERS, TrainConfig)
@@ -107,6 +108,8 @@ def add(commands) -> None:
               {PROG} train --data eight_gaussians --precondition edm --timesteps lognormal --out runs/8g-edm
               {PROG} train --data digits --objective classifier --out runs/digits-clf   (a classifier
                   for classifier guidance: give it the --process and its options of the model to guide)
+              {PROG} train --data digits --task sr2 --out runs/digits-sr2     (then: {PROG} restore runs/digits-sr2 ...)
+              {PROG} train --data folder:faces --task inpaint --task-option kind=strokes --out runs/inpaint
               {PROG} train --out runs/digits --resume --steps 6000    continue, for longer
             """))
     g = p.add_argument_group("data and model")
@@ -124,6 +127,18 @@ def add(commands) -> None:
                         f"for points" + dflt(d.model))
     g.add_argument("--model-option", metavar="KEY=VALUE", action="append", type=key_value,
                    help="override a preset setting, e.g. base_channels=32, dropout=0.1 (repeatable)")
+    g = p.add_argument_group(
+        "task", "train an image-to-image model (SR3 / Palette): each clean image is degraded on the fly "
+                "and the network is conditioned on the result (see docs/tasks.md)")
+    g.add_argument("--task", choices=list(DEGRADATIONS),
+                   help="sr2, sr4 (super-resolution by 2 / 4), colorize, inpaint, uncrop or jpeg; restore "
+                        f"with '{PROG} restore RUN'")
+    g.add_argument("--task-option", metavar="KEY=VALUE", action="append", type=key_value,
+                   help="an option of the task, e.g. kind=strokes or fill=noise (inpaint), kind=border "
+                        "(uncrop), quality_min=10 (jpeg), upsample=nearest (sr) (repeatable)")
+    g.add_argument("--cond-dropout", metavar="P", type=unit_interval("--cond-dropout"),
+                   help="probability of training without the condition image, for classifier-free "
+                        "guidance on it (restore --guidance-scale)" + dflt(d.cond_dropout))
     g = p.add_argument_group("diffusion")
     g.add_argument("--process", choices=list(PROCESS_NAMES),
                    help="forward process: discrete DDPM, continuous VP / sub-VP / VE SDEs, EDM, or the "
@@ -239,6 +254,8 @@ def train_config(args: argparse.Namespace):
         data_options["flip"] = True
     model_options = dict(base.model_options)
     model_options.update(dict(args.model_option or []))
+    task_options = dict(base.task_options) if "task" not in changes else {}
+    task_options.update(dict(args.task_option or []))
     process_options = dict(base.process_options) if "process" not in changes else {}
     process_options.update(dict(args.process_option or []))
     if args.schedule is not None:
@@ -255,7 +272,7 @@ def train_config(args: argparse.Namespace):
     if args.precondition == "edm":                      # D predicts x0; the edm weight gives F weight 1
         changes.setdefault("prediction", "x0")
         changes.setdefault("weighting", "edm")
-    changes.update(data_options=data_options, model_options=model_options,
+    changes.update(data_options=data_options, model_options=model_options, task_options=task_options,
                    process_options=process_options, weighting_options=weighting_options)
     return dataclasses.replace(base, **changes)
 

@@ -1,9 +1,10 @@
-"""Denoising networks: ``net(x_t, t, y=None) -> Tensor`` shaped like ``x_t``.
+"""Denoising networks: ``net(x_t, t, y=None, cond=None) -> Tensor`` shaped like ``x_t``.
 
 A network embeds the process time ``t`` it is given (integer DDPM steps, or continuous time)
 and knows nothing of diffusion mathematics; :class:`scorekit.Denoiser` combines it with a
 process and a prediction type. ``y`` holds optional class labels, where the value
-``num_classes`` means "no label" (the same as ``y=None``).
+``num_classes`` means "no label" (the same as ``y=None``). ``cond`` is a condition image (or
+vector) concatenated to ``x_t`` at the input of a network built with ``cond_channels > 0``.
 
 * :class:`UNet` for images ``(N, C, H, W)`` and :class:`MLP` for low-dimensional data ``(N, D)``;
 * noise-aware classifiers ``net(x_t, t) -> (N, num_classes)`` logits for classifier guidance,
@@ -91,7 +92,7 @@ def count_parameters(net: nn.Module) -> int:
 # options that leave the layout of the network as it is: a network built from a preset with
 # these overridden is still described by the preset's name
 _DATA_OPTIONS = {"in_channels", "out_channels", "dim", "num_classes", "dropout", "seed", "time_scale",
-                 "fourier_scale", "time_embedding", "compute_dtype", "learn_variance"}
+                 "fourier_scale", "time_embedding", "compute_dtype", "learn_variance", "cond_channels"}
 
 
 def preset_name(net: nn.Module) -> str | None:

@@ -139,6 +139,41 @@ def label_vector(y, batch: int, num_classes: int | None, device) -> Tensor | Non
 
 # --------------------------------------------------------------------------- time embeddings
 
+def cond_channel_count(value) -> int:
+    """``cond_channels`` checked: a whole number >= 0 (0: the network takes no condition image)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ScorekitError(f"cond_channels must be a whole number >= 0 (0: no condition image), got {value!r}")
+    return value
+
+
+def with_condition_image(x: Tensor, cond, cond_channels: int, what: str) -> Tensor:
+    r"""``[x, cond]`` along the channels (dim 1): the input of a network conditioned on an image by
+    concatenation (SR3, Saharia et al. 2021; Palette, Saharia et al. 2022); ``x`` itself for a
+    network without one (``cond_channels = 0``).
+
+    ``cond`` must be ``(N, cond_channels, H, W)`` beside images ``x`` ``(N, C, H, W)``, or
+    ``(N, cond_channels)`` beside vectors ``(N, D)``; anything else (a missing condition, another
+    channel count or size, a condition for a network that takes none) raises
+    :class:`ScorekitError` naming the shapes.
+    """
+    if not cond_channels:
+        if cond is not None:
+            raise ScorekitError(f"a condition image (cond) was given but {what} was built without one "
+                                f"(cond_channels=0); build it with cond_channels=C_c or call it with cond=None")
+        return x
+    want = (x.shape[0], cond_channels, *x.shape[2:])
+    layout = "(N, C_c, H, W)" if x.ndim == 4 else "(N, C_c)"
+    if cond is None:
+        raise ScorekitError(f"{what} is conditioned on an image with cond_channels={cond_channels}: call it with "
+                            f"cond= of shape {layout} = {want} (e.g. the degraded image and its mask of a "
+                            f"scorekit task, scorekit.tasks.degradations)")
+    if not isinstance(cond, Tensor) or tuple(cond.shape) != want:
+        got = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
+        raise ScorekitError(f"the condition image (cond) of {what} must have shape {layout} = {want} "
+                            f"(cond_channels={cond_channels}, the size of x_t), got {got}")
+    return torch.cat([x, cond.to(device=x.device, dtype=x.dtype)], dim=1)
+
+
 def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     r"""The Transformer / DDPM position embedding of the values ``t`` (shape ``(N,)``).
 

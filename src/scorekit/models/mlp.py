@@ -1,12 +1,14 @@
 r"""A residual MLP denoising network for low-dimensional data ``(N, D)``.
 
-``net(x_t, t, y=None)`` embeds ``t`` (sinusoidal or random Fourier features, then
+``net(x_t, t, y=None, cond=None)`` embeds ``t`` (sinusoidal or random Fourier features, then
 ``Linear -> SiLU -> Linear`` to ``hidden``), adds a class embedding when the network is
 class-conditional, and runs ``depth`` residual blocks
 
     h <- h + W_2 SiLU(W_1 norm(h) + U SiLU(emb)),
 
-with ``W_2`` starting at zero, between an input projection ``D -> hidden`` and an output layer
+with ``W_2`` starting at zero, between an input projection ``D -> hidden`` (``D + D_c -> hidden``
+for a network built with ``cond_channels = D_c``, whose input is ``[x_t, cond]``, the condition
+vector concatenated as SR3 and Palette concatenate their condition image) and an output layer
 ``norm, SiLU, hidden -> D`` that also starts at zero (so the untrained network outputs zero).
 """
 from __future__ import annotations
@@ -16,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ScorekitError, class_count
-from .layers import (TIME_EMBEDDINGS, TimeEmbedding, check_choice, global_rng_untouched,
-                     init_parameters, label_vector, time_vector, zero_init)
+from .layers import (TIME_EMBEDDINGS, TimeEmbedding, check_choice, cond_channel_count, global_rng_untouched,
+                     init_parameters, label_vector, time_vector, with_condition_image, zero_init)
 
 Tensor = torch.Tensor
 
@@ -61,6 +63,8 @@ class MLP(nn.Module):
         seed: seed of the initial weights and of the Fourier frequencies.
         learn_variance: output ``2 * dim`` values: the prediction, then the raw variance output of
             Nichol & Dhariwal (2021), see :mod:`scorekit.variances`.
+        cond_channels: size ``D_c`` of a condition vector ``cond`` ``(N, D_c)`` concatenated to the
+            input (0: none); the output keeps ``dim`` values.
     """
 
     kind = "mlp"
@@ -68,8 +72,9 @@ class MLP(nn.Module):
     def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, *, time_embedding: str = "sinusoidal",
                  time_dim: int | None = None, num_classes: int | None = None, norm: str = "layer",
                  dropout: float = 0.0, time_scale: float = 1.0, fourier_scale: float = 16.0, seed: int = 0,
-                 learn_variance: bool = False):
+                 learn_variance: bool = False, cond_channels: int = 0):
         super().__init__()
+        self.cond_channels = cond_channel_count(cond_channels)
         time_dim = check_layout(dim=dim, hidden=hidden, depth=depth, time_dim=time_dim,
                                 time_embedding=time_embedding, norm=norm, dropout=dropout)
         num_classes = class_count(num_classes)
@@ -82,11 +87,13 @@ class MLP(nn.Module):
         self.learn_variance = bool(learn_variance)
         if self.learn_variance:
             self._config["learn_variance"] = True
+        if self.cond_channels:
+            self._config["cond_channels"] = self.cond_channels
         with global_rng_untouched():
             self.time_embed = TimeEmbedding(time_embedding, time_dim, hidden, time_scale=time_scale,
                                             fourier_scale=fourier_scale, seed=seed)
             self.class_embed = nn.Embedding(self.num_classes + 1, hidden) if self.num_classes else None
-            self.linear_in = nn.Linear(self.dim, hidden)
+            self.linear_in = nn.Linear(self.dim + self.cond_channels, hidden)
             self.blocks = nn.ModuleList(MLPBlock(hidden, norm, dropout) for _ in range(depth))
             self.norm_out = _norm(norm, hidden)
             self.linear_out = zero_init(nn.Linear(hidden, 2 * self.dim if self.learn_variance else self.dim))
@@ -96,13 +103,13 @@ class MLP(nn.Module):
         """Everything needed to rebuild this network with :func:`scorekit.models.build_model`."""
         return dict(self._config)
 
-    def forward(self, x: Tensor, t, y=None) -> Tensor:
+    def forward(self, x: Tensor, t, y=None, cond=None) -> Tensor:
         check_vectors(x, self.dim, "the MLP")
         emb = self.time_embed(time_vector(t, x.shape[0], x.device))
         labels = label_vector(y, x.shape[0], self.num_classes, x.device)
         if labels is not None:
             emb = emb + self.class_embed(labels)
-        h = self.linear_in(x)
+        h = self.linear_in(with_condition_image(x, cond, self.cond_channels, "the MLP"))
         for block in self.blocks:
             h = block(h, emb)
         return self.linear_out(F.silu(self.norm_out(h)))

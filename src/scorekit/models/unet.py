@@ -1,9 +1,12 @@
 r"""The U-Net of DDPM (Ho et al. 2020) and improved-diffusion (Nichol & Dhariwal 2021).
 
-``net(x_t, t, y=None)`` maps a batch of noisy images ``(N, C, H, W)``, their process times ``t``
-and optional class labels ``y`` to a tensor of the same shape as ``x_t`` (``out_channels`` may
-differ). Layout, from the input:
+``net(x_t, t, y=None, cond=None)`` maps a batch of noisy images ``(N, C, H, W)``, their process
+times ``t``, optional class labels ``y`` and, for a network built with ``cond_channels > 0``, a
+condition image ``cond`` ``(N, cond_channels, H, W)`` to a tensor of the same shape as ``x_t``
+(``out_channels`` may differ). Layout, from the input:
 
+* the condition image concatenated to ``x_t`` along the channels, ``[x_t, cond]`` (SR3, Saharia
+  et al. 2021; Palette, Saharia et al. 2022), when there is one;
 * a 3x3 convolution to ``base_channels``;
 * for each level ``i`` (resolution ``image_size / 2^i``), ``num_res_blocks`` residual blocks with
   ``base_channels * channel_mults[i]`` channels, each followed by self-attention when the level's
@@ -27,8 +30,8 @@ from torch import nn
 
 from ..errors import ScorekitError, class_count
 from .layers import (TIME_CONDITIONINGS, TIME_EMBEDDINGS, AttentionBlock, Downsample, ResBlock,
-                     TimeEmbedding, Upsample, check_choice, global_rng_untouched, init_parameters,
-                     label_vector, time_vector, zero_init)
+                     TimeEmbedding, Upsample, check_choice, cond_channel_count, global_rng_untouched,
+                     init_parameters, label_vector, time_vector, with_condition_image, zero_init)
 
 Tensor = torch.Tensor
 
@@ -53,6 +56,8 @@ class UNet(nn.Module):
             ``learn_variance``).
         learn_variance: also output a variance head: ``2 * in_channels`` channels, the prediction
             then the raw variance output of Nichol & Dhariwal (2021), see :mod:`scorekit.variances`.
+        cond_channels: channels of a condition image ``cond`` concatenated to the input (0: none);
+            the output keeps ``in_channels`` (the data's).
         base_channels: channels of the first level; level ``i`` has ``base_channels * channel_mults[i]``.
         channel_mults: one multiplier per level; ``len(channel_mults) - 1`` downsamplings, so
             height and width must be multiples of ``2 ** (len(channel_mults) - 1)``.
@@ -86,9 +91,10 @@ class UNet(nn.Module):
                  time_embedding: str = "sinusoidal", time_conditioning: str = "add",
                  num_classes: int | None = None, image_size: int = 32, groups: int = 32,
                  time_scale: float = 1.0, fourier_scale: float = 16.0, seed: int = 0,
-                 compute_dtype: str = "float32", learn_variance: bool = False):
+                 compute_dtype: str = "float32", learn_variance: bool = False, cond_channels: int = 0):
         super().__init__()
         check_choice(compute_dtype, COMPUTE_DTYPES, "compute_dtype")
+        self.cond_channels = cond_channel_count(cond_channels)
         channel_mults, attention_resolutions, levels = check_layout(
             in_channels=in_channels, base_channels=base_channels, channel_mults=channel_mults,
             num_res_blocks=num_res_blocks, attention_resolutions=attention_resolutions, dropout=dropout,
@@ -118,6 +124,8 @@ class UNet(nn.Module):
             fourier_scale=float(fourier_scale), seed=int(seed), compute_dtype=compute_dtype)
         if self.learn_variance:
             self._config["learn_variance"] = True
+        if self.cond_channels:
+            self._config["cond_channels"] = self.cond_channels
 
         emb_dim = 4 * base_channels
         block = dict(emb_dim=emb_dim, dropout=dropout, groups=groups, conditioning=time_conditioning)
@@ -125,7 +133,7 @@ class UNet(nn.Module):
             self.time_embed = TimeEmbedding(time_embedding, base_channels, emb_dim, time_scale=time_scale,
                                             fourier_scale=fourier_scale, seed=seed)
             self.class_embed = nn.Embedding(self.num_classes + 1, emb_dim) if self.num_classes else None
-            self.conv_in, self.down, skips = encoder(self.in_channels, base_channels, channel_mults, num_res_blocks,
+            self.conv_in, self.down, skips = encoder(self.in_channels + self.cond_channels, base_channels, channel_mults, num_res_blocks,
                                                      attention_resolutions, levels, num_heads, block)
             ch = skips[-1]
             self.middle = middle(ch, num_heads, block)
@@ -162,11 +170,12 @@ class UNet(nn.Module):
             emb = emb + self.class_embed(labels)
         return emb
 
-    def forward(self, x: Tensor, t, y=None) -> Tensor:
+    def forward(self, x: Tensor, t, y=None, cond=None) -> Tensor:
         self.check_input(x)
         emb = self.embedding(t, x.shape[0], y, x.device)
+        inputs = with_condition_image(x, cond, self.cond_channels, "the U-Net")
         with compute_autocast(self.compute_dtype, x.device):
-            h = self.conv_in(x)
+            h = self.conv_in(inputs)
             skips = [h]
             for stage in self.down:
                 h = stage(h, emb)

@@ -421,6 +421,16 @@ class Checkpoint:
         return self.config["model"].get("num_classes")
 
     @property
+    def task(self) -> dict | None:
+        """The trained image-to-image task (``{"name", "options", "cond_dropout", "cond_channels"}``,
+        :mod:`scorekit.tasks.degradations`), or ``None`` for a generative model."""
+        task = self.config.get("task")
+        if task is not None and not (isinstance(task, dict) and isinstance(task.get("name"), str)):
+            raise ScorekitError(f"{self.path}: 'task' must be an object with the task's name, got {task!r}; "
+                                f"the configuration is corrupt")
+        return task
+
+    @property
     def sample_shape(self) -> tuple[int, ...]:
         """The shape of one sample, ``(C, H, W)`` or ``(D,)``."""
         return tuple(self.config["sample_shape"])

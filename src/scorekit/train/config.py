@@ -75,6 +75,21 @@ class TrainConfig:
             images, ``classifier-mlp`` for vectors). The process and time sampler are those of a
             diffusion run.
 
+    Task (a trained image-to-image model, :mod:`scorekit.tasks.degradations`):
+        task: ``None`` (a generative model) or a degradation in
+            :data:`scorekit.tasks.degradations.DEGRADATIONS` (``sr2``, ``sr4``, ``colorize``,
+            ``inpaint``, ``uncrop``, ``jpeg``): the network is conditioned on the degraded view
+            ``[y, mask]`` of each clean training image, drawn on the fly from the run's ``degrade``
+            generator and concatenated to ``x_t`` at its input (SR3, Saharia et al. 2021; Palette,
+            Saharia et al. 2022), so it learns ``E[x_0 | x_t, y]``; images only. The network is not
+            class-conditional unless ``model_options`` give ``num_classes``.
+        task_options: the degradation's options (e.g. ``{"kind": "strokes"}`` for inpaint,
+            ``{"quality_min": 10}`` for jpeg), checked against its constructor.
+        cond_dropout: probability of replacing a sample's condition image by the null one (zeros),
+            which trains the unconditional model beside the conditional one for classifier-free
+            guidance on the image (``guidance_scale``); 0 by default (a restoration model has no
+            use for it otherwise).
+
     Data and model:
         data: dataset spec for :func:`scorekit.data.load_dataset` (``"digits"``, ``"moons"``,
             ``"mnist:PATH"``, ``"folder:PATH"``, ``"npz:PATH"``, ...).
@@ -194,6 +209,9 @@ class TrainConfig:
     sample_steps: int | None = None
     sample_sampler: str = "ddim"
     objective: str = "diffusion"
+    task: str | None = None
+    task_options: dict = field(default_factory=dict)
+    cond_dropout: float = 0.0
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -256,7 +274,7 @@ class TrainConfig:
         if not isinstance(self.data, str) or not self.data:
             raise ScorekitError(f"data must be a dataset spec such as 'digits', got {self.data!r}")
         for name in ("data_options", "model_options", "process_options", "weighting_options",
-                     "timesteps_options"):
+                     "timesteps_options", "task_options"):
             if not isinstance(getattr(self, name), dict):
                 raise ScorekitError(f"{name} must be a dict, got {getattr(self, name)!r}")
         if not isinstance(self.model, str):
@@ -311,6 +329,8 @@ class TrainConfig:
         number("grad_clip", 0, open_lo=True, allow_none=True)
         number("ema_decay", 0, 1, open_hi=True)
         number("label_dropout", 0, 1, open_hi=True, allow_none=True)
+        number("cond_dropout", 0, 1, open_hi=True)
+        self._check_task()
         betas = self.adam_betas
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2
                 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
@@ -324,6 +344,22 @@ class TrainConfig:
             raise ScorekitError("mixed_precision 'fp16' needs a CUDA device; on CPU use 'bf16' or 'no'",
                                 cli="--mixed-precision fp16 needs a CUDA device; on CPU use bf16 or no")
         return self
+
+    def _check_task(self) -> None:
+        """The task, its options and the condition dropout that only a task has."""
+        from ..tasks.degradations import check_task_options
+
+        if self.task is None:
+            if self.task_options:
+                raise ScorekitError(f"task_options={self.task_options!r} needs a task (task='sr2', 'inpaint', ...)",
+                                    cli="--task-option needs --task (sr2, inpaint, ...)")
+            if self.cond_dropout:
+                raise ScorekitError(f"cond_dropout={self.cond_dropout!r} needs a task (task='sr2', 'inpaint', ...)",
+                                    cli="--cond-dropout needs --task (sr2, inpaint, ...)")
+            return
+        if not isinstance(self.task, str):
+            raise ScorekitError(f"task must be the name of a degradation such as 'sr2', got {self.task!r}")
+        self.task_options = check_task_options(self.task, self.task_options)
 
 
 def check_diffusion_settings(cfg: TrainConfig) -> None:

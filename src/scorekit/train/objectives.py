@@ -27,6 +27,8 @@ For one run the trainer calls, in this order:
 3. ``cls(config, process=..., dataset=..., net_config=..., timestep_sampler=...)``;
 4. each step: ``prepare(batch, generator)`` on the global batch (before it is split across
    processes and micro-batches; ``generator`` is the run's ``labels`` generator), then
+   ``attach_condition(batch, generator)`` on it with the run's ``degrade`` generator (a task run's
+   degraded views, ``Batch.cond``), then
    ``loss(training_net(net), micro_batch, generator)`` per micro-batch with the run's ``noise``
    generator; the mean of ``loss`` over the batch is what the step descends, and ``(t,
    per_sample)`` (gathered over processes) updates the time sampler;
@@ -40,6 +42,7 @@ Randomness comes only from the generators passed in, so a run stays bit-identica
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import torch
@@ -54,10 +57,12 @@ Tensor = torch.Tensor
 
 
 class Batch(NamedTuple):
-    """Training data as an objective sees it: ``x`` (N, ...) samples and ``y`` (N,) labels or ``None``."""
+    """Training data as an objective sees it: ``x`` (N, ...) samples, ``y`` (N,) labels or ``None``,
+    and ``cond`` (N, ...) the condition images of a task run (``None`` otherwise)."""
 
     x: Tensor
     y: Tensor | None
+    cond: Tensor | None = None
 
 
 class ObjectiveOutput(NamedTuple):
@@ -123,6 +128,11 @@ class Objective:
         """The global batch of a step, before it is split; ``generator`` is the run's ``labels``."""
         return batch
 
+    def attach_condition(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """The global batch with its condition images (``Batch.cond``), drawn from ``generator``, the
+        run's ``degrade`` (default: the batch as it is)."""
+        return batch
+
     def training_net(self, net):
         """What :meth:`loss` is given for the network being trained (default: ``net`` itself)."""
         return net
@@ -168,6 +178,16 @@ class DiffusionObjective(Objective):
     replaced by the "no label" value ``num_classes`` with probability ``label_dropout`` (default
     0.1 for labelled data: classifier-free guidance needs the unconditional model too, Ho & Salimans
     2022), drawn from the run's ``labels`` generator on the global batch: ``y~``.
+
+    With a task (``config.task``, :mod:`scorekit.tasks.degradations`) the network also receives the
+    degraded view ``c = [y, mask]`` of each clean image, concatenated to ``x_t`` (SR3, Saharia et
+    al. 2021; Palette, Saharia et al. 2022):
+
+        L(theta) = E_{x_0, c ~ degrade(x_0), t, eps}[ w(t) || target - net_theta([x_t, c~], t) ||^2 ],
+
+    minimised by the conditional denoiser ``E[x_0 | x_t, c]``. ``c`` is drawn on the global batch
+    from the run's ``degrade`` generator, and ``c~`` is ``c`` or, with probability
+    ``config.cond_dropout``, the null condition (zeros) -- for classifier-free guidance on the image.
     """
 
     name = "diffusion"
@@ -188,6 +208,7 @@ class DiffusionObjective(Objective):
                                 cli=f"--label-dropout {config.label_dropout} {unlabelled}")
         self.precondition = self._precondition_config()
         self.weighting_options = self._weighting_options()
+        self.degradation = _task_degradation(config, dataset)
 
     @property
     def uses_labels(self) -> bool:
@@ -196,6 +217,22 @@ class DiffusionObjective(Objective):
     @classmethod
     def check_config(cls, config: TrainConfig) -> None:
         check_diffusion_settings(config)
+
+    @classmethod
+    def model_config(cls, config: TrainConfig, dataset, process) -> dict:
+        """The denoising network of :func:`scorekit.train.config.model_config_for`; for a task, with
+        ``cond_channels`` for its condition and without classes unless ``model_options`` give them."""
+        from ..models import check_model_options
+
+        cfg = model_config_for(config, dataset, process)
+        degradation = _task_degradation(config, dataset)
+        if degradation is None:
+            return cfg
+        cfg["cond_channels"] = degradation.cond_channels(dataset.shape)
+        if "num_classes" not in config.model_options:
+            cfg["num_classes"] = None
+        kind = cfg.pop("kind")
+        return {"kind": kind, **check_model_options(kind, cfg)}
 
     @classmethod
     def complete_config(cls, config: TrainConfig) -> TrainConfig:
@@ -233,6 +270,17 @@ class DiffusionObjective(Objective):
         drop = torch.rand(y.shape[0], generator=generator) < self.label_dropout
         return Batch(batch.x, torch.where(drop, torch.full_like(y, self.net_config["num_classes"]), y))
 
+    def attach_condition(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """A task run's condition images: the degraded view ``[y, mask]`` of each clean image, the
+        null condition (zeros) with probability ``cond_dropout``, both drawn from ``generator``."""
+        if self.degradation is None:
+            return batch
+        cond = self.degradation(batch.x, generator).cond
+        if self.config.cond_dropout > 0:
+            drop = torch.rand(cond.shape[0], generator=generator) < self.config.cond_dropout
+            cond = torch.where(drop.view(-1, *([1] * (cond.ndim - 1))).to(cond.device), torch.zeros_like(cond), cond)
+        return Batch(batch.x, batch.y, cond)
+
     def training_net(self, net):
         """``net`` as the loss and the samplers see it: wrapped by the run's preconditioning."""
         from ..precondition import precondition
@@ -240,6 +288,8 @@ class DiffusionObjective(Objective):
         return precondition(net, self.process, self.precondition)
 
     def loss(self, net, batch: Batch, generator: torch.Generator) -> ObjectiveOutput:
+        if batch.cond is not None:                   # the condition image beside (x_t, t, y)
+            net = functools.partial(net, cond=batch.cond)
         out = _losses.diffusion_loss(net, self.process, batch.x, prediction_type=self.prediction_type,
                                      weighting=self.config.weighting, generator=generator, y=batch.y,
                                      timestep_sampler=self.timestep_sampler, **self.weighting_options)
@@ -250,10 +300,19 @@ class DiffusionObjective(Objective):
         return {"prediction_type": self.prediction_type, "precondition": self.precondition,
                 "loss": {"weighting": cfg.weighting, "options": dict(self.weighting_options),
                          "timesteps": cfg.timesteps, "timesteps_options": dict(cfg.timesteps_options)},
-                "label_dropout": self.label_dropout}
+                "label_dropout": self.label_dropout, "task": self._task_record()}
+
+    def _task_record(self) -> dict | None:
+        """``config.json``'s ``task``: the degradation, its options and the condition dropout."""
+        cfg = self.config
+        if cfg.task is None:
+            return None
+        return {"name": cfg.task, "options": dict(cfg.task_options), "cond_dropout": cfg.cond_dropout,
+                "cond_channels": self.net_config.get("cond_channels")}
 
     def summary(self) -> str:
-        return f"{self.prediction_type}-prediction, {self.config.weighting} weighting"
+        task = f", task {self.config.task} (conditioned on [y, mask])" if self.config.task else ""
+        return f"{self.prediction_type}-prediction, {self.config.weighting} weighting{task}"
 
     def sampling_model(self, net, n: int, device) -> tuple:
         """``(denoiser, labels)``: the :class:`~scorekit.prediction.Denoiser` of ``net``
@@ -262,13 +321,22 @@ class DiffusionObjective(Objective):
         from ..prediction import Denoiser
         from ..variances import PredictionHead
 
+        from ..conditioning import Condition
+
         y = None
         if self.conditional:
             y = (torch.arange(n) % self.net_config["num_classes"]).to(device)
+        condition = y
+        if self.degradation is not None:            # a task: restore degraded training images
+            from .state import seeded_generator
+
+            x = self.dataset.x[torch.arange(n) % len(self.dataset)]
+            cond = self.degradation(x, seeded_generator(self.config.seed, "samples-degrade")).cond
+            condition = Condition(labels=y, image=cond.to(device))
         model = self.training_net(net)
         if self.net_config.get("learn_variance"):
             model = PredictionHead(model)                   # the grids use the prediction only
-        return Denoiser(model, self.process, self.prediction_type, condition=y,
+        return Denoiser(model, self.process, self.prediction_type, condition=condition,
                         num_classes=self.net_config.get("num_classes")), y
 
 
@@ -309,7 +377,8 @@ class ClassifierObjective(Objective):
 
     #: the settings of a diffusion run that a classifier has no use for, with the value they must keep
     UNUSED_SETTINGS = (("prediction", None), ("weighting", "simple"), ("weighting_options", {}),
-                       ("precondition", None), ("sigma_data", None), ("variance", "fixed"), ("sample_every", 0))
+                       ("precondition", None), ("sigma_data", None), ("variance", "fixed"), ("sample_every", 0),
+                       ("task", None))
 
     def __init__(self, config: TrainConfig, *, process, dataset, net_config: dict, timestep_sampler):
         super().__init__(config, process=process, dataset=dataset, net_config=net_config,
@@ -326,7 +395,7 @@ class ClassifierObjective(Objective):
             name, value = unused[0]
             raise ScorekitError(f"{name}={getattr(config, name)!r} does not apply to objective 'classifier' (a "
                                 f"noise-aware classifier trained by cross-entropy: no prediction type, weighting, "
-                                f"preconditioning, learned variance, label dropout or sample grids); leave {name} "
+                                f"preconditioning, learned variance, label dropout, sample grids or task); leave {name} "
                                 f"at {value!r}")
 
     @classmethod
@@ -361,6 +430,20 @@ class ClassifierObjective(Objective):
     def summary(self) -> str:
         return (f"noise-aware classifier of {self.num_classes} classes (cross-entropy, {self.config.timesteps} "
                 f"timesteps)")
+
+
+def _task_degradation(config: TrainConfig, dataset):
+    """The degradation of a task run (``None`` without a task), checked against the data."""
+    if config.task is None:
+        return None
+    from ..tasks.degradations import build_degradation
+
+    degradation = build_degradation(config.task, config.task_options)
+    if not dataset.is_image:
+        raise ScorekitError(f"task {config.task!r} degrades images, but {dataset.spec} holds {dataset.shape} "
+                            f"vectors; train it on image data")
+    degradation.check_shape(dataset.shape)
+    return degradation
 
 
 def _require_labels(dataset) -> None:

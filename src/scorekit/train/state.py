@@ -2,7 +2,8 @@ r"""The random state of a run, and the trainer state a checkpoint keeps for exac
 
 Every random draw of a run comes from a generator derived from the run's ``seed`` and the
 generator's purpose (:func:`derive_seed`): the data order (:class:`DataOrder`), flips
-(``augment``), label dropout (``labels``), timesteps and noise (``noise``, one per process) and
+(``augment``), label dropout (``labels``), the degradations of a task run (``degrade``),
+timesteps and noise (``noise``, one per process) and
 torch's global generator, which dropout layers use (``torch``, one per process).
 :func:`trainer_state` gathers their states with the optimiser's, the EMA's and the time
 sampler's into ``trainer.safetensors`` + ``trainer.json``; :func:`load_trainer_state` puts them
@@ -83,6 +84,8 @@ class RunGenerators:
         order: the data order (:class:`DataOrder`, generator ``data``; the same on every process).
         augment: flips (``augment``; the same on every process: it acts on the global batch).
         labels: label dropout (``labels``; the same on every process, likewise).
+        degrade: the degradations of a task run and its condition dropout (``degrade``; the same
+            on every process, likewise).
         noise: timesteps and noise of the loss (``noise``, one stream per process, on the
             training device).
 
@@ -94,6 +97,7 @@ class RunGenerators:
         self.order = DataOrder(data_size, seeded_generator(seed, "data"))
         self.augment = seeded_generator(seed, "augment")
         self.labels = seeded_generator(seed, "labels")
+        self.degrade = seeded_generator(seed, "degrade")
         self.noise = seeded_generator(seed, "noise", rank, device=device)
         torch.manual_seed(derive_seed(seed, "torch", rank))
 
@@ -118,7 +122,8 @@ def trainer_state(trainer) -> tuple[dict, dict]:
     (the loop, :class:`scorekit.train.trainer._Trainer`) to resume it exactly.
 
     Tensors: the optimiser's (``optimizer.state.*``), the data order (``data.permutation``,
-    ``rng.data``), the generators (``rng.augment``, ``rng.labels``, and ``rng.noise.rankR``,
+    ``rng.data``), the generators (``rng.augment``, ``rng.labels``, ``rng.degrade``, and
+    ``rng.noise.rankR``,
     ``rng.torch.rankR``, ``rng.cuda.rankR`` of every process), the time sampler's
     (``timesteps.*``) and the objective's (``objective.*``, usually none). Info: step, data
     position, EMA, optimiser structure, learning rate, the time sampler's other state, the fp16
@@ -134,6 +139,7 @@ def trainer_state(trainer) -> tuple[dict, dict]:
     tensors.update(order_tensors)
     tensors["rng.augment"] = gens.augment.get_state()
     tensors["rng.labels"] = gens.labels.get_state()
+    tensors["rng.degrade"] = gens.degrade.get_state()
     for r, state in enumerate(ctx.gather_bytes(gens.noise.get_state())):
         tensors[f"rng.noise.rank{r}"] = state
     for r, state in enumerate(ctx.gather_bytes(torch.get_rng_state())):
@@ -194,6 +200,8 @@ def load_trainer_state(trainer, ckpt_dir: str) -> None:
         gens.order.load(tensors, info["data"])
         gens.augment.set_state(tensors["rng.augment"])
         gens.labels.set_state(tensors["rng.labels"])
+        if "rng.degrade" in tensors:                    # (checkpoints written before tasks lack it)
+            gens.degrade.set_state(tensors["rng.degrade"])
         ts_state = {k[len("timesteps."):]: v for k, v in tensors.items() if k.startswith("timesteps.")}
         ts_state.update(info.get("timestep_sampler", {}).get("state", {}))
         if hasattr(trainer.timestep_sampler, "load_state_dict"):

@@ -20,7 +20,8 @@ One optimiser step ``k`` (counting from 0):
    data (batches run on across epoch ends), the dataset's augmentation (random horizontal flips
    when enabled), then the objective's ``prepare`` -- for a diffusion run with labelled data,
    label dropout: each label is replaced by the "no label" value ``num_classes`` with probability
-   ``label_dropout`` (classifier-free guidance needs the unconditional model too);
+   ``label_dropout`` (classifier-free guidance needs the unconditional model too) -- and its
+   ``attach_condition``: for a task run, the degraded views the network is conditioned on;
 3. this process's block of the batch (all of it in a single process, see
    :mod:`scorekit.train.distributed`), split into ``grad_accum`` micro-batches; each adds
    ``grad(L_micro) / grad_accum`` to the gradient, ``L_micro`` the objective's mean loss over the
@@ -34,7 +35,8 @@ bad step is applied or saved; the last checkpoint stays as it was.
 
 **Exact resumption.** Every random draw comes from a generator whose state is saved at each
 checkpoint (:mod:`scorekit.train.state`): the data order (``data``: epoch, position and the
-permutation itself), flips (``augment``), label dropout (``labels``), timesteps and noise
+permutation itself), flips (``augment``), label dropout (``labels``), degradations (``degrade``),
+timesteps and noise
 (``noise``, one per process) and torch's global generator, which dropout layers use (``torch``, one
 per process). Seeds are derived from ``seed`` and the generator's name. A run resumed from step
 ``k`` therefore continues exactly as if it had not stopped: on CPU the weights, EMA, optimiser
@@ -345,7 +347,8 @@ class _Trainer:
         x = self.dataset.x[idx]
         x = self.dataset.augment(x, self.generators.augment)
         y = self.dataset.y[idx].clone() if self.objective.uses_labels else None
-        return self.objective.prepare(Batch(x, y), self.generators.labels)
+        batch = self.objective.prepare(Batch(x, y), self.generators.labels)
+        return self.objective.attach_condition(batch, self.generators.degrade)
 
     def _autocast(self):
         mp = self.config.mixed_precision
@@ -362,9 +365,9 @@ class _Trainer:
                            schedule=cfg.lr_schedule, min_lr=cfg.min_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x, y = self._global_batch()
+        x, y, cond = self._global_batch()
         lo = ctx.rank * self.per_rank
-        x, y = x[lo:lo + self.per_rank], (None if y is None else y[lo:lo + self.per_rank])
+        x, y, cond = (None if v is None else v[lo:lo + self.per_rank] for v in (x, y, cond))
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), dtype=torch.float64)
         metric_sums = {}
@@ -372,11 +375,12 @@ class _Trainer:
         for j in range(cfg.grad_accum):
             xm = x[j * self.micro:(j + 1) * self.micro].to(self.device)
             ym = None if y is None else y[j * self.micro:(j + 1) * self.micro].to(self.device)
+            cm = None if cond is None else cond[j * self.micro:(j + 1) * self.micro].to(self.device)
             last = j == cfg.grad_accum - 1
             sync = contextlib.nullcontext() if (last or not ctx.distributed) else self.ddp_net.no_sync()
             with sync:
                 with self._autocast():
-                    out = self.objective.loss(self.loss_net, Batch(xm, ym), self.generators.noise)
+                    out = self.objective.loss(self.loss_net, Batch(xm, ym, cm), self.generators.noise)
                 scaled = out.loss / cfg.grad_accum
                 if self.scaler is not None:
                     scaled = self.scaler.scale(scaled)
