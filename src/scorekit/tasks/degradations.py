@@ -56,10 +56,10 @@ import io
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..conditioning import Condition
 from ..errors import ScorekitError, check_options, option_schema
+from .baselines import bicubic_upsample
 from .operators import Downsample, Greyscale, Mask
 
 Tensor = torch.Tensor
@@ -238,8 +238,7 @@ class SuperResolution(_Linear):
         """``y`` ``(N, C, h, w)`` at ``factor`` times its size: bicubic (clipped) or ``A^+ y``."""
         if self.upsample == "nearest":
             return self.operator.pinv(y)
-        up = F.interpolate(y, scale_factor=self.factor, mode="bicubic", align_corners=False)
-        return up.clamp(-1, 1)
+        return bicubic_upsample(y, self.factor)
 
     def observe(self, y, mask=None, *, generator=None):
         _no_mask(self, mask)
