@@ -411,6 +411,113 @@ class GaussianMixture:
         (Salimans & Ho 2022)."""
         return self._model(process, "v")
 
+    # --- conditioning on a linear measurement -------------------------------------------------
+    def condition_on(self, A, y, sigma_y: float = 0.0) -> "GaussianMixture":
+        r"""The exact posterior ``p(x | y)`` of one linear Gaussian measurement ``y = A x + sigma_y n``.
+
+        Each component is a jointly Gaussian pair ``(x, y)``, so conditioning keeps the mixture form
+        (Bishop 2006, sec. 2.3.3; the mixture case e.g. Alspach & Sorenson 1972): with
+        ``S_k = A Sigma_k A^T + sigma_y^2 I`` and the gain ``K_k = Sigma_k A^T S_k^+``,
+
+            p(x | y) = sum_k w_k' N(x; mu_k + K_k (y - A mu_k), Sigma_k - K_k A Sigma_k),
+            w_k' ∝ w_k N(y; A mu_k, S_k).
+
+        ``A`` is turned into its dense matrix (applied to the basis, in float64) and restricted to
+        its range: with the thin SVD ``A = U_r s_r V_r^T`` (rank ``r``, singular values above
+        ``max(m, D) eps max s``) the measurement is ``z = U_r^T y`` and ``B = U_r^T A`` has full row
+        rank. Then ``B Sigma_k B^T + sigma_y^2 I`` is invertible for every ``sigma_y >= 0`` and gives
+        the same gain as the pseudo-inverse above (``A Sigma_k A^T = U_r B Sigma_k B^T U_r^T``). The
+        part of ``y`` outside the range of ``A`` is pure noise, the same under every component: it
+        changes neither the means nor the weights. For ``sigma_y = 0`` a ``y`` with such a part is
+        impossible; it is projected onto the range (as ``A^+`` does), and the weights are densities
+        on that ``r``-dimensional range, the same measure for every component.
+
+        For ``sigma_y = 0`` the posterior is degenerate: the covariances have ``r`` zero eigenvalues
+        (``x`` is pinned along the measured directions), stored as zeros (rounding clamped). Sampling,
+        the moments and the diffused quantities at ``sigma > 0`` are exact; a density at
+        ``sigma = 0`` (:meth:`log_prob`) and :meth:`whiten` are not defined there.
+
+        Args:
+            A: a linear operator ``A(x)`` on a batch of shape ``(N, *event_shape)`` (a
+                :class:`scorekit.tasks.operators.LinearOperator`, or any linear callable), or its
+                ``(m, D)`` matrix as a tensor.
+            y: the one measurement: ``A``'s output for one sample, with or without the batch axis
+                of 1.
+            sigma_y: the standard deviation of the measurement noise, ``>= 0``.
+
+        Returns:
+            the posterior, a :class:`GaussianMixture` of the same ``event_shape``; components whose
+            weight underflows to zero are kept with weight 0.
+        """
+        given = sigma_y
+        try:
+            sigma_y = float(sigma_y)
+        except (TypeError, ValueError):
+            sigma_y = math.nan
+        if not math.isfinite(sigma_y) or sigma_y < 0:
+            raise ScorekitError(f"the measurement noise sigma_y must be a finite number >= 0, got {given!r}")
+        M = self.measurement_matrix(A)                                   # (m, D)
+        yv = _as64(y, "y").reshape(-1)
+        if yv.numel() != M.shape[0]:
+            raise ScorekitError(f"y must be one measurement of this operator ({M.shape[0]} entries), "
+                                f"got {yv.numel()} entries (shape {tuple(_as64(y, 'y').shape)})")
+        if not torch.all(torch.isfinite(yv)):
+            raise ScorekitError("y must be finite")
+        U, s, Vh = torch.linalg.svd(M, full_matrices=True)
+        tol = max(M.shape) * torch.finfo(_F64).eps * (float(s.max()) if s.numel() else 0.0)
+        r = int((s > tol).sum())
+        Ur = U[:, :r]
+        B = Ur.T @ M                                                     # (r, D), full row rank
+        z = Ur.T @ yv                                                    # (r,)
+        Sigma = self.covs()                                              # (K, D, D)
+        BS = B @ Sigma                                                   # (K, r, D) = B Sigma_k
+        S = BS @ B.T + sigma_y ** 2 * torch.eye(r, dtype=_F64)           # (K, r, r)
+        S = 0.5 * (S + S.transpose(1, 2))
+        L = torch.linalg.cholesky(S)
+        resid = z - self.means @ B.T                                     # (K, r)
+        white = torch.linalg.solve_triangular(L, resid[:, :, None], upper=False)[:, :, 0]
+        log_lik = -0.5 * (r * _LOG_2PI + (white ** 2).sum(1)) \
+            - torch.log(torch.diagonal(L, dim1=1, dim2=2)).sum(1)
+        log_w = self.log_weights + log_lik
+        weights = torch.softmax(log_w, dim=0)
+        gain_t = torch.cholesky_solve(BS, L)                             # S^-1 B Sigma = K^T (K, r, D)
+        means = self.means + (BS.transpose(1, 2) @ torch.cholesky_solve(resid[:, :, None], L))[:, :, 0]
+        covs = Sigma - BS.transpose(1, 2) @ gain_t
+        covs = 0.5 * (covs + covs.transpose(1, 2))
+        off = covs - torch.diag_embed(torch.diagonal(covs, dim1=1, dim2=2))
+        if sigma_y == 0 and r > 0:
+            # B covs = 0: decompose within the null space of B, so the r pinned directions get
+            # eigenvalues of exactly zero (rounding would leave ~1e-16, i.e. samples off by ~1e-8)
+            null = Vh[r:].T                                              # (D, D - r)
+            lam_n, W = torch.linalg.eigh(null.T @ covs @ null)
+            K = self.num_components
+            lam = torch.cat([torch.zeros(K, r, dtype=_F64), lam_n], dim=1)
+            V = torch.cat([Vh[:r].T.expand(K, -1, -1), null @ W], dim=2)
+        elif torch.all(off == 0):
+            lam, V = torch.diagonal(covs, dim1=1, dim2=2).clone(), None
+        else:
+            lam, V = torch.linalg.eigh(covs)
+        lam = lam.clamp_min(0.0)
+        return GaussianMixture._from_eigen(weights, means, lam, V, self.event_shape)
+
+    def measurement_matrix(self, A) -> Tensor:
+        """The ``(m, D)`` float64 matrix of a linear operator on samples of this mixture's shape:
+        ``A`` applied to the ``D`` basis samples (a tensor is taken as the matrix itself)."""
+        D = self.dim
+        if isinstance(A, Tensor):
+            M = A.detach().to(_F64)
+            if M.ndim != 2 or M.shape[1] != D:
+                raise ScorekitError(f"a measurement matrix must have shape (m, D) = (m, {D}), got {tuple(M.shape)}")
+            return M
+        if not callable(A):
+            raise ScorekitError(f"A must be a linear operator A(x) or an (m, D) matrix, got {type(A).__name__}")
+        basis = torch.eye(D, dtype=_F64).reshape((D,) + self.event_shape)
+        out = A(basis)
+        if not isinstance(out, Tensor) or out.ndim < 1 or out.shape[0] != D:
+            raise ScorekitError(f"A must map a batch of samples of shape (N, {', '.join(map(str, self.event_shape))}) "
+                                f"to one measurement per sample")
+        return out.reshape(D, -1).T.to(_F64).contiguous()
+
     # --- sampling ----------------------------------------------------------------------------
     def sample(self, n: int, *, generator: torch.Generator | None = None,
                dtype: torch.dtype = torch.float32, return_components: bool = False):
@@ -585,6 +692,12 @@ class LabelledMixture:
 
         exact_classifier.num_classes = self.num_classes
         return exact_classifier
+
+    def condition_on(self, A, y, sigma_y: float = 0.0) -> "LabelledMixture":
+        r"""The exact posterior ``p(x, class | y)`` of one measurement ``y = A x + sigma_y n``
+        (:meth:`GaussianMixture.condition_on`; the components keep their classes, so
+        :attr:`class_weights` of the result is ``p(class | y)``)."""
+        return LabelledMixture(self.mixture.condition_on(A, y, sigma_y), self.classes)
 
     def sample(self, n: int, labels=None, *, generator: torch.Generator | None = None,
                dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
