@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import scorekit
-from scorekit import DDPM, VPSDE, ScorekitError, ddim, ddim_invert, ddpm, make_timesteps
+from scorekit import DDPM, VPSDE, ScorekitError, ddim_invert, make_timesteps
 from scorekit.metrics.distribution import mode_weight_stderr, mode_weights
 from scorekit.tasks import (EDIT_METHODS, Downsample, Greyscale, Mask, edit, edit_options, ilvr, interpolate,
                             inversion_edit, repaint, sdedit, slerp)
