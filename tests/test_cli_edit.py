@@ -92,6 +92,12 @@ def test_ilvr_from_an_npz_and_interpolation_between_two_files(run, tmp_path, cap
                                      *FAST])
     assert code == 0, err
     assert np.load(tmp_path / "morph" / "edits.npz")["edits"].shape == (1, 3, 1, 8, 8)
+    # pairs of a class-conditional model, each pair with its own label
+    a, b = _pngs(tmp_path / "a3", 3, seed=4), _pngs(tmp_path / "b3", 3, seed=5)
+    code, _, err = run_main(capsys, ["edit", run, "interpolate", "--input", a, "--with", b, "--class", "1,2,3",
+                                     "--out", tmp_path / "morph3", *FAST])
+    assert code == 0, err
+    assert np.load(tmp_path / "morph3" / "edits.npz")["edits"].shape == (3, 5, 1, 8, 8)
 
 
 @pytest.mark.parametrize("extra,fragments", [

@@ -100,12 +100,10 @@ def interpolate(denoiser, x: Tensor, /, *, other: Tensor, weights: Sequence[floa
     other = check_same_shape(other, x, "other", "x")
     ws = _check_weights(weights)
     ts = sampling_grid(process, num_steps, spacing, timesteps)
-    with torch.no_grad():
-        z = ddim_invert(denoiser, process, torch.cat([x, other]), ts, fixed_point_iters=fixed_point_iters)
-        za, zb = z[:x.shape[0]], z[x.shape[0]:]
+    with torch.no_grad():                  # batches of N, so a condition bound per sample fits each
+        za, zb = (ddim_invert(denoiser, process, end, ts, fixed_point_iters=fixed_point_iters) for end in (x, other))
         latents = torch.stack([slerp(za, zb, w) for w in ws], dim=1)            # (N, K, ...)
-        flat = latents.reshape((-1,) + tuple(x.shape[1:]))
-        out = ddim(denoiser, process, flat, ts).reshape(latents.shape)
+        out = torch.stack([ddim(denoiser, process, latents[:, k], ts) for k in range(len(ws))], dim=1)
     return (out, latents) if return_latents else out
 
 

@@ -83,7 +83,10 @@ def check_images(x, name: str, denoiser=None) -> Tensor:
     """Refuse what is not a finite floating-point batch ``(N, ...)``, or one whose samples are not
     shaped as the denoiser's (when it knows its ``sample_shape``)."""
     x = check_start(x, name)
-    shape = getattr(denoiser, "sample_shape", None) if denoiser is not None else None
+    shape = None
+    if denoiser is not None:               # a run's denoiser knows it through its checkpoint
+        shape = getattr(denoiser, "sample_shape", None) or getattr(getattr(denoiser, "checkpoint", None),
+                                                                    "sample_shape", None)
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
         raise ScorekitError(f"{name} has samples of shape {tuple(x.shape[1:])} but the model makes "
                             f"samples of shape {tuple(shape)}")
