@@ -64,7 +64,7 @@ def test_every_command_module_adds_its_parser_and_runs_it():
     from scorekit import cli
 
     names = [m.__name__.rsplit(".", 1)[1] for m in cli.COMMANDS]
-    assert names == ["demo", "train", "sample", "restore", "eval", "info", "nll", "tune"]
+    assert names == ["demo", "train", "sample", "restore", "edit", "eval", "info", "nll", "tune"]
     commands = cli.build_parser()._subparsers._group_actions[0].choices
     assert list(commands) == names
     for module in cli.COMMANDS:

@@ -157,7 +157,7 @@ def chain_length(process: GaussianProcess) -> int:
 
 
 def make_timesteps(process: GaussianProcess, num_steps: int, spacing: str | None = None, *,
-                   t_end: float | None = None, rho: float = 7.0) -> torch.Tensor:
+                   t_end: float | None = None, t_start: float | None = None, rho: float = 7.0) -> torch.Tensor:
     """The sampling grid for ``process``: ``num_steps`` model times then the end time.
 
     ``spacing`` defaults to the process's own :attr:`~scorekit.processes.GaussianProcess.default_spacing`
@@ -166,17 +166,25 @@ def make_timesteps(process: GaussianProcess, num_steps: int, spacing: str | None
     Returns a float64 tensor of length ``num_steps + 1`` (whole numbers for discrete processes,
     except with the fractional spacings ``uniform``, ``log_snr`` and ``karras``). ``t_end``
     defaults to ``process.t_data``; ``rho`` is the exponent of the ``karras`` spacing.
+    ``t_start`` (default ``process.t_max``) is the first model time: the grid is the one the
+    process would get if its times ended there (for a discrete process, a whole step: the chain
+    ``t_min .. t_start``, which has at most ``t_start - t_min + 1`` steps). SDEdit starts there.
     """
     end = process.t_data if t_end is None else float(t_end)
+    top = process.t_max if t_start is None else float(t_start)
+    if not process.t_min <= top <= process.t_max:
+        raise ScorekitError(f"t_start={top} must lie in [{process.t_min}, {process.t_max}]")
     if process.discrete and spacing in FRACTIONAL_SPACINGS:
-        times = continuous_times(process.t_min, process.t_max, num_steps, spacing, process=process, rho=rho)
+        times = continuous_times(process.t_min, top, num_steps, spacing, process=process, rho=rho)
     elif process.discrete:
-        T = chain_length(process)
+        if not float(top).is_integer():
+            raise ScorekitError(f"t_start={top} must be a whole step of {type(process).__name__}")
+        T = int(round(top - process.t_min)) + 1
         steps = discrete_steps(T, num_steps, spacing or process.default_spacing,
                                first=int(process.t_min))
         times = steps.astype(np.float64)
     else:
-        times = continuous_times(process.t_min, process.t_max, num_steps, spacing or process.default_spacing,
+        times = continuous_times(process.t_min, top, num_steps, spacing or process.default_spacing,
                                  process=process, rho=rho)
     if not end < times[-1]:
         raise ScorekitError(f"t_end={end} must be below the last model time {times[-1]}")

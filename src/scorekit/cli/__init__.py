@@ -4,8 +4,8 @@ Each command parses its arguments, calls one function and prints what it did. Mi
 can make (bad arguments, a bad path, a :class:`scorekit.errors.ScorekitError` from the library)
 are reported in one line, ``scorekit: error: <message>``, with exit status 2.
 
-One module per command (:mod:`~scorekit.cli.demo`, ``train``, ``sample``, ``restore``, ``info``,
-``nll``, ``tune``, ``eval``), each with ``add(commands)``, which adds its sub-parser, and ``run(args)``, which
+One module per command (:mod:`~scorekit.cli.demo`, ``train``, ``sample``, ``restore``, ``edit``,
+``info``, ``nll``, ``tune``, ``eval``), each with ``add(commands)``, which adds its sub-parser, and ``run(args)``, which
 carries it out and returns the exit status; what they share is in ``_common`` and
 ``_sampler_flags``.
 """
@@ -19,12 +19,12 @@ import textwrap
 from typing import Sequence
 
 from ..errors import ScorekitError
-from . import demo, info, nll, restore, sample, train, tune
+from . import demo, edit, info, nll, restore, sample, train, tune
 from . import eval as evaluate        # the module of 'scorekit eval', named so as not to hide eval()
 from ._common import PROG, Formatter, Parser, UsageError, fail, raise_terminated
 
 #: the commands in the order ``scorekit --help`` lists them
-COMMANDS = (demo, train, sample, restore, evaluate, info, nll, tune)
+COMMANDS = (demo, train, sample, restore, edit, evaluate, info, nll, tune)
 
 
 # --- the parser --------------------------------------------------------------------------------
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
               {PROG} train --data digits --out runs/digits     train a U-Net on 8x8 digits
               {PROG} sample runs/digits --sampler ddim --steps 50 --out digits.png
               {PROG} restore runs/digits-sr2 --input low-res/ --out restored/   (a run trained with --task sr2)
+              {PROG} edit runs/digits sdedit --input sketch.png --strength 0.5 --out edits
               {PROG} info runs/digits             what a run or checkpoint holds
               {PROG} eval runs/digits --num 1000  FID, KID, IS, precision/recall against the run's data
               {PROG} nll runs/digits --method both  bits/dim: ELBO and probability-flow ODE likelihood

@@ -12,3 +12,12 @@ from .inverse import (DPS, INVERSE_METHODS, MomentMatching, PiGDM, Projection, i
                       solve_inverse)
 
 __all__ += ["DPS", "INVERSE_METHODS", "MomentMatching", "PiGDM", "Projection", "inverse_solver", "solve_inverse"]
+
+from .editing import EDIT_METHODS, check_edit_options, edit, edit_options
+from .ilvr import ilvr
+from .interpolation import interpolate, inversion_edit, slerp
+from .repaint import repaint
+from .sdedit import sdedit
+
+__all__ += ["EDIT_METHODS", "check_edit_options", "edit", "edit_options", "ilvr", "interpolate",
+            "inversion_edit", "repaint", "sdedit", "slerp"]

@@ -1,0 +1,123 @@
+"""``scorekit edit``: the library's editing methods on a tiny trained image run (8x8 digits, a
+class-conditional model edited through its null label), and every bad input as one line.
+
+The methods' mathematics is proven in test_editing.py; here the command must read the user's
+images, pass them through unchanged where the method keeps them (strength 0, RePaint's known
+pixels), and write one PNG per input and an .npz."""
+import io
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli_helpers import assert_one_line_error, run_main
+from scorekit.cli import main
+
+IMAGES = ["--data", "digits", "--data-option", "stop=64", "--model", "tiny", "--model-option",
+          "base_channels=8", "--model-option", "groups=4", "--prediction", "v", "--schedule", "cosine",
+          "--batch-size", "8", "--sample-every", "0", "--steps", "2", "--no-progress"]
+FAST = ["--steps", "4", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("edit")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sys, "stdout", io.StringIO())
+    mp.setattr(sys, "stderr", io.StringIO())
+    try:
+        assert main(["train", *IMAGES, "--out", str(root / "run")]) == 0
+    finally:
+        mp.undo()
+    return str(root / "run")
+
+
+def _pngs(folder, count, size=8, mode="L", seed=0):
+    os.makedirs(folder, exist_ok=True)
+    rs = np.random.RandomState(seed)
+    for i in range(count):
+        shape = (size, size) if mode == "L" else (size, size, 3)
+        Image.fromarray(rs.randint(0, 256, shape).astype(np.uint8), mode=mode).save(os.path.join(folder, f"{i}.png"))
+    return str(folder)
+
+
+def test_sdedit_writes_one_png_per_input_and_strength_zero_keeps_them(run, tmp_path, capsys):
+    inputs = _pngs(tmp_path / "in", 3)
+    code, out, err = run_main(capsys, ["edit", run, "sdedit", "--input", inputs, "--strength", "0.5",
+                                       "--num", "2", "--out", tmp_path / "out", *FAST])
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path / "out")) == ["0000.png", "0001.png", "0002.png", "edits.npz"]
+    saved = np.load(tmp_path / "out" / "edits.npz")
+    assert saved["input"].shape == (3, 1, 8, 8) and saved["edits"].shape == (6, 1, 8, 8)
+    with Image.open(tmp_path / "out" / "0000.png") as img:
+        assert img.size[0] > 2 * img.size[1]                    # input | two edits, side by side
+    assert "edited 3 image(s) with sdedit, 2 edits each" in out
+    code, _, err = run_main(capsys, ["edit", run, "sdedit", "--input", inputs, "--strength", "0",
+                                     "--out", tmp_path / "zero", *FAST])
+    assert code == 0, err
+    saved = np.load(tmp_path / "zero" / "edits.npz")
+    assert np.array_equal(saved["edits"], saved["input"])
+    pixels = np.stack([np.asarray(Image.open(os.path.join(inputs, f"{i}.png"))) for i in range(3)])
+    assert np.array_equal(np.round((saved["input"][:, 0] + 1) * 127.5).astype(np.uint8), pixels)
+
+
+def test_repaint_keeps_the_white_pixels_of_the_mask(run, tmp_path, capsys):
+    inputs = _pngs(tmp_path / "in", 2)
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:4] = 255
+    Image.fromarray(mask, mode="L").save(tmp_path / "mask.png")
+    code, _, err = run_main(capsys, ["edit", run, "repaint", "--input", inputs, "--mask",
+                                     tmp_path / "mask.png", "--resamplings", "2", "--jump-length", "1",
+                                     "--out", tmp_path / "out", *FAST])
+    assert code == 0, err
+    saved = np.load(tmp_path / "out" / "edits.npz")
+    assert np.array_equal(saved["edits"][:, :, :4], saved["input"][:, :, :4])
+    assert not np.array_equal(saved["edits"][:, :, 4:], saved["input"][:, :, 4:])
+
+
+def test_ilvr_from_an_npz_and_interpolation_between_two_files(run, tmp_path, capsys):
+    x = np.random.RandomState(1).randint(0, 256, (2, 1, 8, 8)).astype(np.uint8)
+    np.savez(tmp_path / "x.npz", x=x)
+    code, _, err = run_main(capsys, ["edit", run, "ilvr", "--input", tmp_path / "x.npz", "--factor", "4",
+                                     "--out", tmp_path / "ilvr", *FAST])
+    assert code == 0, err
+    saved = np.load(tmp_path / "ilvr" / "edits.npz")
+    means = lambda a: a.reshape(2, 1, 2, 4, 2, 4).mean(axis=(3, 5))      # noqa: E731
+    assert np.abs(means(saved["edits"]) - means(saved["input"])).max() < 1e-5
+    a, b = _pngs(tmp_path / "a", 1, seed=2), _pngs(tmp_path / "b", 1, seed=3)
+    code, _, err = run_main(capsys, ["edit", run, "interpolate", "--input", os.path.join(a, "0.png"),
+                                     "--with", os.path.join(b, "0.png"), "--frames", "3", "--out", tmp_path / "morph",
+                                     *FAST])
+    assert code == 0, err
+    assert np.load(tmp_path / "morph" / "edits.npz")["edits"].shape == (1, 3, 1, 8, 8)
+    # pairs of a class-conditional model, each pair with its own label
+    a, b = _pngs(tmp_path / "a3", 3, seed=4), _pngs(tmp_path / "b3", 3, seed=5)
+    code, _, err = run_main(capsys, ["edit", run, "interpolate", "--input", a, "--with", b, "--class", "1,2,3",
+                                     "--out", tmp_path / "morph3", *FAST])
+    assert code == 0, err
+    assert np.load(tmp_path / "morph3" / "edits.npz")["edits"].shape == (3, 5, 1, 8, 8)
+
+
+@pytest.mark.parametrize("extra,fragments", [
+    (["sdedit", "--input", "BIG"], ["holds images of 1x16x16", "model makes 1x8x8 images"]),
+    (["sdedit", "--input", "RGB"], ["holds images of 3x8x8", "channel count"]),
+    (["sdedit", "--input", "IN", "--factor", "2"], ["sdedit takes no --factor (for ilvr)"]),
+    (["repaint", "--input", "IN"], ["repaint needs --mask PNG"]),
+    (["repaint", "--input", "IN", "--mask", "BIGMASK"], ["--mask", "is 16x16 (width x height)"]),
+    (["interpolate", "--input", "IN"], ["needs --with"]),
+    (["interpolate", "--input", "IN", "--with", "IN", "--sampler", "ddpm"], ["decodes with ddim"]),
+    (["ilvr", "--input", "IN", "--factor", "3"], ["multiples of 3"]),
+    (["sdedit", "--input", "MISSING"], ["--input", "no such file or folder"]),
+    (["sdedit", "--input", "IN", "--strength", "1.5"], ["--strength"]),
+])
+def test_bad_input_is_one_line(run, tmp_path, capsys, extra, fragments):
+    paths = {"IN": _pngs(tmp_path / "in", 2), "BIG": _pngs(tmp_path / "big", 2, size=16),
+             "RGB": _pngs(tmp_path / "rgb", 2, mode="RGB"), "MISSING": str(tmp_path / "missing")}
+    Image.fromarray(np.zeros((16, 16), np.uint8), mode="L").save(tmp_path / "bigmask.png")
+    paths["BIGMASK"] = str(tmp_path / "bigmask.png")
+    argv = ["edit", run, *[paths.get(a, a) for a in extra], "--out", tmp_path / "out", *FAST]
+    code, _, err = run_main(capsys, argv)
+    assert_one_line_error(code, err, *fragments)
+    assert not os.path.exists(tmp_path / "out" / "edits.npz")
