@@ -1,5 +1,6 @@
 """``scorekit edit``: training-free editing with a trained model (:mod:`scorekit.tasks`: SDEdit,
-ILVR, RePaint, interpolation)."""
+ILVR, RePaint, interpolation) and linear inverse problems with it as the prior
+(:mod:`scorekit.tasks.inverse`: DPS, PiGDM, moment matching, projection)."""
 from __future__ import annotations
 
 import argparse
@@ -10,14 +11,20 @@ import textwrap
 from ..errors import ScorekitError
 from ._common import PROG, Formatter, add_run_flags, int_in, unit_interval
 
-#: the methods the command offers (inversion editing needs two conditions: the library has it)
-METHODS = ("sdedit", "ilvr", "repaint", "interpolate")
+#: the editing methods the command offers (inversion editing needs two conditions: the library has it)
+EDITS = ("sdedit", "ilvr", "repaint", "interpolate")
+#: the inverse-problem solvers it offers (scorekit.tasks.inverse.INVERSE_METHODS)
+SOLVERS = ("dps", "pigdm", "moment_matching", "projection")
+METHODS = EDITS + SOLVERS
+#: the measurement operators of the solvers
+OPERATOR_NAMES = ("downsample", "mask", "greyscale")
 
-#: which method each method-specific flag belongs to
-METHOD_FLAGS = {"strength": ("--strength", "sdedit"), "factor": ("--factor", "ilvr"),
-                "mask": ("--mask", "repaint"), "resamplings": ("--resamplings", "repaint"),
-                "jump_length": ("--jump-length", "repaint"), "other": ("--with", "interpolate"),
-                "frames": ("--frames", "interpolate")}
+#: which methods each method-specific flag belongs to
+METHOD_FLAGS = {"strength": ("--strength", ("sdedit",)), "factor": ("--factor", ("ilvr",) + SOLVERS),
+                "mask": ("--mask", ("repaint",) + SOLVERS), "resamplings": ("--resamplings", ("repaint",)),
+                "jump_length": ("--jump-length", ("repaint",)), "other": ("--with", ("interpolate",)),
+                "frames": ("--frames", ("interpolate",)), "operator": ("--operator", SOLVERS),
+                "sigma_y": ("--sigma-y", SOLVERS), "zeta": ("--zeta", ("dps",))}
 
 
 def add(commands) -> None:
@@ -36,16 +43,30 @@ def add(commands) -> None:
               interpolate  --frames images between each input and its --with partner, through
                            their DDIM latents
 
-            The images must have the model's size and channels. Writes one PNG per input into
-            --out (the input, then its --num edits side by side; for interpolate the frames from
-            the input to its partner) and edits.npz (input and edits as float32 in [-1, 1]). The
-            noise comes from --seed."""),
+            and, with the model as the prior of a linear inverse problem y = A x + noise, where
+            --input holds the measurements y and --operator names A:
+
+              dps, pigdm, moment_matching, projection
+                           sample p(x | y) (moment_matching is exact for Gaussian data; dps the
+                           most robust on trained models; see docs/tasks.md)
+              --operator downsample   y: the mean of each --factor x --factor block (super-
+                                      resolution); --input images are --factor times smaller
+              --operator mask         y: the pixels where --mask is white (inpainting)
+              --operator greyscale    y: the luma of colour images (colourisation); --input is grey
+
+            The edited images must have the model's size and channels. Writes one PNG per input
+            into --out (the input, then its --num edits side by side; a measurement is shown
+            through the operator's pseudo-inverse; for interpolate the frames from the input to
+            its partner) and edits.npz (input and edits as float32 in [-1, 1]). The noise comes
+            from --seed."""),
         epilog=textwrap.dedent(f"""\
             examples:
               {PROG} edit runs/mnist sdedit --input strokes/ --strength 0.5 --num 4 --out edits
               {PROG} edit runs/mnist ilvr --input digit.png --factor 8 --num 8 --out ilvr
               {PROG} edit runs/mnist repaint --input digits.npz --mask top-half.png --out filled
               {PROG} edit runs/mnist interpolate --input a.png --with b.png --frames 7 --out morph
+              {PROG} edit runs/mnist dps --operator downsample --factor 4 --input low-res/ --num 4 --out sr
+              {PROG} edit runs/mnist pigdm --operator mask --mask known.png --input digits.npz --out filled
             """))
     p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint folder")
     p.add_argument("method", metavar="METHOD", choices=METHODS,
@@ -58,10 +79,19 @@ def add(commands) -> None:
                    help="sdedit: the noise level to start from, a fraction of the time range (default "
                         "0.5; 0 returns the input, 1 ignores it)")
     g.add_argument("--factor", metavar="N", type=int_in(1, 4096, "--factor"),
-                   help="ilvr: the block size of the low-pass filter (default 4)")
+                   help="ilvr: the block size of the low-pass filter; solvers with --operator downsample: "
+                        "the downsampling factor (default 4)")
     g.add_argument("--mask", metavar="PNG",
-                   help="repaint: a greyscale image of the model's size, white (>= 128) where a pixel "
-                        "is known, black where it is to be filled")
+                   help="repaint, and solvers with --operator mask: a greyscale image of the model's size, "
+                        "white (>= 128) where a pixel is known, black where it is to be filled")
+    g.add_argument("--operator", choices=OPERATOR_NAMES,
+                   help="dps, pigdm, moment_matching, projection: the measurement operator A of y = A x "
+                        "(default: mask with --mask, else downsample)")
+    g.add_argument("--sigma-y", metavar="S", type=float,
+                   help="solvers: the standard deviation of the measurement noise, in the [-1, 1] pixel "
+                        "scale (default 0: noiseless)")
+    g.add_argument("--zeta", metavar="Z", type=float,
+                   help="dps: the step size of the likelihood gradient (default 10)")
     g.add_argument("--resamplings", metavar="R", type=int_in(1, 1000, "--resamplings"),
                    help="repaint: times each block of steps is taken (default 10; 1: no resampling)")
     g.add_argument("--jump-length", metavar="J", type=int_in(1, 100000, "--jump-length"),
@@ -132,7 +162,8 @@ def _read_mask(path: str, shape: tuple):
 def _method_options(args: argparse.Namespace, shape: tuple) -> dict:
     """The options of the chosen method that its flags set; a flag of another method is refused."""
     given = {key: getattr(args, key) for key in METHOD_FLAGS if getattr(args, key) is not None}
-    wrong = [f"{METHOD_FLAGS[k][0]} (for {METHOD_FLAGS[k][1]})" for k in given if METHOD_FLAGS[k][1] != args.method]
+    wrong = [f"{METHOD_FLAGS[k][0]} (for {', '.join(METHOD_FLAGS[k][1])})" for k in given
+             if args.method not in METHOD_FLAGS[k][1]]
     if wrong:
         raise ScorekitError(f"{args.method} takes no {', '.join(wrong)}")
     if args.method == "repaint" and "mask" not in given:
@@ -141,6 +172,8 @@ def _method_options(args: argparse.Namespace, shape: tuple) -> dict:
         raise ScorekitError("interpolate needs --with IMG|FOLDER|NPZ (the other end)")
     if args.method == "interpolate" and args.num != 1:
         raise ScorekitError("interpolate is deterministic: give --frames K instead of --num")
+    if args.method in SOLVERS:
+        return _solver_options(args, given, shape)
     options = {k: v for k, v in given.items() if k not in ("mask", "other", "frames")}
     if "mask" in given:
         options["mask"] = _read_mask(args.mask, shape)
@@ -150,6 +183,39 @@ def _method_options(args: argparse.Namespace, shape: tuple) -> dict:
         frames = args.frames or 5
         options["weights"] = torch.linspace(0, 1, frames, dtype=torch.float64).tolist()
     return options
+
+
+def _solver_options(args: argparse.Namespace, given: dict, shape: tuple) -> dict:
+    """The operator, the measurement shape and the method's options of an inverse-problem solver."""
+    from ..tasks.operators import Downsample, Greyscale, Mask
+
+    operator = given.get("operator") or ("mask" if "mask" in given else "downsample")
+    if operator != "mask" and "mask" in given:
+        raise ScorekitError(f"--mask is the mask of --operator mask, not of --operator {operator}")
+    if operator != "downsample" and "factor" in given:
+        raise ScorekitError(f"--factor is the factor of --operator downsample, not of --operator {operator}")
+    C, H, W = shape
+    if operator == "mask":
+        if "mask" not in given:
+            raise ScorekitError("--operator mask needs --mask PNG (white where a pixel is known)")
+        A, y_shape = Mask(_read_mask(args.mask, shape)), shape
+    elif operator == "greyscale":
+        if C != 3:
+            raise ScorekitError(f"--operator greyscale measures colour images, but the model makes {C}-channel "
+                                f"images")
+        A, y_shape = Greyscale(), (1, H, W)
+    else:
+        factor = given.get("factor", 4)
+        if H % factor or W % factor:
+            raise ScorekitError(f"--factor {factor} does not divide the model's {H}x{W} images")
+        A, y_shape = Downsample(factor), (C, H // factor, W // factor)
+    options = {}
+    if "zeta" in given:
+        options["zeta"] = given["zeta"]
+    sigma_y = given.get("sigma_y", 0.0)
+    if not sigma_y >= 0:
+        raise ScorekitError(f"--sigma-y must be >= 0, got {sigma_y}")
+    return {"A": A, "y_shape": y_shape, "sigma_y": float(sigma_y), "options": options}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -185,8 +251,8 @@ def run(args: argparse.Namespace) -> int:
         shape = tuple(ckpt.sample_shape)
         if len(shape) != 3:
             raise ScorekitError(f"scorekit edit edits images; this model makes {shape} vectors")
-        x = _read_images(args.input, shape, "--input")
         options = _method_options(args, shape)
+        x = _read_images(args.input, options.get("y_shape", shape), "--input")
         if args.method == "interpolate":
             options["other"] = _read_images(args.other, shape, "--with")
             if options["other"].shape != x.shape:
@@ -195,7 +261,9 @@ def run(args: argparse.Namespace) -> int:
         if steps is not None:
             options["num_steps"] = check_step_count(ckpt.process, steps, "--steps")
         options["spacing"] = args.spacing
-        if args.method != "interpolate":
+        if args.method in SOLVERS:
+            options.update(sampler=args.sampler, sampler_options=sampler_options)
+        elif args.method != "interpolate":
             options.update(sampler=args.sampler, sampler_options=sampler_options)
         D = guided(denoiser, clip=args.clip, **_guidance(args, device))
         labels = None
@@ -221,13 +289,27 @@ def run(args: argparse.Namespace) -> int:
                 batch_options["generator"] = generator
             bound = D if labels is None else D.with_condition(
                 labels[torch.arange(lo, hi) % labels.numel()].to(device))
-            parts.append(edit(args.method, bound, inputs[lo:hi].to(device), **batch_options).cpu())
+            if args.method in SOLVERS:
+                parts.append(_solve(args.method, bound, inputs[lo:hi].to(device), batch_options).detach().cpu())
+            else:
+                parts.append(edit(args.method, bound, inputs[lo:hi].to(device), **batch_options).cpu())
         out = torch.cat(parts)
     finally:
         torch.set_num_threads(threads_before)
     if not torch.isfinite(out).all():
         print(f"{PROG} edit: warning: some edits hold NaN or Inf values", file=sys.stderr)
     return _write(args, x, out, options)
+
+
+def _solve(method: str, denoiser, y, options: dict):
+    """Samples of ``p(x | y)`` by one of :data:`SOLVERS` (:func:`scorekit.tasks.inverse.solve_inverse`)."""
+    from ..tasks.inverse import solve_inverse
+
+    kwargs = {k: options[k] for k in ("sampler", "sampler_options", "generator", "spacing") if k in options}
+    if "num_steps" in options:
+        kwargs["num_steps"] = options["num_steps"]
+    return solve_inverse(denoiser, options["A"], y, method=method, sigma_y=options["sigma_y"],
+                         options=options["options"], **kwargs)
 
 
 def _write(args: argparse.Namespace, x, out, options) -> int:
@@ -238,6 +320,9 @@ def _write(args: argparse.Namespace, x, out, options) -> int:
 
     os.makedirs(args.out, exist_ok=True)
     n = x.shape[0]
+    measurement = x
+    if "A" in options:                                    # a measurement: shown through A^+
+        x = options["A"].pinv(x).clamp(-1, 1)
     if args.method == "interpolate":
         rows = out.reshape(n, -1, *x.shape[1:])                           # (N, K, C, H, W)
     else:
@@ -251,6 +336,10 @@ def _write(args: argparse.Namespace, x, out, options) -> int:
     arrays = {"input": x.numpy().astype(np.float32), "edits": out.numpy().astype(np.float32)}
     if "mask" in options:
         arrays["mask"] = options["mask"].numpy()
+    if "A" in options:
+        arrays["measurement"] = measurement.numpy().astype(np.float32)
+        if hasattr(options["A"], "mask"):
+            arrays["mask"] = options["A"].mask.numpy()
     with atomic_path(npz) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
