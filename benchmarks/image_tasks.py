@@ -35,8 +35,10 @@ runs with disjoint ``--tasks`` may run side by side and a last run with every ta
    * classical baselines (``tasks.baselines``): bicubic upsampling (``sr4``), mean fill and nearest
      fill with the training images' mean (``inpaint``, ``uncrop``), the average colour moved to
      the observed luma (``colorize``), the decoded JPEG itself (``jpeg``);
-   * the task model: ``--samples`` K samples per input (DDIM, ``--task-steps`` steps, x0_pred
-     clipped to [-1, 1]); scored as a single sample (the first) and as the mean of the K samples,
+   * the task model: ``--samples`` K samples per input (DDIM with ``--task-eta``, ``--task-steps``
+     steps, x0_pred clipped to [-1, 1]; eta = 1 by default: with a briefly trained eps-network,
+     deterministic DDIM leaves grey or speckled backgrounds that stochastic steps clean up, as
+     ``benchmarks/ddim_table.py`` shows); scored as a single sample (the first) and as the mean of the K samples,
      an estimate of the posterior mean ``E[x_0 | y]``, the restoration that minimises the expected
      squared error;
    * training-free methods on the unconditional prior, one sample per input: ``sr4``: ILVR
@@ -270,7 +272,8 @@ def in_batches(fn, degraded, batch: int) -> Tensor:
 def method_settings(name: str, args) -> dict:
     """What changes a method's restorations (part of its cache key)."""
     if name == "task":
-        return {"samples": args.samples, "steps": args.task_steps, "sampler": "ddim", "clip": 1.0}
+        return {"samples": args.samples, "steps": args.task_steps, "sampler": "ddim", "eta": args.task_eta,
+                "clip": 1.0}
     if name == "ilvr":
         return {"factor": 4, "steps": args.free_steps, "sampler": "ddpm", "clip": 1.0}
     if name == "repaint":
@@ -284,11 +287,13 @@ def method_settings(name: str, args) -> dict:
     return {}
 
 
-def cached_restoration(path: Path, want: dict, make) -> tuple[Tensor, dict]:
+def cached_restoration(path: Path, want: dict, make, what: str) -> tuple[Tensor, dict]:
     """``make()`` -> ``(x, info)``, or what an earlier run with the settings ``want`` saved at ``path``."""
     cached = load_cached(path, want)
     if cached is not None:
+        log(f"{what}: reusing {path.name}")
         return torch.from_numpy(cached["x"]), {**json.loads(str(cached["info"])), "reused": True}
+    log(what)
     t0 = time.perf_counter()
     x = make().detach().float()
     info = {"seconds": time.perf_counter() - t0, "load": load_average()}
@@ -350,15 +355,14 @@ def run_task(task: str, args, data: TaskData, prior, prior_id: dict, cache: Path
     task_id = {"config": config.to_dict(), "minutes": args.minutes, "steps": training["steps"]}
     want = {"inputs": inputs_id, "model": task_id, "method": "task", **method_settings("task", args),
             "seed": SEEDS["sample"]}
-    log(f"{task}: task model, {args.samples} samples of {args.num} inputs")
-
     def draw():
         out = sample_restorations(model, degraded, num_samples=args.samples, sampler="ddim", steps=args.task_steps,
                                   generator=torch.Generator().manual_seed(SEEDS["sample"]), batch_size=args.batch,
-                                  clip=1.0)
+                                  eta=args.task_eta, clip=1.0)
         return out.x.reshape(len(degraded), args.samples, *model.sample_shape)
 
-    samples, infos["task"] = cached_restoration(folder / f"{task}-task-{digest(want)}.npz", want, draw)
+    samples, infos["task"] = cached_restoration(folder / f"{task}-task-{digest(want)}.npz", want, draw,
+                                                f"{task}: task model, {args.samples} samples of {args.num} inputs")
     samples = samples.clamp(-1, 1)
     rows["task1"] = samples[:, 0]
     rows["task_mean"] = samples.mean(1)
@@ -370,11 +374,11 @@ def run_task(task: str, args, data: TaskData, prior, prior_id: dict, cache: Path
     for name in methods:
         want = {"inputs": inputs_id, "prior": prior_id, "method": name, **method_settings(name, args),
                 "seed": SEEDS["sample"]}
-        log(f"{task}: {LABELS[name]} on {args.num} inputs")
         g = torch.Generator().manual_seed(SEEDS["sample"])
         x, infos[name] = cached_restoration(
             folder / f"{task}-{name}-{digest(want)}.npz", want,
-            lambda: in_batches(lambda d: training_free(name, task, prior, d, args, g), degraded, args.batch))
+            lambda: in_batches(lambda d: training_free(name, task, prior, d, args, g), degraded, args.batch),
+            f"{task}: {LABELS[name]} on {args.num} inputs")
         rows[name] = x.clamp(-1, 1)
     rows["truth"] = truth
 
@@ -452,7 +456,7 @@ def markdown(report: dict) -> str:
     lines += [f"Task models: the `{s['model']}` U-Net with the condition's channels, DDPM linear schedule T = 1000, "
               f"eps-prediction, lr {s['lr']:g}, batch {s['batch_size']}, EMA {s['ema_decay']}; {s['minutes']:g} min "
               f"of training each on one torch thread. Sampling: K = {s['samples']} DDIM samples per input, "
-              f"{s['task_steps']} steps, x0_pred clipped to [-1, 1].", "",
+              f"eta = {s['task_eta']:g}, {s['task_steps']} steps, x0_pred clipped to [-1, 1].", "",
               f"Prior of the training-free methods: `{p['run']}`"
               + (f" ({p['steps']} steps in {p['train_seconds']:.0f} s)" if p.get("steps") else "")
               + f", {p['parameters']:,} parameters.", "",
@@ -512,6 +516,7 @@ def parse_args(argv=None):
     parser.add_argument("--num", type=int, default=200, help="held-out inputs per task")
     parser.add_argument("--samples", type=int, default=4, help="K, task-model samples per input")
     parser.add_argument("--task-steps", type=int, default=50, help="DDIM steps of the task models")
+    parser.add_argument("--task-eta", type=float, default=1.0, help="DDIM's eta for the task models")
     parser.add_argument("--inpaint-mask", default="box", choices=("box", "boxes", "strokes", "mixed"),
                         help="the inpaint task's masks (training and inputs); box: the centred square of half the "
                              "side")
