@@ -554,6 +554,15 @@ def int_list(text: str) -> list[int]:
     return [int(v) for v in values]
 
 
+def add_training_flags(parser) -> None:
+    """The flags :func:`diffusion_config` reads: the U-Net preset and the optimiser's settings."""
+    parser.add_argument("--model", default="tiny", help="U-Net preset")
+    parser.add_argument("--lr", type=float, default=4e-3, help="learning rate")
+    parser.add_argument("--batch-size", type=int, default=32, help="training batch size")
+    parser.add_argument("--warmup", type=int, default=50, help="warm-up steps")
+    parser.add_argument("--ema-decay", type=float, default=0.999, help="largest EMA decay")
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -579,11 +588,7 @@ def parse_args(argv=None):
     parser.add_argument("--sample-batch", type=int, default=100, help="samples per sampling batch")
     parser.add_argument("--workers", type=int, default=2, help="sampling processes (the settings are shared out)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per sampling process (training uses one)")
-    parser.add_argument("--model", default="tiny", help="U-Net preset")
-    parser.add_argument("--lr", type=float, default=4e-3, help="learning rate")
-    parser.add_argument("--batch-size", type=int, default=32, help="training batch size")
-    parser.add_argument("--warmup", type=int, default=50, help="warm-up steps")
-    parser.add_argument("--ema-decay", type=float, default=0.999, help="largest EMA decay")
+    add_training_flags(parser)
     parser.add_argument("--judge-epochs", type=int, default=8, help="epochs of the coarse-to-fine digit classifier")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the MNIST test IDX files")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="output folder")
