@@ -139,7 +139,10 @@ def trained_run(config: TrainConfig, run_dir: Path, minutes: float, what: str) -
     want = {"config": config.to_dict(), "minutes": minutes}
     if marker.is_file():
         saved = json.loads(marker.read_text(encoding="utf-8"))
-        if {k: saved.get(k) for k in want} == want:
+        # Read the saved configuration back through TrainConfig, so that options added to it
+        # since (with their defaults) do not invalidate a run trained before they existed.
+        saved_config = TrainConfig.from_dict(saved.get("config", {})).to_dict() if "config" in saved else None
+        if {"config": saved_config, "minutes": saved.get("minutes")} == want:
             log(f"{what}: reusing {run_dir} ({saved['training']['steps']} steps)")
             return {**saved["training"], "reused": True}
     log(f"{what}: training for {minutes:g} min")
