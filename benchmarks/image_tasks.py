@@ -25,7 +25,10 @@ runs with disjoint ``--tasks`` may run side by side and a last run with every ta
    T = 1000, eps-prediction, the ``tiny`` U-Net). One task model per task (SR3 / Palette:
    ``TrainConfig(task=...)``, the condition ``[y_up, mask]`` concatenated to ``x_t``), with the same
    settings, trained for ``--minutes`` of training time on one torch thread
-   (``guidance.trained_run``).
+   (``guidance.trained_run``; ``--minutes 8,colorize=20`` gives colorize its own budget). With
+   ``--task-init prior`` (the default) the MNIST task models start from the prior's weights
+   (``TrainConfig.init_from``: the condition channels at zero, so that each starts as the prior's
+   denoiser); the CIFAR-10 ``colorize`` model always starts at random.
 2. **Inputs.** ``--num`` held-out images drawn at random (seed fixed), degraded by the task
    (``tasks.degrade_images``) with its default options: ``sr4`` block means 8x8, ``uncrop`` one
    half, ``jpeg`` qualities 5-30, ``colorize`` luma; ``inpaint`` with ``--inpaint-mask``, by default
@@ -192,10 +195,25 @@ def task_options(task: str, args) -> dict:
     return {"kind": args.inpaint_mask} if task == "inpaint" else {}
 
 
-def task_config(args, task: str, data: TaskData):
-    """The prior's settings (``ddim_table.diffusion_config``) with the task and its data."""
+def task_minutes(args, task: str) -> float:
+    """The training budget of ``task``'s model: ``--minutes``' per-task entry or its default."""
+    return args.minutes.get(task, args.minutes["default"])
+
+
+def task_init(args, task: str, prior_id: dict | None) -> str | None:
+    """The checkpoint a task model starts from: the prior's (``--task-init prior``, MNIST tasks,
+    whose images the prior models), otherwise ``None`` (a random initialisation)."""
+    if args.task_init == "prior" and task in MNIST_TASKS and prior_id is not None:
+        return prior_id["checkpoint"]
+    return None
+
+
+def task_config(args, task: str, data: TaskData, init_from: str | None = None):
+    """The prior's settings (``ddim_table.diffusion_config``) with the task and its data, started
+    from ``init_from`` (``TrainConfig.init_from``) if given."""
     return dataclasses.replace(diffusion_config(args), data=data.train_spec, data_options=dict(data.train_options),
-                               task=task, task_options=task_options(task, args), seed=SEEDS["task_model"])
+                               task=task, task_options=task_options(task, args), seed=SEEDS["task_model"],
+                               init_from=init_from)
 
 
 def prior_model(args, cache: Path) -> tuple[object, dict]:
@@ -337,9 +355,11 @@ def run_task(task: str, args, data: TaskData, prior, prior_id: dict, cache: Path
     """Train (or reuse) the task model, restore the inputs every way, score them. Returns the
     task's record and the images of the figure."""
     folder = cache / "image-tasks"
-    config = task_config(args, task, data)
-    run_dir = cache / f"image-task-{task}-{args.minutes:g}min"
-    training = trained_run(config, run_dir, args.minutes, f"{task} task model")
+    minutes, init_from = task_minutes(args, task), task_init(args, task, prior_id)
+    config = task_config(args, task, data, init_from)
+    run_dir = cache / f"image-task-{task}-{minutes:g}min{'-from-prior' if init_from else ''}"
+    training = {**trained_run(config, run_dir, minutes, f"{task} task model"), "minutes": minutes,
+                "init_from": init_from}
     model = load_task_model(run_dir)
     degradation = model.degradation
     truth = pick_inputs(data.held_out, args.num)
@@ -352,7 +372,7 @@ def run_task(task: str, args, data: TaskData, prior, prior_id: dict, cache: Path
     for name in BASELINES[task]:
         rows[name] = baseline(name, degraded, data).clamp(-1, 1)
 
-    task_id = {"config": config.to_dict(), "minutes": args.minutes, "steps": training["steps"]}
+    task_id = {"config": config.to_dict(), "minutes": minutes, "steps": training["steps"]}
     want = {"inputs": inputs_id, "model": task_id, "method": "task", **method_settings("task", args),
             "seed": SEEDS["sample"]}
     def draw():
@@ -454,8 +474,8 @@ def markdown(report: dict) -> str:
     lines = header_lines(report, "Image tasks: restorations against classical baselines")
     p = report["prior"]
     lines += [f"Task models: the `{s['model']}` U-Net with the condition's channels, DDPM linear schedule T = 1000, "
-              f"eps-prediction, lr {s['lr']:g}, batch {s['batch_size']}, EMA {s['ema_decay']}; {s['minutes']:g} min "
-              f"of training each on one torch thread. Sampling: K = {s['samples']} DDIM samples per input, "
+              f"eps-prediction, lr {s['lr']:g}, batch {s['batch_size']}, EMA {s['ema_decay']}; trained on one torch "
+              f"thread for the minutes given per task below. Sampling: K = {s['samples']} DDIM samples per input, "
               f"eta = {s['task_eta']:g}, {s['task_steps']} steps, x0_pred clipped to [-1, 1].", "",
               f"Prior of the training-free methods: `{p['run']}`"
               + (f" ({p['steps']} steps in {p['train_seconds']:.0f} s)" if p.get("steps") else "")
@@ -471,7 +491,9 @@ def markdown(report: dict) -> str:
     for t in report["tasks"]:
         tr, fn = t["training"], t["feature_network"]
         lines += [f"## {t['task']} ({t['data']}, {t['num']} held-out inputs)", "",
-                  f"Task model: {tr['steps']} steps in {tr['train_seconds']:.0f} s, final loss {tr['final_loss']:.4f}"
+                  f"Task model: {tr.get('minutes', s['minutes'])} min "
+                  f"{'from the prior' if tr.get('init_from') else 'from a random start'}, "
+                  f"{tr['steps']} steps in {tr['train_seconds']:.0f} s, final loss {tr['final_loss']:.4f}"
                   f"{' (an earlier run with the same settings)' if tr.get('reused') else ''}. Feature network: "
                   f"`{fn['kind']}`, held-out accuracy {100 * fn['heldout_accuracy']:.1f}%.",
                   "", "| method | kind | PSNR | SSIM | consistency | sharpness | FD | seconds |",
@@ -500,6 +522,24 @@ def name_list(choices):
     return parse
 
 
+def minutes_spec(text: str) -> dict:
+    """``"8"`` or ``"8,colorize=20"``: ``{"default": 8.0, "colorize": 20.0}``."""
+    spec = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        task, _, value = part.rpartition("=")
+        try:
+            minutes = float(value)
+        except ValueError:
+            minutes = -1.0
+        if minutes <= 0 or (task and task not in TASKS) or (task or "default") in spec:
+            raise argparse.ArgumentTypeError(f"give minutes > 0, then TASK=MINUTES for tasks among {', '.join(TASKS)}; "
+                                             f"got {text!r}")
+        spec[task or "default"] = minutes
+    if "default" not in spec:
+        raise argparse.ArgumentTypeError(f"start with the minutes of every task, e.g. 8,colorize=20; got {text!r}")
+    return spec
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -512,7 +552,12 @@ def parse_args(argv=None):
                         help="run folder of an unconditional MNIST 32x32 model (default: train one)")
     parser.add_argument("--prior-minutes", type=float, default=None, help="budget of the prior trained here "
                         "(default --minutes)")
-    parser.add_argument("--minutes", type=float, default=8.0, help="training budget of each task model")
+    parser.add_argument("--minutes", type=minutes_spec, default=minutes_spec("8,colorize=20"),
+                        help="training budget of each task model in minutes: one number for every task, "
+                             "then TASK=MINUTES for the exceptions")
+    parser.add_argument("--task-init", choices=("prior", "scratch"), default="prior",
+                        help="start the MNIST task models from the prior's weights (TrainConfig.init_from; the "
+                             "condition channels at zero) or at random; colorize always starts at random")
     parser.add_argument("--num", type=int, default=200, help="held-out inputs per task")
     parser.add_argument("--samples", type=int, default=4, help="K, task-model samples per input")
     parser.add_argument("--task-steps", type=int, default=50, help="DDIM steps of the task models")
@@ -546,12 +591,12 @@ def parse_args(argv=None):
     parser.add_argument("--tag", default=None, help="file name stem of the outputs (default image_tasks[-quick])")
     args = parser.parse_args(argv)
     if args.quick:
-        args.minutes, args.num, args.samples, args.task_steps = 0.3, 8, 2, 10
+        args.minutes, args.num, args.samples, args.task_steps = {"default": 0.3}, 8, 2, 10
         args.free_steps, args.repaint_steps, args.repaint_resamplings, args.repaint_jump = 10, 10, 2, 2
         args.sdedit_steps, args.fid_bootstrap, args.feature_epochs, args.figure_rows = 10, 2, 1, 4
         args.figures = args.out
     if args.prior_minutes is None:
-        args.prior_minutes = args.minutes
+        args.prior_minutes = args.minutes["default"]
     args.tag = args.tag or ("image_tasks-quick" if args.quick else "image_tasks")
     if args.num < 2 or args.samples < 1:
         parser.error("--num must be at least 2 and --samples at least 1")
@@ -565,7 +610,8 @@ def main(argv=None) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     load = {"at the start": load_average()}
     timings = {}
-    log(f"{args.tag}: tasks {', '.join(args.tasks)}; {args.minutes:g} min per task model; load average "
+    log(f"{args.tag}: tasks {', '.join(args.tasks)}; task models "
+        f"{', '.join(f'{t} {task_minutes(args, t):g} min' for t in args.tasks)}; load average "
         f"{load['at the start']} on {os.cpu_count()} cores")
     prior, prior_info = (None, None)
     if any(t in MNIST_TASKS for t in args.tasks):

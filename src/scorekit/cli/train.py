@@ -21,7 +21,7 @@ _TRAIN_FIELDS = {
     "device": "device", "threads": "num_threads", "log_every": "log_every",
     "checkpoint_every": "checkpoint_every", "sample_every": "sample_every",
     "sample_num": "sample_num", "sample_steps": "sample_steps", "sample_sampler": "sample_sampler",
-    "objective": "objective", "task": "task", "cond_dropout": "cond_dropout",
+    "objective": "objective", "task": "task", "cond_dropout": "cond_dropout", "init_from": "init_from",
 }
 
 #: the flags that set TrainConfig fields with no flag of the same name
@@ -139,6 +139,11 @@ def add(commands) -> None:
     g.add_argument("--cond-dropout", metavar="P", type=unit_interval("--cond-dropout"),
                    help="probability of training without the condition image, for classifier-free "
                         "guidance on it (restore --guidance-scale)" + dflt(d.cond_dropout))
+    g.add_argument("--init-from", metavar="RUN",
+                   help="start the network from the EMA weights of another run (its folder or a checkpoint) "
+                        "instead of at random: the same --model, --process and --prediction; a --task model "
+                        "may start from an unconditional run, its condition channels at zero, so that it "
+                        "begins as that run's denoiser and only learns to use the condition")
     g = p.add_argument_group("diffusion")
     g.add_argument("--process", choices=list(PROCESS_NAMES),
                    help="forward process: discrete DDPM, continuous VP / sub-VP / VE SDEs, EDM, or the "

@@ -89,6 +89,11 @@ class TrainConfig:
             which trains the unconditional model beside the conditional one for classifier-free
             guidance on the image (``guidance_scale``); 0 by default (a restoration model has no
             use for it otherwise).
+        init_from: a run folder or checkpoint whose EMA weights start the network instead of a
+            random initialisation (:mod:`scorekit.train.init`): the same model preset and options,
+            forward process and prediction; a task model may start from an unconditional run, its
+            new condition channels at zero, so that at step 0 it is that run's denoiser. Only a new
+            run reads it; a resumed run continues from its own checkpoint.
 
     Data and model:
         data: dataset spec for :func:`scorekit.data.load_dataset` (``"digits"``, ``"moons"``,
@@ -212,6 +217,7 @@ class TrainConfig:
     task: str | None = None
     task_options: dict = field(default_factory=dict)
     cond_dropout: float = 0.0
+    init_from: str | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -330,6 +336,8 @@ class TrainConfig:
         number("ema_decay", 0, 1, open_hi=True)
         number("label_dropout", 0, 1, open_hi=True, allow_none=True)
         number("cond_dropout", 0, 1, open_hi=True)
+        if self.init_from is not None and not (isinstance(self.init_from, str) and self.init_from):
+            raise ScorekitError(f"init_from must be the path of a run folder or checkpoint, got {self.init_from!r}")
         self._check_task()
         betas = self.adam_betas
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2

@@ -187,6 +187,17 @@ class _Trainer:
             else dict(self.saved_run["model"])
         _check_data_fits(self.dataset, self.net_config)
         self.net = build_model(dict(self.net_config)).to(self.device)
+        self.init_record = self.saved_run.get("init_from") if self.saved_run is not None else None
+        if self.saved_run is None and cfg.init_from is not None:      # before the EMA copies the weights
+            from .init import init_from
+
+            self.init_record = init_from(self.net, self.net_config, cfg.init_from,
+                                         process_config=self.process.config(), prediction=cfg.prediction)
+            if self.log is not None:
+                zeroed = f"; new condition channels of {', '.join(self.init_record['zeroed'])} at zero" \
+                    if self.init_record["zeroed"] else ""
+                self.log(f"network initialised from {self.init_record['checkpoint']} "
+                         f"(step {self.init_record['step']}, EMA weights){zeroed}")
         self.net.train()
         try:
             self.timestep_sampler = TIMESTEP_SAMPLERS[cfg.timesteps](self.process, **cfg.timesteps_options)
@@ -299,6 +310,7 @@ class _Trainer:
             "num_classes": self.dataset.num_classes,
             "class_names": list(self.dataset.class_names) if self.dataset.class_names else None,
             "ema": {"decay": cfg.ema_decay, "warmup": cfg.ema_warmup},
+            **({"init_from": self.init_record} if self.init_record is not None else {}),
         }
 
     def net_preset(self) -> str:
