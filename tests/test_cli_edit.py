@@ -109,7 +109,7 @@ def test_ilvr_from_an_npz_and_interpolation_between_two_files(run, tmp_path, cap
     (["interpolate", "--input", "IN"], ["needs --with"]),
     (["interpolate", "--input", "IN", "--with", "IN", "--sampler", "ddpm"], ["decodes with ddim"]),
     (["ilvr", "--input", "IN", "--factor", "3"], ["multiples of 3"]),
-    (["sdedit", "--input", "MISSING"], ["--input", "no such file or folder"]),
+    (["sdedit", "--input", "MISSING"], ["--input", "does not exist"]),
     (["sdedit", "--input", "IN", "--strength", "1.5"], ["--strength"]),
 ])
 def test_bad_input_is_one_line(run, tmp_path, capsys, extra, fragments):

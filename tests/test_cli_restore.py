@@ -97,7 +97,7 @@ def _bad(capsys, tmp_path, argv, *fragments):
 def test_a_mask_of_another_size_is_refused(runs, tmp_path, capsys):
     Image.fromarray(np.full((6, 6), 255, dtype=np.uint8), mode="L").save(tmp_path / "small.png")
     _bad(capsys, tmp_path, [runs["inpaint"], "--input", digits_png(str(tmp_path / "in")), "--mask",
-                            tmp_path / "small.png"], "is 6x6 but the images are 8x8")
+                            tmp_path / "small.png"], "is 6x6 (width x height) but the images are 8x8")
     _bad(capsys, tmp_path, [runs["inpaint"], "--input", digits_png(str(tmp_path / "in"))], "needs --mask PNG")
     _bad(capsys, tmp_path, [runs["sr2"], "--input", digits_png(str(tmp_path / "low"), size=4), "--mask",
                             tmp_path / "small.png"], "--mask applies to tasks inpaint and uncrop")

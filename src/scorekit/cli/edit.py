@@ -108,55 +108,21 @@ def add(commands) -> None:
 
 
 def _read_images(path: str, shape: tuple, flag: str):
-    """The images of ``path`` (a file, a folder or an .npz) as float32 in [-1, 1], refused unless
-    shaped ``shape`` (channels, height, width)."""
-    import numpy as np
+    """The images of ``path`` (a file, a folder or an .npz; :func:`scorekit.data.user_images.read_images`)
+    as float32 in [-1, 1], refused unless shaped ``shape`` (channels, height, width)."""
     import torch
 
-    from ..data.dataset import to_tensor
-    from ..data.images import load_image_folder, load_npz
+    from ..data.user_images import check_images, read_images
 
-    if not os.path.exists(path):
-        raise ScorekitError(f"{flag} {path!r}: no such file or folder")
-    if os.path.isdir(path):
-        x = load_image_folder(path, progress=False).x
-    elif path.lower().endswith((".npz", ".npy")):
-        x = load_npz(path).x
-    else:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as img:
-                grey = img.mode in ("1", "L", "LA", "I", "I;16", "F")
-                a = np.asarray(img.convert("L" if grey else "RGB"))
-        except (UnidentifiedImageError, OSError) as err:
-            raise ScorekitError(f"{flag} {path!r}: cannot read it as an image ({err})") from None
-        x = (a[None, None] if a.ndim == 2 else a.transpose(2, 0, 1)[None]).copy()
-    if tuple(x.shape[1:]) != tuple(shape):
-        got = "x".join(map(str, x.shape[1:]))
-        raise ScorekitError(f"{flag} {path!r} holds images of {got} (channels x height x width) but the "
-                            f"model makes {'x'.join(map(str, shape))} images; give images of that size and "
-                            f"channel count")
-    return to_tensor(np.ascontiguousarray(x)).to(torch.float32)
+    x, _, _ = read_images(path, flag)
+    return check_images(x, shape, path, flag).to(torch.float32)
 
 
 def _read_mask(path: str, shape: tuple):
-    """A greyscale PNG of the model's height and width: ``(1, 1, H, W)``, 1 where white (known)."""
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
+    """A mask image of the model's height and width: ``(1, 1, H, W)``, 1 where white (known)."""
+    from ..data.user_images import read_mask
 
-    try:
-        with Image.open(path) as img:
-            a = np.asarray(img.convert("L"))
-    except FileNotFoundError:
-        raise ScorekitError(f"--mask {path!r}: no such file") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise ScorekitError(f"--mask {path!r}: cannot read it as an image ({err})") from None
-    if a.shape != tuple(shape[1:]):
-        raise ScorekitError(f"--mask {path!r} is {a.shape[1]}x{a.shape[0]} (width x height) but the model's "
-                            f"images are {shape[2]}x{shape[1]}")
-    return torch.from_numpy((a >= 128).astype(np.float32))[None, None]
+    return read_mask(path, shape[1:], "--mask")
 
 
 def _method_options(args: argparse.Namespace, shape: tuple) -> dict:

@@ -94,13 +94,13 @@ def run(args: argparse.Namespace) -> int:
         model = load_task_model(args.checkpoint, ema=not args.no_ema, device=device)
         ckpt = model.denoiser.checkpoint
         task = model.degradation.name
-        x, names, mask = read_inputs(args.input)
+        x, names, mask = read_inputs(args.input, "--input")
         if args.mask is not None:
             if not model.degradation.needs_mask:
                 raise ScorekitError(f"--mask applies to tasks inpaint and uncrop; this model restores {task!r}")
             if args.degrade:
                 raise ScorekitError("--degrade draws the masks as in training; give either --degrade or --mask")
-            mask = read_mask(args.mask, x.shape[-2:])
+            mask = read_mask(args.mask, x.shape[-2:], "--mask")
         generator = torch.Generator().manual_seed(args.seed)
         truth = None
         if args.degrade:

@@ -30,6 +30,8 @@ import torch
 
 from ..conditioning import Condition
 from ..errors import ScorekitError
+from ..data.user_images import read_images as read_inputs
+from ..data.user_images import read_mask
 from .degradations import Degradation, Degraded, build_degradation
 
 Tensor = torch.Tensor
@@ -211,96 +213,6 @@ def sample_restorations(model: TaskModel, degraded: Degraded, *, num_samples: in
     steps = default_step_count(denoiser.process) if steps is None else steps
     return sample_batches(denoiser, x_T, batch_size=batch_size, condition=condition, device=device,
                           generator=noise, sampler=sampler, num_steps=steps, progress=progress, **sample_kwargs)
-
-
-def read_inputs(path) -> tuple[Tensor, list[str], Tensor | None]:
-    """The images a user brings: ``(x, names, mask)`` with ``x`` ``(N, C, H, W)`` in ``[-1, 1]``.
-
-    ``path`` is one image file (PNG, JPEG, anything Pillow opens), a folder of them (its image
-    files, in name order, not its sub-folders) or an ``.npz`` with ``x`` (``(N, C, H, W)`` or
-    ``(N, H, W)``; uint8 pixels or floats in ``[-1, 1]``) and optionally ``mask`` (1 = known).
-    Grey images have 1 channel, every other image 3 (RGB); all must have one size and channel
-    count. Nothing is resized: the sizes are checked against the model's afterwards
-    (:func:`check_observation`). ``names`` are the file names without extension (``0000``, ... for
-    an ``.npz``); ``mask`` is ``None`` unless the ``.npz`` holds one.
-    """
-    import numpy as np
-
-    from ..data.dataset import to_tensor
-    from ..data.images import image_extensions
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ScorekitError(f"the input {path!r} does not exist; give an image, a folder of images or an .npz")
-    if os.path.isfile(path) and path.lower().endswith(".npz"):
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                if "x" not in data:
-                    raise ScorekitError(f"{path} holds no array 'x' (the images); it has {', '.join(data.files)}")
-                x, mask = data["x"], (data["mask"] if "mask" in data.files else None)
-        except ScorekitError:
-            raise
-        except Exception as err:
-            raise ScorekitError(f"cannot read {path}: {type(err).__name__}: {err}") from None
-        if x.ndim == 3:
-            x = x[:, None]
-        if x.ndim != 4 or x.shape[0] < 1:
-            raise ScorekitError(f"{path}: x must be images (N, C, H, W) or (N, H, W), got {x.shape}")
-        if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
-            raise ScorekitError(f"{path}: x must hold uint8 pixels or floats in [-1, 1], got {x.dtype}")
-        from .degradations import check_clean
-
-        images = check_clean(to_tensor(x), f"the images of {path}")
-        return images, [f"{i:04d}" for i in range(len(images))], \
-            None if mask is None else torch.as_tensor(np.asarray(mask, dtype=np.float32))
-    if os.path.isdir(path):
-        exts = image_extensions()
-        files = sorted(os.path.join(path, f) for f in os.listdir(path)
-                       if not f.startswith(".") and os.path.splitext(f)[1].lower() in exts
-                       and os.path.isfile(os.path.join(path, f)))
-        if not files:
-            raise ScorekitError(f"the folder {path!r} holds no image files")
-    else:
-        files = [path]
-    pixels = [_read_image(f) for f in files]
-    first = pixels[0].shape
-    for f, p in zip(files, pixels):
-        if p.shape != first:
-            raise ScorekitError(f"the input images differ in size or channels: {files[0]} has {_size(first)}, {f} has "
-                                f"{_size(p.shape)}; give images of one size")
-    names = [os.path.splitext(os.path.basename(f))[0] for f in files]
-    return to_tensor(np.stack(pixels)), names, None
-
-
-def _read_image(file: str):
-    """One image file as ``(C, H, W)`` uint8: 1 channel for grey images, 3 for the others."""
-    import numpy as np
-    from PIL import Image
-
-    from ..data.images import _convert, _natural_channels
-
-    try:
-        with Image.open(file) as img:
-            img.load()
-            channels = _natural_channels(img.mode)
-            arr = np.asarray(_convert(img, channels))
-    except Exception as err:
-        raise ScorekitError(f"cannot read the image {file}: {type(err).__name__}: {err}") from None
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
-def read_mask(file, size) -> Tensor:
-    """A mask image as ``(1, 1, H, W)``: white (grey >= 128) where a pixel is known, black where it is
-    to be filled; its size must be ``size`` ``(H, W)``."""
-    mask = _read_image(os.fspath(file))
-    if mask.shape[0] == 3:
-        from ..data.dataset import convert_channels
-
-        mask = convert_channels(mask[None], 1)[0]
-    if tuple(mask.shape[1:]) != tuple(size):
-        raise ScorekitError(f"the mask {file} is {mask.shape[1]}x{mask.shape[2]} but the images are "
-                            f"{size[0]}x{size[1]}; give a mask of the images' size")
-    return torch.from_numpy((mask >= 128).astype("float32"))[None]
 
 
 __all__ = ["TaskModel", "check_observation", "load_task_model", "observe", "read_inputs", "read_mask", "restore",
