@@ -174,7 +174,7 @@ class Dataset:
         if not self.flip:
             return x
         flip = torch.randint(0, 2, (x.shape[0],), generator=generator, device=generator.device)
-        flip = flip.to(device=x.device, dtype=torch.bool).reshape(-1, *([1] * (x.ndim - 1)))
+        flip = flip.to(device=x.device, dtype=torch.bool, non_blocking=True).reshape(-1, *([1] * (x.ndim - 1)))
         return torch.where(flip, x.flip(-1), x)
 
 

@@ -129,7 +129,9 @@ def label_vector(y, batch: int, num_classes: int | None, device) -> Tensor | Non
         raise ScorekitError(f"labels y have shape {tuple(y.shape)}; pass one label per sample, shape ({batch},)")
     y = y.to(torch.long)
     y = torch.where(y == -1, torch.full_like(y, num_classes), y)      # the null label
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) > num_classes):
+    # (not inside torch.compile, where reading the labels on the host would split the graph and wait
+    # for the device: the trainer compiles, and its labels are in range by construction)
+    if y.numel() and not torch.compiler.is_compiling() and (int(y.min()) < 0 or int(y.max()) > num_classes):
         bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
         raise ScorekitError(
             f"label {bad} in y is outside 0..{num_classes}: the network has num_classes={num_classes} "

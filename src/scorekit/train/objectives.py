@@ -267,7 +267,7 @@ class DiffusionObjective(Objective):
         y = batch.y
         if y is None or self.label_dropout <= 0:
             return batch
-        drop = torch.rand(y.shape[0], generator=generator) < self.label_dropout
+        drop = (torch.rand(y.shape[0], generator=generator) < self.label_dropout).to(y.device, non_blocking=True)
         return Batch(batch.x, torch.where(drop, torch.full_like(y, self.net_config["num_classes"]), y))
 
     def attach_condition(self, batch: Batch, generator: torch.Generator) -> Batch:
