@@ -324,18 +324,23 @@ def test_a_signal_while_drawing_a_sample_grid_abandons_it_and_saves_the_step(tmp
 
 # --- divergence ------------------------------------------------------------------------------------
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def poison_loss(monkeypatch, n: int) -> None:
+    """Make the ``n``-th call of the diffusion loss (step ``n`` without accumulation) return NaN."""
     real = losses_module.diffusion_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
         out = real(*args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == 5:                            # the 5th step's loss is NaN
+        if calls["n"] == n:
             return out._replace(loss=out.loss * float("nan"))
         return out
 
     monkeypatch.setattr(losses_module, "diffusion_loss", poisoned)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    poison_loss(monkeypatch, 5)                        # the 5th step's loss is NaN
     run = str(tmp_path / "run")
     with pytest.raises(ScorekitError) as err:
         train(small_2d(steps=8), run, progress=False)
@@ -523,7 +528,9 @@ def test_run_folder_layout_and_keep_last_k(trained_run):
     assert cfg["model"]["kind"] == "mlp" and cfg["process"]["kind"] == "DDPM"
     assert cfg["data"]["spec"] == "moons" and cfg["sample_shape"] == [2]
     # the run records the prediction type chosen for its process (default_prediction: v for DDPM)
-    assert TrainConfig.from_dict(cfg["train"]) == small_2d(steps=6, keep_checkpoints=2, prediction="v")
+    # and the mixed precision "auto" chose for its device (no on a CPU)
+    assert TrainConfig.from_dict(cfg["train"]) == small_2d(steps=6, keep_checkpoints=2, prediction="v",
+                                                           mixed_precision="no")
     assert cfg["model"]["num_classes"] == 2 and cfg["label_dropout"] == 0.1   # labelled: default 0.1
 
 

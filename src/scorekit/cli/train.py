@@ -22,6 +22,7 @@ _TRAIN_FIELDS = {
     "checkpoint_every": "checkpoint_every", "sample_every": "sample_every",
     "sample_num": "sample_num", "sample_steps": "sample_steps", "sample_sampler": "sample_sampler",
     "objective": "objective", "task": "task", "cond_dropout": "cond_dropout", "init_from": "init_from",
+    "compile": "compile", "channels_last": "channels_last", "deterministic": "deterministic",
 }
 
 #: the flags that set TrainConfig fields with no flag of the same name
@@ -38,6 +39,7 @@ def _check_resumable(args: argparse.Namespace, config) -> None:
     """Refuse, in flags, settings that a run given to --resume cannot change (the library's own
     check names TrainConfig fields)."""
     from ..train.checkpoint import read_config
+    from ..train.config import KERNEL_FIELDS
     from ..train.trainer import RESUMABLE_FIELDS, TrainConfig, settings_changed
 
     run_config = os.path.join(args.out, "config.json")
@@ -47,10 +49,12 @@ def _check_resumable(args: argparse.Namespace, config) -> None:
     changed = settings_changed(saved, config)
     if changed:
         flag = lambda field: _TRAIN_FIELD_FLAGS.get(field, field)      # noqa: E731
-        may = sorted({flag(f) for f in RESUMABLE_FIELDS})
+        may = sorted({flag(f) for f in RESUMABLE_FIELDS if f not in KERNEL_FIELDS})
+        kernels = sorted(flag(f) for f in KERNEL_FIELDS)
         raise ScorekitError(f"cannot --resume {args.out!r} with different settings: "
                             + ", ".join(f"{flag(k)} {old!r} -> {new!r}" for k, (old, new) in changed.items())
-                            + f"; only {', '.join(may)} may change (or start a new --out folder)")
+                            + f"; only {', '.join(may)} may change, and how the kernels compute "
+                              f"({', '.join(kernels)}) (or start a new --out folder)")
 
 
 def add(commands) -> None:
@@ -63,6 +67,7 @@ def add(commands) -> None:
     from ..samplers import SAMPLERS
     from ..tasks.degradations import DEGRADATIONS
     from ..timesteps import DEFAULT_SAMPLE_STEPS
+    from ..train.config import COMPILE_CHOICES
     from ..train.trainer import (DEFAULT_DDPM_SCHEDULE, LR_SCHEDULES, MIXED_PRECISION, PROCESS_NAMES,
                                 TIMESTEP_SAMPLERS, TrainConfig)
 
@@ -198,7 +203,9 @@ def add(commands) -> None:
                    help="probability of training a labelled sample without its label (default: 0.1 "
                         "for labelled data)")
     g.add_argument("--mixed-precision", choices=list(MIXED_PRECISION),
-                   help="bf16 autocast (CPU or GPU) or fp16 (GPU)" + dflt(d.mixed_precision))
+                   help="bf16 autocast (CPU or GPU) or fp16 (GPU); auto is bf16 on a CUDA device that "
+                        "supports it and no elsewhere, recorded as chosen and kept by --resume"
+                        + dflt(d.mixed_precision))
     g = p.add_argument_group("machine and outputs")
     g.add_argument("--out", metavar="DIR", required=True, help="the run folder (created)")
     g.add_argument("--resume", action="store_true",
@@ -210,6 +217,15 @@ def add(commands) -> None:
     g.add_argument("--seed", metavar="S", type=int_in(0, 2 ** 63 - 1, "--seed"),
                    help="seed of every random draw" + dflt(d.seed))
     g.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N" + dflt(d.device))
+    g.add_argument("--compile", choices=list(COMPILE_CHOICES),
+                   help="torch.compile the network for training: auto is yes on CUDA and no on a CPU; "
+                        "the first step's extra seconds are logged" + dflt(d.compile))
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep an image network and its batches in channels-last (NHWC) layout, "
+                        "faster convolutions on tensor-core GPUs (default: off)")
+    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="deterministic kernels only, so that a GPU run repeats itself bit for bit "
+                        "(slower; an operation without one stops the run) (default: off)")
     g.add_argument("--threads", metavar="N", type=int_in(1, 1024, "--threads"),
                    help=f"torch CPU threads (default: {DEFAULT_TRAIN_THREADS}; on a busy machine more "
                         f"threads can be much slower)")

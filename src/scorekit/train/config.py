@@ -48,13 +48,22 @@ DEFAULT_DDPM_SCHEDULE = "cosine"
 LR_SCHEDULES = ("constant", "cosine")
 #: ``TrainConfig.variance``: fixed reverse variances, or learned ones (Nichol & Dhariwal 2021)
 VARIANCE_CHOICES = ("fixed", "learned")
-MIXED_PRECISION = ("no", "bf16", "fp16")
+#: ``TrainConfig.mixed_precision``; ``auto`` is resolved when a run starts (:func:`resolve_mixed_precision`)
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+#: ``TrainConfig.compile``: ``torch.compile`` the network the loss calls (``auto``: on CUDA only)
+COMPILE_CHOICES = ("auto", "yes", "no")
+
+#: fields of TrainConfig that choose how the kernels compute (compilation, memory layout, deterministic
+#: algorithms), not what: a resumed run may change them
+KERNEL_FIELDS = ("compile", "channels_last", "deterministic")
 
 #: fields of TrainConfig that a resumed run may change: the length and learning-rate schedule
-#: (e.g. a lower rate after a divergence) and the outputs; the rest defines what is trained
+#: (e.g. a lower rate after a divergence), the outputs and how the machine computes (device,
+#: threads, compilation, memory layout, deterministic kernels); the rest defines what is trained
 RESUMABLE_FIELDS = ("steps", "lr", "lr_schedule", "warmup_steps", "min_lr", "grad_clip",
                     "log_every", "checkpoint_every", "keep_checkpoints", "sample_every",
-                    "sample_num", "sample_steps", "sample_sampler", "num_threads", "device")
+                    "sample_num", "sample_steps", "sample_sampler", "num_threads", "device",
+                    *KERNEL_FIELDS)
 
 #: the arguments of the loss that a run sets itself (the rest are its ``weighting_options``)
 _LOSS_ARGUMENTS = ("net", "process", "x0", "prediction_type", "weighting", "generator", "y",
@@ -151,15 +160,33 @@ class TrainConfig:
         ema_decay, ema_warmup: see :mod:`scorekit.train.ema`.
         label_dropout: probability of replacing a label by "no label" (``None``: 0.1 for
             labelled data with a class-conditional network, else 0).
-        mixed_precision: ``no``, ``bf16`` (autocast; CPU or GPU) or ``fp16`` (GPU, with loss
-            scaling). Weights, optimiser state and EMA stay float32. Measured on a 2-core Xeon
-            with AMX / AVX512-BF16 and one thread: bf16 trains the ``tiny`` U-Net on 32x32 MNIST
-            1.3-1.7x faster (its loss followed fp32's within 2 % over 150 steps), but is no
-            faster on 8x8 digits, where the layers are too small; hence off by default.
+        mixed_precision: ``auto`` (the default), ``no``, ``bf16`` (autocast; CPU or GPU) or ``fp16``
+            (GPU, with loss scaling). Weights, optimiser state and EMA stay float32. ``auto`` is
+            ``bf16`` on a CUDA device that supports it (:func:`torch.cuda.is_bf16_supported`) and
+            ``no`` elsewhere; a new run records the resolved value in ``config.json``, and
+            ``auto`` on resume keeps the run's recorded value, so a run started on a GPU keeps
+            bf16 when it continues on another device. Measured on a 2-core Xeon with AMX /
+            AVX512-BF16 and one thread: bf16 trains the ``tiny`` U-Net on 32x32 MNIST 1.3-1.7x
+            faster (its loss followed fp32's within 2 % over 150 steps), but is no faster on 8x8
+            digits, where the layers are too small; hence ``no`` on a CPU.
 
     Machine and outputs:
         seed: the seed every generator is derived from.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
+        compile: ``auto`` (the default: ``yes`` on CUDA, ``no`` on a CPU), ``yes`` or ``no``:
+            :func:`torch.compile` the network the loss calls (not the EMA copy; checkpoints keep
+            the network's own tensor names). It changes how the sums are ordered in the kernels,
+            not the maths, so a run may resume with another value; the first step's extra
+            seconds (the compilation) are logged. Dropout masks inside a compiled network come
+            from the compiler's own random stream, not torch's global generator.
+        channels_last: keep an image network's weights and the batches in
+            :data:`torch.channels_last` layout (faster convolutions on tensor-core GPUs); the
+            same maths, other rounding.
+        deterministic: use only deterministic kernels
+            (``torch.use_deterministic_algorithms(True)``, cuDNN without benchmarking,
+            ``CUBLAS_WORKSPACE_CONFIG`` set if unset) during the run, so that a GPU run repeats
+            itself bit for bit; an operation with no deterministic kernel raises. Restored
+            afterwards. A CPU run is deterministic either way.
         num_threads: torch's CPU threads during training (``None``: leave as is; the command
             line uses 1). On a busy 2-core machine one thread trained the ``tiny`` U-Net 6x
             (8x8 digits) and 2.4x (32x32 MNIST) faster than two. Results may differ in the last
@@ -202,10 +229,13 @@ class TrainConfig:
     ema_decay: float = 0.999
     ema_warmup: bool = True
     label_dropout: float | None = None
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
     seed: int = 0
     device: str = "cpu"
     num_threads: int | None = None
+    compile: str = "auto"
+    channels_last: bool = False
+    deterministic: bool = False
     log_every: int = 10
     checkpoint_every: int = 500
     keep_checkpoints: int | None = 3
@@ -315,6 +345,10 @@ class TrainConfig:
             check_model_options(PRESETS[self.model]["kind"], self.model_options)
         choice("lr_schedule", LR_SCHEDULES)
         choice("mixed_precision", MIXED_PRECISION)
+        choice("compile", COMPILE_CHOICES)
+        for name in ("channels_last", "deterministic"):
+            if not isinstance(getattr(self, name), bool):
+                raise ScorekitError(f"{name} must be True or False, got {getattr(self, name)!r}")
         choice("sample_sampler", list(SAMPLERS))
         whole("steps", 1)
         whole("batch_size", 1)
@@ -522,16 +556,35 @@ def model_config_for(config: TrainConfig, dataset, process, *, classifier: bool 
     return {"kind": kind, **check_model_options(kind, cfg)}
 
 
+def resolve_mixed_precision(value: str, device) -> str:
+    """``TrainConfig.mixed_precision`` with ``"auto"`` resolved for ``device``: ``"bf16"`` on a CUDA
+    device that supports it, ``"no"`` elsewhere; any other value as it is."""
+    if value != "auto":
+        return value
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def resolve_compile(value: str, device) -> bool:
+    """Whether ``TrainConfig.compile`` asks for :func:`torch.compile` on ``device`` (``auto``: CUDA)."""
+    return value == "yes" or (value == "auto" and torch.device(device).type == "cuda")
+
+
 def settings_changed(saved: TrainConfig, config: TrainConfig) -> dict:
     """``{field: (saved value, new value)}`` for the settings of ``config`` that differ from the
-    run's ``saved`` ones and may not change when it resumes (all but :data:`RESUMABLE_FIELDS`)."""
+    run's ``saved`` ones and may not change when it resumes (all but :data:`RESUMABLE_FIELDS`).
+    ``mixed_precision="auto"`` means the run's own value here."""
+    if config.mixed_precision == "auto":
+        config = dataclasses.replace(config, mixed_precision=saved.mixed_precision)
     mine, theirs = config.to_dict(), saved.to_dict()
     return {k: (theirs[k], mine[k]) for k in mine if k not in RESUMABLE_FIELDS and mine[k] != theirs[k]}
 
 
 
 
-__all__ = ["AUTO_PRESETS", "DEFAULT_DDPM_SCHEDULE", "LR_SCHEDULES", "MIXED_PRECISION", "PROCESS_NAMES",
+__all__ = ["AUTO_PRESETS", "COMPILE_CHOICES", "DEFAULT_DDPM_SCHEDULE", "KERNEL_FIELDS", "LR_SCHEDULES", "MIXED_PRECISION", "PROCESS_NAMES",
            "RESUMABLE_FIELDS", "TIMESTEP_SAMPLERS", "VARIANCE_CHOICES", "TrainConfig", "build_process",
            "check_diffusion_settings", "coarse_noise_warning", "default_prediction", "model_config_for",
-           "resolve_preset", "settings_changed"]
+           "resolve_compile", "resolve_mixed_precision", "resolve_preset", "settings_changed"]

@@ -52,6 +52,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -62,7 +63,8 @@ from . import checkpoint as ckpt_io
 # random state to state.py, and scorekit.train.trainer still serves them
 from .config import (DEFAULT_DDPM_SCHEDULE, LR_SCHEDULES, MIXED_PRECISION, PROCESS_NAMES, RESUMABLE_FIELDS,
                      TIMESTEP_SAMPLERS, VARIANCE_CHOICES, TrainConfig, build_process, coarse_noise_warning,
-                     default_prediction, model_config_for, resolve_preset, settings_changed)
+                     default_prediction, model_config_for, resolve_compile, resolve_mixed_precision,
+                     resolve_preset, settings_changed)
 from .distributed import DistributedContext, setup
 from .ema import EMA
 from .interrupt import StopRequest, TrainingInterrupted, stop_signals
@@ -140,6 +142,46 @@ def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
         return torch.optim.AdamW(net.parameters(), **kwargs)
 
 
+class _StepRecord(NamedTuple):
+    """One optimiser step as the loop keeps it until :meth:`_Trainer._settle`: its number (from
+    1), learning rate, and ``values`` = ``[loss, grad_norm, *metrics]`` as a float64 device tensor."""
+
+    step: int
+    lr: float
+    values: Tensor
+    metric_names: tuple
+
+
+def _sync_each_step(device: torch.device) -> bool:
+    """Whether the loop reads each step's loss and gradient norm on the host at once: on a CPU,
+    where that costs nothing and stops a diverging run before its bad step is applied; not on a
+    GPU, where it would make the host wait for the device every step."""
+    return device.type != "cuda"
+
+
+#: the training data stay on a GPU when they take at most this share of its free memory
+DEVICE_DATA_SHARE = 0.25
+
+
+def place_data(dataset, device: torch.device) -> tuple[Tensor, Tensor | None, str]:
+    """``(x, y, placement)``: the dataset's samples and labels where the loop indexes them.
+
+    ``"host"`` on a CPU (the dataset's own tensors). On a GPU: ``"device"``, copied there once,
+    when they take at most :data:`DEVICE_DATA_SHARE` of its free memory, so that a batch is
+    gathered on the GPU; otherwise ``"pinned"``: kept in page-locked host memory, each batch
+    gathered there and copied without waiting (``non_blocking``). The indices, flips, label
+    dropout and degradations are drawn by the same CPU generators in every case, so the batches
+    hold the same samples."""
+    x, y = dataset.x, dataset.y
+    if device.type != "cuda":
+        return x, y, "host"
+    size = x.nbytes + (y.nbytes if y is not None else 0)
+    free, _ = torch.cuda.mem_get_info(device)
+    if size <= DEVICE_DATA_SHARE * free:
+        return x.to(device), (None if y is None else y.to(device)), "device"
+    return x.pin_memory(), (None if y is None else y.pin_memory()), "pinned"
+
+
 def _check_data_fits(dataset, net_config: dict) -> None:
     from ..data import check_compatible
     from ..models import IMAGE_KINDS
@@ -186,6 +228,7 @@ class _Trainer:
         self.net_config = objective_cls.model_config(cfg, self.dataset, self.process) if self.saved_run is None \
             else dict(self.saved_run["model"])
         _check_data_fits(self.dataset, self.net_config)
+        self.data_x, self.data_y, self.data_placement = place_data(self.dataset, self.device)
         self.net = build_model(dict(self.net_config)).to(self.device)
         self.init_record = self.saved_run.get("init_from") if self.saved_run is not None else None
         if self.saved_run is None and cfg.init_from is not None:      # before the EMA copies the weights
@@ -199,6 +242,10 @@ class _Trainer:
                 self.log(f"network initialised from {self.init_record['checkpoint']} "
                          f"(step {self.init_record['step']}, EMA weights){zeroed}")
         self.net.train()
+        # channels_last: 4-D weights (and, in _on_device, the batches) in NHWC layout
+        self.channels_last = bool(cfg.channels_last) and self.dataset.is_image
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
         try:
             self.timestep_sampler = TIMESTEP_SAMPLERS[cfg.timesteps](self.process, **cfg.timesteps_options)
         except TypeError as err:
@@ -206,8 +253,12 @@ class _Trainer:
         self.objective = objective_cls(cfg, process=self.process, dataset=self.dataset,
                                        net_config=self.net_config, timestep_sampler=self.timestep_sampler)
         self.ddp_net = ctx.wrap(self.net)
+        # compiled or not, the module holds self.net's parameters: checkpoints save self.net's own
+        # state_dict (no "_orig_mod." names) and the EMA copies self.net
+        self.compiled = resolve_compile(cfg.compile, self.device)
+        called = torch.compile(self.ddp_net) if self.compiled else self.ddp_net
         # what the loss trains: the network, or e.g. the preconditioned denoiser D around it
-        self.loss_net = self.objective.training_net(self.ddp_net)
+        self.loss_net = self.objective.training_net(called)
         self.ema = EMA(self.net, cfg.ema_decay, warmup=cfg.ema_warmup)
         self.optimizer = make_optimizer(self.net, cfg)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
@@ -224,6 +275,9 @@ class _Trainer:
         self.step = 0
         self.elapsed = 0.0
         self.interval = dict(_INTERVAL_KEYS)
+        # steps whose loss, gradient norm and metrics are still device tensors (see _settle)
+        self.pending: list[_StepRecord] = []
+        self.sync_each_step = _sync_each_step(self.device)
         self.last_checkpoint = None
         self.last_plot = time.monotonic()
         self.metrics = MetricsLog(os.path.join(self.out_dir, METRICS_FILE))
@@ -265,6 +319,8 @@ class _Trainer:
                 raise ScorekitError(f"nothing to resume in {self.out_dir!r} (no run there); give a "
                                     f"training configuration to start one")
             config.validate(self.objectives)
+            config = dataclasses.replace(config, mixed_precision=resolve_mixed_precision(
+                config.mixed_precision, self.ctx.device))       # recorded resolved: kept on resume
             return self.objectives[config.objective].complete_config(config), None
         saved = ckpt_io.read_config(self.out_dir) if os.path.isfile(run_cfg_path) else None
         if saved is None:
@@ -330,7 +386,9 @@ class _Trainer:
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, *, final: bool = False) -> str:
         """Write a checkpoint (rank 0) and redraw the loss curve: always for the ``final`` one,
-        otherwise at most every :data:`PLOT_INTERVAL` seconds (a plot costs about a second)."""
+        otherwise at most every :data:`PLOT_INTERVAL` seconds (a plot costs about a second). The
+        steps not yet brought to the host are checked first: a diverged run is never saved."""
+        self._settle()
         tensors, info = trainer_state(self)           # collective under DDP: every rank calls
         path = None
         if self.ctx.is_main:
@@ -351,16 +409,37 @@ class _Trainer:
     def _load(self, ckpt_dir: str) -> None:
         load_trainer_state(self, ckpt_dir)
         self.last_checkpoint = ckpt_dir
+        if self.channels_last:      # the optimiser's moments in their parameters' layout, as before the stop
+            for param, state in self.optimizer.state.items():
+                for key, value in state.items():
+                    if isinstance(value, Tensor) and value.shape == param.shape:
+                        state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
     # -- one step ---------------------------------------------------------------------------------
     def _global_batch(self) -> Batch:
         cfg = self.config
         idx = self.generators.order.next(cfg.batch_size)
-        x = self.dataset.x[idx]
+        if self.data_placement == "device":             # index where the data are (no host copy)
+            idx = idx.to(self.device, non_blocking=True)
+        x = self.data_x[idx]
         x = self.dataset.augment(x, self.generators.augment)
-        y = self.dataset.y[idx].clone() if self.objective.uses_labels else None
+        y = self.data_y[idx].clone() if self.objective.uses_labels else None
         batch = self.objective.prepare(Batch(x, y), self.generators.labels)
         return self.objective.attach_condition(batch, self.generators.degrade)
+
+    def _on_device(self, t: Tensor | None) -> Tensor | None:
+        """A block of the batch on the training device (from pinned memory without waiting for
+        the copy when the data stay on the host of a GPU), NHWC for ``channels_last``."""
+        if t is None:
+            return None
+        if t.device != self.device:
+            if self.device.type == "cuda":
+                t = t.pin_memory().to(self.device, non_blocking=True)
+            else:
+                t = t.to(self.device)
+        if self.channels_last and t.ndim == 4:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
 
     def _autocast(self):
         mp = self.config.mixed_precision
@@ -369,9 +448,12 @@ class _Trainer:
         dtype = torch.bfloat16 if mp == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def train_step(self) -> tuple[float, float, dict]:
-        """One optimiser step; returns ``(loss, grad_norm, metrics)``: the loss and the objective's
-        metrics (:class:`scorekit.train.objectives.ObjectiveOutput`) averaged over the whole batch."""
+    def train_step(self) -> "_StepRecord":
+        """One optimiser step. Returns its :class:`_StepRecord` -- the loss and the objective's
+        metrics (:class:`scorekit.train.objectives.ObjectiveOutput`) averaged over the whole batch,
+        and the gradient norm, as float64 tensors on the device -- and appends it to
+        ``self.pending`` for :meth:`_settle`. Nothing here waits for the device, except the
+        divergence checks of ``sync_each_step`` (a CPU run) and the importance sampler's update."""
         cfg, ctx = self.config, self.ctx
         lr = learning_rate(self.step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                            schedule=cfg.lr_schedule, min_lr=cfg.min_lr)
@@ -379,15 +461,15 @@ class _Trainer:
             group["lr"] = lr
         x, y, cond = self._global_batch()
         lo = ctx.rank * self.per_rank
-        x, y, cond = (None if v is None else v[lo:lo + self.per_rank] for v in (x, y, cond))
+        x, y, cond = (self._on_device(None if v is None else v[lo:lo + self.per_rank]) for v in (x, y, cond))
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros((), dtype=torch.float64)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         metric_sums = {}
         ts, losses = [], []
         for j in range(cfg.grad_accum):
-            xm = x[j * self.micro:(j + 1) * self.micro].to(self.device)
-            ym = None if y is None else y[j * self.micro:(j + 1) * self.micro].to(self.device)
-            cm = None if cond is None else cond[j * self.micro:(j + 1) * self.micro].to(self.device)
+            xm = x[j * self.micro:(j + 1) * self.micro]
+            ym = None if y is None else y[j * self.micro:(j + 1) * self.micro]
+            cm = None if cond is None else cond[j * self.micro:(j + 1) * self.micro]
             last = j == cfg.grad_accum - 1
             sync = contextlib.nullcontext() if (last or not ctx.distributed) else self.ddp_net.no_sync()
             with sync:
@@ -397,22 +479,23 @@ class _Trainer:
                 if self.scaler is not None:
                     scaled = self.scaler.scale(scaled)
                 scaled.backward()
-            loss_sum += out.loss.detach().to("cpu", torch.float64)
+            loss_sum += out.loss.detach().to(torch.float64)
             for name, values in out.metrics.items():
-                metric_sums[name] = metric_sums.get(name, 0.0) + values.detach().to("cpu", torch.float64).sum()
+                metric_sums[name] = metric_sums.get(name, 0.0) + values.detach().to(torch.float64).sum()
             if out.t is not None:
                 ts.append(out.t.detach())
                 losses.append(out.per_sample.detach())
-        loss = float(ctx.all_reduce_sum(loss_sum)) / (cfg.grad_accum * ctx.world_size)
-        metrics = {name: float(ctx.all_reduce_sum(total)) / cfg.batch_size for name, total in metric_sums.items()}
-        if ctx.any(not math.isfinite(loss)):
-            self._diverged("loss", loss, lr)
+        # float64 tensor arithmetic rounds as Python's floats did when these were floats
+        loss = ctx.all_reduce_sum(loss_sum) / (cfg.grad_accum * ctx.world_size)
+        metrics = {name: ctx.all_reduce_sum(total) / cfg.batch_size for name, total in metric_sums.items()}
+        if self.sync_each_step and ctx.any(not math.isfinite(float(loss))):
+            self._diverged("loss", float(loss), lr, self.step + 1)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm))
-        if self.scaler is None and ctx.any(not math.isfinite(grad_norm)):
-            self._diverged("gradient norm", grad_norm, lr, loss=loss)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
+        if self.scaler is None and self.sync_each_step and ctx.any(not math.isfinite(float(grad_norm))):
+            self._diverged("gradient norm", float(grad_norm), lr, self.step + 1, loss=float(loss))
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -424,7 +507,43 @@ class _Trainer:
             l_all = torch.cat([self._gather(v.float()) for v in losses])
             self.timestep_sampler.update(t_all.cpu(), l_all.cpu())
         self.step += 1
-        return loss, grad_norm, metrics
+        values = torch.stack([loss, grad_norm.detach().to(loss.device, torch.float64), *metrics.values()])
+        record = _StepRecord(self.step, lr, values, tuple(metrics))
+        self.pending.append(record)
+        return record
+
+    def _settle(self) -> None:
+        """Bring the steps of ``self.pending`` to the host in one transfer: stop on the first NaN
+        or infinite loss or gradient norm among them (:meth:`_diverged`, the same message as a
+        per-step check), else add them, in order, to the logging interval's sums.
+
+        On a CPU (``sync_each_step``) this runs after every step, which has already been checked
+        before its update was applied. On a GPU it runs at each log step, before each checkpoint
+        and sample grid, and at the end, so that the device never waits for the host in between:
+        a divergence is then detected at the next of these, after the steps up to it were applied,
+        but always before anything of them is saved; the message names the first bad step."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        rows = torch.stack([r.values for r in pending]).tolist()
+        bad = None
+        for record, (loss, grad_norm, *_) in zip(pending, rows):
+            if not math.isfinite(loss):
+                bad = ("loss", loss, record.lr, record.step, None)
+            elif self.scaler is None and not math.isfinite(grad_norm):
+                bad = ("gradient norm", grad_norm, record.lr, record.step, loss)
+            if bad is not None:
+                break
+        if self.ctx.any(bad is not None):
+            what, value, lr, step, loss = bad if bad is not None else ("loss", float("nan"), pending[0].lr,
+                                                                       pending[0].step, None)
+            self._diverged(what, value, lr, step, loss=loss)
+        for record, (loss, grad_norm, *metric_values) in zip(pending, rows):
+            self.interval["loss"] += loss
+            self.interval["grad_norm"] += grad_norm
+            self.interval["count"] += 1
+            for name, value in zip(record.metric_names, metric_values):
+                self.interval[name] = self.interval.get(name, 0.0) + value
 
     def _gather(self, t: Tensor) -> Tensor:
         if not self.ctx.distributed:
@@ -435,14 +554,15 @@ class _Trainer:
         dist.all_gather(out, t.contiguous())
         return torch.cat(out)
 
-    def _diverged(self, what: str, value: float, lr: float, *, loss: float | None = None):
+    def _diverged(self, what: str, value: float, lr: float, step: int, *, loss: float | None = None):
+        """Raise the error of a run whose ``what`` became ``value`` at step ``step`` (from 1)."""
         kind = "NaN" if math.isnan(value) else "infinite"
         extra = f", loss {loss:.4g}" if loss is not None else ""
         if self.last_checkpoint:
             where = (f"the last good checkpoint is at {self.last_checkpoint}", "then resume from it")
         else:
             where = ("no checkpoint was saved before it", "then start again")
-        stopped = f"{what} became {kind} at step {self.step + 1} (learning rate {lr:.3g}{extra}); {where[0]}."
+        stopped = f"{what} became {kind} at step {step} (learning rate {lr:.3g}{extra}); {where[0]}."
         raise ScorekitError(
             f"{stopped} Lower the learning rate (lr), clip gradients (grad_clip) or check the data, {where[1]}",
             cli=f"{stopped} Lower the learning rate (--lr), clip gradients (--grad-clip) or check the data, "
@@ -497,6 +617,14 @@ class _Trainer:
                       nrow=self.net_config["num_classes"] if y is not None else None)
         return path
 
+    def _log_compile_time(self, first_steps: list, steps: int) -> None:
+        """Log what :func:`torch.compile` cost: the first step's seconds beyond the second's."""
+        if len(first_steps) == 2:
+            self.log(f"torch.compile: the first step took {first_steps[0]:.1f} s, {first_steps[0] - first_steps[1]:.1f} s "
+                     f"more than the second (compilation)")
+        elif steps == 1:
+            self.log(f"torch.compile: the only step, compilation included, took {first_steps[0]:.1f} s")
+
     # -- the loop -----------------------------------------------------------------------------------
     def _stop_signal(self, stop: StopRequest | None) -> int:
         """The stop signal any process received (0: none); collective under DDP."""
@@ -538,6 +666,7 @@ class _Trainer:
         last_loss = float("nan")
         trained_seconds = 0.0
         interrupted = 0
+        first_steps = []                                # seconds of this call's first two steps
         try:
             end = cfg.steps if stop_at_step is None else min(cfg.steps, int(stop_at_step))
             while self.step < end:
@@ -548,18 +677,20 @@ class _Trainer:
                 if max_seconds is not None and ctx.any(trained_seconds >= max_seconds):
                     break
                 t0 = time.perf_counter()
-                loss, grad_norm, metrics = self.train_step()
+                self.train_step()
+                log_now = self.step % cfg.log_every == 0 or self.step == cfg.steps
+                sample_now = bool(cfg.sample_every) and self.step % cfg.sample_every == 0 and self.step < cfg.steps
+                if self.sync_each_step or log_now or sample_now or self.step % cfg.checkpoint_every == 0:
+                    self._settle()                      # (waiting for the device counts as training)
                 now = time.perf_counter()
                 self.elapsed += now - t0
                 trained_seconds += now - t0
                 images_since += cfg.batch_size
-                self.interval["loss"] += loss
-                self.interval["grad_norm"] += grad_norm
-                self.interval["count"] += 1
-                for name, value in metrics.items():
-                    self.interval[name] = self.interval.get(name, 0.0) + value
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.compiled and self.log and self.step - start_step <= 2:
+                    first_steps.append(now - t0)
+                    self._log_compile_time(first_steps, end - start_step)
+                if log_now:
                     ips = images_since / max(now - t_last, 1e-9)
                     row = self._log_row(ips)
                     last_loss = row["loss"]
@@ -568,7 +699,7 @@ class _Trainer:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}", refresh=False)
                     t_last, images_since = time.perf_counter(), 0
                 t_out = time.perf_counter()
-                if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.steps:
+                if sample_now:
                     samples_path = self.sample_grid(stop) or samples_path
                 if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                     self.save()
@@ -627,6 +758,33 @@ def write_samples(x0: Tensor, path: str, *, data: Tensor | None = None, title: s
         return scatter_grid([Panel("samples", pts)], path, reference=ref, limits=limits, title=title)
     raise ScorekitError(f"cannot draw samples of shape {tuple(x0.shape)}: expected images "
                         f"(N, C, H, W) or points (N, D >= 2)")
+
+
+@contextlib.contextmanager
+def kernel_settings(deterministic: bool, device: torch.device):
+    """torch's kernel choices for the length of a run, restored afterwards.
+
+    ``deterministic``: ``torch.use_deterministic_algorithms(True)`` (an operation without a
+    deterministic kernel raises), cuDNN without benchmarking, and ``CUBLAS_WORKSPACE_CONFIG``
+    (``:4096:8``, if unset; cuBLAS reads it when it first starts in the process). Otherwise, on a
+    GPU, cuDNN benchmarks the convolution algorithms for the run's fixed shapes and keeps the
+    fastest. A CPU run is unaffected by either but for the checks of the first."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark)
+    env_before = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=False)
+            torch.backends.cudnn.benchmark = False
+        elif device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
+        if env_before is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 def _saved_device(out_dir) -> str:
@@ -692,7 +850,8 @@ def train(config: TrainConfig | None, out_dir, *, resume: bool = False, progress
                 torch.set_num_threads(int(trainer.config.num_threads))
             if max_seconds is not None and not (float(max_seconds) > 0):
                 raise ScorekitError(f"max_seconds must be positive, got {max_seconds}")
-            return trainer.run(stop_at_step, max_seconds, stop)
+            with kernel_settings(trainer.config.deterministic, trainer.device):
+                return trainer.run(stop_at_step, max_seconds, stop)
     finally:
         torch.set_num_threads(threads_before)
         torch.set_rng_state(rng_before)
