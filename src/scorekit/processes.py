@@ -324,8 +324,18 @@ class DDPM(GaussianProcess):
         lo = torch.floor(u).clamp(max=self.num_steps - 1)
         w = u - lo
         lo = lo.long()
-        g = self._grid_log_ab.to(t.device)
+        g = self._on_device("grid_log_ab", self._grid_log_ab, t.device)
         return g[lo] * (1 - w) + g[lo + 1] * w
+
+    def _on_device(self, name: str, table: Tensor, device: torch.device) -> Tensor:
+        """``table`` on ``device``, copied there once (a copy at every call would make the host
+        wait for a GPU each time); the table itself on its own device."""
+        if device == table.device:
+            return table
+        cache = self.__dict__.setdefault("_device_tables", {})
+        if (name, device) not in cache:
+            cache[(name, device)] = table.to(device)
+        return cache[(name, device)]
 
     def alpha_bar(self, t) -> Tensor:
         return torch.exp(self.log_alpha_bar(t))
@@ -340,7 +350,7 @@ class DDPM(GaussianProcess):
         """``d log alpha_bar / dt`` on the segment ``(ceil(t) - 1, ceil(t)]`` (= log(1 - beta))."""
         t = _t64(t)
         k = torch.ceil(t).clamp(0, self.num_steps - 1).long()
-        return torch.log1p(-self.betas.to(t.device))[k]
+        return torch.log1p(-self._on_device("betas", self.betas, t.device))[k]
 
     def f(self, t) -> Tensor:
         return 0.5 * self._segment_slope(t)
