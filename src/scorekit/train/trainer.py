@@ -30,8 +30,16 @@ One optimiser step ``k`` (counting from 0):
 4. the gradient norm is clipped to ``grad_clip`` (the norm before clipping is logged), AdamW
    steps, and the EMA of the weights is updated (:mod:`scorekit.train.ema`).
 
-A NaN or infinite loss or gradient norm stops the run with a :class:`ScorekitError` before the
-bad step is applied or saved; the last checkpoint stays as it was.
+A NaN or infinite loss or gradient norm stops the run with a :class:`ScorekitError`; the last
+checkpoint stays as it was. On a CPU it is caught before the bad step is applied. On a GPU the
+loop does not wait for the device each step (:meth:`_Trainer._settle`): the loss and gradient
+norm are read, and checked, at the next log step, checkpoint, sample grid or the end, so the steps
+up to there are applied, but nothing of them is saved, and the message names the first bad step.
+
+**On a GPU** (see :class:`TrainConfig`: ``compile``, ``mixed_precision``, ``channels_last``,
+``deterministic``): the network the loss calls may be compiled, the data are indexed on the
+device when they fit (:func:`place_data`), and the batches are drawn by the same CPU generators
+as on a CPU; the timesteps and noise come from a CUDA generator.
 
 **Exact resumption.** Every random draw comes from a generator whose state is saved at each
 checkpoint (:mod:`scorekit.train.state`): the data order (``data``: epoch, position and the
