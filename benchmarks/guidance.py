@@ -136,12 +136,13 @@ def trained_run(config: TrainConfig, run_dir: Path, minutes: float, what: str) -
     """Train ``config`` into ``run_dir`` for ``minutes`` of training time, or reuse the run there
     when it was trained with the same settings and budget (recorded in ``run_dir/budget.json``)."""
     marker = run_dir / "budget.json"
-    want = {"config": config.to_dict(), "minutes": minutes}
+    want = {"config": config.as_recorded(), "minutes": minutes}
     if marker.is_file():
         saved = json.loads(marker.read_text(encoding="utf-8"))
         # Read the saved configuration back through TrainConfig, so that options added to it
-        # since (with their defaults) do not invalidate a run trained before they existed.
-        saved_config = TrainConfig.from_dict(saved.get("config", {})).to_dict() if "config" in saved else None
+        # since (with their defaults) do not invalidate a run trained before they existed; "auto"
+        # settings compare as what they resolve to (mixed_precision "auto" is "no" on a CPU).
+        saved_config = TrainConfig.from_dict(saved.get("config", {})).as_recorded() if "config" in saved else None
         if {"config": saved_config, "minutes": saved.get("minutes")} == want:
             log(f"{what}: reusing {run_dir} ({saved['training']['steps']} steps)")
             return {**saved["training"], "reused": True}

@@ -372,7 +372,9 @@ def run_task(task: str, args, data: TaskData, prior, prior_id: dict, cache: Path
     for name in BASELINES[task]:
         rows[name] = baseline(name, degraded, data).clamp(-1, 1)
 
-    task_id = {"config": config.to_dict(), "minutes": minutes, "steps": training["steps"]}
+    # the configuration as the run recorded it: cached restorations stay valid when TrainConfig gains options
+    recorded = json.loads((run_dir / "budget.json").read_text(encoding="utf-8"))["config"]
+    task_id = {"config": recorded, "minutes": minutes, "steps": training["steps"]}
     want = {"inputs": inputs_id, "model": task_id, "method": "task", **method_settings("task", args),
             "seed": SEEDS["sample"]}
     def draw():

@@ -70,14 +70,15 @@ def train_model(name: str, data: str, minutes: float, cache: Path, retrain: bool
     info_path = run_dir / "benchmark.json"
     if not retrain and info_path.is_file():
         info = json.loads(info_path.read_text())
-        if info.get("config") == config.to_dict():
+        # through TrainConfig: options added since keep their defaults, "auto" compares resolved
+        if "config" in info and TrainConfig.from_dict(info["config"]).as_recorded() == config.as_recorded():
             log(f"{name}: reusing {run_dir} ({info['steps']} steps)")
             return info, str(run_dir)
     if run_dir.exists():
         shutil.rmtree(run_dir)
     log(f"{name}: training for {minutes:g} min")
     result = train(config, run_dir, progress=False, max_seconds=60 * minutes)
-    info = {"config": config.to_dict(), "steps": result.step, "train_seconds": round(result.seconds, 1),
+    info = {"config": config.as_recorded(), "steps": result.step, "train_seconds": round(result.seconds, 1),
             "images_per_second": round(result.images_per_second, 1), "final_loss": result.loss}
     info_path.write_text(json.dumps(info, indent=2) + "\n")
     log(f"{name}: {result.step} steps in {result.seconds:.0f} s, loss {result.loss:.4f}")

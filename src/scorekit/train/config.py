@@ -254,6 +254,13 @@ class TrainConfig:
         d["adam_betas"] = list(self.adam_betas)
         return d
 
+    def as_recorded(self) -> dict:
+        """:meth:`to_dict` with ``mixed_precision="auto"`` resolved for ``device``, as a new run
+        records it in ``config.json``: what to compare when asking whether a run was trained with
+        these settings."""
+        return dataclasses.replace(
+            self, mixed_precision=resolve_mixed_precision(self.mixed_precision, self.device)).to_dict()
+
     @classmethod
     def from_dict(cls, data: dict, source: str = "the training configuration") -> "TrainConfig":
         """Rebuild from :meth:`to_dict` (e.g. a run's ``config.json``); unknown keys are errors."""
