@@ -207,3 +207,43 @@ def test_autocast_wraps_the_network_under_wrappers_and_counters():
     assert counted(x, 50).dtype == torch.float32 and counter.calls == 1
     result = scorekit.sample_batches(denoiser, x, batch_size=3, num_steps=4, precision="bf16")
     assert result.calls == [4, 4] and result.x.dtype == torch.float32
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def moons_run(tmp_path_factory):
+    from cli_helpers import main_quietly
+
+    out = tmp_path_factory.mktemp("speed") / "run"
+    assert main_quietly(["train", "--data", "moons", "--data-option", "n=64", "--model-option", "hidden=16",
+                         "--model-option", "depth=1", "--batch-size", "8", "--steps", "2", "--sample-every",
+                         "0", "--no-progress", "--out", out]) == 0
+    return str(out)
+
+
+def test_cli_sample_compiles_evaluates_in_bf16_and_reports_throughput(moons_run, tmp_path, capsys, monkeypatch):
+    """--compile (with the backend that replays the same operations, so the samples are the
+    plain ones) and --precision bf16 (samples within bfloat16's rounding of fp32); every run
+    prints samples/s and network calls/s."""
+    import numpy as np
+
+    from cli_helpers import run_main
+
+    monkeypatch.setattr(scorekit.acceleration, "DEFAULT_BACKEND", "aot_eager")
+
+    def run(name, *flags):
+        out = tmp_path / f"{name}.png"
+        code, stdout, err = run_main(capsys, ["sample", moons_run, "--steps", "5", "--num", "12", "--batch-size",
+                                              "5", "--no-progress", "--out", out, *flags])
+        assert code == 0, err
+        return np.load(tmp_path / f"{name}.npz")["x"], stdout
+
+    plain, out = run("plain")
+    assert "throughput: " in out and " samples/s, " in out and " network calls/s (--batch-size 5, --precision fp32)" in out
+    fast, out = run("compiled", "--compile")
+    np.testing.assert_array_equal(fast, plain)
+    assert "--compile); after the first batch, which compiled the network: " in out
+    bf16, out = run("bf16", "--precision", "bf16")
+    assert "--precision bf16" in out and not np.array_equal(bf16, plain)
+    np.testing.assert_allclose(bf16, plain, atol=0.1)

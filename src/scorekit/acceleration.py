@@ -14,9 +14,9 @@ and :func:`scorekit.sample` / :func:`scorekit.sample_batches` call it for ``comp
   (:class:`Autocast`) and its output is cast back to the state's dtype, so the sampler's state,
   its coefficients and every step stay in float32. Autocast runs matrix products and convolutions
   in bfloat16 (8 significant bits: unit roundoff ``u = 2^-8``) and keeps reductions and
-  normalisations in float32. Each network output then carries a relative error of order
-  ``u sqrt(depth)``, not ``u`` times the number of steps: a sampler contracts most of what one
-  evaluation adds before the next (BENCHMARKS.md, "Sampling in bf16", measures it).
+  normalisations in float32, so each network output changes by about ``u`` relative. The samples
+  change by about as much, not by ``u`` times the number of steps (BENCHMARKS.md, "Sampling in
+  bf16", measures it; ``tests/test_sampling_acceleration.py`` derives the bounds it checks).
 """
 from __future__ import annotations
 
