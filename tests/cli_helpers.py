@@ -17,3 +17,13 @@ def assert_one_line_error(code, err, *fragments):
     assert lines[0].startswith("scorekit: error: ") and "Traceback" not in err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def main_quietly(argv) -> int:
+    """``scorekit ARGV`` in this process with its output thrown away (for fixtures that train a
+    run): the exit code."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return main([str(a) for a in argv])

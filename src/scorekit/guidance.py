@@ -145,8 +145,7 @@ class ClassifierFreeGuidance(DenoiserWrapper):
             return predict(x_t, t, condition)
         if self.scale == 0 and inside is True:
             return predict(x_t, t, condition.null())
-        cond = condition.for_batch(n)
-        both = predict(torch.cat([x_t, x_t]), twice(t, n), cond.cat(cond.null()))
+        both = predict(torch.cat([x_t, x_t]), twice(t, n), self._with_null(condition.for_batch(n)))
         d_c, d_u = both[:n], both[n:]
         guided = d_u + self.scale * (d_c - d_u)
         if self.rescale:
@@ -154,6 +153,15 @@ class ClassifierFreeGuidance(DenoiserWrapper):
         if inside is not True:
             guided = torch.where(inside.reshape((-1,) + (1,) * (x_t.ndim - 1)), guided, d_c)
         return guided
+
+    def _with_null(self, cond):
+        """``cond`` followed by its null condition, made once per condition (a sampler passes the
+        same bound condition at every step), so that the wrappers inside see the same tensors at
+        every step."""
+        made = getattr(self, "_pair", None)
+        if made is None or made[0] is not cond:
+            made = self._pair = (cond, cond.cat(cond.null()))
+        return made[1]
 
     def _rescaled(self, guided: Tensor, d_c: Tensor, x_t: Tensor, t) -> Tensor:
         alpha, sigma = self.coefficients(x_t, t)
@@ -214,9 +222,12 @@ class ClassifierGuidance(DenoiserWrapper):
                 raise ScorekitError(f"the classifier must return logits of shape (N, classes) = "
                                     f"({x.shape[0]}, K), got {got}")
             k = logits.shape[1]
-            if bool(keep.any()) and int(labels[keep].max()) >= k:
-                raise ScorekitError(f"class {int(labels[keep].max())} is outside the classifier's "
-                                    f"classes 0..{k - 1}")
+            checked = getattr(self, "_labels_checked", None)            # once per labels: it reads the device
+            if checked is None or checked[0] is not labels or checked[1] != k:
+                if bool(keep.any()) and int(labels[keep].max()) >= k:
+                    raise ScorekitError(f"class {int(labels[keep].max())} is outside the classifier's "
+                                        f"classes 0..{k - 1}")
+                self._labels_checked = (labels, k)
             log_p = torch.log_softmax(logits, dim=1)
             picked = log_p.gather(1, labels.clamp_min(0).to(logits.device)[:, None])[:, 0]
             (grad,) = torch.autograd.grad((picked * keep.to(picked.dtype)).sum(), x)

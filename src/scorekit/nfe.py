@@ -12,7 +12,6 @@ number) and what a likelihood costs (an ODE solve, an ELBO over a chain)::
 """
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 from .errors import ScorekitError
@@ -81,25 +80,15 @@ def count_network_calls(model: Callable) -> tuple[Callable, NFECounter]:
     count at the network underneath. Anything else callable (a network ``model(x_t, t)``) is wrapped as it
     is: ``counted is counter``.
     """
-    from .prediction import Denoiser
-    from .wrappers import DenoiserWrapper
+    from .wrappers import with_network
 
-    if isinstance(model, DenoiserWrapper):              # count at the network under the wrappers
-        counted = copy.copy(model)
-        counted.inner, counter = count_network_calls(model.inner)
-        return counted, counter
-    if not isinstance(model, Denoiser):
-        counter = NFECounter(model)
-        return counter, counter
-    counted = copy.copy(model)
-    if getattr(model, "learned_variance", False):      # model.model is the prediction half of network
-        from .variances import PredictionHead
+    counters = []
 
-        counter = counted.network = NFECounter(model.network)
-        counted.model = PredictionHead(counter)
-    else:
-        counter = counted.model = NFECounter(model.model)
-    return counted, counter
+    def count(network):
+        counters.append(NFECounter(network))
+        return counters[-1]
+
+    return with_network(model, count), counters[0]
 
 
 __all__ = ["NFECounter", "count_network_calls"]

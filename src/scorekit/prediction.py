@@ -27,6 +27,16 @@ PREDICTION_TYPES = ("eps", "x0", "v", "score")
 _BOUND = object()      # "the condition the denoiser is bound to"
 
 
+def network_tensor(out):
+    """The tensor a network returned: ``out`` itself, or the ``.sample`` field of the output object
+    a diffusers model returns (or the first item of a tuple); anything else as it is."""
+    if not isinstance(out, Tensor):
+        out = getattr(out, "sample", out)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+    return out
+
+
 def x0_from_eps(x_t: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
     """``x_0 = (x_t - sigma eps) / alpha``."""
     return (x_t - sigma * eps) / alpha
@@ -205,12 +215,7 @@ class Denoiser:
         """The raw network output at ``(x_t, t)`` under ``condition`` (default: the bound one),
         with its shape checked."""
         condition = self.condition if condition is _BOUND else condition
-        out = self.call_network(self.model, x_t, t, condition)
-        if not isinstance(out, Tensor):
-            # diffusers models return an output object with a .sample field
-            out = getattr(out, "sample", out)
-            if isinstance(out, (tuple, list)):
-                out = out[0]
+        out = network_tensor(self.call_network(self.model, x_t, t, condition))
         if not isinstance(out, Tensor) or out.shape != x_t.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ScorekitError(

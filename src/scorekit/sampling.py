@@ -12,6 +12,7 @@ from .conditioning import as_condition
 from .guidance import guided
 from .prediction import Denoiser
 from .wrappers import DenoiserWrapper
+from .acceleration import prepare_network
 from .processes import DDPM, GaussianProcess
 from .samplers import SAMPLERS
 from .samplers._common import Callback, FiniteStates
@@ -67,7 +68,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
            time_input: Callable[[Tensor], Tensor] | None = None, check_finite: bool = True,
            condition=None, guidance_scale: float | None = None, guidance_interval=None,
            guidance_rescale: float = 0.0, classifier=None, classifier_scale: float = 1.0,
-           **options) -> Tensor:
+           compile=False, precision: str = "fp32", **options) -> Tensor:
     """Sample from a diffusion model: run ``sampler`` from ``x_T`` to the data.
 
     Args:
@@ -106,7 +107,14 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
             guidance with scale ``classifier_scale`` (:class:`~scorekit.guidance.ClassifierGuidance`).
         check_finite: raise :class:`ScorekitError` at the first network evaluation whose state
             or model output holds NaN or Inf, naming it (:class:`~scorekit.samplers._common.
-            FiniteStates`); ``False`` lets the sampler run on and return what it gets.
+            FiniteStates`); ``False`` lets the sampler run on and return what it gets. On a device
+            other than the CPU the check does not stop the step loop to read the device: the
+            sampler runs to its end and the same error is raised then (:func:`defer_finite_checks`).
+        compile: ``torch.compile`` the network (``True``, or the name of a backend such as
+            ``"aot_eager"``), once per network: the compiled network is kept on it, so later calls
+            and every batch of :func:`sample_batches` reuse it (:mod:`scorekit.acceleration`).
+        precision: ``"fp32"``, or ``"bf16"`` to evaluate the network under bfloat16 autocast while
+            the sampler's state and steps stay in ``x_T``'s dtype (:mod:`scorekit.acceleration`).
         **options: the sampler's own options, e.g. ``eta`` for DDIM, ``variance`` for DDPM.
 
     Returns:
@@ -114,6 +122,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
     """
     fn = _lookup(sampler)
     options = check_sampler_options(sampler, options)
+    model = prepare_network(model, compile=compile, precision=precision)
     denoiser, process = _model_denoiser(model, betas, alpha_bar, process, prediction_type, time_input)
     denoiser = guided(denoiser, guidance_scale=guidance_scale, guidance_interval=guidance_interval,
                       guidance_rescale=guidance_rescale, classifier=classifier,
@@ -133,13 +142,28 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
         if fn_arg is not None and not callable(fn_arg):
             raise ScorekitError(f"{name} must be a function or None, got {type(fn_arg).__name__}")
     if check_finite:
-        denoiser = FiniteStates(denoiser, sampler)
-    with torch.no_grad():
-        x0 = fn(denoiser, process, x_T, timesteps, generator=generator, callback=callback,
-                progress=progress, **options)
+        denoiser = FiniteStates(denoiser, sampler, deferred=defer_finite_checks(x_T, sampler))
+    try:
+        with torch.no_grad():
+            x0 = fn(denoiser, process, x_T, timesteps, generator=generator, callback=callback,
+                    progress=progress, **options)
+    except Exception:
+        if check_finite:        # a non-finite value found by a deferred check explains the failure
+            denoiser.finish()
+        raise
     if check_finite:
-        denoiser.check_state(x0)
+        denoiser.finish(x0)
     return x0
+
+
+def defer_finite_checks(x_T: Tensor, sampler: str) -> bool:
+    """Whether ``check_finite`` reads the device once, at the end of the sampler, rather than at
+    every network evaluation: on every device but the CPU (where reading a value costs no wait),
+    except for the samplers that bring the state to the host at every step anyway
+    (``ode_adaptive``, whose solver runs on the CPU)."""
+    from .samplers.options import ADAPTIVE_SAMPLERS
+
+    return isinstance(x_T, Tensor) and x_T.device.type != "cpu" and sampler not in ADAPTIVE_SAMPLERS
 
 
 def _model_denoiser(model, betas, alpha_bar, process, prediction_type, time_input):
@@ -217,6 +241,8 @@ class BatchedSamples:
     seconds: float
     #: evaluations (each with its gradient) of the classifier of classifier guidance, all batches
     classifier_calls: int = 0
+    #: wall time of each batch, in seconds (the first includes compiling the network, if asked)
+    batch_seconds: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def nfe(self) -> float:
@@ -225,14 +251,27 @@ class BatchedSamples:
         adaptive)."""
         return sum(self.calls) / max(len(self.calls), 1)
 
+    @property
+    def samples_per_second(self) -> float:
+        """Samples drawn per second of :attr:`seconds`."""
+        return self.x.shape[0] / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def calls_per_second(self) -> float:
+        """Network evaluations (each on a whole batch) per second of :attr:`seconds`."""
+        return sum(self.calls) / self.seconds if self.seconds > 0 else float("inf")
+
 
 def sample_batches(model, x_T: Tensor, *, batch_size: int, condition=None, device=None,
-                   generator: torch.Generator | None = None, **kwargs) -> BatchedSamples:
+                   generator: torch.Generator | None = None, compile=False, precision: str = "fp32",
+                   **kwargs) -> BatchedSamples:
     """:func:`sample` from ``x_T`` batch by batch, counting the network evaluations.
 
     Runs :func:`sample` on ``x_T[lo:hi]`` (and ``condition[lo:hi]``) for consecutive batches of
     ``batch_size`` samples, so ``N`` samples need the memory of one batch on ``device``, and
-    gathers the samples.
+    gathers the samples. On a GPU ``batch_size`` is the knob of throughput: one network call per
+    step serves the whole batch, so the largest batch that fits in memory draws the most samples
+    per second.
 
     Args:
         model: what :func:`sample` takes: a network or a ready denoiser, e.g.
@@ -244,6 +283,8 @@ def sample_batches(model, x_T: Tensor, *, batch_size: int, condition=None, devic
             :class:`~scorekit.conditioning.Condition`), sliced batch by batch.
         device: where each batch is sampled (default: ``x_T``'s device); the samples are gathered
             on ``x_T``'s device.
+        compile, precision: as in :func:`sample`; the network is compiled once, before the first
+            batch, and every batch reuses it.
         generator: given to every batch in turn. A stochastic sampler draws from it batch after
             batch, so its samples depend on ``batch_size`` (and are reproducible from the
             generator's state); a deterministic one (``ddim`` with ``eta = 0``, the ODE solvers)
@@ -255,7 +296,8 @@ def sample_batches(model, x_T: Tensor, *, batch_size: int, condition=None, devic
 
     Returns:
         :class:`BatchedSamples`: the samples, the network evaluations of each batch (``.nfe`` per
-        sample), the classifier evaluations of classifier guidance, and the seconds taken.
+        sample), the classifier evaluations of classifier guidance, and the seconds taken (in all
+        and per batch; with them ``.samples_per_second`` and ``.calls_per_second``).
     """
     import time
 
@@ -274,16 +316,21 @@ def sample_batches(model, x_T: Tensor, *, batch_size: int, condition=None, devic
     device = x_T.device if device is None else torch.device(device)
     classifier = kwargs.pop("classifier", None)
     classifier_counter = None if classifier is None else NFECounter(classifier)
-    parts, calls = [], []
+    model = prepare_network(model, compile=compile, precision=precision)
+    parts, calls, batch_seconds = [], [], []
     start = time.perf_counter()
     for lo in range(0, num, batch_size):
         hi = min(lo + batch_size, num)
+        begun = time.perf_counter()
         counted, counter = count_network_calls(model)
         x = sample(counted, x_T[lo:hi].to(device), generator=generator,
                    condition=None if condition is None else condition[lo:hi].to(device),
                    classifier=classifier_counter, **kwargs)
         parts.append(x.to(x_T.device))
         calls.append(counter.calls)
+        if device.type == "cuda":               # the batch's kernels may still be running
+            torch.cuda.synchronize(device)
+        batch_seconds.append(time.perf_counter() - begun)
     seconds = time.perf_counter() - start
     return BatchedSamples(torch.cat(parts), calls, seconds,
-                          0 if classifier_counter is None else classifier_counter.calls)
+                          0 if classifier_counter is None else classifier_counter.calls, batch_seconds)

@@ -234,9 +234,10 @@ class GaussianMixture:
         return mu, lam, U
 
     # --- the core computation ----------------------------------------------------------------
-    def _evaluate(self, x, alpha, sigma, want: Sequence[str], mask: Tensor | None = None
-                  ) -> tuple[list[Tensor], torch.dtype, tuple]:
-        r"""Compute the requested quantities of ``p_t`` at ``x_t`` (float64), in chunks of rows.
+    def _evaluate(self, x, alpha, sigma, want: Sequence[str], mask: Tensor | None = None,
+                  compute: torch.dtype = _F64) -> tuple[list[Tensor], torch.dtype, tuple]:
+        r"""Compute the requested quantities of ``p_t`` at ``x_t`` (in ``compute``, float64 unless
+        asked otherwise), in chunks of rows.
 
         ``mask`` (N, K) bool restricts, per sample, the components the responsibilities ``r_k``
         run over (the mixture of those components, renormalised); ``"logp"`` is not masked.
@@ -256,6 +257,10 @@ class GaussianMixture:
         if torch.any((a == 0) & (s == 0)):
             raise ScorekitError("alpha and sigma must not both be zero (the distribution would be a point)")
         mu, lam, U = self._params(x.device)
+        log_weights = self.log_weights.to(x.device)
+        if compute != _F64:
+            x, a, s, mu, lam, log_weights = (v.to(compute) for v in (x, a, s, mu, lam, log_weights))
+            U = None if U is None else U.to(compute)
         K, D = mu.shape
         rows = max(1, _CHUNK_ELEMENTS // (K * D))
         outputs: dict[str, list[Tensor]] = {k: [] for k in want}
@@ -268,7 +273,7 @@ class GaussianMixture:
             z = diff if U is None else torch.einsum("nkd,kde->nke", diff, U)
             c = ac ** 2 * lam[None] + sc ** 2                            # (n|1, K, D)
             z_over_c = z / c
-            logp = self.log_weights.to(x.device) - 0.5 * (
+            logp = log_weights - 0.5 * (
                 D * _LOG_2PI + torch.log(c).sum(-1) + (z * z_over_c).sum(-1))
             logp = logp.expand(xc.shape[0], K)
             if "logp" in outputs:
@@ -369,18 +374,18 @@ class GaussianMixture:
         return out.reshape(shape).to(dtype)
 
     # --- exact "trained networks" ------------------------------------------------------------
-    def _model(self, process, kind: str) -> Callable[[Tensor, object], Tensor]:
+    def _model(self, process, kind: str, compute: torch.dtype = _F64) -> Callable[[Tensor, object], Tensor]:
         def model(x_t: Tensor, t) -> Tensor:
             alpha, sigma = process.alpha(t), process.sigma(t)
-            (x0, eps), dtype, shape = self._evaluate(x_t, alpha, sigma, ("x0", "eps"))
+            (x0, eps), dtype, shape = self._evaluate(x_t, alpha, sigma, ("x0", "eps"), compute=compute)
             if kind == "x0":
                 out = x0
             elif kind == "eps":
                 out = eps
             else:                                           # v = alpha eps - sigma x0
                 N = x0.shape[0]
-                a = self._coef(alpha, N, "alpha", x0.device)
-                s = self._coef(sigma, N, "sigma", x0.device)
+                a = self._coef(alpha, N, "alpha", x0.device).to(compute)
+                s = self._coef(sigma, N, "sigma", x0.device).to(compute)
                 a = a[:, None] if a.ndim else a
                 s = s[:, None] if s.ndim else s
                 out = a * eps - s * x0
@@ -397,14 +402,20 @@ class GaussianMixture:
         """
         return self._model(process, "x0")
 
-    def x0_model(self, process) -> Callable[[Tensor, object], Tensor]:
-        """An exact x0-predicting "network" ``model(x_t, t) = E[x_0 | x_t]`` (same as :meth:`denoiser`)."""
-        return self._model(process, "x0")
+    def x0_model(self, process, compute: torch.dtype = _F64) -> Callable[[Tensor, object], Tensor]:
+        """An exact x0-predicting "network" ``model(x_t, t) = E[x_0 | x_t]`` (same as :meth:`denoiser`).
 
-    def eps_model(self, process) -> Callable[[Tensor, object], Tensor]:
+        ``compute``: the dtype of its arithmetic, float64 by default (the oracle). ``torch.float32``
+        computes as a network does, so that autocast reaches its matrix products (the sums over
+        components, ``r @ mu`` and ``sum_k r_k U_k v_k``) and nothing else: the model for
+        measuring what a sampler makes of a network evaluated in bfloat16."""
+        return self._model(process, "x0", compute)
+
+    def eps_model(self, process, compute: torch.dtype = _F64) -> Callable[[Tensor, object], Tensor]:
         r"""An exact eps-predicting "network" ``model(x_t, t) = (x_t - alpha E[x_0|x_t]) / sigma``
-        ``= -sigma grad log p_t(x_t)``. ``t`` may be an integer (N,) tensor as diffusers passes it."""
-        return self._model(process, "eps")
+        ``= -sigma grad log p_t(x_t)``. ``t`` may be an integer (N,) tensor as diffusers passes it.
+        ``compute``: as for :meth:`x0_model`."""
+        return self._model(process, "eps", compute)
 
     def v_model(self, process) -> Callable[[Tensor, object], Tensor]:
         r"""An exact v-predicting "network" ``model(x_t, t) = alpha E[eps|x_t] - sigma E[x_0|x_t]``

@@ -58,7 +58,7 @@ import torch
 from torch import nn
 
 from .errors import ScorekitError
-from .prediction import PREDICTION_TYPES, Denoiser, to_x0
+from .prediction import PREDICTION_TYPES, Denoiser, network_tensor, to_x0
 from .processes import GaussianProcess, expand_like
 
 Tensor = torch.Tensor
@@ -128,10 +128,7 @@ class PredictionHead(nn.Module):
 
 def split_output(out, x_t: Tensor) -> tuple[Tensor, Tensor]:
     """``(prediction, raw variance output)``: the two halves of a ``(N, 2 C, ...)`` network output."""
-    if not isinstance(out, Tensor):
-        out = getattr(out, "sample", out)          # diffusers models return an output object
-        if isinstance(out, (tuple, list)):
-            out = out[0]
+    out = network_tensor(out)                      # diffusers models return an output object
     want = (x_t.shape[0], 2 * x_t.shape[1], *x_t.shape[2:])
     if not isinstance(out, Tensor) or tuple(out.shape) != want:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__

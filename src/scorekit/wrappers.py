@@ -135,6 +135,35 @@ def unwrap(denoiser):
     return denoiser
 
 
+def with_network(model, fn):
+    """``model`` with its network replaced by ``fn(network)``; ``model`` itself is left as it was.
+
+    A :class:`~scorekit.prediction.Denoiser` is copied with ``fn`` applied to its network (``model``;
+    for a learned-variance denoiser the whole network ``network``, whose prediction half becomes
+    the new ``model``); wrappers around it are copied around the new one. Anything else callable (a
+    network ``model(x_t, t)``) is the network: the result is ``fn(model)``. The one way to reach
+    the network under everything a sampler calls (counting its calls, compiling it, evaluating it
+    in another precision).
+    """
+    from .prediction import Denoiser
+
+    if isinstance(model, DenoiserWrapper):
+        out = copy.copy(model)
+        out.inner = with_network(model.inner, fn)
+        return out
+    if not isinstance(model, Denoiser):
+        return fn(model)
+    out = copy.copy(model)
+    if getattr(model, "learned_variance", False):      # model.model is the prediction half of network
+        from .variances import PredictionHead
+
+        out.network = fn(model.network)
+        out.model = PredictionHead(out.network)
+    else:
+        out.model = fn(model.model)
+    return out
+
+
 def twice(t, batch: int):
     """The time argument for a batch of ``2 batch`` made of two copies of a batch at ``t``."""
     if isinstance(t, Tensor) and t.ndim and t.shape[0] == batch:
@@ -142,4 +171,4 @@ def twice(t, batch: int):
     return t
 
 
-__all__ = ["DenoiserWrapper", "predictor", "twice", "unwrap"]
+__all__ = ["DenoiserWrapper", "predictor", "twice", "unwrap", "with_network"]

@@ -9,7 +9,7 @@ import time
 
 from ..errors import ScorekitError
 from ._common import PROG, Formatter, add_run_flags, check_json_out, int_in, key_value
-from .sample import add_sampling_flags
+from .sample import add_sampling_flags, add_speed_flags
 
 #: --features names besides a path
 FEATURE_CHOICES = ("auto", "digits", "cifar10", "inception")
@@ -93,6 +93,7 @@ def add(commands) -> None:
                         "$SCOREKIT_CACHE or ~/.cache/scorekit)")
     g.add_argument("--out", metavar="FILE.json", help="also write the scores as JSON")
     add_sampling_flags(p, default_num=1000)
+    add_speed_flags(p)
     add_run_flags(p)
     p.set_defaults(handler=run)
 

@@ -24,11 +24,17 @@ def add(commands) -> None:
             sampler, from the EMA weights by default. Writes --out (a PNG: an image grid, or a
             scatter plot for 2-D points) and the samples themselves beside it as .npz (x: float32
             samples in the data's scale, y: the class labels for a class-conditional model).
-            Prints the time taken and the number of network evaluations (NFE) per sample.
+            Prints the time taken, the number of network evaluations (NFE) per sample and the
+            throughput (samples and network calls per second).
 
             Class-conditional models sample the classes in turn (0, 1, ..., one column each) unless
             --class names one. The noise comes from --seed; a deterministic sampler (DDIM with
-            eta 0) gives the same samples whatever the --batch-size."""),
+            eta 0) gives the same samples whatever the --batch-size.
+
+            On a GPU: --batch-size is the knob of throughput (each step evaluates the network once
+            for the whole batch, so take the largest batch that fits in memory), --compile compiles
+            the network once for all batches, and --precision bf16 evaluates it in bfloat16 while
+            the sampler stays in float32 (see docs/sampling.md)."""),
         epilog=textwrap.dedent(f"""\
             examples:
               {PROG} sample runs/digits --out digits.png
@@ -38,9 +44,11 @@ def add(commands) -> None:
               {PROG} sample runs/8g --sampler unipc --steps 10 --spacing tuned --out tuned.png   (after {PROG} tune)
               {PROG} sample runs/mnist --class 7 --guidance-scale 3 --threshold 0.995 --out sevens.png
               {PROG} sample runs/mnist --class 7 --classifier runs/mnist-clf --classifier-scale 4 --out cg.png
+              {PROG} sample runs/cifar --device cuda --batch-size 1024 --compile --precision bf16 --num 50000 --out c.png
             """))
     p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint folder")
     add_sampling_flags(p)
+    add_speed_flags(p)
     p.add_argument("--out", metavar="FILE.png", default="samples.png",
                    help="the image to write; the samples go to the same name with .npz")
     add_run_flags(p)
@@ -109,11 +117,27 @@ def add_sampling_flags(p: argparse.ArgumentParser, *, default_num: int = 64, cou
     p.add_argument("--seed", metavar="S", type=int_in(0, 2 ** 63 - 1, "--seed"), default=0,
                    help="seed of the noise")
     p.add_argument("--batch-size", metavar="B", type=int_in(1, 1000000, "--batch-size"), default=256,
-                   help="samples per network call")
+                   help="samples per network call; on a GPU the knob of throughput: the largest batch "
+                        "that fits in memory draws the most samples per second")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="sample on when the state becomes NaN or Inf (by default that is an error "
                         "naming the step where it happened)")
+
+
+def add_speed_flags(p: argparse.ArgumentParser) -> None:
+    """--compile and --precision: how the network is evaluated (``compile=`` and ``precision=`` of
+    :func:`scorekit.sampling.sample_batches`); for the commands that sample through :func:`draw`."""
+    from ..acceleration import PRECISIONS
+
+    g = p.add_argument_group("speed", "how the network is evaluated (for GPUs; see docs/sampling.md)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the network once, before the first batch, which every batch then "
+                        "reuses (the first batch's time includes compiling: worth it for many batches)")
+    g.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                   help="the network's arithmetic: bf16 runs it under bfloat16 autocast (fast on GPUs with "
+                        "bfloat16 units) while the sampler's state and steps stay float32; samples then "
+                        "differ from fp32 by about bfloat16's rounding, 2^-8 relative")
 
 
 #: training samples per reverse step on which ``sample --variance analytic`` estimates Analytic-DPM's
@@ -245,6 +269,21 @@ class Drawn:
 
         return f"{self.steps} steps" if args.sampler not in ADAPTIVE_SAMPLERS else "adaptive steps"
 
+    def throughput(self, args: argparse.Namespace) -> str:
+        """Samples and network calls per second, in words; with --compile and several batches also
+        the rate after the first batch, which compiled the network."""
+        result = self.result
+        text = (f"{result.samples_per_second:.4g} samples/s, {result.calls_per_second:.4g} network calls/s "
+                f"(--batch-size {args.batch_size}, --precision {args.precision}"
+                f"{', --compile' if args.compile else ''})")
+        if args.compile and len(result.batch_seconds) > 1:
+            rest = sum(result.batch_seconds[1:])
+            samples = result.x.shape[0] - min(args.batch_size, result.x.shape[0])
+            if rest > 0:
+                text += (f"; after the first batch, which compiled the network: {samples / rest:.4g} "
+                         f"samples/s, {sum(result.calls[1:]) / rest:.4g} network calls/s")
+        return text
+
     def cost(self, args: argparse.Namespace) -> str:
         """The sampler, its steps and network calls per sample, in words."""
         cost = f"NFE {self.result.nfe:g} per sample"
@@ -323,7 +362,7 @@ def draw(args: argparse.Namespace, path: str, device) -> Drawn:
                                 generator=noise, sampler=args.sampler, num_steps=steps,
                                 spacing=spacing, timesteps=timesteps, clip=args.clip,
                                 progress=not args.no_progress, check_finite=not args.allow_nonfinite,
-                                **guidance, **options)
+                                compile=args.compile, precision=args.precision, **guidance, **options)
     finally:
         torch.set_num_threads(threads_before)
     return Drawn(result.x, labels, result, ckpt, steps, classes, num_classes)
@@ -384,6 +423,7 @@ def run(args: argparse.Namespace) -> int:
         raise ScorekitError(f"cannot write {out!r}: {err.strerror or err}") from None
     print(f"sampled {args.num} in {drawn.result.seconds:.2f} s with {drawn.cost(args)} "
           f"from step {ckpt.step} of {ckpt.path}")
+    print(f"throughput: {drawn.throughput(args)}")
     print("wrote:")
     print(f"  {out}")
     print(f"  {npz}")

@@ -98,13 +98,22 @@ class FiniteStates(DenoiserWrapper):
     per evaluation (of the state and of the output; see :func:`_non_finite`).
     Other attributes (``process``, ``x0_and_log_variance``) are those of the wrapped denoiser
     (:class:`~scorekit.wrappers.DenoiserWrapper`).
+
+    ``deferred=True`` keeps the host out of the step loop, for devices that run asynchronously
+    (a GPU): each check then only queues ``max |x|`` on the device (NaN propagates through a
+    maximum, Inf stays Inf, and a maximum cannot overflow), and :meth:`finish` reads all of them in
+    one transfer at the end and raises the same error, for the first evaluation that failed, as
+    the immediate check would have. The sampler then runs to its end on non-finite values (and a
+    callback sees them) before the error is raised.
     """
 
-    def __init__(self, denoiser, sampler: str):
+    def __init__(self, denoiser, sampler: str, *, deferred: bool = False):
         super().__init__(denoiser)
         self.sampler = sampler
         self.evaluations = 0
         self.last_time = None
+        self.deferred = bool(deferred)
+        self._pending: list[tuple[Tensor, Callable[[str], None]]] = []
 
     @property
     def denoiser(self):
@@ -114,26 +123,52 @@ class FiniteStates(DenoiserWrapper):
         raise ScorekitError(f"sampler {self.sampler!r}: {what}; pass check_finite=False to let it "
                             f"run on")
 
+    def _watch(self, x: Tensor, report: Callable[[str], None]) -> None:
+        """``report("NaN" or "Inf")`` when ``x`` is not finite: now, or (deferred) in :meth:`finish`."""
+        if self.deferred:
+            self._pending.append((torch.linalg.vector_norm(x.detach(), math.inf), report))
+            return
+        kind = _non_finite(x)
+        if kind is not None:
+            report(kind)
+
+    def finish(self, x: Tensor | None = None) -> None:
+        """Check the final state ``x`` (if given), then raise for the first non-finite value that
+        a deferred check queued (one transfer from the device); nothing is left queued."""
+        if x is not None:
+            self.check_state(x)
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        peaks = torch.stack([peak.to(torch.float32) for peak, _ in pending]).cpu().tolist()
+        for peak, (_, report) in zip(peaks, pending):
+            if not math.isfinite(peak):
+                report("NaN" if math.isnan(peak) else "Inf")
+
     def check_state(self, x: Tensor, t=None) -> None:
         """Refuse a non-finite state (before evaluation ``self.evaluations`` at ``t``, or, with
         ``t=None``, the final one)."""
-        kind = _non_finite(x)
-        if kind is None:
-            return
-        before = (f"became {kind} in the step after network evaluation {self.evaluations - 1} "
-                  f"({_time(self.last_time)})" if self.evaluations else f"holds {kind} at the start")
-        where = f", before evaluation {self.evaluations} ({_time(t)})" if t is not None else \
-            " (the final state)"
-        self._fail(f"the state x_t {before}{where}, although every model output so far was finite: "
-                   f"the sampler's step diverged (try more steps or another sampler)")
+        evaluations, last_time = self.evaluations, self.last_time
+
+        def report(kind: str) -> None:
+            before = (f"became {kind} in the step after network evaluation {evaluations - 1} "
+                      f"({_time(last_time)})" if evaluations else f"holds {kind} at the start")
+            where = f", before evaluation {evaluations} ({_time(t)})" if t is not None else \
+                " (the final state)"
+            self._fail(f"the state x_t {before}{where}, although every model output so far was finite: "
+                       f"the sampler's step diverged (try more steps or another sampler)")
+
+        self._watch(x, report)
 
     def _check_output(self, out: Tensor, t, what: str = "output", evaluation: int | None = None) -> None:
-        kind = _non_finite(out)
-        if kind is not None:
-            evaluation = self.evaluations if evaluation is None else evaluation
+        evaluation = self.evaluations if evaluation is None else evaluation
+
+        def report(kind: str) -> None:
             self._fail(f"the model {what} holds {kind} at network evaluation {evaluation} "
                        f"({_time(t)}) from a finite state x_t: the model itself returns non-finite "
                        f"values (check its weights and inputs)")
+
+        self._watch(out, report)
 
     def apply(self, x_t: Tensor, t, condition, predict) -> Tensor:
         self.check_state(x_t, t)
