@@ -467,6 +467,10 @@ def _f(v, digits: int = 1, suffix: str = "") -> str:
     return "" if v is None else f"{v:,.{digits}f}{suffix}"
 
 
+def _x(v) -> str:
+    return _f(v, 2, "x")
+
+
 def _g(v) -> str:
     """Three significant digits (TFLOP/s on a CPU are small, on a GPU large)."""
     return "" if v is None else f"{v:.3g}"
@@ -474,6 +478,16 @@ def _g(v) -> str:
 
 def _mfu(r: dict) -> str:
     return " / ".join(_g(100 * r[k]) + "%" for k in ("mfu_nominal", "mfu_measured") if k in r)
+
+
+def _table(title: str, header: str, rows: list[list]) -> list[str]:
+    """A Markdown section: ``## title`` and a table of ``rows`` under the ``|``-separated ``header``
+    (nothing when there are no rows)."""
+    if not rows:
+        return []
+    columns = header.split(" | ")
+    return [f"## {title}", "", f"| {header} |", "|" + " --- |" * len(columns),
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows), ""]
 
 
 def markdown(report: dict) -> str:
@@ -489,48 +503,30 @@ def markdown(report: dict) -> str:
         f"MFU against the nominal peak {_f(peak['nominal_bf16_tflops'])} TFLOP/s{measured} (nominal / measured).", "",
         "Library options found: training " + ", ".join(f"{k}={v}" for k, v in feats["train"].items() if k != "defaults")
         + "; sampling " + ", ".join(f"{k}={v}" for k, v in feats["sample"].items() if k != "defaults") + ".", ""]
-    if report["train_step"]:
-        lines += ["## Training step (forward, MSE, backward, fused AdamW)", "",
-                  "| preset | model | compiled | precision | parameters | images/s | step ms | TFLOP/s | MFU | compile s "
-                  "| vs diffusers eager bf16 |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in report["train_step"]:
-            ratio = _f(r.get("vs_diffusers_eager_bf16"), 2, "x")
-            lines.append(f"| {r['preset']} | {r['library']} | {'yes' if r['compiled'] else 'no'} | {r['precision']} | "
-                         f"{r['parameters']:,} | {_f(r['images_per_s'])} | {_f(r['step_ms'], 2)} | {_g(r['tflops'])} | "
-                         f"{_mfu(r)} | {_f(r.get('compile_s'))} | {ratio} |")
-        lines.append("")
-    if report["loop"]:
-        lines += ["## Training loop (`scorekit.train.train`)", "",
-                  "| preset | precision | settings | steps | images/s steady | end to end | wall s | TFLOP/s | MFU "
-                  "| vs compiled step | vs eager step | vs diffusers eager bf16 |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in report["loop"]:
-            settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
-            lines.append(f"| {r['preset']} | {r['precision']} | {settings} | {r['steps']} | {_f(r['steady_images_per_s'])} | "
-                         f"{_f(r['end_to_end_images_per_s'])} | {_f(r['wall_s'])} | {_g(r['tflops'])} | {_mfu(r)} | "
-                         f"{_f(r.get('vs_compiled_step'), 2, 'x')} | {_f(r.get('vs_eager_step'), 2, 'x')} | "
-                         f"{_f(r.get('vs_diffusers_eager_bf16'), 2, 'x')} |")
-        lines.append("")
-    if report["forward"] or report["sampling"]:
-        lines += ["## Sampling (`scorekit.sample_batches`) against the compiled forward pass", "",
-                  "| preset | what | precision | batch | NFE | samples/s | NFE x images/s | TFLOP/s | MFU "
-                  "| vs compiled forward |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in report["forward"]:
-            lines.append(f"| {r['preset']} | compiled forward | {r['precision']} | {r['batch']} | 1 | | "
-                         f"{_f(r['images_per_s'])} | {_g(r['tflops'])} | {_mfu(r)} | 1.00x |")
-        for r in report["sampling"]:
-            lines.append(f"| {r['preset']} | {r['sampler']} {r['steps']} ({r['how']}) | {r['precision']} | {r['batch']} | "
-                         f"{_f(r['nfe'], 0)} | {_f(r['samples_per_s'])} | {_f(r['nfe_images_per_s'])} | "
-                         f"{_g(r['tflops'])} | {_mfu(r)} | {_f(r['vs_compiled_forward'], 2, 'x')} |")
-        lines.append("")
-    if report["goals"]:
-        lines += ["## Goals", "", "| goal | measured | met |", "| --- | --- | --- |"]
-        for g in report["goals"]:
-            met = "not measured" if g["met"] is None else ("yes" if g["met"] else "no")
-            lines.append(f"| {g['goal']} | {_f(g['value'], 2, 'x')} | {met} |")
-        lines.append("")
+    lines += _table("Training step (forward, MSE, backward, fused AdamW)",
+                    "preset | model | compiled | precision | parameters | images/s | step ms | TFLOP/s | MFU | "
+                    "compile s | vs diffusers eager bf16",
+                    [[r["preset"], r["library"], "yes" if r["compiled"] else "no", r["precision"], f"{r['parameters']:,}",
+                      _f(r["images_per_s"]), _f(r["step_ms"], 2), _g(r["tflops"]), _mfu(r), _f(r.get("compile_s")),
+                      _x(r.get("vs_diffusers_eager_bf16"))] for r in report["train_step"]])
+    lines += _table("Training loop (`scorekit.train.train`)",
+                    "preset | precision | settings | steps | images/s steady | end to end | wall s | TFLOP/s | MFU | "
+                    "vs compiled step | vs eager step | vs diffusers eager bf16",
+                    [[r["preset"], r["precision"], ", ".join(f"{k}={v}" for k, v in r["settings"].items()), r["steps"],
+                      _f(r["steady_images_per_s"]), _f(r["end_to_end_images_per_s"]), _f(r["wall_s"]), _g(r["tflops"]),
+                      _mfu(r), _x(r.get("vs_compiled_step")), _x(r.get("vs_eager_step")),
+                      _x(r.get("vs_diffusers_eager_bf16"))] for r in report["loop"]])
+    lines += _table("Sampling (`scorekit.sample_batches`) against the compiled forward pass",
+                    "preset | what | precision | batch | NFE | samples/s | NFE x images/s | TFLOP/s | MFU | "
+                    "vs compiled forward",
+                    [[r["preset"], "compiled forward", r["precision"], r["batch"], 1, "", _f(r["images_per_s"]),
+                      _g(r["tflops"]), _mfu(r), "1.00x"] for r in report["forward"]]
+                    + [[r["preset"], f"{r['sampler']} {r['steps']} ({r['how']})", r["precision"], r["batch"],
+                        _f(r["nfe"], 0), _f(r["samples_per_s"]), _f(r["nfe_images_per_s"]), _g(r["tflops"]), _mfu(r),
+                        _x(r["vs_compiled_forward"])] for r in report["sampling"]])
+    lines += _table("Goals", "goal | measured | met",
+                    [[g["goal"], _x(g["value"]), "not measured" if g["met"] is None else ("yes" if g["met"] else "no")]
+                     for g in report["goals"]])
     if report["notes"]:
         lines += ["## Notes", ""] + [f"* {n}" for n in report["notes"]] + [""]
     return "\n".join(lines)
