@@ -48,6 +48,9 @@ compiled and diffusers' eager only: a smoke test of every code path, not a measu
 
 Writes gpu_throughput.json and gpu_throughput.md (``-quick`` with --quick) to ``--out``
 (default benchmarks/results/), after every row, so that a run cut short keeps what it measured.
+Per preset the order is: scorekit's four step variants and diffusers' eager ones, the loop,
+sampling, then diffusers' compiled steps (slowest to compile). ``--budget S`` skips what has not
+started after S seconds, and a part that fails becomes a note in the report; the rest still runs.
 """
 from __future__ import annotations
 
@@ -63,6 +66,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +98,12 @@ SAMPLERS = (("ddim", 50), ("dpmpp_2m", 20))
 #: the issue's goals: the loop against its own compiled step, scorekit's compiled bf16 step against
 #: diffusers' eager bf16 step, sampling NFE throughput against the compiled forward pass
 GOALS = {"loop": 0.9, "compiled_step": 1.7, "sampling": 0.9}
+#: training-step variants ``(library, compiled, bf16)``: these first, then the preset's loop and
+#: sampling, then LATE_VARIANTS (diffusers compiled, slow to compile; left out by --quick), so that
+#: a run cut short by --budget or a timeout keeps what the goals need
+FIRST_VARIANTS = [("scorekit", False, False), ("scorekit", False, True), ("scorekit", True, True),
+                  ("scorekit", True, False), ("diffusers", False, True), ("diffusers", False, False)]
+LATE_VARIANTS = [("diffusers", True, True), ("diffusers", True, False)]
 
 
 # --- set-up ---------------------------------------------------------------------------------------------
@@ -229,6 +239,7 @@ class Bench:
         self.peaks = {"nominal": args.peak_tflops}
         self.flops: dict = {}
         self.notes: list[str] = []
+        self.started = time.perf_counter()
         m = machine(device)
         self.report = dict(
             command=" ".join(["benchmarks/gpu_throughput.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -273,26 +284,48 @@ class Bench:
         return self.flops[name]["scorekit"]["forward"]
 
     # -- the training step ---------------------------------------------------------------------------
-    def train_steps(self, name: str) -> None:
+    def over_budget(self, what: str) -> bool:
+        """True (and a note) once ``--budget`` seconds have passed: ``what`` is then skipped."""
+        if self.args.budget is None or time.perf_counter() - self.started < self.args.budget:
+            return False
+        self.notes.append(f"skipped after the {self.args.budget:g} s budget: {what}")
+        log(self.notes[-1])
+        return True
+
+    def attempt(self, what: str, fn, *a) -> None:
+        """Run one part; a failure becomes a note (with its message) and the run goes on."""
+        if self.over_budget(what):
+            return
+        try:
+            fn(*a)
+        except Exception as err:                 # one failed part must not lose the others' rows
+            traceback.print_exc()
+            self.notes.append(f"{what} failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            self.free()
+        self.save()
+
+    def train_steps(self, name: str, variants) -> None:
+        """The training-step rows of preset ``name`` for ``variants``, ``(library, compiled, bf16)``
+        triples (diffusers' left out when it does not import)."""
         args, device = self.args, self.device
         config = unet_config(name)
         g = torch.Generator().manual_seed(0)
         x = torch.randn(args.batch, CHANNELS, args.size, args.size, generator=g).to(device)
         t = torch.randint(0, 1000, (args.batch,), generator=g).to(device)
         target = torch.randn(args.batch, CHANNELS, args.size, args.size, generator=g).to(device)
-        libraries = ["scorekit"] + ([] if diffusers_twin is None else ["diffusers"])
-        for library in libraries:
+        for library, compiled, bf16 in variants:
+            if library == "diffusers" and diffusers_twin is None:
+                continue
+            what = f"train step {name} {library} {'compiled' if compiled else 'eager'} {precision_name(bf16, device)}"
+            if self.over_budget(what):
+                return
             net, call = make_net(library, config)
-            net = net.to(device).train()
-            self.flops.setdefault(name, {})[library] = {
-                k: v / args.batch for k, v in count_flops(call, net, x, t).items()}
+            if library not in self.flops.get(name, {}):
+                counted = count_flops(call, net.to(device).train(), x, t)
+                self.flops.setdefault(name, {})[library] = {k: v / args.batch for k, v in counted.items()}
             del net
-            for compiled in (False, True):
-                if compiled and library == "diffusers" and args.quick:
-                    continue
-                for bf16 in (False, True):
-                    self.add("train_step", self.one_step(name, library, config, call, compiled, bf16, x, t, target))
-                    self.free()
+            self.add("train_step", self.one_step(name, library, config, call, compiled, bf16, x, t, target))
+            self.free()
 
     def one_step(self, name, library, config, call, compiled, bf16, x, t, target) -> dict:
         args, device = self.args, self.device
@@ -322,7 +355,7 @@ class Bench:
         args, device = self.args, self.device
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         bf16 = args.loop_precision == "bf16"
-        settings = dict(data=data, model=name, model_options={"num_classes": None},
+        settings = dict(data=data, model=name, lr=2e-4, model_options={"num_classes": None},
                         batch_size=args.batch, steps=args.loop_steps, device=str(device),
                         mixed_precision="bf16" if bf16 else "no")
         if device.type == "cpu":
@@ -380,6 +413,8 @@ class Bench:
         repeats = min(args.repeats, 3)
         for bf16 in (False,) if args.quick else (False, True):
             precision = precision_name(bf16, device)
+            if self.over_budget(f"sampling {name} {precision}"):
+                return
             fwd = torch.compile(net, **self.compile_kwargs)
 
             def forward():
@@ -407,6 +442,8 @@ class Bench:
             if not features["compile"]:
                 model = torch.compile(model, **self.compile_kwargs)
             for sampler, steps in SAMPLERS:
+                if self.over_budget(f"sampling {name} {sampler} {precision}"):
+                    return
                 out = {}
 
                 def draw():
@@ -568,6 +605,8 @@ def parse(argv):
     p.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; --quick: eager)")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode (e.g. max-autotune-no-cudagraphs)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (--quick: 1)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds after which the parts and rows not yet started are skipped (with a note)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
     q = args.quick
@@ -624,11 +663,13 @@ def main(argv=None) -> int:
         for name in args.presets:
             torch._dynamo.reset()
             if "step" in args.parts:
-                bench.train_steps(name)
+                bench.attempt(f"train steps {name}", bench.train_steps, name, FIRST_VARIANTS)
             if "loop" in args.parts and name in args.loop_presets.split(","):
-                bench.loop(name, data)
+                bench.attempt(f"loop {name}", bench.loop, name, data)
             if "sample" in args.parts and name in args.sample_presets.split(","):
-                bench.sampling(name)
+                bench.attempt(f"sampling {name}", bench.sampling, name)
+            if "step" in args.parts and not args.quick:
+                bench.attempt(f"diffusers compiled steps {name}", bench.train_steps, name, LATE_VARIANTS)
     bench.save()
     print(markdown(bench.report))
     return 0
