@@ -33,21 +33,13 @@ import scorekit
 from scorekit import DDPM
 from scorekit.tasks import Downsample, Mask, ilvr, interpolate, repaint, sdedit
 from scorekit.tasks.segments import sampling_grid, time_at
-from scorekit.toy import GaussianMixture, image_mixture
+from scorekit.toy import correlated_gaussian, image_mixture
 
 F64 = torch.float64
 
 
 def gen(seed):
     return torch.Generator().manual_seed(seed)
-
-
-def correlated_gaussian(dim, seed=0):
-    g = gen(seed)
-    A = torch.randn(dim, dim, generator=g, dtype=F64) / math.sqrt(dim)
-    S = A @ A.T + 0.1 * torch.eye(dim, dtype=F64)
-    m = 0.5 * torch.randn(dim, generator=g, dtype=F64)
-    return GaussianMixture([1.0], m[None], S[None])
 
 
 def gain(S, a, s):

@@ -18,7 +18,7 @@ from scorekit.tasks import (EDIT_METHODS, Downsample, Greyscale, Mask, edit, edi
                             inversion_edit, repaint, sdedit, slerp)
 from scorekit.tasks.repaint import repaint_schedule
 from scorekit.tasks.segments import fraction_of, sampling_grid, time_at
-from scorekit.toy import GaussianMixture, eight_gaussians, image_mixture, labelled_eight_gaussians
+from scorekit.toy import correlated_gaussian, eight_gaussians, image_mixture, labelled_eight_gaussians
 
 F64 = torch.float64
 
@@ -29,15 +29,6 @@ def gen(seed):
 
 def exact(mix, process):
     return scorekit.Denoiser(mix.x0_model(process), process, "x0")
-
-
-def correlated_gaussian(dim, seed=0):
-    """One Gaussian ``N(m, S)`` with strong correlations between coordinates."""
-    g = gen(seed)
-    A = torch.randn(dim, dim, generator=g, dtype=F64) / math.sqrt(dim)
-    S = A @ A.T + 0.1 * torch.eye(dim, dtype=F64)
-    m = 0.5 * torch.randn(dim, generator=g, dtype=F64)
-    return GaussianMixture([1.0], m[None], S[None])
 
 
 def covariance_stderr(cov, n):

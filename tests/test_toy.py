@@ -377,3 +377,18 @@ BAD = [
 def test_bad_inputs_raise_scorekit_error(make, match):
     with pytest.raises(ScorekitError, match=match):
         make()
+
+
+def test_correlated_gaussian_is_well_conditioned_and_reproducible():
+    """``S = A A^T + 0.1 I``: every eigenvalue is at least 0.1 (A A^T is positive semi-definite),
+    the same seed gives the same law, and another seed another one."""
+    from scorekit.toy import correlated_gaussian
+
+    mix = correlated_gaussian(6, seed=3)
+    cov = mix.covs()[0]
+    assert float(torch.linalg.eigvalsh(cov).min()) >= 0.1 - 1e-12
+    again = correlated_gaussian(6, seed=3)
+    assert torch.equal(again.mean(), mix.mean())
+    assert not torch.equal(correlated_gaussian(6, seed=4).mean(), mix.mean())
+    with pytest.raises(ScorekitError):
+        correlated_gaussian(0)

@@ -815,5 +815,20 @@ def image_mixture(num_components: int = 4, shape: Sequence[int] = (3, 8, 8), see
     return GaussianMixture(weights, means, stds=stds, event_shape=shape)
 
 
-__all__ = ["GaussianMixture", "LabelledMixture", "eight_gaussians", "image_mixture", "labelled_eight_gaussians",
-           "multiscale_2d"]
+def correlated_gaussian(dim: int, seed: int = 0) -> GaussianMixture:
+    r"""One Gaussian ``N(m, S)`` in ``dim`` dimensions with strong correlations between coordinates:
+    ``S = A A^T + 0.1 I`` with ``A_ij ~ N(0, 1 / dim)`` and ``m ~ N(0, 0.25 I)``, drawn in that order
+    in float64 from ``torch.Generator().manual_seed(seed)``. The ``0.1 I`` keeps ``S`` well
+    conditioned (eigenvalues from 0.1 to about 4), so closed-form posteriors stay accurate."""
+    dim = int(dim)
+    if dim < 1:
+        raise ScorekitError(f"dim must be a positive integer, got {dim!r}")
+    g = torch.Generator().manual_seed(int(seed))
+    A = torch.randn(dim, dim, generator=g, dtype=torch.float64) / math.sqrt(dim)
+    S = A @ A.T + 0.1 * torch.eye(dim, dtype=torch.float64)
+    m = 0.5 * torch.randn(dim, generator=g, dtype=torch.float64)
+    return GaussianMixture([1.0], m[None], S[None])
+
+
+__all__ = ["GaussianMixture", "LabelledMixture", "correlated_gaussian", "eight_gaussians", "image_mixture",
+           "labelled_eight_gaussians", "multiscale_2d"]
