@@ -85,7 +85,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import scorekit  # noqa: E402
-from guidance import cpu_model, float_list, trained_run  # noqa: E402
+from guidance import cpu_model, float_list, recorded_config, trained_run  # noqa: E402
 from mnist_quality import (DEFAULT_DATA, NUM_TRAIN, get_classifier, load_average, load_mnist, log,  # noqa: E402
                            write_report)
 from scorekit.models import count_parameters  # noqa: E402
@@ -624,9 +624,7 @@ def main(argv=None) -> int:
     timings["training (wall)"] = time.perf_counter() - t0
     load["after training"] = load_average()
     denoiser = scorekit.load_denoiser(run_dir)
-    # The configuration as the run recorded it: cached samples stay valid when TrainConfig gains options.
-    recorded = json.loads((run_dir / "budget.json").read_text(encoding="utf-8"))["config"]
-    run_id = {"config": recorded, "minutes": args.minutes, "steps": training["steps"]}
+    run_id = {"config": recorded_config(run_dir), "minutes": args.minutes, "steps": training["steps"]}
     folder = cache / f"ddim-table-{digest(run_id)}"
 
     t0 = time.perf_counter()

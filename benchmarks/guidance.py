@@ -139,17 +139,20 @@ def trained_run(config: TrainConfig, run_dir: Path, minutes: float, what: str) -
     want = {"config": config.as_recorded(), "minutes": minutes}
     if marker.is_file():
         saved = json.loads(marker.read_text(encoding="utf-8"))
-        # Read the saved configuration back through TrainConfig, so that options added to it
-        # since (with their defaults) do not invalidate a run trained before they existed; "auto"
-        # settings compare as what they resolve to (mixed_precision "auto" is "no" on a CPU).
-        saved_config = TrainConfig.from_dict(saved.get("config", {})).as_recorded() if "config" in saved else None
-        if {"config": saved_config, "minutes": saved.get("minutes")} == want:
+        # options added to TrainConfig since the run was trained do not invalidate it
+        if config.matches_recorded(saved.get("config")) and saved.get("minutes") == minutes:
             log(f"{what}: reusing {run_dir} ({saved['training']['steps']} steps)")
             return {**saved["training"], "reused": True}
     log(f"{what}: training for {minutes:g} min")
     training = train_for_budget(config, run_dir, 60.0 * minutes)
     write_text(marker, json.dumps({**want, "training": training}, indent=2) + "\n")
     return {**training, "reused": False}
+
+
+def recorded_config(run_dir: Path) -> dict:
+    """The configuration a run of :func:`trained_run` recorded (``budget.json``): what caches of its
+    samples are keyed on, so that they stay valid when TrainConfig gains options."""
+    return json.loads((Path(run_dir) / "budget.json").read_text(encoding="utf-8"))["config"]
 
 
 def data_options() -> dict:

@@ -92,7 +92,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import scorekit  # noqa: E402
 from ddim_table import add_training_flags, diffusion_config, digest, load_cached, save_npz  # noqa: E402
-from guidance import cpu_model, trained_run  # noqa: E402
+from guidance import cpu_model, recorded_config, trained_run  # noqa: E402
 from mnist_quality import (DEFAULT_DATA, NUM_TRAIN, header_lines, load_average, load_mnist, log,  # noqa: E402
                            write_report)
 from scorekit.data import load_dataset  # noqa: E402
@@ -372,9 +372,7 @@ def run_task(task: str, args, data: TaskData, prior, prior_id: dict, cache: Path
     for name in BASELINES[task]:
         rows[name] = baseline(name, degraded, data).clamp(-1, 1)
 
-    # the configuration as the run recorded it: cached restorations stay valid when TrainConfig gains options
-    recorded = json.loads((run_dir / "budget.json").read_text(encoding="utf-8"))["config"]
-    task_id = {"config": recorded, "minutes": minutes, "steps": training["steps"]}
+    task_id = {"config": recorded_config(run_dir), "minutes": minutes, "steps": training["steps"]}
     want = {"inputs": inputs_id, "model": task_id, "method": "task", **method_settings("task", args),
             "seed": SEEDS["sample"]}
     def draw():

@@ -70,8 +70,7 @@ def train_model(name: str, data: str, minutes: float, cache: Path, retrain: bool
     info_path = run_dir / "benchmark.json"
     if not retrain and info_path.is_file():
         info = json.loads(info_path.read_text())
-        # through TrainConfig: options added since keep their defaults, "auto" compares resolved
-        if "config" in info and TrainConfig.from_dict(info["config"]).as_recorded() == config.as_recorded():
+        if config.matches_recorded(info.get("config")):        # options added since keep their defaults
             log(f"{name}: reusing {run_dir} ({info['steps']} steps)")
             return info, str(run_dir)
     if run_dir.exists():

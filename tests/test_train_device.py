@@ -165,6 +165,10 @@ def test_mixed_precision_auto_is_recorded_resolved_and_kept_on_resume(tmp_path, 
     # a configuration saved before "auto" existed compares equal to today's default (benchmark caches)
     old = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("compile", "channels_last", "deterministic")}
     assert TrainConfig.from_dict({**old, "mixed_precision": "no"}).as_recorded() == TrainConfig().as_recorded()
+    assert TrainConfig().matches_recorded({**old, "mixed_precision": "no"})
+    assert not TrainConfig().matches_recorded({**old, "mixed_precision": "no", "lr": 0.5})
+    assert not TrainConfig(lr=0.5).matches_recorded({**old, "mixed_precision": "no"})
+    assert not TrainConfig().matches_recorded(None)
     assert resolve_mixed_precision("fp16", "cpu") == "fp16"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)

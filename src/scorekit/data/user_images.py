@@ -16,7 +16,8 @@ from ..errors import ScorekitError
 Tensor = torch.Tensor
 
 
-def _size(shape) -> str:
+def shape_text(shape) -> str:
+    """An image shape ``(C, H, W)`` in words, for messages: ``"3 channel(s) of 32x32"``."""
     return f"{shape[0]} channel(s) of {shape[1]}x{shape[2]}" if len(shape) == 3 else str(tuple(shape))
 
 
@@ -91,8 +92,8 @@ def read_images(path, what: str = "the input") -> tuple[Tensor, list[str], Tenso
     first = pixels[0].shape
     for f, p in zip(files, pixels):
         if p.shape != first:
-            raise ScorekitError(f"the input images differ in size or channels: {files[0]} has {_size(first)}, {f} has "
-                                f"{_size(p.shape)}; give images of one size")
+            raise ScorekitError(f"the input images differ in size or channels: {files[0]} has {shape_text(first)}, {f} has "
+                                f"{shape_text(p.shape)}; give images of one size")
     names = [os.path.splitext(os.path.basename(f))[0] for f in files]
     return to_tensor(np.stack(pixels)), names, None
 
@@ -125,4 +126,4 @@ def read_mask(file, size, what: str = "the mask") -> Tensor:
     return torch.from_numpy((mask >= 128).astype("float32"))[None]
 
 
-__all__ = ["check_images", "read_image_file", "read_images", "read_mask"]
+__all__ = ["check_images", "read_image_file", "read_images", "read_mask", "shape_text"]

@@ -31,7 +31,7 @@ import torch
 from ..conditioning import Condition
 from ..errors import ScorekitError
 from ..data.user_images import read_images as read_inputs
-from ..data.user_images import read_mask
+from ..data.user_images import read_mask, shape_text
 from .degradations import Degradation, Degraded, build_degradation
 
 Tensor = torch.Tensor
@@ -102,10 +102,6 @@ def load_task_model(denoiser_or_run, *, task=None, task_options: dict | None = N
     return TaskModel(denoiser, degradation, shape, path)
 
 
-def _size(shape) -> str:
-    return f"{shape[0]} channel(s) of {shape[1]}x{shape[2]}" if len(shape) == 3 else str(tuple(shape))
-
-
 def check_observation(model: TaskModel, y: Tensor, *, clean: bool = False) -> None:
     """Refuse an observation (or, ``clean``, a clean image) of another size or channel count than
     ``model`` takes, naming both."""
@@ -115,13 +111,13 @@ def check_observation(model: TaskModel, y: Tensor, *, clean: bool = False) -> No
     shapes = [tuple(model.sample_shape)] if clean else model.observation_shapes
     if tuple(y.shape[1:]) not in shapes:
         what = "clean images" if clean else f"observations of task {model.degradation.name!r}"
-        want = " or ".join(_size(s) for s in shapes)
+        want = " or ".join(shape_text(s) for s in shapes)
         hint = ""
         if not clean and tuple(y.shape[1:]) == tuple(model.sample_shape) and shapes[0] != tuple(model.sample_shape):
             hint = " (this is the restored size: degrade clean images first, with degrade_images)"
-        raise ScorekitError(f"the input images have {_size(tuple(y.shape[1:]))} but the model takes {what} of "
+        raise ScorekitError(f"the input images have {shape_text(tuple(y.shape[1:]))} but the model takes {what} of "
                             f"{want}{hint}",
-                            cli=f"the input images have {_size(tuple(y.shape[1:]))} but the model takes {what} of "
+                            cli=f"the input images have {shape_text(tuple(y.shape[1:]))} but the model takes {what} of "
                                 f"{want}" + (" (this is the restored size: give --degrade for clean images)"
                                              if hint else ""))
 

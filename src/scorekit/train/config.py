@@ -261,6 +261,15 @@ class TrainConfig:
         return dataclasses.replace(
             self, mixed_precision=resolve_mixed_precision(self.mixed_precision, self.device)).to_dict()
 
+    def matches_recorded(self, recorded) -> bool:
+        """Whether ``recorded`` (a configuration an earlier run wrote: :meth:`to_dict` or
+        :meth:`as_recorded`, perhaps before some options existed) describes these settings. It is
+        read back through :meth:`from_dict`, so options added since compare at their defaults and
+        ``"auto"`` settings as they resolve; what a cache of trained runs asks before reusing one."""
+        if not isinstance(recorded, dict):
+            return False
+        return TrainConfig.from_dict(recorded).as_recorded() == self.as_recorded()
+
     @classmethod
     def from_dict(cls, data: dict, source: str = "the training configuration") -> "TrainConfig":
         """Rebuild from :meth:`to_dict` (e.g. a run's ``config.json``); unknown keys are errors."""
