@@ -176,8 +176,10 @@ def place_data(dataset, device: torch.device) -> tuple[Tensor, Tensor | None, st
 
     ``"host"`` on a CPU (the dataset's own tensors). On a GPU: ``"device"``, copied there once,
     when they take at most :data:`DEVICE_DATA_SHARE` of its free memory, so that a batch is
-    gathered on the GPU; otherwise ``"pinned"``: kept in page-locked host memory, each batch
-    gathered there and copied without waiting (``non_blocking``). The indices, flips, label
+    gathered on the GPU; otherwise ``"pinned"``: the dataset's own tensors stay in host memory,
+    and each batch gathered there is page-locked and copied without waiting (``non_blocking``, in
+    ``_Trainer._on_device``). Indexing returns an ordinary tensor whatever the source, so pinning
+    the whole dataset would only double its host memory. The indices, flips, label
     dropout and degradations are drawn by the same CPU generators in every case, so the batches
     hold the same samples."""
     x, y = dataset.x, dataset.y
@@ -187,7 +189,7 @@ def place_data(dataset, device: torch.device) -> tuple[Tensor, Tensor | None, st
     free, _ = torch.cuda.mem_get_info(device)
     if size <= DEVICE_DATA_SHARE * free:
         return x.to(device), (None if y is None else y.to(device)), "device"
-    return x.pin_memory(), (None if y is None else y.pin_memory()), "pinned"
+    return x, y, "pinned"
 
 
 def _check_data_fits(dataset, net_config: dict) -> None:
