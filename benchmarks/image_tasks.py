@@ -22,13 +22,15 @@ runs with disjoint ``--tasks`` may run side by side and a last run with every ta
 1. **Models.** The unconditional prior of the training-free methods: ``--prior RUN`` (a scorekit
    run folder of an unconditional MNIST 32x32 model), otherwise one trained here for
    ``--prior-minutes`` with the settings of ``benchmarks/ddim_table.py`` (DDPM, linear schedule,
-   T = 1000, eps-prediction, the ``tiny`` U-Net). One task model per task (SR3 / Palette:
+   T = 1000, eps-prediction, the ``tiny`` U-Net). For ``colorize``, an unconditional CIFAR-10
+   model: ``--cifar-prior RUN``, otherwise one trained here with the same settings on colorize's
+   training images for ``--cifar-prior-minutes``. One task model per task (SR3 / Palette:
    ``TrainConfig(task=...)``, the condition ``[y_up, mask]`` concatenated to ``x_t``), with the same
    settings, trained for ``--minutes`` of training time on one torch thread
-   (``guidance.trained_run``; ``--minutes 8,colorize=20`` gives colorize its own budget). With
-   ``--task-init prior`` (the default) the MNIST task models start from the prior's weights
-   (``TrainConfig.init_from``: the condition channels at zero, so that each starts as the prior's
-   denoiser); the CIFAR-10 ``colorize`` model always starts at random.
+   (``guidance.trained_run``; ``--minutes 8,colorize=25`` gives colorize its own budget). With
+   ``--task-init prior`` (the default) each task model starts from the weights of the prior of its
+   images (``TrainConfig.init_from``: the condition channels at zero, so that each starts as that
+   prior's denoiser); ``--task-init scratch`` starts them at random.
 2. **Inputs.** ``--num`` held-out images drawn at random (seed fixed), degraded by the task
    (``tasks.degrade_images``) with its default options: ``sr4`` block means 8x8, ``uncrop`` one
    half, ``jpeg`` qualities 5-30, ``colorize`` luma; ``inpaint`` with ``--inpaint-mask``, by default
@@ -200,10 +202,12 @@ def task_minutes(args, task: str) -> float:
     return args.minutes.get(task, args.minutes["default"])
 
 
-def task_init(args, task: str, prior_id: dict | None) -> str | None:
-    """The checkpoint a task model starts from: the prior's (``--task-init prior``, MNIST tasks,
-    whose images the prior models), otherwise ``None`` (a random initialisation)."""
-    if args.task_init == "prior" and task in MNIST_TASKS and prior_id is not None:
+def task_init(args, task: str, prior_ids: dict) -> str | None:
+    """The checkpoint a task model starts from with ``--task-init prior``: the unconditional model
+    of the task's images (``prior_ids["mnist"]`` for the MNIST tasks, ``prior_ids["cifar"]`` for
+    ``colorize``); otherwise ``None`` (a random initialisation)."""
+    prior_id = prior_ids.get("cifar" if task == "colorize" else "mnist")
+    if args.task_init == "prior" and prior_id is not None:
         return prior_id["checkpoint"]
     return None
 
@@ -231,13 +235,39 @@ def prior_model(args, cache: Path) -> tuple[object, dict]:
         info = {"run": str(run_dir), "trained_here": True, "minutes": args.prior_minutes,
                 **trained_run(config, run_dir, args.prior_minutes, "prior")}
         denoiser = scorekit.load_denoiser(run_dir)
+    return denoiser, checked_prior(denoiser, info, (1, 32, 32), "--prior", "MNIST")
+
+
+def checked_prior(denoiser, info: dict, shape: tuple, flag: str, what: str) -> dict:
+    """``info`` with the prior's parameter count, checkpoint and diffusion settings, after checking
+    that it is an unconditional model of ``shape``."""
     ckpt = denoiser.checkpoint
-    if ckpt.task is not None or tuple(ckpt.sample_shape) != (1, 32, 32):
-        raise SystemExit(f"--prior must be an unconditional MNIST 32x32 run; {args.prior} has task {ckpt.task} and "
-                         f"sample shape {tuple(ckpt.sample_shape)}")
+    if ckpt.task is not None or tuple(ckpt.sample_shape) != shape:
+        raise SystemExit(f"{flag} must be an unconditional {what} {shape[1]}x{shape[2]} run; {info['run']} has task "
+                         f"{ckpt.task} and sample shape {tuple(ckpt.sample_shape)}")
     info.update(parameters=count_parameters(ckpt.ema_net), checkpoint=str(ckpt.path),
                 config={k: ckpt.config.get("train", {}).get(k) for k in ("process", "process_options", "prediction")})
-    return denoiser, info
+    return info
+
+
+def cifar_prior_model(args, cache: Path, data: TaskData) -> dict:
+    """The unconditional CIFAR-10 model ``colorize`` starts from: ``--cifar-prior`` or one trained
+    here on the task model's training images for ``--cifar-prior-minutes`` with the task models'
+    settings. Only its record is returned: no training-free method runs on CIFAR-10."""
+    if args.cifar_prior is not None:
+        info = {"run": str(args.cifar_prior), "trained_here": False}
+        budget = Path(args.cifar_prior) / "budget.json"
+        if budget.is_file():
+            saved = json.loads(budget.read_text(encoding="utf-8"))
+            info.update(minutes=saved.get("minutes"), **saved.get("training", {}))
+        run_dir = args.cifar_prior
+    else:
+        config = dataclasses.replace(diffusion_config(args), data=data.train_spec, data_options=dict(data.train_options),
+                                     seed=SEEDS["prior"])
+        run_dir = cache / f"image-tasks-cifar-prior-{args.cifar_prior_minutes:g}min"
+        info = {"run": str(run_dir), "trained_here": True, "minutes": args.cifar_prior_minutes,
+                **trained_run(config, run_dir, args.cifar_prior_minutes, "CIFAR-10 prior")}
+    return checked_prior(scorekit.load_denoiser(run_dir), info, (3, 32, 32), "--cifar-prior", "CIFAR-10")
 
 
 # --- restorations -------------------------------------------------------------------------------------------
@@ -351,11 +381,12 @@ def score(x: Tensor, truth: Tensor, degraded, degradation, data: TaskData, args)
 
 # --- one task -----------------------------------------------------------------------------------------------
 
-def run_task(task: str, args, data: TaskData, prior, prior_id: dict, cache: Path) -> tuple[dict, dict]:
+def run_task(task: str, args, data: TaskData, prior, prior_ids: dict, cache: Path) -> tuple[dict, dict]:
     """Train (or reuse) the task model, restore the inputs every way, score them. Returns the
     task's record and the images of the figure."""
     folder = cache / "image-tasks"
-    minutes, init_from = task_minutes(args, task), task_init(args, task, prior_id)
+    prior_id = prior_ids.get("mnist")
+    minutes, init_from = task_minutes(args, task), task_init(args, task, prior_ids)
     config = task_config(args, task, data, init_from)
     run_dir = cache / f"image-task-{task}-{minutes:g}min{'-from-prior' if init_from else ''}"
     training = {**trained_run(config, run_dir, minutes, f"{task} task model"), "minutes": minutes,
@@ -472,14 +503,17 @@ def fmt(m: dict | None, digits: int) -> str:
 def markdown(report: dict) -> str:
     s = report["settings"]
     lines = header_lines(report, "Image tasks: restorations against classical baselines")
-    p = report["prior"]
+    p, cp = report["prior"], report.get("cifar_prior")
     lines += [f"Task models: the `{s['model']}` U-Net with the condition's channels, DDPM linear schedule T = 1000, "
               f"eps-prediction, lr {s['lr']:g}, batch {s['batch_size']}, EMA {s['ema_decay']}; trained on one torch "
               f"thread for the minutes given per task below. Sampling: K = {s['samples']} DDIM samples per input, "
               f"eta = {s['task_eta']:g}, {s['task_steps']} steps, x0_pred clipped to [-1, 1].", "",
               f"Prior of the training-free methods: `{p['run']}`"
               + (f" ({p['steps']} steps in {p['train_seconds']:.0f} s)" if p.get("steps") else "")
-              + f", {p['parameters']:,} parameters.", "",
+              + f", {p['parameters']:,} parameters."
+              + ("" if not cp else f" Prior the colorize model starts from: `{cp['run']}`"
+                 + (f" ({cp['steps']} steps in {cp['train_seconds']:.0f} s)" if cp.get("steps") else "")
+                 + f", {cp['parameters']:,} parameters."), "",
               f"Training-free settings: ILVR, PiGDM, DPS {s['free_steps']} steps (ILVR DDPM; PiGDM and DPS DDIM "
               f"eta = {s['inverse_eta']:g}; DPS zeta = {s['dps_zeta']:g}); RePaint {s['repaint_steps']} steps, "
               f"r = {s['repaint_resamplings']}, j = {s['repaint_jump']}; SDEdit strength {s['sdedit_strength']:g}, "
@@ -546,18 +580,24 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="a pipeline check: 0.3 min per model, 8 inputs, 2 samples, 10 steps, 1-epoch feature "
                              "networks; outputs image_tasks-quick.* and its figures in --out")
-    parser.add_argument("--tasks", type=name_list(TASKS), default=["sr4", "inpaint", "jpeg", "colorize"],
+    parser.add_argument("--tasks", type=name_list(TASKS), default=list(TASKS),
                         help=f"comma-separated tasks from {', '.join(TASKS)}")
     parser.add_argument("--prior", type=Path, default=None,
                         help="run folder of an unconditional MNIST 32x32 model (default: train one)")
     parser.add_argument("--prior-minutes", type=float, default=None, help="budget of the prior trained here "
                         "(default --minutes)")
-    parser.add_argument("--minutes", type=minutes_spec, default=minutes_spec("8,colorize=20"),
+    parser.add_argument("--cifar-prior", type=Path, default=None,
+                        help="run folder of an unconditional CIFAR-10 32x32 model for colorize to start from "
+                             "(default: train one on colorize's training images)")
+    parser.add_argument("--cifar-prior-minutes", type=float, default=60.0,
+                        help="budget of the CIFAR-10 prior trained here")
+    parser.add_argument("--minutes", type=minutes_spec, default=minutes_spec("8,colorize=25"),
                         help="training budget of each task model in minutes: one number for every task, "
                              "then TASK=MINUTES for the exceptions")
     parser.add_argument("--task-init", choices=("prior", "scratch"), default="prior",
-                        help="start the MNIST task models from the prior's weights (TrainConfig.init_from; the "
-                             "condition channels at zero) or at random; colorize always starts at random")
+                        help="start each task model from the unconditional model of its images (TrainConfig."
+                             "init_from; the condition channels at zero): the MNIST prior, or the CIFAR-10 prior "
+                             "for colorize; or at random")
     parser.add_argument("--num", type=int, default=200, help="held-out inputs per task")
     parser.add_argument("--samples", type=int, default=4, help="K, task-model samples per input")
     parser.add_argument("--task-steps", type=int, default=50, help="DDIM steps of the task models")
@@ -597,6 +637,8 @@ def parse_args(argv=None):
         args.figures = args.out
     if args.prior_minutes is None:
         args.prior_minutes = args.minutes["default"]
+    if args.quick:
+        args.cifar_prior_minutes = args.minutes["default"]
     args.tag = args.tag or ("image_tasks-quick" if args.quick else "image_tasks")
     if args.num < 2 or args.samples < 1:
         parser.error("--num must be at least 2 and --samples at least 1")
@@ -618,7 +660,9 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         prior, prior_info = prior_model(args, cache)
         timings["prior"] = time.perf_counter() - t0
-    prior_id = None if prior is None else {"checkpoint": prior_info["checkpoint"], "steps": prior_info.get("steps")}
+    prior_ids, cifar_prior_info = {}, None
+    if prior is not None:
+        prior_ids["mnist"] = {"checkpoint": prior_info["checkpoint"], "steps": prior_info.get("steps")}
     datasets, records, figures = {}, [], {}
     args.figures.mkdir(parents=True, exist_ok=True)
     for task in args.tasks:
@@ -626,7 +670,12 @@ def main(argv=None) -> int:
         which = "cifar" if task == "colorize" else "mnist"
         if which not in datasets:
             datasets[which] = (cifar_data if which == "cifar" else mnist_data)(args, cache)
-        record, images = run_task(task, args, datasets[which], prior, prior_id, cache)
+        if task == "colorize" and args.task_init == "prior" and cifar_prior_info is None:
+            t1 = time.perf_counter()
+            cifar_prior_info = cifar_prior_model(args, cache, datasets[which])
+            prior_ids["cifar"] = {"checkpoint": cifar_prior_info["checkpoint"], "steps": cifar_prior_info.get("steps")}
+            timings["cifar prior"] = time.perf_counter() - t1
+        record, images = run_task(task, args, datasets[which], prior, prior_ids, cache)
         records.append(record)
         figures[task] = os.path.relpath(task_figure(task, images, figure_columns(task, images), args.figure_rows,
                                                     args.figures / f"task-{task}.png"), ROOT)
@@ -638,7 +687,8 @@ def main(argv=None) -> int:
               "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "machine": f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
                          f"torch {torch.__version__}; one torch thread",
-              "settings": settings, "prior": prior_info or {"run": "-", "parameters": 0}, "tasks": records,
+              "settings": settings, "prior": prior_info or {"run": "-", "parameters": 0},
+              **({"cifar_prior": cifar_prior_info} if cifar_prior_info else {}), "tasks": records,
               "load": load, "timings": timings, "figures": figures}
     write_report(out, args.tag, report, markdown(report))
     return 0
