@@ -177,3 +177,43 @@ def test_inverse_solver_with_a_mask_and_bad_solver_input(run, tmp_path, capsys):
         code, _, err = run_main(capsys, ["edit", run, *argv, "--out", out_dir, *FAST])
         assert_one_line_error(code, err, fragment)
         assert not out_dir.exists()
+
+
+def test_inversion_decodes_under_another_class_as_the_library_does(run, tmp_path, capsys):
+    """inversion: DDIM-inverted under --from-class (or the null label), decoded under --class,
+    the same numbers as scorekit.tasks.inversion_edit on the run's EMA denoiser; its bad input."""
+    import torch
+
+    from scorekit.tasks import inversion_edit
+    from scorekit.train.checkpoint import load_denoiser
+
+    inputs = _pngs(tmp_path / "in", 3, seed=6)
+    code, out, err = run_main(capsys, ["edit", run, "inversion", "--input", inputs, "--from-class", "1",
+                                       "--class", "7,8,9", "--out", tmp_path / "out", *FAST])
+    assert code == 0, err
+    assert "edited 3 image(s) with inversion" in out
+    saved = np.load(tmp_path / "out" / "edits.npz")
+    assert saved["edits"].shape == (3, 1, 8, 8)
+    D = load_denoiser(run).with_condition(torch.tensor([1, 1, 1]))
+    want = inversion_edit(D, torch.from_numpy(saved["input"]), target=torch.tensor([7, 8, 9]), num_steps=4)
+    torch.testing.assert_close(torch.from_numpy(saved["edits"]), want.float(), rtol=0, atol=1e-6)
+    # the default source: the null label of label dropout
+    code, _, err = run_main(capsys, ["edit", run, "inversion", "--input", inputs, "--class", "2",
+                                     "--out", tmp_path / "null", *FAST])
+    assert code == 0, err
+    D = load_denoiser(run).with_condition(torch.tensor([-1, -1, -1]))
+    want = inversion_edit(D, torch.from_numpy(saved["input"]), target=2, num_steps=4)
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "null" / "edits.npz")["edits"]), want.float(),
+                               rtol=0, atol=1e-6)
+    for extra, fragments in [([], ["inversion needs --class"]),
+                             (["--class", "2", "--num", "2"], ["inversion is deterministic"]),
+                             (["--class", "2", "--sampler", "ddpm"], ["decodes with ddim"]),
+                             (["--class", "2", "--from-class", "12"], ["--from-class 12 is outside 0..9"]),
+                             (["--strength", "0.3", "--class", "2"], ["inversion takes no --strength"])]:
+        code, _, err = run_main(capsys, ["edit", run, "inversion", "--input", inputs, *extra,
+                                         "--out", tmp_path / "bad", *FAST])
+        assert_one_line_error(code, err, *fragments)
+        assert not os.path.exists(tmp_path / "bad" / "edits.npz")
+    code, _, err = run_main(capsys, ["edit", run, "sdedit", "--input", inputs, "--from-class", "1",
+                                     "--out", tmp_path / "bad", *FAST])
+    assert_one_line_error(code, err, "sdedit takes no --from-class (for inversion)")

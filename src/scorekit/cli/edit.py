@@ -1,5 +1,5 @@
 """``scorekit edit``: training-free editing with a trained model (:mod:`scorekit.tasks`: SDEdit,
-ILVR, RePaint, interpolation) and linear inverse problems with it as the prior
+ILVR, RePaint, interpolation, inversion editing) and linear inverse problems with it as the prior
 (:mod:`scorekit.tasks.inverse`: DPS, PiGDM, moment matching, projection)."""
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import textwrap
 from ..errors import ScorekitError
 from ._common import PROG, Formatter, add_run_flags, int_in, unit_interval
 
-#: the editing methods the command offers (inversion editing needs two conditions: the library has it)
-EDITS = ("sdedit", "ilvr", "repaint", "interpolate")
+#: the editing methods the command offers
+EDITS = ("sdedit", "ilvr", "repaint", "interpolate", "inversion")
+#: the deterministic ones: DDIM and its inversion, one output per input
+DDIM_EDITS = ("interpolate", "inversion")
 #: the inverse-problem solvers it offers (scorekit.tasks.inverse.INVERSE_METHODS)
 SOLVERS = ("dps", "pigdm", "moment_matching", "projection")
 METHODS = EDITS + SOLVERS
@@ -23,7 +25,8 @@ OPERATOR_NAMES = ("downsample", "mask", "greyscale")
 METHOD_FLAGS = {"strength": ("--strength", ("sdedit",)), "factor": ("--factor", ("ilvr",) + SOLVERS),
                 "mask": ("--mask", ("repaint",) + SOLVERS), "resamplings": ("--resamplings", ("repaint",)),
                 "jump_length": ("--jump-length", ("repaint",)), "other": ("--with", ("interpolate",)),
-                "frames": ("--frames", ("interpolate",)), "operator": ("--operator", SOLVERS),
+                "frames": ("--frames", ("interpolate",)), "source": ("--from-class", ("inversion",)),
+                "operator": ("--operator", SOLVERS),
                 "sigma_y": ("--sigma-y", SOLVERS), "zeta": ("--zeta", ("dps",))}
 
 
@@ -32,7 +35,8 @@ def add(commands) -> None:
 
     p = commands.add_parser(
         "edit", formatter_class=Formatter,
-        help="edit images with a trained model, no training: SDEdit, ILVR, RePaint, interpolation",
+        help="edit images with a trained model, no training: SDEdit, ILVR, RePaint, interpolation, "
+             "inversion editing, inverse problems",
         description=textwrap.dedent("""\
             Edit the images of --input (an image file, a folder of them, or an .npz) with the model
             of a run folder or checkpoint folder by METHOD, training nothing (see docs/tasks.md):
@@ -42,6 +46,9 @@ def add(commands) -> None:
               repaint      fill the pixels where --mask is black, keep the white ones
               interpolate  --frames images between each input and its --with partner, through
                            their DDIM latents
+              inversion    (a class-conditional model) invert each input with DDIM under
+                           --from-class, or the null label, and decode the latent under --class:
+                           the same layout, another class
 
             and, with the model as the prior of a linear inverse problem y = A x + noise, where
             --input holds the measurements y and --operator names A:
@@ -65,6 +72,7 @@ def add(commands) -> None:
               {PROG} edit runs/mnist ilvr --input digit.png --factor 8 --num 8 --out ilvr
               {PROG} edit runs/mnist repaint --input digits.npz --mask top-half.png --out filled
               {PROG} edit runs/mnist interpolate --input a.png --with b.png --frames 7 --out morph
+              {PROG} edit runs/mnist inversion --input threes/ --from-class 3 --class 8 --out to-eight
               {PROG} edit runs/mnist dps --operator downsample --factor 4 --input low-res/ --num 4 --out sr
               {PROG} edit runs/mnist pigdm --operator mask --mask known.png --input digits.npz --out filled
             """))
@@ -100,6 +108,10 @@ def add(commands) -> None:
                    help="interpolate: the other end of each input's interpolation (as many images)")
     g.add_argument("--frames", metavar="K", type=int_in(2, 1000, "--frames"),
                    help="interpolate: images from the input to its partner, both included (default 5)")
+    g.add_argument("--from-class", dest="source", metavar="K[,K...]",
+                   help="inversion: the class(es) the inputs are inverted under, in turn (default: the null "
+                        "label, for a model trained with label dropout); --class gives the classes to decode "
+                        "under")
     p.add_argument("--out", metavar="DIR", required=True, help="the folder to write (created if missing)")
     add_sampling_flags(p, default_num=1)
     p.set_defaults(sampler=None)                        # each method's own default (ddpm; ddim to interpolate)
@@ -138,9 +150,13 @@ def _method_options(args: argparse.Namespace, shape: tuple) -> dict:
         raise ScorekitError("interpolate needs --with IMG|FOLDER|NPZ (the other end)")
     if args.method == "interpolate" and args.num != 1:
         raise ScorekitError("interpolate is deterministic: give --frames K instead of --num")
+    if args.method == "inversion" and args.num != 1:
+        raise ScorekitError("inversion is deterministic: one edit per input; drop --num")
+    if args.method == "inversion" and args.label is None:
+        raise ScorekitError("inversion needs --class K[,K...], the class(es) to decode each input under")
     if args.method in SOLVERS:
         return _solver_options(args, given, shape)
-    options = {k: v for k, v in given.items() if k not in ("mask", "other", "frames")}
+    options = {k: v for k, v in given.items() if k not in ("mask", "other", "frames", "source")}
     if "mask" in given:
         options["mask"] = _read_mask(args.mask, shape)
     if args.method == "interpolate":
@@ -200,9 +216,9 @@ def run(args: argparse.Namespace) -> int:
         raise ScorekitError(f"--out {args.out!r} is a file; give a folder")
     if args.unconditional and args.label is not None:
         raise ScorekitError("give either --class or --unconditional, not both")
-    args.sampler = args.sampler or ("ddim" if args.method == "interpolate" else "ddpm")
-    if args.method == "interpolate" and args.sampler != "ddim":
-        raise ScorekitError("interpolate decodes with ddim (the inverse of its inversion); drop --sampler")
+    args.sampler = args.sampler or ("ddim" if args.method in DDIM_EDITS else "ddpm")
+    if args.method in DDIM_EDITS and args.sampler != "ddim":
+        raise ScorekitError(f"{args.method} decodes with ddim (the inverse of its inversion); drop --sampler")
     if args.spacing == "tuned":
         raise ScorekitError("--spacing tuned takes the grid 'scorekit tune' saved for sampling from t_max; "
                             "edits run their own grids: give another --spacing")
@@ -229,11 +245,13 @@ def run(args: argparse.Namespace) -> int:
         options["spacing"] = args.spacing
         if args.method in SOLVERS:
             options.update(sampler=args.sampler, sampler_options=sampler_options)
-        elif args.method != "interpolate":
+        elif args.method not in DDIM_EDITS:
             options.update(sampler=args.sampler, sampler_options=sampler_options)
         D = guided(denoiser, clip=args.clip, **_guidance(args, device))
-        labels = None
-        if ckpt.num_classes is not None:
+        labels, targets = None, None
+        if args.method == "inversion":
+            labels, targets = _inversion_labels(args, ckpt)
+        elif ckpt.num_classes is not None:
             if args.label is not None:
                 classes = _class_labels(args.label, ckpt.num_classes, ckpt.config.get("class_names"))
                 labels = torch.tensor(classes, dtype=torch.long)
@@ -251,8 +269,10 @@ def run(args: argparse.Namespace) -> int:
             batch_options = {k: (v[lo:hi].to(device) if k == "other" else v) for k, v in options.items()}
             if "mask" in batch_options:
                 batch_options["mask"] = batch_options["mask"].to(device)
-            if args.method != "interpolate":
+            if args.method not in DDIM_EDITS:
                 batch_options["generator"] = generator
+            if targets is not None:
+                batch_options["target"] = targets[torch.arange(lo, hi) % targets.numel()].to(device)
             bound = D if labels is None else D.with_condition(
                 labels[torch.arange(lo, hi) % labels.numel()].to(device))
             if args.method in SOLVERS:
@@ -265,6 +285,29 @@ def run(args: argparse.Namespace) -> int:
     if not torch.isfinite(out).all():
         print(f"{PROG} edit: warning: some edits hold NaN or Inf values", file=sys.stderr)
     return _write(args, x, out, options)
+
+
+def _inversion_labels(args: argparse.Namespace, ckpt):
+    """``(source, target)`` label tensors of inversion editing: ``--from-class`` (or the null
+    label) and ``--class``, each used in turn over the inputs."""
+    import torch
+
+    from ..conditioning import NULL_LABEL
+    from .sample import _class_labels
+
+    if ckpt.num_classes is None:
+        raise ScorekitError("inversion changes the class an image is decoded under; this model was trained "
+                            "without labels (train with --data-option labels or a labelled data set)")
+    names = ckpt.config.get("class_names")
+    targets = torch.tensor(_class_labels(args.label, ckpt.num_classes, names), dtype=torch.long)
+    if args.source is not None:
+        return torch.tensor(_class_labels(args.source, ckpt.num_classes, names, "--from-class"),
+                            dtype=torch.long), targets
+    dropout = ckpt.config.get("label_dropout")                  # as trained (the default resolved)
+    if dropout is not None and not dropout > 0:
+        raise ScorekitError("this model was trained with --label-dropout 0, so it has no unconditional mode to "
+                            "invert under; give --from-class K, the inputs' class")
+    return torch.tensor([NULL_LABEL]), targets
 
 
 def _solve(method: str, denoiser, y, options: dict):

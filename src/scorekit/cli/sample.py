@@ -170,9 +170,9 @@ def _analytic_variances(args: argparse.Namespace, ckpt, timesteps, device, class
                               progress=not args.no_progress)
 
 
-def _class_labels(text: str, num_classes: int, class_names) -> list[int]:
-    """The labels ``--class`` names: comma-separated numbers ``0 .. num_classes-1`` or names of
-    ``class_names`` (the run's, e.g. an image folder's sub-folders)."""
+def _class_labels(text: str, num_classes: int, class_names, flag: str = "--class") -> list[int]:
+    """The labels ``flag`` (``--class``) names: comma-separated numbers ``0 .. num_classes-1`` or
+    names of ``class_names`` (the run's, e.g. an image folder's sub-folders)."""
     names = list(class_names or [])
     listing = (", ".join(f"{i} {n}" for i, n in enumerate(names)) if names else
                f"0 to {num_classes - 1} (this run stores no class names)")
@@ -185,9 +185,9 @@ def _class_labels(text: str, num_classes: int, class_names) -> list[int]:
         try:
             k = int(part)
         except ValueError:
-            raise ScorekitError(f"--class {part!r} is not a class of this model; its classes are: {listing}") from None
+            raise ScorekitError(f"{flag} {part!r} is not a class of this model; its classes are: {listing}") from None
         if not 0 <= k < num_classes:
-            raise ScorekitError(f"--class {k} is outside 0..{num_classes - 1}; the model's classes are: {listing}")
+            raise ScorekitError(f"{flag} {k} is outside 0..{num_classes - 1}; the model's classes are: {listing}")
         labels.append(k)
     return labels
 
