@@ -222,52 +222,50 @@ def task_config(args, task: str, data: TaskData, init_from: str | None = None):
 
 def prior_model(args, cache: Path) -> tuple[object, dict]:
     """The unconditional MNIST prior: ``--prior`` or one trained for ``--prior-minutes``."""
-    if args.prior is not None:
-        denoiser = scorekit.load_denoiser(args.prior)
-        info = {"run": str(args.prior), "trained_here": False}
-        budget = Path(args.prior) / "budget.json"
-        if budget.is_file():
-            saved = json.loads(budget.read_text(encoding="utf-8"))
-            info.update(minutes=saved.get("minutes"), **saved.get("training", {}))
-    else:
-        config = dataclasses.replace(diffusion_config(args), seed=SEEDS["prior"])
-        run_dir = cache / f"image-tasks-prior-{args.prior_minutes:g}min"
-        info = {"run": str(run_dir), "trained_here": True, "minutes": args.prior_minutes,
-                **trained_run(config, run_dir, args.prior_minutes, "prior")}
-        denoiser = scorekit.load_denoiser(run_dir)
-    return denoiser, checked_prior(denoiser, info, (1, 32, 32), "--prior", "MNIST")
-
-
-def checked_prior(denoiser, info: dict, shape: tuple, flag: str, what: str) -> dict:
-    """``info`` with the prior's parameter count, checkpoint and diffusion settings, after checking
-    that it is an unconditional model of ``shape``."""
-    ckpt = denoiser.checkpoint
-    if ckpt.task is not None or tuple(ckpt.sample_shape) != shape:
-        raise SystemExit(f"{flag} must be an unconditional {what} {shape[1]}x{shape[2]} run; {info['run']} has task "
-                         f"{ckpt.task} and sample shape {tuple(ckpt.sample_shape)}")
-    info.update(parameters=count_parameters(ckpt.ema_net), checkpoint=str(ckpt.path),
-                config={k: ckpt.config.get("train", {}).get(k) for k in ("process", "process_options", "prediction")})
-    return info
+    config = dataclasses.replace(diffusion_config(args), seed=SEEDS["prior"])
+    return unconditional_run(args.prior, config, cache / f"image-tasks-prior-{args.prior_minutes:g}min",
+                             args.prior_minutes, (1, 32, 32), "--prior", "MNIST")
 
 
 def cifar_prior_model(args, cache: Path, data: TaskData) -> dict:
     """The unconditional CIFAR-10 model ``colorize`` starts from: ``--cifar-prior`` or one trained
     here on the task model's training images for ``--cifar-prior-minutes`` with the task models'
     settings. Only its record is returned: no training-free method runs on CIFAR-10."""
-    if args.cifar_prior is not None:
-        info = {"run": str(args.cifar_prior), "trained_here": False}
-        budget = Path(args.cifar_prior) / "budget.json"
+    config = dataclasses.replace(diffusion_config(args), data=data.train_spec, data_options=dict(data.train_options),
+                                 seed=SEEDS["prior"])
+    return unconditional_run(args.cifar_prior, config,
+                             cache / f"image-tasks-cifar-prior-{args.cifar_prior_minutes:g}min",
+                             args.cifar_prior_minutes, (3, 32, 32), "--cifar-prior", "CIFAR-10")[1]
+
+
+def unconditional_run(given: Path | None, config, run_dir: Path, minutes: float, shape: tuple, flag: str,
+                      what: str) -> tuple[object, dict]:
+    """The denoiser of an unconditional run and its record: the run ``given`` (the value of
+    ``flag``; its ``budget.json``, if any, says how it was trained), otherwise ``config`` trained
+    (or reused) in ``run_dir`` for ``minutes`` (``guidance.trained_run``). Refused unless it is an
+    unconditional model of ``shape``."""
+    if given is not None:
+        run_dir, info = Path(given), {"run": str(given), "trained_here": False}
+        budget = run_dir / "budget.json"
         if budget.is_file():
             saved = json.loads(budget.read_text(encoding="utf-8"))
             info.update(minutes=saved.get("minutes"), **saved.get("training", {}))
-        run_dir = args.cifar_prior
     else:
-        config = dataclasses.replace(diffusion_config(args), data=data.train_spec, data_options=dict(data.train_options),
-                                     seed=SEEDS["prior"])
-        run_dir = cache / f"image-tasks-cifar-prior-{args.cifar_prior_minutes:g}min"
-        info = {"run": str(run_dir), "trained_here": True, "minutes": args.cifar_prior_minutes,
-                **trained_run(config, run_dir, args.cifar_prior_minutes, "CIFAR-10 prior")}
-    return checked_prior(scorekit.load_denoiser(run_dir), info, (3, 32, 32), "--cifar-prior", "CIFAR-10")
+        info = {"run": str(run_dir), "trained_here": True, "minutes": minutes,
+                **trained_run(config, run_dir, minutes, f"{what} prior")}
+    denoiser = scorekit.load_denoiser(run_dir)
+    ckpt = denoiser.checkpoint
+    if ckpt.task is not None or tuple(ckpt.sample_shape) != shape:
+        raise SystemExit(f"{flag} must be an unconditional {what} {shape[1]}x{shape[2]} run; {info['run']} has task "
+                         f"{ckpt.task} and sample shape {tuple(ckpt.sample_shape)}")
+    info.update(parameters=count_parameters(ckpt.ema_net), checkpoint=str(ckpt.path),
+                config={k: ckpt.config.get("train", {}).get(k) for k in ("process", "process_options", "prediction")})
+    return denoiser, info
+
+
+def prior_id(info: dict) -> dict:
+    """What a cached restoration or task model keys a prior on: its checkpoint and steps."""
+    return {"checkpoint": info["checkpoint"], "steps": info.get("steps")}
 
 
 # --- restorations -------------------------------------------------------------------------------------------
@@ -632,13 +630,12 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.minutes, args.num, args.samples, args.task_steps = {"default": 0.3}, 8, 2, 10
+        args.cifar_prior_minutes = args.minutes["default"]
         args.free_steps, args.repaint_steps, args.repaint_resamplings, args.repaint_jump = 10, 10, 2, 2
         args.sdedit_steps, args.fid_bootstrap, args.feature_epochs, args.figure_rows = 10, 2, 1, 4
         args.figures = args.out
     if args.prior_minutes is None:
         args.prior_minutes = args.minutes["default"]
-    if args.quick:
-        args.cifar_prior_minutes = args.minutes["default"]
     args.tag = args.tag or ("image_tasks-quick" if args.quick else "image_tasks")
     if args.num < 2 or args.samples < 1:
         parser.error("--num must be at least 2 and --samples at least 1")
@@ -660,9 +657,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         prior, prior_info = prior_model(args, cache)
         timings["prior"] = time.perf_counter() - t0
-    prior_ids, cifar_prior_info = {}, None
-    if prior is not None:
-        prior_ids["mnist"] = {"checkpoint": prior_info["checkpoint"], "steps": prior_info.get("steps")}
+    prior_ids, cifar_prior_info = ({} if prior is None else {"mnist": prior_id(prior_info)}), None
     datasets, records, figures = {}, [], {}
     args.figures.mkdir(parents=True, exist_ok=True)
     for task in args.tasks:
@@ -673,7 +668,7 @@ def main(argv=None) -> int:
         if task == "colorize" and args.task_init == "prior" and cifar_prior_info is None:
             t1 = time.perf_counter()
             cifar_prior_info = cifar_prior_model(args, cache, datasets[which])
-            prior_ids["cifar"] = {"checkpoint": cifar_prior_info["checkpoint"], "steps": cifar_prior_info.get("steps")}
+            prior_ids["cifar"] = prior_id(cifar_prior_info)
             timings["cifar prior"] = time.perf_counter() - t1
         record, images = run_task(task, args, datasets[which], prior, prior_ids, cache)
         records.append(record)
