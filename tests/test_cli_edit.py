@@ -217,3 +217,17 @@ def test_inversion_decodes_under_another_class_as_the_library_does(run, tmp_path
     code, _, err = run_main(capsys, ["edit", run, "sdedit", "--input", inputs, "--from-class", "1",
                                      "--out", tmp_path / "bad", *FAST])
     assert_one_line_error(code, err, "sdedit takes no --from-class (for inversion)")
+
+
+def test_inversion_refuses_a_model_without_labels(tmp_path, capsys):
+    x = np.random.RandomState(7).randint(0, 256, (16, 1, 8, 8)).astype(np.uint8)
+    np.savez(tmp_path / "x.npz", x=x)
+    argv = ["train", *IMAGES, "--out", str(tmp_path / "run")]
+    argv[argv.index("digits")] = f"npz:{tmp_path / 'x.npz'}"
+    argv[argv.index("stop=64")] = "stop=16"
+    code, _, err = run_main(capsys, argv)
+    assert code == 0, err
+    code, _, err = run_main(capsys, ["edit", tmp_path / "run", "inversion", "--input", tmp_path / "x.npz",
+                                     "--class", "1", "--out", tmp_path / "out", *FAST])
+    assert_one_line_error(code, err, "trained without labels", "labelled data")
+    assert not os.path.exists(tmp_path / "out" / "edits.npz")

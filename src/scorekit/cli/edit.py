@@ -296,8 +296,8 @@ def _inversion_labels(args: argparse.Namespace, ckpt):
     from .sample import _class_labels
 
     if ckpt.num_classes is None:
-        raise ScorekitError("inversion changes the class an image is decoded under; this model was trained "
-                            "without labels (train with --data-option labels or a labelled data set)")
+        raise ScorekitError("inversion changes the class an image is decoded under, but this model was trained "
+                            "without labels; give a run trained on labelled data")
     names = ckpt.config.get("class_names")
     targets = torch.tensor(_class_labels(args.label, ckpt.num_classes, names), dtype=torch.long)
     if args.source is not None:
