@@ -449,6 +449,54 @@ def test_importance_sampling_is_unbiased_and_concentrates():
     torch.testing.assert_close(w, 1 / (K * sampler.probabilities()[t]))
 
 
+def _sequential_update(hist, counts, t, losses, first):
+    """The importance sampler's update one loss at a time, as Nichol & Dhariwal keep it: a full
+    row forgets its oldest entry and appends the new one."""
+    hist, counts = hist.clone(), counts.clone()
+    H = hist.shape[1]
+    for k, loss in zip((t - first).tolist(), losses.tolist()):
+        c = int(counts[k])
+        if c == H:
+            hist[k, :-1] = hist[k, 1:].clone()
+            hist[k, -1] = loss
+        else:
+            hist[k, c] = loss
+            counts[k] = c + 1
+    return hist, counts
+
+
+@pytest.mark.parametrize("history", [1, 3, 10])
+def test_importance_sampler_update_equals_one_loss_at_a_time(history):
+    """The vectorised update (no loop over samples, so that a GPU never waits) leaves exactly the
+    history of the sequential rule: batches with repeated steps, a step seen more often in one
+    batch than it remembers, rows partly and fully warm, empty batches."""
+    process = DDPM(num_steps=12)
+    sampler = ImportanceTimesteps(process, history=history)
+    hist, counts = sampler.loss_history.clone(), sampler.loss_counts.clone()
+    g = gen(11)
+    for n in [5, 0, 1, 40, 7, 64, 3, 25]:
+        low = 0 if n != 40 else 8                              # a batch crowded onto steps 8..11
+        t = torch.randint(low, 12, (n,), generator=g)
+        losses = torch.rand(n, generator=g, dtype=torch.float32) * 3
+        sampler.update(t, losses)
+        hist, counts = _sequential_update(hist, counts, t, losses.double(), first=0)
+        assert torch.equal(sampler.loss_history, hist) and torch.equal(sampler.loss_counts, counts)
+    assert sampler.warmed_up() == bool((counts == history).all())
+
+
+def test_importance_probabilities_fall_back_to_uniform_on_a_non_finite_history():
+    """Off the CPU update() does not stop to check the losses; a non-finite entry must then give
+    uniform draws (the trainer stops at its next check), never NaN probabilities."""
+    K = 6
+    sampler = ImportanceTimesteps(DDPM(num_steps=K), history=1)
+    sampler.update(torch.arange(K), torch.linspace(1, 2, K, dtype=F64))
+    assert sampler.probabilities()[-1] > sampler.probabilities()[0]
+    sampler.loss_history[2, 0] = float("nan")
+    torch.testing.assert_close(sampler.probabilities(), torch.full((K,), 1 / K, dtype=F64))
+    t, w = sampler.sample(50, gen(1))
+    assert torch.all(w == 1.0) and t.min() >= 0 and t.max() < K
+
+
 def test_importance_sampler_state_resumes_exactly():
     process = DDPM(num_steps=30)
     a = ImportanceTimesteps(process, history=3)

@@ -108,6 +108,23 @@ def test_a_task_run_records_its_task_and_resumes_bit_for_bit(tmp_path):
         train(task_config(task="sr2", task_options={}, steps=8), stopped, progress=False, resume=True)
 
 
+def test_a_task_run_makes_its_conditions_on_the_host():
+    """A task's degradation runs where it costs the GPU no wait: the objective says so, and a GPU
+    run then keeps the data in host memory ("pinned") whatever their size."""
+    from scorekit.data import load_dataset
+    from scorekit.train.trainer import place_data
+
+    data = load_dataset("digits", stop=64)
+    args = dict(process=DDPM(num_steps=10), dataset=data, timestep_sampler=None)
+    task = DiffusionObjective(task_config(task="sr2", task_options={}).validate(),
+                              net_config={"kind": "unet", "cond_channels": 2}, **args)
+    plain = DiffusionObjective(task_config(task=None, task_options={}, cond_dropout=0.0).validate(),
+                               net_config={"kind": "unet"}, **args)
+    assert task.conditions_on_host and not plain.conditions_on_host
+    x, y, placement = place_data(data, torch.device("cuda"), host=True)   # decided without a GPU
+    assert placement == "pinned" and x is data.x and y is data.y
+
+
 def test_the_condition_is_drawn_from_the_degrade_generator_with_dropout():
     from scorekit.data import load_dataset
 

@@ -661,7 +661,8 @@ DDP_CHILD = textwrap.dedent("""\
         result = train(TrainConfig(data="moons", data_options={"n": 256}, model="mlp",
                                    model_options={"hidden": 16, "depth": 1}, steps=int(sys.argv[2]),
                                    batch_size=16, grad_accum=2, checkpoint_every=int(sys.argv[3]),
-                                   log_every=1, sample_num=32, sample_steps=3), sys.argv[1], progress=False)
+                                   log_every=1, sample_num=32, sample_steps=3), sys.argv[1], progress=False,
+                       max_seconds=float(sys.argv[4]) if len(sys.argv) > 4 else None)
     except TrainingInterrupted as stop:
         print("STOPPED", stop.signal_name, stop.step, flush=True)
         sys.exit(stop.exit_status)
@@ -669,13 +670,13 @@ DDP_CHILD = textwrap.dedent("""\
     """)
 
 
-def torchrun_command(tmp_path, run, steps, checkpoint_every, port):
+def torchrun_command(tmp_path, run, steps, checkpoint_every, port, max_seconds=None):
     """Two CPU processes training DDP_CHILD's run into ``run``."""
     script = tmp_path / "ddp.py"
     script.write_text(DDP_CHILD)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     return [torchrun, "--nproc_per_node=2", f"--master_port={port}", str(script), run, str(steps),
-            str(checkpoint_every)]
+            str(checkpoint_every), *([] if max_seconds is None else [str(max_seconds)])]
 
 
 @pytest.mark.skipif(not os.environ.get("SCOREKIT_TEST_DDP"),
@@ -695,6 +696,21 @@ def test_torchrun_two_processes_train_one_model(tmp_path):
     assert {"rng.noise.rank0", "rng.noise.rank1", "rng.torch.rank1"} <= set(trainer_tensors)
     assert not torch.equal(trainer_tensors["rng.noise.rank0"], trainer_tensors["rng.noise.rank1"])
     assert [r["step"] for r in read_metrics(os.path.join(run, "metrics.jsonl"))] == [1, 2, 3, 4]
+
+
+@pytest.mark.skipif(not os.environ.get("SCOREKIT_TEST_DDP"),
+                    reason="starts two torchrun processes; set SCOREKIT_TEST_DDP=1 to run")
+def test_torchrun_processes_stop_together_at_the_time_limit(tmp_path):
+    """Each process measures its own training time, yet both stop after the same step (a process
+    that stopped alone would leave the other waiting in its gradient all-reduce for ever)."""
+    run = str(tmp_path / "run")
+    proc = subprocess.run(torchrun_command(tmp_path, run, 10 ** 6, 10 ** 6, 29549, max_seconds=2.0),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = sorted(line.split() for line in proc.stdout.splitlines() if line.startswith("RANK"))
+    assert [l[1] for l in lines] == ["0", "1"] and lines[0][2:] == lines[1][2:]
+    step = int(lines[0][2])
+    assert 0 < step < 10 ** 6 and load_checkpoint(run).step == step
 
 
 @pytest.mark.skipif(not os.environ.get("SCOREKIT_TEST_DDP"),

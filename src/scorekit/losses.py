@@ -214,51 +214,76 @@ class ImportanceTimesteps:
         return bool(torch.all(self.loss_counts == self.history))
 
     def probabilities(self) -> Tensor:
-        """(K,) float64 ``p_t`` for the steps ``t_min .. t_max``."""
+        """(K,) float64 ``p_t`` for the steps ``t_min .. t_max``, on the device of the history.
+
+        Uniform until every step has a full history, and also while the history holds a non-finite
+        loss (possible only on a GPU, where :meth:`update` does not stop to check; the trainer then
+        stops at its next check of the loss). Computed without waiting for the device."""
         K = self.num_steps
-        if not self.warmed_up():
-            return torch.full((K,), 1.0 / K, dtype=_F64)
         w = torch.sqrt(torch.mean(self.loss_history ** 2, dim=1))
         total = w.sum()
-        if not total > 0:
-            return torch.full((K,), 1.0 / K, dtype=_F64)
-        return (1 - self.uniform_prob) * w / total + self.uniform_prob / K
+        usable = torch.all(self.loss_counts == self.history) & torch.isfinite(total) & (total > 0)
+        p = (1 - self.uniform_prob) * w / torch.where(usable, total, 1.0) + self.uniform_prob / K
+        return torch.where(usable, p, torch.full_like(p, 1.0 / K))
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """``(t, weight)``: ``n`` steps ``t ~ p`` (``torch.long``) and ``weight = 1 / (K p_t)`` (float64)."""
+        """``(t, weight)``: ``n`` steps ``t ~ p`` (``torch.long``) and ``weight = 1 / (K p_t)`` (float64),
+        on the generator's device."""
         n = _check_n(n)
         _check_generator(generator)
-        p = self.probabilities()
-        index = torch.multinomial(p.to(generator.device), n, replacement=True, generator=generator)
-        weight = 1.0 / (self.num_steps * p.to(generator.device)[index])
+        p = self.probabilities().to(generator.device)
+        index = torch.multinomial(p, n, replacement=True, generator=generator)
+        weight = 1.0 / (self.num_steps * p[index])
         return index + self.first, weight
 
     def update(self, t: Tensor, losses: Tensor) -> None:
-        """Record the losses ``L_t`` just observed at steps ``t`` (oldest forgotten first)."""
-        t = torch.as_tensor(t).detach().reshape(-1).cpu()
-        losses = torch.as_tensor(losses).detach().reshape(-1).to("cpu", _F64)
+        """Record the losses ``L_t`` just observed at steps ``t`` (oldest forgotten first, and in the
+        order given among equal steps).
+
+        The history moves to the device of ``losses`` and is updated there in a fixed number of
+        tensor operations, with no Python loop over the samples and, off the CPU, no wait for the
+        device: each step's row becomes the last ``history`` entries of its old entries followed by
+        its new ones. On the CPU ``t`` and ``losses`` are also checked (finite, within range)."""
+        losses = torch.as_tensor(losses).detach().reshape(-1)
+        device = losses.device
+        losses = losses.to(_F64)
+        t = torch.as_tensor(t).detach().reshape(-1).to(device)
         if t.numel() != losses.numel():
             raise ScorekitError(f"update needs one loss per time: got {t.numel()} times and "
                                 f"{losses.numel()} losses")
-        if not torch.all(torch.isfinite(losses)):
-            raise ScorekitError("update got non-finite losses (NaN or inf); the training step diverged "
-                                "— lower the learning rate or check the data")
         index = torch.round(t.to(_F64)).long() - self.first
-        if t.numel() and (index.min() < 0 or index.max() >= self.num_steps):
-            raise ScorekitError(f"update got times outside the training steps {self.first} .. "
-                                f"{self.first + self.num_steps - 1}")
-        for k, loss in zip(index.tolist(), losses.tolist()):
-            c = int(self.loss_counts[k])
-            if c == self.history:
-                self.loss_history[k, :-1] = self.loss_history[k, 1:].clone()
-                self.loss_history[k, -1] = loss
-            else:
-                self.loss_history[k, c] = loss
-                self.loss_counts[k] = c + 1
+        if device.type == "cpu":
+            if not torch.all(torch.isfinite(losses)):
+                raise ScorekitError("update got non-finite losses (NaN or inf); the training step diverged "
+                                    "— lower the learning rate or check the data")
+            if t.numel() and (index.min() < 0 or index.max() >= self.num_steps):
+                raise ScorekitError(f"update got times outside the training steps {self.first} .. "
+                                    f"{self.first + self.num_steps - 1}")
+        if self.loss_history.device != device:
+            self.loss_history, self.loss_counts = self.loss_history.to(device), self.loss_counts.to(device)
+        if not t.numel():
+            return
+        H, K = self.history, self.num_steps
+        sorted_index, order = torch.sort(index, stable=True)        # new losses grouped by step, in order
+        sorted_losses = losses[order]
+        steps = torch.arange(K, device=device)
+        start = torch.searchsorted(sorted_index, steps)              # each step's first new loss
+        new_count = torch.searchsorted(sorted_index, steps, right=True) - start
+        old_count = self.loss_counts
+        total = old_count + new_count                                # entries of old + new, per step
+        slot = torch.arange(H, device=device)
+        e = (total - H).clamp(min=0)[:, None] + slot[None, :]        # the entry each slot receives
+        from_old = e < old_count[:, None]
+        old_value = torch.gather(self.loss_history, 1, e.clamp(max=H - 1))
+        new_value = sorted_losses[(start[:, None] + e - old_count[:, None]).clamp(0, losses.numel() - 1)]
+        value = torch.where(from_old, old_value, new_value)
+        self.loss_history = torch.where(slot[None, :] < total[:, None], value, self.loss_history)
+        self.loss_counts = total.clamp(max=H)
 
     def state_dict(self) -> dict:
-        """Tensors only: ``loss_history`` (K, history) float64 and ``loss_counts`` (K,) long."""
-        return {"loss_history": self.loss_history.clone(), "loss_counts": self.loss_counts.clone()}
+        """Tensors only, on the CPU: ``loss_history`` (K, history) float64 and ``loss_counts`` (K,) long."""
+        return {"loss_history": self.loss_history.detach().cpu().clone(),
+                "loss_counts": self.loss_counts.detach().cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
         try:
@@ -271,8 +296,8 @@ class ImportanceTimesteps:
                 f"ImportanceTimesteps state has shapes {tuple(hist.shape)}, {tuple(counts.shape)} but this "
                 f"sampler expects {tuple(self.loss_history.shape)}, {tuple(self.loss_counts.shape)} "
                 "(same process and history)")
-        self.loss_history = hist.clone()
-        self.loss_counts = counts.clone()
+        self.loss_history = hist.to(self.loss_history.device, copy=True)
+        self.loss_counts = counts.to(self.loss_counts.device, copy=True)
 
 
 class LogNormalTimesteps:

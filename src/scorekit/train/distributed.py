@@ -9,7 +9,11 @@ context of world size 1 and nothing is wrapped. The trainer never branches on an
 How the work is split: every rank draws the *same* global batch -- the data order, flips and
 label dropout come from generators seeded identically on every rank -- and trains on its own
 contiguous block of ``batch_size / world_size`` samples; ``DistributedDataParallel`` averages
-the gradients. Timesteps, noise and dropout masks come from generators seeded per rank (and
+the gradients.
+
+Decisions the processes take together once per step (a stop signal, a time limit) are agreed on
+through a CPU process group (``gloo``, made beside ``nccl`` on GPUs): a collective over a CPU
+tensor waits for the other processes, not for the GPU, so the device keeps its queue of work. Timesteps, noise and dropout masks come from generators seeded per rank (and
 saved per rank in checkpoints), so ranks do not repeat each other's noise. Only rank 0 writes
 files.
 """
@@ -34,6 +38,7 @@ class DistributedContext:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     initialized_here: bool = False
+    control_group: object = None        # the CPU (gloo) group of :meth:`agree`; None: the default group
 
     @property
     def is_main(self) -> bool:
@@ -65,19 +70,22 @@ class DistributedContext:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out.to(tensor.device)
 
+    def agree(self, *values: int) -> tuple[int, ...]:
+        """The elementwise largest of every rank's whole numbers ``values``, on every rank: one
+        collective over a CPU tensor in :attr:`control_group`, which never waits for the GPU."""
+        if not self.distributed:
+            return tuple(int(v) for v in values)
+        out = torch.tensor([int(v) for v in values], dtype=torch.int64)
+        dist.all_reduce(out, op=dist.ReduceOp.MAX, group=self.control_group)
+        return tuple(int(v) for v in out.tolist())
+
     def any(self, flag: bool) -> bool:
         """True on every rank if ``flag`` is true on any rank."""
-        if not self.distributed:
-            return bool(flag)
-        return bool(self.all_reduce_sum(torch.tensor([1.0 if flag else 0.0])).item() > 0)
+        return bool(self.agree(bool(flag))[0])
 
     def max(self, value: int) -> int:
         """The largest of every rank's whole number ``value``, on every rank."""
-        if not self.distributed:
-            return int(value)
-        out = torch.tensor([int(value)], dtype=torch.int64, device=self.device)
-        dist.all_reduce(out, op=dist.ReduceOp.MAX)
-        return int(out.item())
+        return self.agree(value)[0]
 
     def gather_bytes(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's uint8 tensor of the same length (e.g. an RNG state), on every rank."""
@@ -149,7 +157,16 @@ def setup(device: str | torch.device | None = "cpu") -> DistributedContext:
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
         initialized_here = True
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev,
-                              initialized_here=initialized_here)
+                              initialized_here=initialized_here, control_group=control_group())
+
+
+def control_group():
+    """The process group for CPU tensors: the default one when it is ``gloo``, else a new ``gloo``
+    group of every rank (a collective call: every rank makes it)."""
+    backend = str(dist.get_backend())
+    if backend == "gloo" or "cpu:gloo" in backend:      # CPU tensors already go through gloo
+        return None
+    return dist.new_group(backend="gloo")
 
 
 def unwrap(net: nn.Module) -> nn.Module:

@@ -92,6 +92,10 @@ class Objective:
             ``prediction_type`` (``None``: nothing a sampler reads).
         draws_samples: whether the run writes sample grids (then :meth:`sampling_model` is needed).
         uses_labels: whether batches carry the data's labels (``Batch.y``; else ``None``).
+        conditions_on_host: whether :meth:`attach_condition` is best run on the CPU (a task's
+            degradation: masks drawn pixel by pixel, JPEG through Pillow, checks that read values);
+            a GPU run then gathers its batches on the host and copies them, condition included,
+            without waiting for the device.
         config, process, dataset, net_config, timestep_sampler: the run's, as given.
     """
 
@@ -99,6 +103,7 @@ class Objective:
     prediction_type: str | None = None
     draws_samples: bool = False
     uses_labels: bool = False
+    conditions_on_host: bool = False
 
     def __init__(self, config: TrainConfig, *, process, dataset, net_config: dict, timestep_sampler):
         self.config = config
@@ -213,6 +218,10 @@ class DiffusionObjective(Objective):
     @property
     def uses_labels(self) -> bool:
         return self.conditional
+
+    @property
+    def conditions_on_host(self) -> bool:
+        return self.degradation is not None
 
     @classmethod
     def check_config(cls, config: TrainConfig) -> None:

@@ -171,7 +171,7 @@ def _sync_each_step(device: torch.device) -> bool:
 DEVICE_DATA_SHARE = 0.25
 
 
-def place_data(dataset, device: torch.device) -> tuple[Tensor, Tensor | None, str]:
+def place_data(dataset, device: torch.device, *, host: bool = False) -> tuple[Tensor, Tensor | None, str]:
     """``(x, y, placement)``: the dataset's samples and labels where the loop indexes them.
 
     ``"host"`` on a CPU (the dataset's own tensors). On a GPU: ``"device"``, copied there once,
@@ -181,10 +181,14 @@ def place_data(dataset, device: torch.device) -> tuple[Tensor, Tensor | None, st
     ``_Trainer._on_device``). Indexing returns an ordinary tensor whatever the source, so pinning
     the whole dataset would only double its host memory. The indices, flips, label
     dropout and degradations are drawn by the same CPU generators in every case, so the batches
-    hold the same samples."""
+    hold the same samples. ``host=True`` (an objective that :attr:`~scorekit.train.objectives.Objective.conditions_on_host`,
+    a task's degradation) keeps them ``"pinned"`` on a GPU whatever their size: the condition is
+    then made from each batch on the CPU, where it does not make the device wait."""
     x, y = dataset.x, dataset.y
     if device.type != "cuda":
         return x, y, "host"
+    if host:
+        return x, y, "pinned"
     size = x.nbytes + (y.nbytes if y is not None else 0)
     free, _ = torch.cuda.mem_get_info(device)
     if size <= DEVICE_DATA_SHARE * free:
@@ -238,7 +242,6 @@ class _Trainer:
         self.net_config = objective_cls.model_config(cfg, self.dataset, self.process) if self.saved_run is None \
             else dict(self.saved_run["model"])
         _check_data_fits(self.dataset, self.net_config)
-        self.data_x, self.data_y, self.data_placement = place_data(self.dataset, self.device)
         self.net = build_model(dict(self.net_config)).to(self.device)
         self.init_record = self.saved_run.get("init_from") if self.saved_run is not None else None
         if self.saved_run is None and cfg.init_from is not None:      # before the EMA copies the weights
@@ -262,6 +265,8 @@ class _Trainer:
             raise ScorekitError(f"bad timesteps_options for {cfg.timesteps!r}: {err}") from None
         self.objective = objective_cls(cfg, process=self.process, dataset=self.dataset,
                                        net_config=self.net_config, timestep_sampler=self.timestep_sampler)
+        self.data_x, self.data_y, self.data_placement = place_data(
+            self.dataset, self.device, host=self.objective.conditions_on_host)
         self.ddp_net = ctx.wrap(self.net)
         # compiled or not, the module holds self.net's parameters: checkpoints save self.net's own
         # state_dict (no "_orig_mod." names) and the EMA copies self.net
@@ -463,7 +468,7 @@ class _Trainer:
         metrics (:class:`scorekit.train.objectives.ObjectiveOutput`) averaged over the whole batch,
         and the gradient norm, as float64 tensors on the device -- and appends it to
         ``self.pending`` for :meth:`_settle`. Nothing here waits for the device, except the
-        divergence checks of ``sync_each_step`` (a CPU run) and the importance sampler's update."""
+        divergence checks of ``sync_each_step`` (a CPU run)."""
         cfg, ctx = self.config, self.ctx
         lr = learning_rate(self.step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                            schedule=cfg.lr_schedule, min_lr=cfg.min_lr)
@@ -515,7 +520,7 @@ class _Trainer:
         if ts and hasattr(self.timestep_sampler, "update"):
             t_all = torch.cat([self._gather(t) for t in ts])
             l_all = torch.cat([self._gather(v.float()) for v in losses])
-            self.timestep_sampler.update(t_all.cpu(), l_all.cpu())
+            self.timestep_sampler.update(t_all, l_all)         # on the device, without waiting
         self.step += 1
         values = torch.stack([loss, grad_norm.detach().to(loss.device, torch.float64), *metrics.values()])
         record = _StepRecord(self.step, lr, values, tuple(metrics))
@@ -680,11 +685,11 @@ class _Trainer:
         try:
             end = cfg.steps if stop_at_step is None else min(cfg.steps, int(stop_at_step))
             while self.step < end:
-                interrupted = self._stop_signal(stop)
-                if interrupted:
-                    break
-                # A time limit counts optimiser steps only; every process must agree to stop.
-                if max_seconds is not None and ctx.any(trained_seconds >= max_seconds):
+                # A stop signal or the time limit (which counts optimiser steps only), agreed on by
+                # every process in one collective that does not wait for the GPU.
+                interrupted, out_of_time = ctx.agree((stop.signum or 0) if stop is not None else 0,
+                                                     max_seconds is not None and trained_seconds >= max_seconds)
+                if interrupted or out_of_time:
                     break
                 t0 = time.perf_counter()
                 self.train_step()
