@@ -1,19 +1,9 @@
 """benchmarks/gpu_throughput.py: its --quick path on a CPU writes a report with every part's rows
 and finite positive numbers (the GPU numbers themselves come from a GPU run)."""
-import importlib.util
 import json
 import math
-from pathlib import Path
 
-
-BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_throughput.py"
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("gpu_throughput", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_helpers import load_benchmark
 
 
 def positive(value) -> bool:
@@ -21,7 +11,7 @@ def positive(value) -> bool:
 
 
 def test_quick_run_reports_every_part(tmp_path):
-    bench = load_benchmark()
+    bench = load_benchmark("gpu_throughput")
     assert bench.main(["--quick", "--measure-peak", "--device", "cpu", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "gpu_throughput-quick.json").read_text())
     assert (tmp_path / "gpu_throughput-quick.md").read_text().startswith("# GPU throughput")
