@@ -21,7 +21,9 @@ Workloads (all on the CPU, each on identical inputs at both commits):
 loss, the samples' mean absolute value): a change that should leave a CPU run bit for bit as it
 was shows "yes".
 * ``sample``: ``scorekit.sample`` with DDIM in 50 steps on a tiny U-Net with fixed random weights,
-  16 images of 32x32x3, samples per CPU second.
+  16 images of 32x32x3, samples per CPU second; beside it, as a control, the same number of
+  network calls alone (the code the two commits share), whose ratio shows how much of a change
+  is the sampler's and how much the process's (memory layout, the machine's load).
 
 Writes ``cpu_before_after.md`` and ``.json`` (``-quick`` with --quick) to ``--out``
 (default benchmarks/results/).
@@ -89,16 +91,22 @@ CHILD = textwrap.dedent(r"""
                 p.data.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
         x_T = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(2))
         kw = dict(process=DDPM(), sampler="ddim", num_steps=size)
+        t_mid = torch.full((16,), 500)
         with torch.no_grad():
             sample(net, x_T[:2], **kw)                  # warm-up
             c0 = time.process_time()
             x0 = sample(net, x_T, **kw)
-        out = {"samples_per_cpu_s": 16 / (time.process_time() - c0), "mean_abs": float(x0.abs().mean())}
+            c1 = time.process_time()
+            for _ in range(size):                       # control: the network calls alone
+                net(x_T, t_mid)
+            c2 = time.process_time()
+        out = {"samples_per_cpu_s": 16 / (c1 - c0), "mean_abs": float(x0.abs().mean()),
+               "network_only_samples_per_cpu_s": 16 / (c2 - c1)}
     print("RESULT " + json.dumps(out))
 """).replace("statistics_mean", "(lambda v: sum(v) / len(v))")
 
 METRIC = {"step": "images_per_cpu_s", "loop": "images_per_cpu_s", "sample": "samples_per_cpu_s"}
-TIMINGS = {"images_per_s"}          # of a workload's other outputs, the ones that are timings
+TIMINGS = {"images_per_s", "network_only_samples_per_cpu_s"}          # of a workload's other outputs, the ones that are timings
 SIZES = {"step": 8, "loop": 150, "sample": 50}
 QUICK_SIZES = {"step": 1, "loop": 20, "sample": 3}
 
@@ -148,20 +156,25 @@ def main(argv=None) -> int:
         for w in workloads:
             values = {"before": [], "after": []}
             extra = {"before": None, "after": None}
+            controls = {"before": [], "after": []}
             for r in range(rounds):
                 order = (("before", before), ("after", after)) if r % 2 == 0 else (("after", after), ("before", before))
                 for label, src in order:
                     res = run_child(src, w, sizes[w])
                     values[label].append(res[METRIC[w]])
                     extra[label] = {k: v for k, v in res.items() if k != METRIC[w]}
+                    if "network_only_samples_per_cpu_s" in res:
+                        controls[label].append(res["network_only_samples_per_cpu_s"])
                 print(f"{w} round {r + 1}/{rounds}: before {values['before'][-1]:.2f}, after {values['after'][-1]:.2f}",
                       flush=True)
             ratios = [a / b for a, b in zip(values["after"], values["before"])]
+            control = [a / b for a, b in zip(controls["after"], controls["before"])] if controls["after"] else []
             same = {k: v for k, v in extra["before"].items() if k not in TIMINGS} == \
                 {k: v for k, v in extra["after"].items() if k not in TIMINGS}
             rows.append(dict(workload=w, metric=METRIC[w], size=sizes[w], rounds=rounds, same_output=same,
                              before=statistics.median(values["before"]), after=statistics.median(values["after"]),
                              ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
+                             control_ratio=statistics.median(control) if control else None,
                              before_extra=extra["before"], after_extra=extra["after"]))
             raw[w] = values
     load = os.getloadavg()[0]
@@ -170,12 +183,13 @@ def main(argv=None) -> int:
     lines = [f"CPU path: {sha_a[:7]} (after) against {sha_b[:7]} (before), {start}, one torch thread, "
              f"{rounds} alternating round(s); load average at the end {load:.1f}", "",
              "| workload | measure | size | before | after | after / before (median, min-max over rounds) "
-             "| same output |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| same output | control: network calls alone, after / before |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['workload']} | {r['metric']} | {r['size']} | {r['before']:.2f} | {r['after']:.2f} | "
                      f"{r['ratio']:.3f} ({r['ratio_min']:.3f}-{r['ratio_max']:.3f}) | "
-                     f"{'yes' if r['same_output'] else 'no'} |")
+                     f"{'yes' if r['same_output'] else 'no'} | "
+                     f"{'' if r['control_ratio'] is None else format(r['control_ratio'], '.3f')} |")
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(args.out)

@@ -13,6 +13,8 @@
 #   "gpu" (only when enough of TOTAL is left): train the base preset on the CIFAR-10 test images
 #     for a fixed budget, sample 10,000 images with DPM-Solver++(2M) in 20 steps, score them with
 #     scorekit eval (a CIFAR-10 feature network trained on the same images: FID, KID, IS, P/R).
+#   "bf16" (not in the default PARTS): benchmarks/bf16_training.py on CIFAR-10 with the small preset --
+#     bf16 autocast against float32 (TF32 off) training on the same seed, and a second float32 seed.
 # PARTS (default "bench gpu") picks parts; TOTAL (default 560 s) bounds the whole script. For a dry run
 # on a CPU: DEVICE=cpu MODEL=tiny NUM=200 BENCH_ARGS=--quick SITE=/tmp/some-site OUT=/tmp/out TOTAL=400.
 set -u
@@ -22,6 +24,7 @@ SITE=${SITE:-/tmp/site} BENCH_ARGS=${BENCH_ARGS:-} WHEELS=${WHEELS:-.device/whl}
 OUT=${OUT:?set OUT to the folder of the results}; mkdir -p $OUT
 left() { echo $(( TOTAL - (SECONDS - T0) )); }
 upto() { local s=$(( $(left) - $1 )); echo $(( s > 10 ? s : 10 )); }   # seconds left, keeping $1 for later
+WORK=$(mktemp -d)     # run folders (checkpoints stay out of OUT)
 note() { echo "[$(( SECONDS - T0 )) s] $*" | tee -a $OUT/session.log; }
 if compgen -G "$WHEELS/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE $WHEELS/*.whl || exit 1
@@ -52,7 +55,7 @@ if [[ " $PARTS " == *" gpu "* ]]; then
   if [ $r -lt 210 ]; then
     note "gpu part skipped: $r s left, it needs 210"
   else
-    WORK=$(mktemp -d); mkdir -p $OUT/gpu
+    mkdir -p $OUT/gpu
     minutes=$(python3 -c "print(round(min(($r - 170) / 60, 10), 1))")
     note "gpu part: training for $minutes minutes"
     timeout $(python3 -c "print(int($minutes * 60 + 60))") python3 -m scorekit train --data folder:$CIFAR --flip \
@@ -68,6 +71,19 @@ if [[ " $PARTS " == *" gpu "* ]]; then
     timeout $(upto 5) python3 -m scorekit eval $WORK/samples.npz --ref folder:$CIFAR --features cifar10 \
       --device $DEVICE --cache $WORK/cache --no-progress --out $OUT/gpu/eval.json > $OUT/gpu/eval.log 2>&1
     note "eval: exit $?"
+  fi
+fi
+if [[ " $PARTS " == *" bf16 "* ]]; then
+  r=$(left)
+  if [ $r -lt 150 ]; then
+    note "bf16 part skipped: $r s left, it needs 150"
+  else
+    timeout $(upto 5) python3 benchmarks/bf16_training.py --data folder:$CIFAR --train-size 9000 --holdout 1000 \
+      --model ${BF16_MODEL:-small} --steps ${BF16_STEPS:-1000} --batch-size 128 --lr 2e-4 --warmup 100 \
+      --device $DEVICE --no-progress --out $WORK/bf16 > $OUT/bf16.log 2>&1
+    note "bf16: exit $?"
+    mkdir -p $OUT/bf16 && cp $WORK/bf16/report.* $WORK/bf16/loss_curves.png $OUT/bf16/ 2>/dev/null
+    for run in fp32 bf16 fp32-seed-1; do cp $WORK/bf16/$run/metrics.jsonl $OUT/bf16/$run-metrics.jsonl 2>/dev/null; done
   fi
 fi
 note "done"

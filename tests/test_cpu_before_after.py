@@ -26,7 +26,8 @@ def test_a_commit_against_itself(tmp_path):
     (row,) = report["rows"]
     assert row["workload"] == "sample" and row["metric"] == "samples_per_cpu_s"
     assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("before", "after", "ratio"))
-    assert row["before_extra"] == row["after_extra"] and row["same_output"]   # the same code, the same samples
+    assert row["before_extra"]["mean_abs"] == row["after_extra"]["mean_abs"] and row["same_output"]   # same code, same samples
+    assert row["control_ratio"] > 0                            # the network alone, timed beside it
 
 
 def test_unknown_workload_is_refused(capsys):
