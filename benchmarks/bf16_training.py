@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     for r in rows:
         diff = f"{r['heldout_diff']:+.5f} ± {r['heldout_diff_se']:.5f}" if "heldout_diff" in r else ""
         tdiff = f"{r['train_diff']:+.5f}" if "train_diff" in r else ""
-        first = f"{r['first_interval_rel_u']:.3f}" if "first_interval_rel_u" in r else ""
+        first = f"{r['first_interval_rel_u']:.2g}" if "first_interval_rel_u" in r else ""
         lines.append(f"| {r['run']} | {r['seconds']:.0f} | {r['train_loss']:.5f} ± {r['train_se']:.5f} | "
                      f"{r['heldout_loss']:.5f} ± {r['heldout_se']:.5f} | {diff} | {tdiff} | {first} |")
     text = "\n".join(lines) + "\n"

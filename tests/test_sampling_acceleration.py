@@ -247,3 +247,23 @@ def test_cli_sample_compiles_evaluates_in_bf16_and_reports_throughput(moons_run,
     bf16, out = run("bf16", "--precision", "bf16")
     assert "--precision bf16" in out and not np.array_equal(bf16, plain)
     np.testing.assert_allclose(bf16, plain, atol=0.1)
+
+
+# --- no value read back in the step loop ------------------------------------------------------------------
+# On the "meta" device tensors have shapes but no values, and reading one raises: a sampler that
+# runs there queues only tensor operations, so on a GPU it never makes the host wait per step.
+
+@pytest.mark.parametrize("sampler", [s for s in SAMPLERS if s != "ode_adaptive"])
+def test_every_fixed_step_sampler_reads_no_value_from_the_device(sampler, monkeypatch):
+    from scorekit.models import build_model, preset
+
+    with torch.device("meta"):
+        net = build_model(preset("tiny", in_channels=1, out_channels=1, image_size=8))
+    x_T = torch.empty(3, 1, 8, 8, device="meta")
+    finished = []
+    # the deferred finite checks are queued at every evaluation and read once, at the end
+    monkeypatch.setattr(FiniteStates, "finish", lambda self, x=None: finished.append(len(self._pending)))
+    out = scorekit.sample(net, x_T, process=DDPM(), sampler=sampler, num_steps=4,
+                          generator=torch.Generator().manual_seed(0))
+    assert out.device.type == "meta" and out.shape == x_T.shape
+    assert len(finished) == 1 and finished[0] >= 4              # one state and one output check per call

@@ -243,3 +243,67 @@ def test_cli_flags_set_the_fields(tmp_path, capsys):
     _, err = capsys.readouterr()
     assert "Traceback" not in err
 
+
+
+# --- no value read back in a training step ----------------------------------------------------------------
+# On the "meta" device tensors have shapes but no values: reading one (bool(), int(), .item(),
+# .tolist(), a copy to the CPU) raises. A step's arithmetic that runs there therefore never makes
+# the host wait for the device on a GPU either.
+
+META_CASES = {
+    "v, simple, labels": dict(process="ddpm", prediction="v", weighting="simple", classes=10),
+    "eps, elbo, importance": dict(process="ddpm", prediction="eps", weighting="elbo", importance=True),
+    "eps, min_snr, VP": dict(process="vp", prediction="eps", weighting="min_snr"),
+    "x0, edm, EDM lognormal": dict(process="edm", prediction="x0", weighting="edm", lognormal=True),
+    "hybrid, learned variance": dict(process="ddpm", prediction="eps", weighting="hybrid", learned=True),
+    "task condition image": dict(process="ddpm", prediction="v", weighting="simple", cond=2),
+}
+
+
+@pytest.mark.parametrize("case", list(META_CASES))
+def test_a_training_step_reads_no_value_from_the_device(case):
+    from scorekit.losses import ImportanceTimesteps, LogNormalTimesteps, diffusion_loss
+    from scorekit.models import build_model, preset
+    from scorekit.train.config import build_process
+    from scorekit.train.ema import EMA
+
+    c = META_CASES[case]
+    process = build_process(c["process"], {"num_steps": 20} if c["process"] == "ddpm" else {})
+    sampler = ImportanceTimesteps(process, history=2) if c.get("importance") else \
+        LogNormalTimesteps(process) if c.get("lognormal") else None
+    with torch.device("meta"):
+        net = build_model(preset("tiny", in_channels=1, out_channels=2 if c.get("learned") else 1, image_size=8,
+                                 num_classes=c.get("classes"), cond_channels=c.get("cond", 0)))
+    ema = EMA(net, 0.999)
+    x0 = torch.empty(6, 1, 8, 8, device="meta")
+    y = torch.empty(6, dtype=torch.long, device="meta") if c.get("classes") else None
+    cond = torch.empty(6, c["cond"], 8, 8, device="meta") if c.get("cond") else None
+
+    def call(x, t, labels):
+        return net(x, t, labels) if cond is None else net(x, t, labels, cond=cond)
+
+    out = diffusion_loss(call, process, x0, prediction_type=c["prediction"], weighting=c["weighting"],
+                         generator=torch.Generator().manual_seed(0), y=y, timestep_sampler=sampler)
+    assert out.loss.device.type == "meta" and out.loss.shape == ()
+    out.loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    assert grad_norm.device.type == "meta"
+    ema.update(net)
+    if isinstance(sampler, ImportanceTimesteps):
+        sampler.update(out.t, out.per_sample.float())
+        assert sampler.probabilities().device.type == "meta"
+
+
+def test_checks_of_values_still_run_on_the_cpu():
+    """What the device path leaves out is still refused where reading costs nothing."""
+    from scorekit.losses import diffusion_loss
+    from scorekit.models.layers import label_vector
+    from scorekit.processes import DDPM
+
+    x0 = torch.zeros(3, 2)
+    x0[1, 0] = float("nan")
+    with pytest.raises(ScorekitError, match="NaN or infinite"):
+        diffusion_loss(lambda x, t, y: x, DDPM(num_steps=10), x0, generator=torch.Generator())
+    with pytest.raises(ScorekitError, match="label 12 in y is outside 0..10"):
+        label_vector(torch.tensor([0, 12]), 2, 10, "cpu")
+    assert label_vector(torch.empty(2, dtype=torch.long, device="meta"), 2, 10, "meta").device.type == "meta"

@@ -157,11 +157,14 @@ def step_terms(process: GaussianProcess, x0: Tensor, x_t: Tensor, t, s, x0_pred:
     mean_q = c_x0 * x0 + c_xt * x_t
     mean_p = c_x0 * x0_pred + c_xt * x_t
     n = x_t.shape[0]
+    # Terms no sample needs are skipped where finding that out is free (times on the CPU); times on
+    # a GPU are not read back (that would make the host wait for the device): both are computed.
+    known = first.device.type == "cpu"
     kl = torch.zeros(n, dtype=_F64, device=x_t.device)
-    if not bool(first.all()):
+    if not known or not bool(first.all()):
         safe_var_q = expand_like(torch.where(first, torch.ones_like(var_q), var_q), x_t)
         kl = normal_kl(mean_q, safe_var_q, mean_p, log_var).reshape(n, -1).sum(1)
-    if not bool(first.any()):
+    if known and not bool(first.any()):
         return kl
     if data_bits is None:
         log_p = gaussian_log_likelihood(x0, mean_p, log_var)

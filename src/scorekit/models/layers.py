@@ -122,21 +122,24 @@ def label_vector(y, batch: int, num_classes: int | None, device) -> Tensor | Non
         return None
     if y is None:
         return torch.full((batch,), num_classes, dtype=torch.long, device=device)
-    y = torch.as_tensor(y, device=device)
+    y = torch.as_tensor(y)
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise ScorekitError(f"labels y must be integers (torch.long), got dtype {y.dtype}")
     if y.shape != (batch,):
         raise ScorekitError(f"labels y have shape {tuple(y.shape)}; pass one label per sample, shape ({batch},)")
     y = y.to(torch.long)
     y = torch.where(y == -1, torch.full_like(y, num_classes), y)      # the null label
-    # (not inside torch.compile, where reading the labels on the host would split the graph and wait
-    # for the device: the trainer compiles, and its labels are in range by construction)
-    if y.numel() and not torch.compiler.is_compiling() and (int(y.min()) < 0 or int(y.max()) > num_classes):
+    # The range is checked where reading the labels is free: on the CPU, outside torch.compile.
+    # Labels already on a GPU are not read back (that would make the host wait for the device at
+    # every call): the trainer's labels are in range by construction, and a Denoiser checks the
+    # labels it is bound to once (conditioning.check_labels_for).
+    if y.numel() and y.device.type == "cpu" and not torch.compiler.is_compiling() \
+            and (int(y.min()) < 0 or int(y.max()) > num_classes):
         bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
         raise ScorekitError(
             f"label {bad} in y is outside 0..{num_classes}: the network has num_classes={num_classes} "
             f"classes 0..{num_classes - 1}, and {num_classes} (or -1) means 'no label'")
-    return y
+    return y.to(device, non_blocking=True)
 
 
 # --------------------------------------------------------------------------- time embeddings
