@@ -294,6 +294,24 @@ def test_a_training_step_reads_no_value_from_the_device(case):
         assert sampler.probabilities().device.type == "meta"
 
 
+def test_a_classifier_training_step_reads_no_value_from_the_device():
+    """The noise-aware classifier's objective (cross-entropy on noisy images, accuracy metric)."""
+    from scorekit.data import load_dataset
+    from scorekit.models import build_model, preset
+    from scorekit.processes import DDPM
+    from scorekit.train.objectives import OBJECTIVES, Batch
+
+    config = TrainConfig(data="digits", objective="classifier", model="classifier-tiny").validate()
+    with torch.device("meta"):
+        net = build_model(preset("classifier-tiny", image_size=8))
+    objective = OBJECTIVES["classifier"](config, process=DDPM(num_steps=20), dataset=load_dataset("digits", stop=8),
+                                         net_config=net.config(), timestep_sampler=None)
+    batch = Batch(torch.empty(5, 1, 8, 8, device="meta"), torch.empty(5, dtype=torch.long, device="meta"))
+    out = objective.loss(net, batch, torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert out.loss.device.type == "meta" and out.metrics["accuracy"].device.type == "meta"
+
+
 def test_checks_of_values_still_run_on_the_cpu():
     """What the device path leaves out is still refused where reading costs nothing."""
     from scorekit.losses import diffusion_loss
