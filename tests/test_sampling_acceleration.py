@@ -267,3 +267,38 @@ def test_every_fixed_step_sampler_reads_no_value_from_the_device(sampler, monkey
                           generator=torch.Generator().manual_seed(0))
     assert out.device.type == "meta" and out.shape == x_T.shape
     assert len(finished) == 1 and finished[0] >= 4              # one state and one output check per call
+
+
+@pytest.mark.parametrize("guidance", ["cfg", "cfg rescaled, image and labels", "cfg interval"])
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "ddpm"])
+def test_guided_sampling_reads_no_value_per_step(guidance, sampler, monkeypatch):
+    """Classifier-free guidance on the meta device. The labels are checked once per call, when the
+    denoiser is bound to them (a read of the device, left out here); nothing in the step loop
+    reads. (Classifier guidance reads its labels once too, at its first evaluation.)"""
+    import scorekit.conditioning as conditioning
+    from scorekit.conditioning import Condition
+    from scorekit.models import build_model, preset
+
+    monkeypatch.setattr(conditioning, "check_labels_for", lambda *a, **k: None)
+    monkeypatch.setattr(FiniteStates, "finish", lambda self, x=None: None)
+    image = guidance.startswith("cfg rescaled")
+    with torch.device("meta"):
+        net = build_model(preset("tiny", in_channels=1, out_channels=1, image_size=8, num_classes=10,
+                                 cond_channels=2 if image else 0))
+    x_T = torch.empty(4, 1, 8, 8, device="meta")
+    labels = torch.empty(4, dtype=torch.long, device="meta")
+    kwargs = {"cfg": dict(guidance_scale=3.0),
+              "cfg rescaled, image and labels": dict(guidance_scale=2.0, guidance_rescale=0.7),
+              "cfg interval": dict(guidance_scale=2.0, guidance_interval=(100, 800))}[guidance]
+    condition = Condition(labels=labels, image=torch.empty(4, 2, 8, 8, device="meta")) if image else labels
+    out = scorekit.sample(net, x_T, process=DDPM(), sampler=sampler, num_steps=4, condition=condition,
+                          generator=torch.Generator().manual_seed(0), **kwargs)
+    assert out.device.type == "meta"
+
+
+def test_labels_on_the_cpu_are_still_checked_when_a_condition_is_made():
+    from scorekit.conditioning import Condition
+
+    with pytest.raises(ScorekitError, match="label -3 is negative; labels are 0..K-1, or -1"):
+        Condition(labels=torch.tensor([2, -3]))
+    assert Condition(labels=torch.empty(2, dtype=torch.long, device="meta")).labels.device.type == "meta"

@@ -152,7 +152,9 @@ def _check_labels(y) -> Tensor:
     if y.ndim != 1:
         raise ScorekitError(f"labels must have shape (N,), one per sample, got {tuple(y.shape)}")
     y = y.to(torch.long)
-    if y.numel() and int(y.min()) < NULL_LABEL:
+    # (read on the CPU only: a Condition is rebuilt at every network call of a sampler, and labels
+    # on a GPU are checked once, when a denoiser is bound to them, by check_labels_for)
+    if y.numel() and y.device.type == "cpu" and int(y.min()) < NULL_LABEL:
         raise ScorekitError(f"label {int(y.min())} is negative; labels are 0..K-1, or {NULL_LABEL} "
                             f"for 'no label'")
     return y
