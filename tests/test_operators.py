@@ -146,6 +146,31 @@ def test_conjugate_gradient_solves_each_sample():
     torch.testing.assert_close(v @ M, b, atol=1e-8, rtol=0)
 
 
+@pytest.mark.parametrize("check_every", [1, 3, 8])
+def test_conjugate_gradient_checked_every_few_iterations_gives_the_same_solve(check_every):
+    """On a GPU the stopping test is read every 8 iterations: the extra iterations of a converged
+    sample must not move it (nor divide by zero), on an exactly solvable system too."""
+    g = torch.Generator().manual_seed(2)
+    B = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    M = B @ B.T + 0.5 * torch.eye(5, dtype=torch.float64)
+    b = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    b[1] = 0.0                                      # converged from the start: r = 0, p = 0
+    calls = []
+
+    def matvec(u):
+        calls.append(1)
+        return u @ M
+
+    v = conjugate_gradient(matvec, b, check_every=check_every)
+    torch.testing.assert_close(v @ M, b, atol=1e-8, rtol=0)
+    assert torch.equal(v[1], torch.zeros(5, dtype=torch.float64))
+    reference = conjugate_gradient(lambda u: u @ M, b, check_every=1)
+    torch.testing.assert_close(v, reference, atol=1e-9, rtol=0)
+    assert len(calls) % check_every == 0 and len(calls) <= 5 + check_every   # 5 unknowns: CG's n steps
+    with pytest.raises(ScorekitError, match="check_every must be a whole number >= 1, got 0"):
+        conjugate_gradient(matvec, b, check_every=0)
+
+
 def test_default_pinv_by_conjugate_gradient_matches_the_closed_form():
     """An operator that gives only forward and adjoint gets the pseudo-inverse through CG."""
     P = RandomProjection(SHAPE, 25, seed=9)
