@@ -312,6 +312,23 @@ def test_a_classifier_training_step_reads_no_value_from_the_device():
     assert out.loss.device.type == "meta" and out.metrics["accuracy"].device.type == "meta"
 
 
+def test_a_batch_gathered_on_the_device_is_prepared_without_reading_it():
+    """Data on the GPU: flips and label dropout are drawn on the CPU and applied on the device."""
+    from scorekit.data import load_dataset
+    from scorekit.processes import DDPM
+    from scorekit.train.objectives import OBJECTIVES, Batch
+
+    data = load_dataset("digits", stop=32, flip=True)
+    config = TrainConfig(data="digits", label_dropout=0.2, model="tiny").validate()
+    objective = OBJECTIVES["diffusion"](config, process=DDPM(num_steps=20), dataset=data,
+                                        net_config={"kind": "unet", "num_classes": 10}, timestep_sampler=None)
+    g = torch.Generator().manual_seed(0)
+    x = data.augment(torch.empty(8, 1, 8, 8, device="meta"), g)
+    batch = objective.attach_condition(objective.prepare(Batch(x, torch.empty(8, dtype=torch.long, device="meta")),
+                                                         g), g)
+    assert batch.x.device.type == batch.y.device.type == "meta" and batch.cond is None
+
+
 def test_checks_of_values_still_run_on_the_cpu():
     """What the device path leaves out is still refused where reading costs nothing."""
     from scorekit.losses import diffusion_loss
