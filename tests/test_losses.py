@@ -484,6 +484,16 @@ def test_importance_sampler_update_equals_one_loss_at_a_time(history):
     assert sampler.warmed_up() == bool((counts == history).all())
 
 
+def test_importance_state_stays_on_the_device_it_is_given_through_a_resume():
+    a = ImportanceTimesteps(DDPM(num_steps=6), history=2)
+    a.update(torch.arange(6).repeat(2), torch.linspace(1, 2, 12, dtype=F64))
+    b = ImportanceTimesteps(DDPM(num_steps=6), history=2).to("meta")
+    b.load_state_dict(a.state_dict())
+    assert b.loss_history.device.type == b.loss_counts.device.type == "meta"
+    assert b.probabilities().device.type == "meta"
+    assert a.to("cpu") is a and a.state_dict()["loss_history"].device.type == "cpu"
+
+
 def test_importance_probabilities_fall_back_to_uniform_on_a_non_finite_history():
     """Off the CPU update() does not stop to check the losses; a non-finite entry must then give
     uniform draws (the trainer stops at its next check), never NaN probabilities."""

@@ -209,6 +209,14 @@ class ImportanceTimesteps:
         self.loss_history = torch.zeros(self.num_steps, history, dtype=_F64)
         self.loss_counts = torch.zeros(self.num_steps, dtype=torch.long)
 
+    def to(self, device) -> "ImportanceTimesteps":
+        """Keep the history on ``device`` (the trainer's), where :meth:`update` and :meth:`sample`
+        then work, and where :meth:`load_state_dict` puts a resumed one: a resumed run draws its
+        times from probabilities computed on the same device as an uninterrupted one."""
+        self.loss_history = self.loss_history.to(device)
+        self.loss_counts = self.loss_counts.to(device)
+        return self
+
     def warmed_up(self) -> bool:
         """Whether every step has a full history (until then sampling is uniform)."""
         return bool(torch.all(self.loss_counts == self.history))

@@ -263,6 +263,8 @@ class _Trainer:
             self.timestep_sampler = TIMESTEP_SAMPLERS[cfg.timesteps](self.process, **cfg.timesteps_options)
         except TypeError as err:
             raise ScorekitError(f"bad timesteps_options for {cfg.timesteps!r}: {err}") from None
+        if hasattr(self.timestep_sampler, "to"):             # a state (importance sampling) on the device
+            self.timestep_sampler.to(self.device)
         self.objective = objective_cls(cfg, process=self.process, dataset=self.dataset,
                                        net_config=self.net_config, timestep_sampler=self.timestep_sampler)
         self.data_x, self.data_y, self.data_placement = place_data(
