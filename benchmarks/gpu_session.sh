@@ -26,6 +26,11 @@ left() { echo $(( TOTAL - (SECONDS - T0) )); }
 upto() { local s=$(( $(left) - $1 )); echo $(( s > 10 ? s : 10 )); }   # seconds left, keeping $1 for later
 WORK=$(mktemp -d)     # run folders (checkpoints stay out of OUT)
 note() { echo "[$(( SECONDS - T0 )) s] $*" | tee -a $OUT/session.log; }
+wanted() {   # wanted PART SECONDS: PART is in PARTS and SECONDS of TOTAL are left (else noted as skipped)
+  [[ " $PARTS " == *" $1 "* ]] || return 1
+  [ $(left) -ge $2 ] && return 0
+  note "$1 part skipped: $(left) s left, it needs $2"; return 1
+}
 if compgen -G "$WHEELS/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE $WHEELS/*.whl || exit 1
 fi
@@ -50,41 +55,31 @@ if [[ " $PARTS " == *" bench "* ]]; then
   fi
 fi
 
-if [[ " $PARTS " == *" gpu "* ]]; then
-  r=$(left)
-  if [ $r -lt 210 ]; then
-    note "gpu part skipped: $r s left, it needs 210"
-  else
-    mkdir -p $OUT/gpu
-    minutes=$(python3 -c "print(round(min(($r - 170) / 60, 10), 1))")
-    note "gpu part: training for $minutes minutes"
-    timeout $(python3 -c "print(int($minutes * 60 + 60))") python3 -m scorekit train --data folder:$CIFAR --flip \
-      --model $MODEL --device $DEVICE --batch-size 128 --lr 2e-4 --warmup 500 --mixed-precision bf16 --steps 200000 \
-      --max-minutes $minutes --no-progress --out $WORK/cifar-base > $OUT/gpu/train.log 2>&1
-    note "train: exit $?"
-    cp $WORK/cifar-base/{config.json,metrics.jsonl,loss.png} $OUT/gpu/ 2>/dev/null
-    timeout 30 python3 -m scorekit sample $WORK/cifar-base --num 100 --sampler dpmpp_2m --steps 20 --device $DEVICE \
-      --no-progress --out $OUT/gpu/samples-100.png > /dev/null 2>&1
-    timeout $(upto 100) python3 -m scorekit sample $WORK/cifar-base --num $NUM --sampler dpmpp_2m \
-      --steps 20 --batch-size 1000 --device $DEVICE --no-progress --out $WORK/samples.png > $OUT/gpu/sample.log 2>&1
-    note "sample $NUM: exit $?"
-    timeout $(upto 5) python3 -m scorekit eval $WORK/samples.npz --ref folder:$CIFAR --features cifar10 \
-      --device $DEVICE --cache $WORK/cache --no-progress --out $OUT/gpu/eval.json > $OUT/gpu/eval.log 2>&1
-    note "eval: exit $?"
-  fi
+if wanted gpu 210; then
+  mkdir -p $OUT/gpu
+  minutes=$(python3 -c "print(round(min(($(left) - 170) / 60, 10), 1))")
+  note "gpu part: training for $minutes minutes"
+  timeout $(python3 -c "print(int($minutes * 60 + 60))") python3 -m scorekit train --data folder:$CIFAR --flip \
+    --model $MODEL --device $DEVICE --batch-size 128 --lr 2e-4 --warmup 500 --mixed-precision bf16 --steps 200000 \
+    --max-minutes $minutes --no-progress --out $WORK/cifar-base > $OUT/gpu/train.log 2>&1
+  note "train: exit $?"
+  cp $WORK/cifar-base/{config.json,metrics.jsonl,loss.png} $OUT/gpu/ 2>/dev/null
+  timeout 30 python3 -m scorekit sample $WORK/cifar-base --num 100 --sampler dpmpp_2m --steps 20 --device $DEVICE \
+    --no-progress --out $OUT/gpu/samples-100.png > /dev/null 2>&1
+  timeout $(upto 100) python3 -m scorekit sample $WORK/cifar-base --num $NUM --sampler dpmpp_2m \
+    --steps 20 --batch-size 1000 --device $DEVICE --no-progress --out $WORK/samples.png > $OUT/gpu/sample.log 2>&1
+  note "sample $NUM: exit $?"
+  timeout $(upto 5) python3 -m scorekit eval $WORK/samples.npz --ref folder:$CIFAR --features cifar10 \
+    --device $DEVICE --cache $WORK/cache --no-progress --out $OUT/gpu/eval.json > $OUT/gpu/eval.log 2>&1
+  note "eval: exit $?"
 fi
-if [[ " $PARTS " == *" bf16 "* ]]; then
-  r=$(left)
-  if [ $r -lt 150 ]; then
-    note "bf16 part skipped: $r s left, it needs 150"
-  else
-    timeout $(upto 5) python3 benchmarks/bf16_training.py --data folder:$CIFAR --train-size 9000 --holdout 1000 \
-      --model ${BF16_MODEL:-small} --steps ${BF16_STEPS:-1000} --batch-size 128 --lr 2e-4 --warmup 100 \
-      --device $DEVICE --no-progress --out $WORK/bf16 > $OUT/bf16.log 2>&1
-    note "bf16: exit $?"
-    mkdir -p $OUT/bf16 && cp $WORK/bf16/report.* $WORK/bf16/loss_curves.png $OUT/bf16/ 2>/dev/null
-    for run in fp32 bf16 fp32-seed-1; do cp $WORK/bf16/$run/metrics.jsonl $OUT/bf16/$run-metrics.jsonl 2>/dev/null; done
-  fi
+if wanted bf16 150; then
+  timeout $(upto 5) python3 benchmarks/bf16_training.py --data folder:$CIFAR --train-size 9000 --holdout 1000 \
+    --model ${BF16_MODEL:-small} --steps ${BF16_STEPS:-1000} --batch-size 128 --lr 2e-4 --warmup 100 \
+    --device $DEVICE --no-progress --out $WORK/bf16 > $OUT/bf16.log 2>&1
+  note "bf16: exit $?"
+  mkdir -p $OUT/bf16 && cp $WORK/bf16/report.* $WORK/bf16/loss_curves.png $OUT/bf16/ 2>/dev/null
+  for run in fp32 bf16 fp32-seed-1; do cp $WORK/bf16/$run/metrics.jsonl $OUT/bf16/$run-metrics.jsonl 2>/dev/null; done
 fi
 note "done"
 ls -laR $OUT | head -60

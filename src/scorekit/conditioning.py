@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ScorekitError
+from .errors import ScorekitError, reads_are_free
 
 Tensor = torch.Tensor
 
@@ -154,7 +154,7 @@ def _check_labels(y) -> Tensor:
     y = y.to(torch.long)
     # (read on the CPU only: a Condition is rebuilt at every network call of a sampler, and labels
     # on a GPU are checked once, when a denoiser is bound to them, by check_labels_for)
-    if y.numel() and y.device.type == "cpu" and int(y.min()) < NULL_LABEL:
+    if y.numel() and reads_are_free(y) and int(y.min()) < NULL_LABEL:
         raise ScorekitError(f"label {int(y.min())} is negative; labels are 0..K-1, or {NULL_LABEL} "
                             f"for 'no label'")
     return y

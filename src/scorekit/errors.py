@@ -56,6 +56,17 @@ _WRITE_CAUSES = {
 }
 
 
+def reads_are_free(t) -> bool:
+    """Whether a check may read the values of the tensor ``t`` at no cost: when it lies on the CPU.
+
+    On a GPU reading a value makes the host wait for the device. Checks of values inside a
+    training step or a sampler's step loop therefore run only where this is true; on a GPU the
+    checks made once stand in for them (the data when they are loaded, labels when a denoiser is
+    bound to them, the sampler's deferred finite checks, the trainer's deferred divergence check).
+    """
+    return t.device.type == "cpu"
+
+
 def write_failure(err: BaseException) -> str | None:
     """Why a write failed, for a message: ``"File too large (the disk is full or a file-size
     limit is set)"``. Understands :class:`OSError` and safetensors' ``SafetensorError``, which

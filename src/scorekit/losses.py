@@ -90,7 +90,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .errors import ScorekitError, positive_number
+from .errors import ScorekitError, positive_number, reads_are_free
 from .precondition import resolve_sigma_data
 from .prediction import PREDICTION_TYPES, score_from_eps, to_x0, v_from_x0_eps
 from .processes import GaussianProcess, expand_like
@@ -260,15 +260,14 @@ class ImportanceTimesteps:
             raise ScorekitError(f"update needs one loss per time: got {t.numel()} times and "
                                 f"{losses.numel()} losses")
         index = torch.round(t.to(_F64)).long() - self.first
-        if device.type == "cpu":
+        if reads_are_free(losses):
             if not torch.all(torch.isfinite(losses)):
                 raise ScorekitError("update got non-finite losses (NaN or inf); the training step diverged "
                                     "— lower the learning rate or check the data")
             if t.numel() and (index.min() < 0 or index.max() >= self.num_steps):
                 raise ScorekitError(f"update got times outside the training steps {self.first} .. "
                                     f"{self.first + self.num_steps - 1}")
-        if self.loss_history.device != device:
-            self.loss_history, self.loss_counts = self.loss_history.to(device), self.loss_counts.to(device)
+        self.to(device)
         if not t.numel():
             return
         H, K = self.history, self.num_steps
@@ -623,17 +622,9 @@ def _check_x0(x0) -> Tensor:
                             f"{x0.dtype if isinstance(x0, Tensor) else type(x0).__name__}")
     if x0.ndim < 2 or x0.shape[0] == 0 or x0[0].numel() == 0:
         raise ScorekitError(f"x0 must be a non-empty batch (N, C, H, W) or (N, D), got shape {tuple(x0.shape)}")
-    if _reads_are_free(x0) and not torch.all(torch.isfinite(x0)):
+    if reads_are_free(x0) and not torch.all(torch.isfinite(x0)):
         raise ScorekitError("x0 contains NaN or infinite values; check the data (images must be scaled to [-1, 1])")
     return x0
-
-
-def _reads_are_free(t: Tensor) -> bool:
-    """Whether checking the values of ``t`` costs nothing: on the CPU. On a GPU reading a value
-    makes the host wait for the device, at every training step here; the checks of values are
-    then left out (a non-finite ``x0`` gives a non-finite loss, which the trainer reports, and
-    the times come from the run's own sampler)."""
-    return t.device.type == "cpu"
 
 
 def _times(process: GaussianProcess, t, n: int, x0: Tensor) -> tuple[Tensor, Tensor]:
@@ -642,7 +633,7 @@ def _times(process: GaussianProcess, t, n: int, x0: Tensor) -> tuple[Tensor, Ten
     if t.numel() != n:
         raise ScorekitError(f"timestep_sampler returned {t.numel()} times for {n} samples")
     t64 = t.to(_F64)
-    check = _reads_are_free(t64)
+    check = reads_are_free(t64)
     if check and (not torch.all(torch.isfinite(t64)) or torch.any(t64 < process.t_min - 1e-9)
                   or torch.any(t64 > process.t_max + 1e-9)):
         raise ScorekitError(f"timestep_sampler returned times outside the process's training range "

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from .errors import ScorekitError, check_options, option_schema
+from .errors import ScorekitError, check_options, option_schema, reads_are_free
 from .conditioning import as_condition
 from .guidance import guided
 from .prediction import Denoiser
@@ -163,7 +163,7 @@ def defer_finite_checks(x_T: Tensor, sampler: str) -> bool:
     (``ode_adaptive``, whose solver runs on the CPU)."""
     from .samplers.options import ADAPTIVE_SAMPLERS
 
-    return isinstance(x_T, Tensor) and x_T.device.type != "cpu" and sampler not in ADAPTIVE_SAMPLERS
+    return isinstance(x_T, Tensor) and not reads_are_free(x_T) and sampler not in ADAPTIVE_SAMPLERS
 
 
 def _model_denoiser(model, betas, alpha_bar, process, prediction_type, time_input):

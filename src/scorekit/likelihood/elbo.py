@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ScorekitError
+from ..errors import ScorekitError, reads_are_free
 from ..processes import GaussianProcess, expand_like
 from ..variances import _grid_pairs, analytic_variance, fixed_variance, require_variance_head
 
@@ -159,7 +159,7 @@ def step_terms(process: GaussianProcess, x0: Tensor, x_t: Tensor, t, s, x0_pred:
     n = x_t.shape[0]
     # Terms no sample needs are skipped where finding that out is free (times on the CPU); times on
     # a GPU are not read back (that would make the host wait for the device): both are computed.
-    known = first.device.type == "cpu"
+    known = reads_are_free(first)
     kl = torch.zeros(n, dtype=_F64, device=x_t.device)
     if not known or not bool(first.all()):
         safe_var_q = expand_like(torch.where(first, torch.ones_like(var_q), var_q), x_t)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ScorekitError
+from ..errors import ScorekitError, reads_are_free
 
 Tensor = torch.Tensor
 
@@ -133,7 +133,7 @@ def label_vector(y, batch: int, num_classes: int | None, device) -> Tensor | Non
     # Labels already on a GPU are not read back (that would make the host wait for the device at
     # every call): the trainer's labels are in range by construction, and a Denoiser checks the
     # labels it is bound to once (conditioning.check_labels_for).
-    if y.numel() and y.device.type == "cpu" and not torch.compiler.is_compiling() \
+    if y.numel() and reads_are_free(y) and not torch.compiler.is_compiling() \
             and (int(y.min()) < 0 or int(y.max()) > num_classes):
         bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
         raise ScorekitError(

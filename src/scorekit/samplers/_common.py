@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..wrappers import DenoiserWrapper
-from ..errors import ScorekitError
+from ..errors import ScorekitError, reads_are_free
 from ..processes import GaussianProcess
 from ..timesteps import check_timesteps
 
@@ -28,7 +28,7 @@ def check_start(x: Tensor, name: str = "x_T") -> Tensor:
         raise ScorekitError(f"{name} must have shape (N, ...) with a batch dimension and N >= 1, got "
                             f"{tuple(x.shape)}")
     # (read on the CPU only: on a GPU the sampler's deferred finite checks report a bad start)
-    if x.device.type == "cpu" and not torch.isfinite(x).all():
+    if reads_are_free(x) and not torch.isfinite(x).all():
         raise ScorekitError(f"{name} contains NaN or infinite values")
     return x
 

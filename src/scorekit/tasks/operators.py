@@ -30,7 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..errors import ScorekitError
+from ..errors import ScorekitError, reads_are_free
 
 Tensor = torch.Tensor
 
@@ -313,7 +313,7 @@ def conjugate_gradient(matvec, b: Tensor, *, iterations: int = 100, tol: float =
     against division by zero, so that the answer is that of the solve checked at every step to
     within ``tol``."""
     if check_every is None:
-        check_every = 1 if b.device.type == "cpu" else 8
+        check_every = 1 if reads_are_free(b) else 8
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
         raise ScorekitError(f"check_every must be a whole number >= 1, got {check_every!r}")
     dims = tuple(range(1, b.ndim))
