@@ -1,6 +1,9 @@
 """Sampling fast on a GPU, tested on the CPU: the deferred NaN/Inf check (no host synchronisation
 per step), ``compile=`` (torch.compile once per network) and ``precision="bf16"`` (the network
 under bfloat16 autocast, the sampler in float32), on exact Gaussian mixtures."""
+import os
+import sys
+
 import pytest
 import torch
 
@@ -11,6 +14,9 @@ from scorekit.nfe import count_network_calls
 from scorekit.samplers import SAMPLERS
 from scorekit.samplers._common import FiniteStates
 from scorekit.toy import eight_gaussians, image_mixture
+
+sys.path.insert(0, os.path.dirname(__file__))
+from device_probe import blocking_host_copies   # noqa: E402
 
 BETAS = torch.linspace(1e-4, 0.02, 100, dtype=torch.float64)
 MIX = eight_gaussians()
@@ -251,7 +257,9 @@ def test_cli_sample_compiles_evaluates_in_bf16_and_reports_throughput(moons_run,
 
 # --- no value read back in the step loop ------------------------------------------------------------------
 # On the "meta" device tensors have shapes but no values, and reading one raises: a sampler that
-# runs there queues only tensor operations, so on a GPU it never makes the host wait per step.
+# runs there queues only tensor operations, so on a GPU it never makes the host wait per step. The
+# other wait, a blocking copy from the host to the device, is recorded by
+# device_probe.blocking_host_copies.
 
 @pytest.mark.parametrize("sampler", [s for s in SAMPLERS if s != "ode_adaptive"])
 def test_every_fixed_step_sampler_reads_no_value_from_the_device(sampler, monkeypatch):
@@ -263,9 +271,11 @@ def test_every_fixed_step_sampler_reads_no_value_from_the_device(sampler, monkey
     finished = []
     # the deferred finite checks are queued at every evaluation and read once, at the end
     monkeypatch.setattr(FiniteStates, "finish", lambda self, x=None: finished.append(len(self._pending)))
-    out = scorekit.sample(net, x_T, process=DDPM(), sampler=sampler, num_steps=4,
-                          generator=torch.Generator().manual_seed(0))
+    with blocking_host_copies() as copies:
+        out = scorekit.sample(net, x_T, process=DDPM(), sampler=sampler, num_steps=4,
+                              generator=torch.Generator().manual_seed(0))
     assert out.device.type == "meta" and out.shape == x_T.shape
+    assert copies == []
     assert len(finished) == 1 and finished[0] >= 4              # one state and one output check per call
 
 
@@ -291,9 +301,11 @@ def test_guided_sampling_reads_no_value_per_step(guidance, sampler, monkeypatch)
               "cfg rescaled, image and labels": dict(guidance_scale=2.0, guidance_rescale=0.7),
               "cfg interval": dict(guidance_scale=2.0, guidance_interval=(100, 800))}[guidance]
     condition = Condition(labels=labels, image=torch.empty(4, 2, 8, 8, device="meta")) if image else labels
-    out = scorekit.sample(net, x_T, process=DDPM(), sampler=sampler, num_steps=4, condition=condition,
-                          generator=torch.Generator().manual_seed(0), **kwargs)
+    with blocking_host_copies() as copies:
+        out = scorekit.sample(net, x_T, process=DDPM(), sampler=sampler, num_steps=4, condition=condition,
+                              generator=torch.Generator().manual_seed(0), **kwargs)
     assert out.device.type == "meta"
+    assert copies == []
 
 
 def test_labels_on_the_cpu_are_still_checked_when_a_condition_is_made():

@@ -248,7 +248,8 @@ def test_cli_flags_set_the_fields(tmp_path, capsys):
 # --- no value read back in a training step ----------------------------------------------------------------
 # On the "meta" device tensors have shapes but no values: reading one (bool(), int(), .item(),
 # .tolist(), a copy to the CPU) raises. A step's arithmetic that runs there therefore never makes
-# the host wait for the device on a GPU either.
+# the host wait for the device on a GPU either. The other wait, a blocking copy from the host to
+# the device, is recorded by device_probe.blocking_host_copies.
 
 META_CASES = {
     "v, simple, labels": dict(process="ddpm", prediction="v", weighting="simple", classes=10),
@@ -260,17 +261,44 @@ META_CASES = {
 }
 
 
+class _DrawnOnDevice:
+    """A timestep sampler whose draws are on the device, as the trainer's are: it draws with a
+    generator on the training device, which meta has not. The first step's draws are made on the
+    CPU and moved there without blocking; later steps reuse them, and an importance sampler still
+    computes its probabilities (on the device) at every draw."""
+
+    def __init__(self, inner, device):
+        self.inner, self.device, self.drawn = inner, device, None
+
+    def sample(self, n, generator):
+        if self.drawn is None:
+            t, w = self.inner.sample(n, generator)
+            self.drawn = (t.to(self.device, non_blocking=True), w.to(self.device, non_blocking=True))
+        elif hasattr(self.inner, "probabilities"):
+            assert self.inner.probabilities().device == self.device
+        return self.drawn
+
+    def update(self, t, losses):
+        self.inner.update(t, losses)
+
+
 @pytest.mark.parametrize("case", list(META_CASES))
 def test_a_training_step_reads_no_value_from_the_device(case):
-    from scorekit.losses import ImportanceTimesteps, LogNormalTimesteps, diffusion_loss
+    """Two steps (loss, backward, clipping, EMA, importance update): neither reads a value, and
+    the second copies nothing from the host without ``non_blocking`` (the first moves the DDPM
+    tables and the importance history to the device, once)."""
+    from device_probe import blocking_host_copies
+
+    from scorekit.losses import ImportanceTimesteps, LogNormalTimesteps, UniformTimesteps, diffusion_loss
     from scorekit.models import build_model, preset
     from scorekit.train.config import build_process
     from scorekit.train.ema import EMA
 
     c = META_CASES[case]
     process = build_process(c["process"], {"num_steps": 20} if c["process"] == "ddpm" else {})
-    sampler = ImportanceTimesteps(process, history=2) if c.get("importance") else \
-        LogNormalTimesteps(process) if c.get("lognormal") else None
+    inner = ImportanceTimesteps(process, history=2) if c.get("importance") else \
+        LogNormalTimesteps(process) if c.get("lognormal") else UniformTimesteps(process)
+    sampler = _DrawnOnDevice(inner, torch.device("meta"))
     with torch.device("meta"):
         net = build_model(preset("tiny", in_channels=1, out_channels=2 if c.get("learned") else 1, image_size=8,
                                  num_classes=c.get("classes"), cond_channels=c.get("cond", 0)))
@@ -282,16 +310,21 @@ def test_a_training_step_reads_no_value_from_the_device(case):
     def call(x, t, labels):
         return net(x, t, labels) if cond is None else net(x, t, labels, cond=cond)
 
-    out = diffusion_loss(call, process, x0, prediction_type=c["prediction"], weighting=c["weighting"],
-                         generator=torch.Generator().manual_seed(0), y=y, timestep_sampler=sampler)
-    assert out.loss.device.type == "meta" and out.loss.shape == ()
-    out.loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-    assert grad_norm.device.type == "meta"
-    ema.update(net)
-    if isinstance(sampler, ImportanceTimesteps):
-        sampler.update(out.t, out.per_sample.float())
-        assert sampler.probabilities().device.type == "meta"
+    def step():
+        out = diffusion_loss(call, process, x0, prediction_type=c["prediction"], weighting=c["weighting"],
+                             generator=torch.Generator().manual_seed(0), y=y, timestep_sampler=sampler)
+        assert out.loss.device.type == "meta" and out.loss.shape == ()
+        out.loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        assert grad_norm.device.type == "meta"
+        ema.update(net)
+        if isinstance(inner, ImportanceTimesteps):
+            sampler.update(out.t, out.per_sample.float())
+
+    step()
+    with blocking_host_copies() as copies:
+        step()
+    assert copies == []
 
 
 def test_a_classifier_training_step_reads_no_value_from_the_device():
@@ -301,15 +334,28 @@ def test_a_classifier_training_step_reads_no_value_from_the_device():
     from scorekit.processes import DDPM
     from scorekit.train.objectives import OBJECTIVES, Batch
 
+    from device_probe import blocking_host_copies
+
+    from scorekit.losses import UniformTimesteps
+
     config = TrainConfig(data="digits", objective="classifier", model="classifier-tiny").validate()
     with torch.device("meta"):
         net = build_model(preset("classifier-tiny", image_size=8))
-    objective = OBJECTIVES["classifier"](config, process=DDPM(num_steps=20), dataset=load_dataset("digits", stop=8),
-                                         net_config=net.config(), timestep_sampler=None)
+    process = DDPM(num_steps=20)
+    objective = OBJECTIVES["classifier"](config, process=process, dataset=load_dataset("digits", stop=8),
+                                         net_config=net.config(),
+                                         timestep_sampler=_DrawnOnDevice(UniformTimesteps(process), torch.device("meta")))
     batch = Batch(torch.empty(5, 1, 8, 8, device="meta"), torch.empty(5, dtype=torch.long, device="meta"))
-    out = objective.loss(net, batch, torch.Generator().manual_seed(0))
-    out.loss.backward()
-    assert out.loss.device.type == "meta" and out.metrics["accuracy"].device.type == "meta"
+
+    def step():
+        out = objective.loss(net, batch, torch.Generator().manual_seed(0))
+        out.loss.backward()
+        assert out.loss.device.type == "meta" and out.metrics["accuracy"].device.type == "meta"
+
+    step()
+    with blocking_host_copies() as copies:
+        step()
+    assert copies == []
 
 
 def test_a_batch_gathered_on_the_device_is_prepared_without_reading_it():
@@ -322,11 +368,15 @@ def test_a_batch_gathered_on_the_device_is_prepared_without_reading_it():
     config = TrainConfig(data="digits", label_dropout=0.2, model="tiny").validate()
     objective = OBJECTIVES["diffusion"](config, process=DDPM(num_steps=20), dataset=data,
                                         net_config={"kind": "unet", "num_classes": 10}, timestep_sampler=None)
+    from device_probe import blocking_host_copies
+
     g = torch.Generator().manual_seed(0)
-    x = data.augment(torch.empty(8, 1, 8, 8, device="meta"), g)
-    batch = objective.attach_condition(objective.prepare(Batch(x, torch.empty(8, dtype=torch.long, device="meta")),
-                                                         g), g)
+    with blocking_host_copies() as copies:
+        x = data.augment(torch.empty(8, 1, 8, 8, device="meta"), g)
+        batch = objective.attach_condition(objective.prepare(Batch(x, torch.empty(8, dtype=torch.long, device="meta")),
+                                                             g), g)
     assert batch.x.device.type == batch.y.device.type == "meta" and batch.cond is None
+    assert copies == []
 
 
 def test_checks_of_values_still_run_on_the_cpu():

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from .devices import to_device
 from .errors import ScorekitError
 from .processes import GaussianProcess, expand_like
 
@@ -117,12 +118,20 @@ def convert(output: Tensor, source: str, target: str, x_t: Tensor, alpha, sigma)
 
     ``alpha`` and ``sigma`` may be numbers or per-sample tensors of shape ``(N,)``.
     """
-    alpha = expand_like(torch.as_tensor(alpha, dtype=torch.float64), x_t)
-    sigma = expand_like(torch.as_tensor(sigma, dtype=torch.float64), x_t)
+    alpha, sigma = _broadcast_coefficient(alpha, x_t), _broadcast_coefficient(sigma, x_t)
     if source == target:
         _check_type(source)
         return output
     return from_x0(to_x0(output, source, x_t, alpha, sigma), target, x_t, alpha, sigma)
+
+
+def _broadcast_coefficient(c, x_t: Tensor):
+    """``c`` ready to multiply ``x_t``: a tensor reshaped to broadcast on ``x_t``'s device and dtype;
+    a number kept a number, rounded to ``x_t``'s dtype as that tensor would be, so that no host
+    value is copied to the device (a copy that would make the host wait for a GPU)."""
+    if isinstance(c, Tensor):
+        return expand_like(c.to(torch.float64), x_t)
+    return torch.tensor(c, dtype=torch.float64).to(x_t.dtype).item()
 
 
 class Denoiser:
@@ -192,16 +201,29 @@ class Denoiser:
         return bound
 
     def model_time(self, t, batch: int, device) -> Tensor:
+        """The time ``t`` (a number, or a tensor of shape ``()`` or ``(batch,)``) as the network
+        takes it on ``device``: ``time_input(t)`` of float64 times if given; else ``torch.long``
+        steps when the process is discrete and every time is a whole number, float32 otherwise.
+
+        Whether the times are whole is read where that costs nothing: from a number, from an
+        integer dtype, or from a tensor still on the CPU (checked before it moves to ``device``).
+        Only float times already on a GPU are read back there, one wait per call; callers in a
+        step loop pass numbers or CPU tensors."""
         if isinstance(t, (int, float)) and self.time_input is None:     # one time for the batch
             whole = self.process.discrete and float(t).is_integer()
             return torch.full((batch,), t, dtype=torch.long if whole else torch.float32, device=device)
-        t = torch.as_tensor(t, dtype=torch.float64, device=device)
+        t = torch.as_tensor(t)
+        if self.time_input is not None or not self.process.discrete:
+            whole = False
+        elif not t.is_floating_point():
+            whole = True
+        else:                                   # on the CPU, before the copy: no wait for a GPU
+            whole = bool(torch.all(t == torch.round(t)))
+        t = to_device(t.to(torch.long if whole else torch.float64), device)
         t = t.expand(batch) if t.ndim == 0 else t
         if self.time_input is not None:
             return self.time_input(t)
-        if self.process.discrete and torch.all(t == torch.round(t)):
-            return t.to(torch.long)
-        return t.to(torch.float32)
+        return t if whole else t.to(torch.float32)
 
     def call_network(self, model, x_t: Tensor, t, condition) -> Tensor:
         """``model(x_t, t_model, **condition)``: one network call with the condition for the batch."""

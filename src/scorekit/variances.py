@@ -90,7 +90,7 @@ def variance_bounds(process: GaussianProcess, t, s) -> tuple[Tensor, Tensor]:
         _, _, clip = process.posterior_coefficients(_t64(first + 1.0), _t64(first))
     else:
         clip = process.transition(_t64(first), _t64(process.t_data))[1] ** 2
-    small = torch.where(s <= process.t_data, clip.to(small), small)
+    small = torch.where(s <= process.t_data, clip.item(), small)       # a number: no copy to small's device
     return small, large
 
 

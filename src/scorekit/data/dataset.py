@@ -50,6 +50,7 @@ import os
 import numpy as np
 import torch
 
+from ..devices import to_device
 from ..errors import (ScorekitError, check_options, class_count, class_count_from_labels,
                       option_schema, positive_number)
 from ..toy import GaussianMixture
@@ -174,7 +175,7 @@ class Dataset:
         if not self.flip:
             return x
         flip = torch.randint(0, 2, (x.shape[0],), generator=generator, device=generator.device)
-        flip = flip.to(device=x.device, dtype=torch.bool, non_blocking=True).reshape(-1, *([1] * (x.ndim - 1)))
+        flip = to_device(flip.to(torch.bool), x.device).reshape(-1, *([1] * (x.ndim - 1)))
         return torch.where(flip, x.flip(-1), x)
 
 

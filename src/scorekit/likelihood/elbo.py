@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..devices import to_device
 from ..errors import ScorekitError, reads_are_free
 from ..processes import GaussianProcess, expand_like
 from ..variances import _grid_pairs, analytic_variance, fixed_variance, require_variance_head
@@ -279,14 +280,16 @@ def elbo(denoiser, process: GaussianProcess, x0: Tensor, *, variance="small", da
             xs, ts, ss = [], [], []
             for i in idx:
                 t = t_all[i].item()
-                eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=generator.device).to(dev)
+                eps = to_device(torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=generator.device), dev)
                 xs.append(process.alpha(t).item() * x0 + process.sigma(t).item() * eps)
-                ts.append(torch.full((N,), t, dtype=_F64, device=dev))
-                ss.append(torch.full((N,), s_all[i].item(), dtype=_F64, device=dev))
-            x_t, t_vec, s_vec = torch.cat(xs), torch.cat(ts), torch.cat(ss)
+                ts.append(torch.full((N,), t, dtype=_F64))
+                ss.append(torch.full((N,), s_all[i].item(), dtype=_F64))
+            # the network's times from the CPU (Denoiser.model_time reads them there), the terms' on dev
+            t_host, s_host = torch.cat(ts), torch.cat(ss)
+            x_t, t_vec, s_vec = torch.cat(xs), to_device(t_host, dev), to_device(s_host, dev)
             x0_rep = x0.repeat((len(idx),) + (1,) * (x0.ndim - 1))
-            t_arg = t_all[idx[0]].item() if len(idx) == 1 else t_vec
-            s_arg = s_all[idx[0]].item() if len(idx) == 1 else s_vec
+            t_arg = t_all[idx[0]].item() if len(idx) == 1 else t_host
+            s_arg = s_all[idx[0]].item() if len(idx) == 1 else s_host
             if mode == "learned":
                 x0_pred, log_var = denoiser.x0_and_log_variance(x_t, t_arg, s_arg)
             else:
@@ -453,15 +456,16 @@ def sampled_elbo(denoiser, process: GaussianProcess, x0: Tensor, *, strata=50, v
     with torch.no_grad():
         prior = prior_term(process, x0, t_all[-1].item())
         for j in progress_range(M + 1, progress, "sampled elbo"):
-            eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=generator.device).to(dev)
+            eps = to_device(torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=generator.device), dev)
             idx = index[:, j]
-            t_vec, s_vec = t_all[idx].to(dev), s_all[idx].to(dev)
+            t_host, s_host = t_all[idx], s_all[idx]         # the network's times, read on the CPU
+            t_vec, s_vec = to_device(t_host, dev), to_device(s_host, dev)
             x_t = expand_like(process.alpha(t_vec), x0).to(x0.dtype) * x0 \
                 + expand_like(process.sigma(t_vec), x0).to(x0.dtype) * eps
             for lo in range(0, N, B):
                 sl = slice(lo, min(lo + B, N))
-                t_arg = t_all[idx[0]].item() if j == 0 else t_vec[sl]
-                s_arg = s_all[idx[0]].item() if j == 0 else s_vec[sl]
+                t_arg = t_all[idx[0]].item() if j == 0 else t_host[sl]
+                s_arg = s_all[idx[0]].item() if j == 0 else s_host[sl]
                 if learned:
                     x0_pred, learned_log_var = denoiser.x0_and_log_variance(x_t[sl], t_arg, s_arg)
                 else:

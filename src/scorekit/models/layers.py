@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import to_device
 from ..errors import ScorekitError, reads_are_free
 
 Tensor = torch.Tensor
@@ -139,7 +140,7 @@ def label_vector(y, batch: int, num_classes: int | None, device) -> Tensor | Non
         raise ScorekitError(
             f"label {bad} in y is outside 0..{num_classes}: the network has num_classes={num_classes} "
             f"classes 0..{num_classes - 1}, and {num_classes} (or -1) means 'no label'")
-    return y.to(device, non_blocking=True)
+    return to_device(y, device)
 
 
 # --------------------------------------------------------------------------- time embeddings

@@ -342,7 +342,8 @@ def measure(A: LinearOperator, x: Tensor, sigma_y: float = 0.0, *, generator=Non
     if sigma_y:
         if sigma_y < 0:
             raise ScorekitError(f"the measurement noise sigma_y must be >= 0, got {sigma_y}")
-        n = torch.randn(y.shape, generator=generator, dtype=y.dtype, device="cpu").to(y.device)
+        n = torch.randn(y.shape, generator=generator, dtype=y.dtype,
+                        device="cpu" if generator is None else generator.device).to(y.device)
         y = y + sigma_y * n
     return y
 

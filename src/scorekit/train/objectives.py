@@ -47,6 +47,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..devices import to_device
 from ..errors import ScorekitError
 from .config import TrainConfig, build_process, check_diffusion_settings, default_prediction, model_config_for
 
@@ -276,7 +277,7 @@ class DiffusionObjective(Objective):
         y = batch.y
         if y is None or self.label_dropout <= 0:
             return batch
-        drop = (torch.rand(y.shape[0], generator=generator) < self.label_dropout).to(y.device, non_blocking=True)
+        drop = to_device(torch.rand(y.shape[0], generator=generator) < self.label_dropout, y.device)
         return Batch(batch.x, torch.where(drop, torch.full_like(y, self.net_config["num_classes"]), y))
 
     def attach_condition(self, batch: Batch, generator: torch.Generator) -> Batch:

@@ -65,6 +65,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..devices import to_device
 from ..errors import ScorekitError
 from . import checkpoint as ckpt_io
 # re-exported: these names were defined here before the settings moved to config.py and the
@@ -437,7 +438,7 @@ class _Trainer:
         cfg = self.config
         idx = self.generators.order.next(cfg.batch_size)
         if self.data_placement == "device":             # index where the data are (no host copy)
-            idx = idx.to(self.device, non_blocking=True)
+            idx = to_device(idx, self.device)
         x = self.data_x[idx]
         x = self.dataset.augment(x, self.generators.augment)
         y = self.data_y[idx].clone() if self.objective.uses_labels else None
@@ -449,11 +450,7 @@ class _Trainer:
         the copy when the data stay on the host of a GPU), NHWC for ``channels_last``."""
         if t is None:
             return None
-        if t.device != self.device:
-            if self.device.type == "cuda":
-                t = t.pin_memory().to(self.device, non_blocking=True)
-            else:
-                t = t.to(self.device)
+        t = to_device(t, self.device)
         if self.channels_last and t.ndim == 4:
             t = t.contiguous(memory_format=torch.channels_last)
         return t

@@ -1,0 +1,30 @@
+"""Copying host tensors to the device without making the host wait.
+
+On a GPU the host queues work and runs ahead of it. A copy from ordinary (pageable) host memory
+to the device that is not ``non_blocking`` breaks that: PyTorch waits for the device's stream to
+finish everything queued before it. One such copy per training or sampling step costs a step's
+worth of queueing. :func:`to_device` copies a host tensor from page-locked memory (CUDA) without
+waiting; on the CPU, and for a tensor already on the device, it is ``t`` itself.
+"""
+from __future__ import annotations
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def to_device(t: Tensor, device) -> Tensor:
+    """``t`` on ``device``, copied from the host without waiting for the device's queued work:
+    through a page-locked copy of ``t`` to a CUDA device (``t`` may then change at once; a ``t``
+    already page-locked is copied as it is and must not), ``non_blocking`` to another accelerator."""
+    device = torch.device(device)
+    if t.device == device:
+        return t
+    if t.device.type != "cpu":
+        return t.to(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device, non_blocking=device.type != "cpu")
+
+
+__all__ = ["to_device"]

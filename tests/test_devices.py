@@ -1,0 +1,106 @@
+"""Nothing in a step makes a GPU's host wait, checked on the CPU with the "meta" device: a read of
+a value raises there, and ``device_probe.blocking_host_copies`` records the copies from the host
+that PyTorch would wait on. Here: the probe itself, ``scorekit.devices.to_device``,
+``Denoiser.model_time``, and the editing and inverse-problem methods' step loops."""
+import os
+import sys
+
+import pytest
+import torch
+
+import scorekit
+from scorekit import DDPM, Denoiser
+from scorekit.devices import to_device
+from scorekit.samplers._common import FiniteStates
+
+sys.path.insert(0, os.path.dirname(__file__))
+from device_probe import blocking_host_copies   # noqa: E402
+
+META = torch.device("meta")
+
+
+def test_the_probe_records_blocking_copies_from_the_host_and_nothing_else():
+    with blocking_host_copies() as copies:
+        torch.ones(3).to(META)                                      # 1
+        torch.empty(3, device=META).copy_(torch.ones(3))            # 2
+        torch.tensor([1.0, 2.0], device=META)                       # 3
+        torch.as_tensor([1, 2], device=META)                        # 4
+        torch.ones(3).to(META, non_blocking=True)                   # not waited on
+        torch.empty(3, device=META) * torch.tensor(2.0)             # a CPU scalar: passed as a number
+        torch.empty(3, device=META).to(torch.float64)               # on the device
+        torch.ones(3).to(torch.float64)                             # on the host
+    assert len(copies) == 4
+    assert "(3,) from the host" in copies[0] and "torch.tensor of host data onto meta" in copies[2]
+
+
+def test_to_device_copies_without_blocking_and_leaves_a_tensor_in_place_alone():
+    t = torch.arange(4)
+    assert to_device(t, "cpu") is t
+    with blocking_host_copies() as copies:
+        moved = to_device(t, META)
+    assert copies == [] and moved.device == META and moved.dtype == t.dtype
+    assert to_device(moved, "meta") is moved
+
+
+@pytest.mark.parametrize("t, dtype", [(torch.tensor([3, 7]), torch.long),
+                                      (torch.tensor([3.0, 7.0], dtype=torch.float64), torch.long),
+                                      (torch.tensor([3.5, 7.0]), torch.float32),
+                                      (5, torch.long), (5.5, torch.float32)])
+def test_model_time_decides_on_the_host_and_copies_without_blocking(t, dtype):
+    """Whole times on a discrete process become ``torch.long``; whether they are whole is read
+    from the number, the integer dtype or the CPU tensor, never from the device."""
+    den = Denoiser(lambda x, t: x, DDPM(num_steps=10))
+    with blocking_host_copies() as copies:
+        out = den.model_time(t, 2, META)
+    assert copies == [] and out.device == META and out.dtype == dtype and out.shape == (2,)
+    assert den.model_time(t, 2, "cpu").tolist() == torch.as_tensor(t).to(dtype).expand(2).tolist()
+
+
+def test_model_time_reads_float_times_that_are_already_on_the_device():
+    """The documented exception: float times on the device of a discrete process are read there."""
+    den = Denoiser(lambda x, t: x, DDPM(num_steps=10))
+    with pytest.raises(RuntimeError):                  # meta: "cannot be called on meta tensors"
+        den.model_time(torch.empty(2, device=META), 2, META)
+    continuous = Denoiser(lambda x, t: x, scorekit.VPSDE())
+    assert continuous.model_time(torch.empty(2, device=META), 2, META).dtype == torch.float32
+
+
+# --- the tasks' step loops ---------------------------------------------------------------------------------
+
+def _meta_denoiser():
+    from scorekit.models import build_model, preset
+
+    with torch.device("meta"):
+        net = build_model(preset("tiny", in_channels=1, out_channels=1, image_size=8))
+    return Denoiser(net, DDPM(num_steps=100), "eps")
+
+
+@pytest.mark.parametrize("method", ["sdedit", "ilvr", "repaint", "dps", "projection"])
+def test_an_editing_or_inverse_method_reads_nothing_and_copies_without_blocking(method, monkeypatch):
+    """Every step of the method on the meta device, after its one-time input checks (the
+    measurement's values, left out here). The generator is on the CPU, as meta has none: the
+    projection method's noise is then drawn there and copied without blocking; on a GPU with a
+    generator on the device it is drawn there. PiGDM and moment matching are left out: their
+    conjugate-gradient solve reads its residual once per step, by design."""
+    import scorekit.tasks.inverse as inverse
+    from scorekit.tasks import Downsample, edit, solve_inverse
+
+    monkeypatch.setattr(FiniteStates, "finish", lambda self, x=None: None)
+    monkeypatch.setattr(inverse, "check_measurement", lambda A, y, x_shape=None: ((2, 1, 8, 8), (2, 1, 4, 4)))
+    den = _meta_denoiser()
+    x = torch.empty(2, 1, 8, 8, device=META)
+    g = torch.Generator().manual_seed(0)
+    with blocking_host_copies() as copies:
+        if method == "sdedit":
+            out = edit("sdedit", den, x, strength=0.5, num_steps=5, generator=g)
+        elif method == "ilvr":
+            out = edit("ilvr", den, x, factor=2, num_steps=5, generator=g)
+        elif method == "repaint":
+            mask = torch.ones(1, 8, 8, dtype=torch.bool, device=META)
+            out = edit("repaint", den, x, mask=mask, num_steps=5, resamplings=2, jump_length=2, generator=g)
+        else:
+            out = solve_inverse(den, Downsample(2), torch.empty(2, 1, 4, 4, device=META), method=method,
+                                num_steps=5, x_T=torch.empty(2, 1, 8, 8, device=META), generator=g, sigma_y=0.05,
+                                process=den.process)
+    assert out.device == META and out.shape == x.shape
+    assert copies == []
