@@ -212,7 +212,7 @@ class Denoiser:
         if isinstance(t, (int, float)) and self.time_input is None:     # one time for the batch
             whole = self.process.discrete and float(t).is_integer()
             return torch.full((batch,), t, dtype=torch.long if whole else torch.float32, device=device)
-        t = torch.as_tensor(t)
+        t = t if isinstance(t, Tensor) else torch.as_tensor(t, dtype=torch.float64)    # a list: in full precision
         if self.time_input is not None or not self.process.discrete:
             whole = False
         elif not t.is_floating_point():
