@@ -56,6 +56,13 @@ def test_model_time_decides_on_the_host_and_copies_without_blocking(t, dtype):
     assert den.model_time(t, 2, "cpu").tolist() == torch.as_tensor(t).to(dtype).expand(2).tolist()
 
 
+def test_model_time_gives_time_input_float64_times_from_a_list():
+    seen = []
+    den = Denoiser(lambda x, t: x, scorekit.VPSDE(), time_input=lambda t: seen.append(t) or t)
+    den.model_time([0.123456789, 0.5], 2, "cpu")
+    assert seen[0].dtype == torch.float64 and seen[0][0].item() == 0.123456789
+
+
 def test_model_time_reads_float_times_that_are_already_on_the_device():
     """The documented exception: float times on the device of a discrete process are read there."""
     den = Denoiser(lambda x, t: x, DDPM(num_steps=10))
