@@ -11,6 +11,8 @@
 # Parts:
 #   "syncs": benchmarks/gpu_sync_check.py -- every operation that makes the host wait for the GPU inside
 #     the training steps, the samplers, guidance and the editing and inverse-problem methods (<= 60 s).
+#   "attention": benchmarks/attention_layout.py -- the attention block with Q, K, V laid out for SDPA's fused
+#     kernels against the convolution's layout (math kernel), which AttentionBlock.fused_layout="auto" picks (<= 40 s).
 #   "bench": benchmarks/gpu_throughput.py -- the base preset (training step in eager / compiled x
 #     fp32-TF32 / bf16, the training loop, sampling, the measured matmul peak), then small and tiny
 #     (training step only); each under a --budget and a timeout, its report rewritten after every row.
@@ -19,11 +21,11 @@
 #     scorekit eval (a CIFAR-10 feature network trained on the same images: FID, KID, IS, P/R).
 #   "bf16" (not in the default PARTS): benchmarks/bf16_training.py on CIFAR-10 with the small preset --
 #     bf16 autocast against float32 (TF32 off) training on the same seed, and a second float32 seed.
-# PARTS (default "syncs bench gpu") picks parts; TOTAL (default 560 s) bounds the whole script. For a dry run
+# PARTS (default "syncs attention bench gpu") picks parts; TOTAL (default 560 s) bounds the whole script. For a dry run
 # on a CPU: DEVICE=cpu MODEL=tiny NUM=200 BENCH_ARGS=--quick SITE=/tmp/some-site OUT=/tmp/out TOTAL=400.
 set -u
 T0=$SECONDS
-TOTAL=${TOTAL:-560} PARTS=${PARTS:-syncs bench gpu} DEVICE=${DEVICE:-cuda} MODEL=${MODEL:-base} NUM=${NUM:-10000}
+TOTAL=${TOTAL:-560} PARTS=${PARTS:-syncs attention bench gpu} DEVICE=${DEVICE:-cuda} MODEL=${MODEL:-base} NUM=${NUM:-10000}
 SITE=${SITE:-/tmp/site} BENCH_ARGS=${BENCH_ARGS:-} WHEELS=${WHEELS:-.device/whl}
 OUT=${OUT:?set OUT to the folder of the results}; mkdir -p $OUT
 left() { echo $(( TOTAL - (SECONDS - T0) )); }
@@ -48,6 +50,10 @@ note "set up"
 if wanted syncs 450; then
   timeout 60 python3 benchmarks/gpu_sync_check.py --device $DEVICE --out $OUT > $OUT/syncs.log 2>&1
   note "syncs: exit $?"
+fi
+if wanted attention 400; then
+  timeout 40 python3 benchmarks/attention_layout.py --device $DEVICE ${ATTENTION_ARGS:-} --out $OUT > $OUT/attention.log 2>&1
+  note "attention: exit $?"
 fi
 if [[ " $PARTS " == *" bench "* ]]; then
   timeout 220 python3 benchmarks/gpu_throughput.py --presets base --measure-peak --budget 160 $BENCH_ARGS \

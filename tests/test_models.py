@@ -254,8 +254,11 @@ def test_res_block_matches_formula(conditioning):
     assert torch.allclose(block(x, emb), skip + h, atol=1e-5)
 
 
+@pytest.mark.parametrize("fused_layout", ["auto", True])
 @pytest.mark.parametrize("num_heads", [1, 2])
-def test_attention_block_matches_softmax_formula(num_heads):
+def test_attention_block_matches_softmax_formula(num_heads, fused_layout, monkeypatch):
+    """Both layouts of Q, K, V (as on a CPU, and as off it, for the fused kernels) compute the formula."""
+    monkeypatch.setattr(AttentionBlock, "fused_layout", fused_layout)
     block = perturbed(AttentionBlock(4, num_heads, groups=2), scale=0.5)
     x = randn(2, 4, 3, 2)
     n, c, L = 2, 4, 6
@@ -272,6 +275,28 @@ def test_attention_block_matches_softmax_formula(num_heads):
     expected = x + (torch.einsum("oc,ncl->nol", block.proj.weight[:, :, 0, 0], a)
                     + block.proj.bias[:, None]).reshape(x.shape)
     assert torch.allclose(block(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_attention_layout_for_the_fused_kernels(channels_last, monkeypatch):
+    """The Q, K, V that SDPA gets: off the CPU (meta here) each head's channels are adjacent,
+    which the fused kernels need (PyTorch's own choice of kernel says so where it can tell, on
+    the CPU); on the CPU the default layout is the convolution's, served by the math kernel."""
+    seen = []
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, k, v: seen.append((q, k, v)) or q)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for device in ("cpu", "meta"):
+        block = AttentionBlock(64, 2, groups=8).to(device=device, memory_format=fmt)
+        block.attend(torch.zeros(3, 64, 4, 4, device=device).contiguous(memory_format=fmt))
+    (cpu_qkv, meta_qkv) = seen
+    for q in meta_qkv:
+        assert q.shape == (3, 2, 16, 32) and q.stride(-1) == 1
+    assert all(q.stride(-1) == (1 if channels_last else 16) for q in cpu_qkv)
+    choose = getattr(torch, "_fused_sdp_choice", None)           # 0 is the math kernel
+    if choose is not None:
+        assert choose(*[torch.randn(q.shape) for q in meta_qkv]) != 0          # the layout of meta_qkv
+        plain = [torch.randn(3, 2, 32, 16).transpose(-1, -2) for _ in range(3)]
+        assert choose(*plain) == 0
 
 
 def test_res_block_parameter_count_matches_formula():

@@ -295,7 +295,18 @@ class AttentionBlock(nn.Module):
     ``x + W_o softmax(Q K^T / sqrt(d)) V`` where ``Q, K, V`` are a 1x1 convolution of ``GN(x)``
     split into ``num_heads`` heads of ``d = C / num_heads`` channels; ``W_o`` starts at zero.
     The product is computed by ``torch.nn.functional.scaled_dot_product_attention``.
+
+    Its fused kernels (flash attention, memory-efficient attention) need each head's ``d``
+    channels adjacent in memory, which the convolution's ``(N, C, H, W)`` output is not: PyTorch
+    then falls back to its math kernel (``Q K^T`` materialised). :attr:`fused_layout` says when
+    ``Q, K, V`` are copied into that layout first: ``"auto"`` (the default) off the CPU, where
+    the fused kernels run on tensor cores; on a CPU the math kernel is as fast at these sizes and
+    the results stay as they were. ``True`` / ``False`` force it (``benchmarks/attention_layout.py``
+    measures both).
     """
+
+    #: ``"auto"``, ``True`` or ``False``: whether Q, K, V are laid out for the fused kernels
+    fused_layout = "auto"
 
     def __init__(self, channels: int, num_heads: int = 1, groups: int = 32):
         super().__init__()
@@ -314,6 +325,9 @@ class AttentionBlock(nn.Module):
         heads, d = self.num_heads, c // self.num_heads
         qkv = self.qkv(self.norm(x)).reshape(n, 3, heads, d, hgt * wid)
         q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))       # (n, heads, L, d)
+        fused = self.fused_layout if isinstance(self.fused_layout, bool) else x.device.type != "cpu"
+        if fused and q.stride(-1) != 1:                 # channels-last input: already adjacent
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         out = F.scaled_dot_product_attention(q, k, v)                     # (n, heads, L, d)
         return out.transpose(-1, -2).reshape(n, c, hgt, wid)
 
