@@ -31,7 +31,7 @@ FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one eager f
 pass (matmuls, convolutions and attention; normalisations and activations are not counted); a
 training step is counted as 3x the forward (backward = 2x forward), the usual convention, and
 the count of an actual forward + backward is recorded beside it. MFU = counted FLOPs / time /
-peak, against ``--peak-tflops`` (default: an H200's dense bfloat16 peak, 989 TFLOP/s) for every
+peak, against ``--peak-tflops`` (default: the dense bfloat16 peak of an H100 SXM or H200, 989 TFLOP/s) for every
 row, float32 rows included, and with ``--measure-peak`` also against the rate of a large
 bfloat16 matmul timed in the same run.
 
@@ -92,7 +92,7 @@ except Exception as err:                          # not installed, or does not i
 ROOT = Path(__file__).resolve().parent.parent
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-test-jpg.tar.gz"
 #: NVIDIA's dense (no sparsity) bfloat16 tensor-core peak of an H200 SXM, TFLOP/s
-H200_BF16_TFLOPS = 989.0
+HOPPER_BF16_TFLOPS = 989.0
 CHANNELS = 3
 SAMPLERS = (("ddim", 50), ("dpmpp_2m", 20))
 #: the issue's goals: the loop against its own compiled step, scorekit's compiled bf16 step against
@@ -599,8 +599,8 @@ def parse(argv):
                    help="height and width of the images (default 32; --quick: 16)")
     p.add_argument("--data", default=None, help="the loop's dataset spec (default: folder: the CIFAR-10 archive "
                                                 "in ../shared/data, else synthetic images)")
-    p.add_argument("--peak-tflops", type=float, default=H200_BF16_TFLOPS,
-                   help="the peak that MFU divides by (default: H200 dense bf16, 989)")
+    p.add_argument("--peak-tflops", type=float, default=HOPPER_BF16_TFLOPS,
+                   help="the peak that MFU divides by (default: H100 SXM or H200 dense bf16, 989)")
     p.add_argument("--measure-peak", action="store_true", help="also time a large bf16 matmul as the achievable peak")
     p.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; --quick: eager)")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode (e.g. max-autotune-no-cudagraphs)")
