@@ -111,3 +111,44 @@ def test_an_editing_or_inverse_method_reads_nothing_and_copies_without_blocking(
                                 process=den.process)
     assert out.device == META and out.shape == x.shape
     assert copies == []
+
+
+@pytest.mark.parametrize("variance", ["small", "large", "learned", "sampled"])
+def test_the_elbo_reads_only_its_result_and_copies_without_blocking(variance, monkeypatch):
+    """The ELBO's loop over the steps (5 chunks of 4 steps, or the sampled ELBO's 6 strata) on the
+    meta device: no blocking copy, and the only read is the summary of the result at the end
+    (``mean_bpd`` and its standard error are numbers), after the last network call. Its input
+    check (8-bit data) is a one-time read, left out here."""
+    import importlib
+
+    from scorekit.models import build_model, preset
+    from scorekit.variances import LearnedVarianceDenoiser
+
+    elbo_module = importlib.import_module("scorekit.likelihood.elbo")
+    monkeypatch.setattr(elbo_module, "_check_data", lambda x0, bits: x0)
+    with torch.device("meta"):
+        net = build_model(preset("tiny", in_channels=1, out_channels=2 if variance == "learned" else 1, image_size=8))
+    calls = []
+
+    def counted(x, t):
+        calls.append(x.shape[0])
+        return net(x, t)
+
+    process = DDPM(num_steps=20)
+    den = LearnedVarianceDenoiser(counted, process) if variance == "learned" else Denoiser(counted, process)
+    x0 = torch.empty(4, 1, 8, 8, device=META)
+
+    def run():
+        if variance == "sampled":
+            return elbo_module.sampled_elbo(den, process, x0, strata=5, generator=torch.Generator())
+        return elbo_module.elbo(den, process, x0, variance=variance, batch_steps=4, generator=torch.Generator())
+
+    with pytest.raises(RuntimeError, match="meta"):            # the first run moves the DDPM tables once
+        run()
+    calls.clear()
+    with blocking_host_copies() as copies, pytest.raises(RuntimeError, match="meta") as info:
+        run()
+    assert copies == []
+    assert len(calls) == (6 if variance == "sampled" else 5)
+    last = [entry for entry in info.traceback if "scorekit" in str(entry.path)][-1]
+    assert last.name == ("sampled_elbo" if variance == "sampled" else "elbo")

@@ -87,11 +87,18 @@ class Elbo:
 # Per-dimension pieces
 # ---------------------------------------------------------------------------------------------
 
+def _like(value, like: Tensor) -> Tensor:
+    """``value`` (a number or a tensor) as a tensor of ``like``'s dtype on its device: a number is
+    filled in there and a host tensor copied without waiting (neither makes the host wait for a GPU)."""
+    if isinstance(value, Tensor):
+        return to_device(value.to(like.dtype), like.device)
+    return torch.full((), float(value), dtype=like.dtype, device=like.device)
+
+
 def normal_kl(mean_q: Tensor, var_q, mean_p: Tensor, log_var_p) -> Tensor:
     r"""``KL(N(mean_q, var_q) || N(mean_p, exp(log_var_p)))`` per dimension (broadcast):
     ``1/2 (log_var_p - log var_q + (var_q + (mean_q - mean_p)^2) / var_p - 1)``."""
-    var_q = torch.as_tensor(var_q, dtype=mean_q.dtype, device=mean_q.device)
-    log_var_p = torch.as_tensor(log_var_p, dtype=mean_q.dtype, device=mean_q.device)
+    var_q, log_var_p = _like(var_q, mean_q), _like(log_var_p, mean_q)
     return 0.5 * (log_var_p - torch.log(var_q) + (var_q + (mean_q - mean_p) ** 2) * torch.exp(-log_var_p) - 1.0)
 
 
@@ -305,7 +312,7 @@ def elbo(denoiser, process: GaussianProcess, x0: Tensor, *, variance="small", da
                         var[j] = analytic_variance(process, t_all[i], s_all[i], gamma)
                 else:
                     var = table[idx]
-                log_var = torch.log(var).to(dev).repeat_interleave(N)
+                log_var = to_device(torch.log(var), dev).repeat_interleave(N)
             if not isinstance(x0_pred, Tensor) or x0_pred.shape != x_t.shape:
                 raise ScorekitError(f"the denoiser returned {getattr(x0_pred, 'shape', type(x0_pred))} for x_t of "
                                     f"shape {tuple(x_t.shape)}")
@@ -474,14 +481,14 @@ def sampled_elbo(denoiser, process: GaussianProcess, x0: Tensor, *, strata=50, v
                     raise ScorekitError(f"the denoiser returned {getattr(x0_pred, 'shape', type(x0_pred))} for "
                                         f"x_t of shape {tuple(x_t[sl].shape)}")
                 for name, table in tables.items():
-                    log_var = learned_log_var if isinstance(table, str) else torch.log(table[idx[sl]]).to(dev)
+                    log_var = learned_log_var if isinstance(table, str) else to_device(torch.log(table[idx[sl]]), dev)
                     terms[name][sl, j] = step_terms(process, x0[sl], x_t[sl], t_vec[sl], s_vec[sl], x0_pred,
                                                     log_var, data_bits)
     to_bpd = 1.0 / (D * _LOG2)
     prior_bpd = prior * to_bpd
     out = {}
     for name, tm in terms.items():
-        shares = tm * weight.to(dev) * to_bpd
+        shares = tm * to_device(weight, dev) * to_bpd
         total = prior_bpd + shares.sum(1)
         stderr = float(total.std(unbiased=True) / math.sqrt(N)) if N > 1 else float("nan")
         out[name] = SampledElbo(total_bpd=total, mean_bpd=float(total.mean()), stderr_bpd=stderr,
