@@ -123,7 +123,8 @@ def main(argv=None) -> int:
         os.makedirs(args.out, exist_ok=True)
         lines = ["# Attention: Q, K, V for the fused kernels against the convolution's layout", "",
                  f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}",
-                 f"command: python benchmarks/attention_layout.py {' '.join(argv if argv is not None else sys.argv[1:])}",
+                 "command: python benchmarks/attention_layout.py "
+                 + " ".join(argv if argv is not None else sys.argv[1:]),
                  "", "| preset | input | precision | fused layout ms (kernel) | convolution layout ms (kernel) | "
                  "fused / convolution (range) |", "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r['preset']} | {'x'.join(map(str, r['shape']))} | {r['precision']} | {r['fused_ms']:.3f} "

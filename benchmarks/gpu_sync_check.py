@@ -147,7 +147,8 @@ def sampling(device, name):
             else labels
         extra = dict(guidance_scale=2.0, guidance_rescale=0.7) if image else \
             dict(guidance_scale=2.0, guidance_interval=(0.5, 20.0)) if "interval" in name else dict(guidance_scale=3.0)
-        call = lambda: scorekit.sample(net, x_T, sampler="dpmpp_2m", condition=condition, **kwargs, **extra)  # noqa: E731
+        call = lambda: scorekit.sample(net, x_T, sampler="dpmpp_2m", condition=condition,  # noqa: E731
+                                       **kwargs, **extra)
     elif name == "classifier guidance":
         net = _network(device)
         classifier = build_model(preset("classifier-tiny", image_size=8)).to(device).eval()

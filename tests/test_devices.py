@@ -152,3 +152,27 @@ def test_the_elbo_reads_only_its_result_and_copies_without_blocking(variance, mo
     assert len(calls) == (6 if variance == "sampled" else 5)
     last = [entry for entry in info.traceback if "scorekit" in str(entry.path)][-1]
     assert last.name == ("sampled_elbo" if variance == "sampled" else "elbo")
+
+
+@pytest.mark.parametrize("guidance", ["labels", "cfg", "classifier"])
+def test_labels_given_on_the_host_are_copied_once_and_checked_once(guidance, monkeypatch):
+    """Labels on the CPU for a model on the device (meta): the network's condition is moved there
+    once per sampling call (it was copied at every network call), and classifier guidance checks
+    its labels against the classifier's classes once, not at every step."""
+    from scorekit.guidance import ClassifierGuidance
+    from scorekit.models import build_model, preset
+
+    checks = []
+    monkeypatch.setattr(ClassifierGuidance, "check_classes", staticmethod(lambda labels, k: checks.append(k)))
+    monkeypatch.setattr(FiniteStates, "finish", lambda self, x=None: None)
+    with torch.device("meta"):
+        net = build_model(preset("tiny", in_channels=1, out_channels=1, image_size=8,
+                                 num_classes=None if guidance == "classifier" else 10))
+        classifier = build_model(preset("classifier-tiny", image_size=8))
+    options = {"labels": {}, "cfg": dict(guidance_scale=2.0),
+               "classifier": dict(classifier=classifier, classifier_scale=2.0)}[guidance]
+    with blocking_host_copies() as copies:
+        scorekit.sample(net, torch.empty(4, 1, 8, 8, device=META), process=DDPM(), sampler="ddim", num_steps=5,
+                        condition=torch.tensor([1, 2, 3, 4]), **options)
+    assert copies == []
+    assert checks == ([10] if guidance == "classifier" else [])

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .devices import to_device
 from .errors import ScorekitError, reads_are_free
 
 Tensor = torch.Tensor
@@ -91,7 +92,8 @@ class Condition:
         return Condition(**{name: fn(value) for name, value in self._fields().items()})
 
     def to(self, device) -> "Condition":
-        return self.map(lambda v: v.to(device))
+        """The condition on ``device`` (from the host without making it wait for the device)."""
+        return self.map(lambda v: to_device(v, device))
 
     def for_batch(self, n: int) -> "Condition":
         """The condition for a batch of ``n`` samples: itself, or one condition repeated ``n`` times."""

@@ -51,6 +51,7 @@ import math
 import torch
 
 from .conditioning import Condition, NULL_LABEL
+from .devices import to_device
 from .errors import ScorekitError
 from .prediction import PREDICTION_TYPES, convert
 from .thresholding import ClipX0, ThresholdX0, clip_x0, dynamic_threshold, threshold_x0
@@ -207,6 +208,14 @@ class ClassifierGuidance(DenoiserWrapper):
     def binds_condition_itself(self) -> bool:
         return not getattr(self.inner, "conditional", False)   # an unconditional network takes no labels
 
+    @staticmethod
+    def check_classes(labels: Tensor, k: int) -> None:
+        """Refuse a label (other than the null one) outside the classifier's classes ``0 .. k-1``.
+        It reads the labels: made once per labels, not at every step."""
+        keep = labels != NULL_LABEL
+        if bool(keep.any()) and int(labels[keep].max()) >= k:
+            raise ScorekitError(f"class {int(labels[keep].max())} is outside the classifier's classes 0..{k - 1}")
+
     def log_prob_gradient(self, x_t: Tensor, t, labels: Tensor) -> Tensor:
         r"""``grad_x log p_phi(y | x_t, t)`` per sample (zero where ``y`` is the null label)."""
         shape = getattr(self.classifier, "sample_shape", None)
@@ -224,9 +233,7 @@ class ClassifierGuidance(DenoiserWrapper):
             k = logits.shape[1]
             checked = getattr(self, "_labels_checked", None)            # once per labels: it reads the device
             if checked is None or checked[0] is not labels or checked[1] != k:
-                if bool(keep.any()) and int(labels[keep].max()) >= k:
-                    raise ScorekitError(f"class {int(labels[keep].max())} is outside the classifier's "
-                                        f"classes 0..{k - 1}")
+                self.check_classes(labels, k)
                 self._labels_checked = (labels, k)
             log_p = torch.log_softmax(logits, dim=1)
             picked = log_p.gather(1, labels.clamp_min(0).to(logits.device)[:, None])[:, 0]
@@ -238,7 +245,10 @@ class ClassifierGuidance(DenoiserWrapper):
         if condition.labels is None:
             raise ScorekitError("classifier guidance needs class labels in the condition")
         n = x_t.shape[0]
-        labels = condition.for_batch(n).labels.to(x_t.device)
+        kept = self.__dict__.get("_labels_kept")          # once per condition: no copy or check per step
+        if kept is None or kept[0] is not condition or kept[1] != n or kept[2] != x_t.device:
+            kept = self._labels_kept = (condition, n, x_t.device, to_device(condition.for_batch(n).labels, x_t.device))
+        labels = kept[3]
         x0 = predict(x_t, t, None if self.binds_condition_itself() else condition)
         if self.scale == 0:
             return x0

@@ -287,7 +287,8 @@ def elbo(denoiser, process: GaussianProcess, x0: Tensor, *, variance="small", da
             xs, ts, ss = [], [], []
             for i in idx:
                 t = t_all[i].item()
-                eps = to_device(torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=generator.device), dev)
+                eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=generator.device)
+                eps = to_device(eps, dev)
                 xs.append(process.alpha(t).item() * x0 + process.sigma(t).item() * eps)
                 ts.append(torch.full((N,), t, dtype=_F64))
                 ss.append(torch.full((N,), s_all[i].item(), dtype=_F64))
