@@ -176,3 +176,46 @@ def test_labels_given_on_the_host_are_copied_once_and_checked_once(guidance, mon
                         condition=torch.tensor([1, 2, 3, 4]), **options)
     assert copies == []
     assert checks == ([10] if guidance == "classifier" else [])
+
+
+@pytest.mark.parametrize("operator", ["mask", "greyscale", "random projection"])
+@pytest.mark.parametrize("method", ["dps", "projection"])
+def test_an_operator_made_on_the_host_is_copied_to_the_device_once(operator, method, monkeypatch):
+    """Operators keep their mask, weights or matrix where they were made (the host, here) and a
+    copy of it on the images' device (``devices.kept_like``): applying one at every step copies
+    nothing more. The measurement, on the host too, is kept likewise."""
+    import scorekit.tasks.inverse as inverse
+    from scorekit.tasks import Greyscale, Mask, RandomProjection, solve_inverse
+
+    A, channels, y_shape = {"mask": (Mask(torch.rand(1, 8, 8) > 0.5), 1, (2, 1, 8, 8)),
+                            "greyscale": (Greyscale(), 3, (2, 1, 8, 8)),
+                            "random projection": (RandomProjection((1, 8, 8), 16), 1, (2, 16))}[operator]
+    monkeypatch.setattr(FiniteStates, "finish", lambda self, x=None: None)
+    monkeypatch.setattr(inverse, "check_measurement", lambda A, y, x_shape=None: ((2, channels, 8, 8), y_shape))
+    from scorekit.models import build_model, preset
+
+    with torch.device("meta"):
+        net = build_model(preset("tiny", in_channels=channels, out_channels=channels, image_size=8))
+    den = Denoiser(net, DDPM(num_steps=100), "eps")
+    y = torch.zeros(y_shape)                                    # on the host
+    with blocking_host_copies() as copies:
+        solve_inverse(den, A, y, method=method, num_steps=5, x_T=torch.empty(2, channels, 8, 8, device=META),
+                      generator=torch.Generator().manual_seed(0), sigma_y=0.05, process=den.process)
+    assert copies == []
+
+
+def test_kept_like_copies_once_per_device_and_dtype_and_follows_a_new_tensor():
+    from scorekit.devices import kept_like
+
+    class Owner:
+        pass
+
+    owner = Owner()
+    owner.m = torch.arange(3.0, dtype=torch.float64)
+    a = kept_like(owner, "m", torch.empty(2, device=META))
+    assert a.device == META and a.dtype == torch.float32
+    assert kept_like(owner, "m", torch.empty(5, device=META)) is a          # kept
+    assert kept_like(owner, "m", torch.empty(2)).tolist() == [0.0, 1.0, 2.0]  # another device
+    owner.m = new = torch.ones(3, dtype=torch.float64)
+    assert kept_like(owner, "m", torch.empty(2)).tolist() == [1.0, 1.0, 1.0]  # a new tensor is followed
+    assert owner.m is new and owner.m.dtype == torch.float64                    # left as it was

@@ -27,4 +27,17 @@ def to_device(t: Tensor, device) -> Tensor:
     return t.to(device, non_blocking=device.type != "cpu")
 
 
-__all__ = ["to_device"]
+def kept_like(owner, name: str, like: Tensor) -> Tensor:
+    """``owner.<name>`` (a tensor) on ``like``'s device and in its dtype, copied there once and kept
+    on ``owner`` while ``owner.<name>`` stays the same tensor: an operator's mask or matrix, a
+    measurement, used at every step of a sampler (a copy at every step would make the host wait
+    for a GPU each time). ``owner.<name>`` itself stays as it was."""
+    value = getattr(owner, name)
+    slot = f"_kept_{name}"
+    kept = owner.__dict__.get(slot)
+    if kept is None or kept[0] is not value or kept[1].device != like.device or kept[1].dtype != like.dtype:
+        kept = owner.__dict__[slot] = (value, to_device(value.to(like.dtype), like.device))
+    return kept[1]
+
+
+__all__ = ["kept_like", "to_device"]

@@ -46,7 +46,7 @@ import math
 
 import torch
 
-from ..devices import to_device
+from ..devices import kept_like, to_device
 from ..errors import ScorekitError, check_options, option_schema
 from ..wrappers import DenoiserWrapper
 from .operators import LinearOperator, conjugate_gradient
@@ -94,16 +94,6 @@ def check_measurement(A, y, x_shape=None) -> tuple:
     return shape
 
 
-def _y_like(method, x: Tensor) -> Tensor:
-    """``method.y`` on ``x``'s device and in its dtype, copied there once and kept (a copy at every
-    step would make the host wait for a GPU each time); ``method.y`` itself stays as given."""
-    y = method.y
-    kept = method.__dict__.get("_y_on")
-    if kept is None or kept[0] is not y or kept[1].device != x.device or kept[1].dtype != x.dtype:
-        kept = method._y_on = (y, y.to(device=x.device, dtype=x.dtype))
-    return kept[1]
-
-
 def _vjp(out: Tensor, x: Tensor, u: Tensor, retain: bool) -> Tensor:
     """``(d out / d x)^T u``, per sample (samples of a batch do not interact)."""
     (grad,) = torch.autograd.grad(out, x, grad_outputs=u.to(out.dtype), retain_graph=retain, allow_unused=True)
@@ -144,7 +134,7 @@ class PosteriorGuidance(DenoiserWrapper):
         if self.y.shape[0] not in (1, n):
             raise ScorekitError(f"{self.name}: {self.y.shape[0]} measurements for a batch of {n} samples; "
                                 f"give one measurement per sample or one for all")
-        return _y_like(self, x_t).expand((n,) + tuple(self.y.shape[1:]))
+        return kept_like(self, "y", x_t).expand((n,) + tuple(self.y.shape[1:]))
 
     def guidance(self, x: Tensor, x0: Tensor, y: Tensor, alpha, sigma) -> Tensor:
         """``g ~ grad_{x_t} log p(y | x_t)`` (``alpha``, ``sigma``: numbers, or tensors like ``x``)."""
@@ -379,7 +369,7 @@ class Projection:
         """``x + lambda A^+ (alpha_t y + sigma_t A eps - A x)``."""
         process = self.denoiser.process
         alpha, sigma = float(process.alpha(t)), float(process.sigma(t))
-        y_t = alpha * _y_like(self, x)
+        y_t = alpha * kept_like(self, "y", x)
         if sigma > 0:
             # drawn where the generator is: on x's device (as the samplers draw) no copy is made
             eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device)

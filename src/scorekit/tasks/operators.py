@@ -30,6 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..devices import kept_like
 from ..errors import ScorekitError, reads_are_free
 
 Tensor = torch.Tensor
@@ -121,7 +122,7 @@ class Mask(LinearOperator):
         except RuntimeError:
             raise ScorekitError(f"the mask has shape {tuple(self.mask.shape)}, which does not fit images "
                                 f"of shape {tuple(x.shape)}") from None
-        return self.mask.to(device=x.device, dtype=x.dtype)
+        return kept_like(self, "mask", x)
 
     def forward(self, x):
         return self._m(x) * x
@@ -188,7 +189,7 @@ class Greyscale(LinearOperator):
         if channels != self.weights.numel():
             raise ScorekitError(f"greyscale takes images with {self.weights.numel()} channels, got "
                                 f"{channels}")
-        return self.weights.to(device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return kept_like(self, "weights", x).view(1, -1, 1, 1)
 
     def forward(self, x):
         if x.ndim != 4:
@@ -245,8 +246,8 @@ class RandomProjection(LinearOperator):
                                 f"{tuple(x.shape[1:])}")
         return x.reshape(x.shape[0], -1)
 
-    def _mat(self, M: Tensor, like: Tensor) -> Tensor:
-        return M.to(device=like.device, dtype=like.dtype)
+    def _mat(self, name: str, like: Tensor) -> Tensor:
+        return kept_like(self, name, like)
 
     def _check_y(self, y: Tensor) -> None:
         if y.ndim != 2 or y.shape[1] != self.matrix.shape[0]:
@@ -254,15 +255,15 @@ class RandomProjection(LinearOperator):
                                 f"{tuple(y.shape)}")
 
     def forward(self, x):
-        return self._flat(x) @ self._mat(self.matrix, x).T
+        return self._flat(x) @ self._mat("matrix", x).T
 
     def adjoint(self, y):
         self._check_y(y)
-        return (y @ self._mat(self.matrix, y)).reshape((y.shape[0],) + self.shape)
+        return (y @ self._mat("matrix", y)).reshape((y.shape[0],) + self.shape)
 
     def pinv(self, y):
         self._check_y(y)
-        return (y @ self._mat(self._pinv, y).T).reshape((y.shape[0],) + self.shape)
+        return (y @ self._mat("_pinv", y).T).reshape((y.shape[0],) + self.shape)
 
     def __repr__(self):
         return f"RandomProjection({self.shape}, {self.matrix.shape[0]})"
