@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One timed GPU session: the GPU throughput benchmark, then the README's CIFAR-10 GPU commands.
+# One timed GPU session: where the host waits for the GPU, the attention layout, the GPU throughput
+# benchmark, then the README's CIFAR-10 GPU commands.
 # Run from the repository root on a machine with a CUDA torch:
 #   OUT=/tmp/gpu-out bash benchmarks/gpu_session.sh
 # Inputs that are not in the repository, for a machine without internet:
@@ -22,7 +23,8 @@
 #   "bf16" (not in the default PARTS): benchmarks/bf16_training.py on CIFAR-10 with the small preset --
 #     bf16 autocast against float32 (TF32 off) training on the same seed, and a second float32 seed.
 # PARTS (default "syncs attention bench gpu") picks parts; TOTAL (default 560 s) bounds the whole script. For a dry run
-# on a CPU: DEVICE=cpu MODEL=tiny NUM=200 BENCH_ARGS=--quick SITE=/tmp/some-site OUT=/tmp/out TOTAL=400.
+# on a CPU: DEVICE=cpu MODEL=tiny NUM=200 BENCH_ARGS=--quick ATTENTION_ARGS="--presets tiny --batch 4"
+# SITE=/tmp/some-site OUT=/tmp/out TOTAL=900, with the project's python first on PATH.
 set -u
 T0=$SECONDS
 TOTAL=${TOTAL:-560} PARTS=${PARTS:-syncs attention bench gpu} DEVICE=${DEVICE:-cuda} MODEL=${MODEL:-base} NUM=${NUM:-10000}
