@@ -8,9 +8,10 @@ only, after a warm-up, and reports every wait with the scorekit lines it came fr
 
 * training: eight steps of each of nine set-ups (``scorekit.train.train`` on 8x8 digits, a tiny
   U-Net, bf16 autocast as on any GPU run; one with fp16 and gradient scaling), steps 3 to 8 watched;
-* sampling: every fixed-step sampler (6 steps), classifier-free guidance (plain, rescaled with a
-  condition image, a guidance interval), classifier guidance, ``sample_batches`` with a partial
-  last batch; the whole call watched (the deferred finite check reads once, at the end);
+* sampling: every fixed-step sampler (6 steps), one under bf16 autocast, classifier-free
+  guidance (plain, rescaled with a condition image, a guidance interval), classifier guidance,
+  ``sample_batches`` with a partial last batch; the whole call watched (the deferred finite
+  check reads once, at the end);
 * the editing and inverse-problem methods (SDEdit, ILVR, RePaint, DPS, PiGDM, moment matching,
   projection) and the ELBO.
 
@@ -140,6 +141,9 @@ def sampling(device, name):
     kwargs = dict(betas=torch.linspace(1e-4, 0.02, 1000), num_steps=6, generator=g)
     if name in SAMPLERS:
         net, call = _network(device), lambda: scorekit.sample(net, x_T, sampler=name, **kwargs)
+    elif name == "dpmpp_2m, bf16":
+        net = _network(device)
+        call = lambda: scorekit.sample(net, x_T, sampler="dpmpp_2m", precision="bf16", **kwargs)  # noqa: E731
     elif name.startswith("cfg"):
         image = "image" in name
         net = _network(device, num_classes=10, cond_channels=2 if image else 0)
@@ -197,7 +201,7 @@ def scenarios(quick: bool, device: torch.device):
     setups = [name for name in TRAINING if device.type == "cuda" or "CUDA only" not in name]
     out = [("training", name, training) for name in (setups[:2] if quick else setups)]
     out += [("sampling", name, sampling) for name in (fixed[:2] if quick else fixed)]
-    out += [("sampling", name, sampling) for name in ["cfg", "cfg rescaled, image", "cfg interval",
+    out += [("sampling", name, sampling) for name in ["dpmpp_2m, bf16", "cfg", "cfg rescaled, image", "cfg interval",
                                                       "classifier guidance", "sample_batches"]]
     out += [("tasks", name, tasks) for name in ["sdedit", "ilvr", "repaint", "dps", "pigdm", "moment_matching",
                                                  "projection", "elbo"]]
