@@ -105,6 +105,17 @@ class Condition:
         raise ScorekitError(f"the condition is for {size} samples but the batch has {n}; give one "
                             f"condition per sample or one for all")
 
+    def on(self, n: int, device) -> "Condition":
+        """:meth:`for_batch` ``(n)`` on ``device``, made once and kept on this condition (outside
+        its fields): a sampler passes the same condition at every step, so labels or images
+        given on the host reach a GPU once per call, not at every network evaluation."""
+        device = torch.device(device)
+        kept = self.__dict__.get("_kept_on")
+        if kept is None or kept[0] != n or kept[1] != device:
+            kept = (n, device, self.for_batch(n).to(device))
+            object.__setattr__(self, "_kept_on", kept)
+        return kept[2]
+
     def __getitem__(self, index) -> "Condition":
         return self.map(lambda v: v[index])
 

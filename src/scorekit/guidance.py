@@ -51,7 +51,6 @@ import math
 import torch
 
 from .conditioning import Condition, NULL_LABEL
-from .devices import to_device
 from .errors import ScorekitError
 from .prediction import PREDICTION_TYPES, convert
 from .thresholding import ClipX0, ThresholdX0, clip_x0, dynamic_threshold, threshold_x0
@@ -245,10 +244,7 @@ class ClassifierGuidance(DenoiserWrapper):
         if condition.labels is None:
             raise ScorekitError("classifier guidance needs class labels in the condition")
         n = x_t.shape[0]
-        kept = self.__dict__.get("_labels_kept")          # once per condition: no copy or check per step
-        if kept is None or kept[0] is not condition or kept[1] != n or kept[2] != x_t.device:
-            kept = self._labels_kept = (condition, n, x_t.device, to_device(condition.for_batch(n).labels, x_t.device))
-        labels = kept[3]
+        labels = condition.on(n, x_t.device).labels     # the same tensor at every step: checked once
         x0 = predict(x_t, t, None if self.binds_condition_itself() else condition)
         if self.scale == 0:
             return x0

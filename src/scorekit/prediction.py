@@ -230,16 +230,7 @@ class Denoiser:
         time = self.model_time(t, x_t.shape[0], x_t.device)
         if condition is None:
             return model(x_t, time)
-        return model(x_t, time, **self._condition_on(condition, x_t.shape[0], x_t.device).network_kwargs())
-
-    def _condition_on(self, condition, batch: int, device):
-        """``condition`` for ``batch`` samples on ``device``, made once and kept while the same
-        condition comes back (a sampler's every step): labels given on the host are then copied
-        to a GPU once, not at every network call."""
-        kept = self.__dict__.get("_condition_kept")
-        if kept is None or kept[0] is not condition or kept[1] != batch or kept[2] != device:
-            kept = self._condition_kept = (condition, batch, device, condition.for_batch(batch).to(device))
-        return kept[3]
+        return model(x_t, time, **condition.on(x_t.shape[0], x_t.device).network_kwargs())
 
     def output(self, x_t: Tensor, t, condition=_BOUND) -> Tensor:
         """The raw network output at ``(x_t, t)`` under ``condition`` (default: the bound one),
