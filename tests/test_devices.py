@@ -74,12 +74,18 @@ def test_model_time_reads_float_times_that_are_already_on_the_device():
 
 # --- the tasks' step loops ---------------------------------------------------------------------------------
 
-def _meta_denoiser():
+def _meta_net(name="tiny", channels=1, **options):
+    """A network of the preset ``name`` for 8x8 images, built on the meta device."""
     from scorekit.models import build_model, preset
 
+    if name == "tiny":
+        options = {"in_channels": channels, "out_channels": channels, **options}
     with torch.device("meta"):
-        net = build_model(preset("tiny", in_channels=1, out_channels=1, image_size=8))
-    return Denoiser(net, DDPM(num_steps=100), "eps")
+        return build_model(preset(name, image_size=8, **options))
+
+
+def _meta_denoiser():
+    return Denoiser(_meta_net(), DDPM(num_steps=100), "eps")
 
 
 @pytest.mark.parametrize("method", ["sdedit", "ilvr", "repaint", "dps", "projection"])
@@ -121,13 +127,11 @@ def test_the_elbo_reads_only_its_result_and_copies_without_blocking(variance, mo
     check (8-bit data) is a one-time read, left out here."""
     import importlib
 
-    from scorekit.models import build_model, preset
     from scorekit.variances import LearnedVarianceDenoiser
 
     elbo_module = importlib.import_module("scorekit.likelihood.elbo")
     monkeypatch.setattr(elbo_module, "_check_data", lambda x0, bits: x0)
-    with torch.device("meta"):
-        net = build_model(preset("tiny", in_channels=1, out_channels=2 if variance == "learned" else 1, image_size=8))
+    net = _meta_net(**({"out_channels": 2} if variance == "learned" else {}))
     calls = []
 
     def counted(x, t):
@@ -160,15 +164,12 @@ def test_labels_given_on_the_host_are_copied_once_and_checked_once(guidance, mon
     once per sampling call (it was copied at every network call), and classifier guidance checks
     its labels against the classifier's classes once, not at every step."""
     from scorekit.guidance import ClassifierGuidance
-    from scorekit.models import build_model, preset
 
     checks = []
     monkeypatch.setattr(ClassifierGuidance, "check_classes", staticmethod(lambda labels, k: checks.append(k)))
     monkeypatch.setattr(FiniteStates, "finish", lambda self, x=None: None)
-    with torch.device("meta"):
-        net = build_model(preset("tiny", in_channels=1, out_channels=1, image_size=8,
-                                 num_classes=None if guidance == "classifier" else 10))
-        classifier = build_model(preset("classifier-tiny", image_size=8))
+    net = _meta_net(num_classes=None if guidance == "classifier" else 10)
+    classifier = _meta_net("classifier-tiny")
     options = {"labels": {}, "cfg": dict(guidance_scale=2.0),
                "classifier": dict(classifier=classifier, classifier_scale=2.0)}[guidance]
     with blocking_host_copies() as copies:
@@ -192,11 +193,7 @@ def test_an_operator_made_on_the_host_is_copied_to_the_device_once(operator, met
                             "random projection": (RandomProjection((1, 8, 8), 16), 1, (2, 16))}[operator]
     monkeypatch.setattr(FiniteStates, "finish", lambda self, x=None: None)
     monkeypatch.setattr(inverse, "check_measurement", lambda A, y, x_shape=None: ((2, channels, 8, 8), y_shape))
-    from scorekit.models import build_model, preset
-
-    with torch.device("meta"):
-        net = build_model(preset("tiny", in_channels=channels, out_channels=channels, image_size=8))
-    den = Denoiser(net, DDPM(num_steps=100), "eps")
+    den = Denoiser(_meta_net(channels=channels), DDPM(num_steps=100), "eps")
     y = torch.zeros(y_shape)                                    # on the host
     with blocking_host_copies() as copies:
         solve_inverse(den, A, y, method=method, num_steps=5, x_T=torch.empty(2, channels, 8, 8, device=META),
