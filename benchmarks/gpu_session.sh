@@ -4,14 +4,14 @@
 # Run from the repository root on a machine with a CUDA torch:
 #   OUT=/tmp/gpu-out bash benchmarks/gpu_session.sh
 # Inputs that are not in the repository, for a machine without internet:
-#   WHEELS (default .device/whl): wheels installed into SITE first, e.g. diffusers and importlib_metadata
-#     (pip download --no-deps -d .device/whl diffusers==0.42.1 importlib_metadata); may be empty.
+#   WHEELS (default .device/whl): wheels installed into SITE first, e.g. diffusers
+#     (pip download --no-deps -d .device/whl diffusers==0.42.1); may be empty.
 #   ../shared/data/cifar10-test-jpg.tar.gz, copied from .device/data when it is missing.
 # Through the device tool, whose $OUT brings back 8 files at most, write elsewhere and pack:
 #   OUT=/tmp/gpu-out bash benchmarks/gpu_session.sh; tar czf $OUT/gpu-session.tgz -C /tmp/gpu-out .
 # Parts:
 #   "syncs": benchmarks/gpu_sync_check.py -- every operation that makes the host wait for the GPU inside
-#     the training steps, the samplers, guidance and the editing and inverse-problem methods (<= 60 s).
+#     the training steps, the samplers, guidance and the editing and inverse-problem methods (<= 90 s).
 #   "attention": benchmarks/attention_layout.py -- the attention block with Q, K, V laid out for SDPA's fused
 #     kernels against the convolution's layout (math kernel), which AttentionBlock.fused_layout="auto" picks (<= 40 s).
 #   "bench": benchmarks/gpu_throughput.py -- the base preset (training step in eager / compiled x
@@ -50,7 +50,7 @@ CIFAR=../shared/data/cifar10-test-jpg.tar.gz
 note "set up"
 
 if wanted syncs 450; then
-  timeout 60 python3 benchmarks/gpu_sync_check.py --device $DEVICE --out $OUT > $OUT/syncs.log 2>&1
+  timeout 90 python3 benchmarks/gpu_sync_check.py --device $DEVICE --out $OUT > $OUT/syncs.log 2>&1
   note "syncs: exit $?"
 fi
 if wanted attention 400; then
