@@ -364,6 +364,7 @@ def test_mlp_overfits_a_handful_of_points():
     (lambda net: net(randn(2, 1, 8, 8), 1, torch.tensor([0, 1])), r"labels y were given but the network was built without classes"),
     (lambda net: net(randn(2, 1, 8, 8), torch.tensor([1, 2, 3])), r"time t has shape \(3,\); pass one time per sample, shape \(2,\)"),
     (lambda net: net(randn(2, 1, 8, 8), torch.tensor([True, False])), r"time t must be a real number"),
+    (lambda net: net(randn(2, 1, 8, 8), torch.tensor([1j, 2j])), r"time t must be a real number .*torch.complex64"),
 ])
 def test_unet_input_errors(call, message):
     net = build_model(PRESETS["tiny"])
@@ -378,6 +379,8 @@ def test_unet_input_errors(call, message):
     (torch.tensor([0, 4]), r"label 4 in y is outside 0..3: the network has num_classes=3 .* 3 \(or -1\) means 'no label'"),
     (torch.tensor([-2, 0]), r"label -2 in y is outside 0..3"),
     (torch.tensor([0.0, 1.0]), r"labels y must be integers"),
+    (torch.tensor([True, False]), r"labels y must be integers .* torch.bool"),
+    (torch.tensor([0j, 1j]), r"labels y must be integers .* torch.complex64"),
     (torch.tensor([0, 1, 2]), r"labels y have shape \(3,\)"),
 ])
 def test_label_errors(y, message):

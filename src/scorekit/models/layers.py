@@ -98,7 +98,7 @@ def group_count(channels: int, groups: int) -> int:
 def time_vector(t, batch: int, device) -> Tensor:
     """``t`` as a float32 tensor of shape ``(batch,)``: a number or a 0-d tensor is broadcast."""
     t = torch.as_tensor(t, device=device)
-    if t.dtype == torch.bool or t.is_complex():
+    if t.dtype == torch.bool or t.dtype.is_complex:
         raise ScorekitError(f"time t must be a real number or a tensor of them, got dtype {t.dtype}")
     t = t.to(torch.float32)
     if t.ndim == 0:
@@ -124,7 +124,7 @@ def label_vector(y, batch: int, num_classes: int | None, device) -> Tensor | Non
     if y is None:
         return torch.full((batch,), num_classes, dtype=torch.long, device=device)
     y = torch.as_tensor(y)
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise ScorekitError(f"labels y must be integers (torch.long), got dtype {y.dtype}")
     if y.shape != (batch,):
         raise ScorekitError(f"labels y have shape {tuple(y.shape)}; pass one label per sample, shape ({batch},)")
