@@ -1,5 +1,6 @@
 """``scorekit train`` stopped by real signals and by a full disk: one line, a checkpoint of the step
 reached (or the previous one intact), no partial files, and ``--resume`` continues bit for bit."""
+import errno
 import os
 import re
 import signal
@@ -222,6 +223,26 @@ def test_a_full_disk_while_sampling_is_one_line_and_leaves_no_files(two_step_run
     line = one_error_line(err)
     assert f"cannot write {out / 'x.png'}: File too large (the disk is full" in line, line
     assert os.listdir(out) == []
+
+
+class SafetensorError(Exception):
+    """Named as safetensors' error class, which :func:`scorekit.errors.write_failure` recognises by name."""
+
+
+@pytest.mark.parametrize("message", [
+    "Error while serializing: I/O error: File too large (os error 27)",                  # safetensors 0.8
+    'Error while serializing: IoError(Os { code: 27, kind: FileTooLarge, message: "File too large" })',  # 0.4
+])
+def test_write_failure_reads_the_system_error_in_both_safetensors_formats(message):
+    """safetensors reports a failed write as its own error with the OS error code in its text; the
+    format changed between releases, and both give the same cause. Another of its errors is none."""
+    from scorekit.errors import write_failure
+
+    assert write_failure(SafetensorError(message)) == (
+        f"{os.strerror(errno.EFBIG)} (the disk is full or a file-size limit is set)")
+    assert write_failure(SafetensorError("Error while serializing: invalid dtype")) is None
+    assert write_failure(OSError(errno.ENOSPC, "No space left on device")) == (
+        "No space left on device (the disk is full)")
 
 
 APPEND_UNTIL_FULL = textwrap.dedent("""\

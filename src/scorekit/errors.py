@@ -70,11 +70,13 @@ def reads_are_free(t) -> bool:
 def write_failure(err: BaseException) -> str | None:
     """Why a write failed, for a message: ``"File too large (the disk is full or a file-size
     limit is set)"``. Understands :class:`OSError` and safetensors' ``SafetensorError``, which
-    wraps the operating system's error as ``... (os error 27)``; ``None`` for anything else."""
+    wraps the operating system's error as ``... (os error 27)`` (``IoError(Os { code: 27, ...``
+    in older releases such as 0.4); ``None`` for anything else."""
     if isinstance(err, OSError):
         code, text = err.errno, err.strerror or str(err)
-    elif type(err).__name__ == "SafetensorError" and re.search(r"os error (\d+)", str(err)):
-        code = int(re.search(r"os error (\d+)", str(err)).group(1))
+    elif type(err).__name__ == "SafetensorError" and (
+            found := re.search(r"os error (\d+)|Os \{ code: (\d+)", str(err))):
+        code = int(found.group(1) or found.group(2))
         text = os.strerror(code)
     else:
         return None
