@@ -103,6 +103,10 @@ def heldout_losses(run: str, x0: torch.Tensor, draws: int, device: str) -> np.nd
 
 
 def mean_se(v: np.ndarray) -> tuple[float, float]:
+    """The mean of ``v`` and its standard error ``s / sqrt(n)``; the error is NaN (undefined) when
+    ``v`` holds one value, as in a smoke run of a few steps."""
+    if len(v) < 2:
+        return float(v.mean()), math.nan
     return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
 
 
