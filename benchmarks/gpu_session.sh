@@ -23,8 +23,10 @@
 #   "bf16" (not in the default PARTS): benchmarks/bf16_training.py on CIFAR-10 with the small preset --
 #     bf16 autocast against float32 (TF32 off) training on the same seed, and a second float32 seed.
 # PARTS (default "syncs attention bench gpu") picks parts; TOTAL (default 560 s) bounds the whole script. For a dry run
-# on a CPU: DEVICE=cpu MODEL=tiny NUM=200 BENCH_ARGS=--quick ATTENTION_ARGS="--presets tiny --batch 4"
-# SITE=/tmp/some-site OUT=/tmp/out TOTAL=900, with the project's python first on PATH.
+# on a CPU: DEVICE=cpu MODEL=tiny NUM=200 BENCH_ARGS="--quick --presets tiny" ATTENTION_ARGS="--presets tiny
+# --batch 4 --rounds 1 --iters 1" SITE=/tmp/some-site OUT=/tmp/out TOTAL=900, with the project's python first
+# on PATH (the base preset, even at --quick's toy size, can use up the bench's budget on a busy CPU before its
+# loop and sampling rows).
 set -u
 T0=$SECONDS
 TOTAL=${TOTAL:-560} PARTS=${PARTS:-syncs attention bench gpu} DEVICE=${DEVICE:-cuda} MODEL=${MODEL:-base} NUM=${NUM:-10000}

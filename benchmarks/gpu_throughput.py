@@ -91,7 +91,7 @@ except Exception as err:                          # not installed, or does not i
 
 ROOT = Path(__file__).resolve().parent.parent
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-test-jpg.tar.gz"
-#: NVIDIA's dense (no sparsity) bfloat16 tensor-core peak of an H200 SXM, TFLOP/s
+#: NVIDIA's dense (no sparsity) bfloat16 tensor-core peak of an H100 SXM or an H200, TFLOP/s
 HOPPER_BF16_TFLOPS = 989.0
 CHANNELS = 3
 SAMPLERS = (("ddim", 50), ("dpmpp_2m", 20))

@@ -246,24 +246,21 @@ class RandomProjection(LinearOperator):
                                 f"{tuple(x.shape[1:])}")
         return x.reshape(x.shape[0], -1)
 
-    def _mat(self, name: str, like: Tensor) -> Tensor:
-        return kept_like(self, name, like)
-
     def _check_y(self, y: Tensor) -> None:
         if y.ndim != 2 or y.shape[1] != self.matrix.shape[0]:
             raise ScorekitError(f"a measurement of this projection is (N, {self.matrix.shape[0]}), got "
                                 f"{tuple(y.shape)}")
 
     def forward(self, x):
-        return self._flat(x) @ self._mat("matrix", x).T
+        return self._flat(x) @ kept_like(self, "matrix", x).T
 
     def adjoint(self, y):
         self._check_y(y)
-        return (y @ self._mat("matrix", y)).reshape((y.shape[0],) + self.shape)
+        return (y @ kept_like(self, "matrix", y)).reshape((y.shape[0],) + self.shape)
 
     def pinv(self, y):
         self._check_y(y)
-        return (y @ self._mat("_pinv", y).T).reshape((y.shape[0],) + self.shape)
+        return (y @ kept_like(self, "_pinv", y).T).reshape((y.shape[0],) + self.shape)
 
     def __repr__(self):
         return f"RandomProjection({self.shape}, {self.matrix.shape[0]})"
