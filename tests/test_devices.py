@@ -42,6 +42,17 @@ def test_to_device_copies_without_blocking_and_leaves_a_tensor_in_place_alone():
     assert to_device(moved, "meta") is moved
 
 
+def test_to_like_converts_on_the_host_then_copies_without_blocking():
+    from scorekit.devices import to_like
+    t = torch.tensor([1.5, 2.5], dtype=torch.float64)
+    like = torch.empty(3, dtype=torch.float16, device=META)
+    with blocking_host_copies() as copies:
+        moved = to_like(t, like)
+    assert copies == [] and moved.device == META and moved.dtype == torch.float16 and moved.shape == (2,)
+    same = to_like(t, torch.empty(1, dtype=torch.float32))
+    assert same.dtype == torch.float32 and same.tolist() == [1.5, 2.5]
+
+
 @pytest.mark.parametrize("t, dtype", [(torch.tensor([3, 7]), torch.long),
                                       (torch.tensor([3.0, 7.0], dtype=torch.float64), torch.long),
                                       (torch.tensor([3.5, 7.0]), torch.float32),

@@ -27,6 +27,12 @@ def to_device(t: Tensor, device) -> Tensor:
     return t.to(device, non_blocking=device.type != "cpu")
 
 
+def to_like(t: Tensor, like: Tensor) -> Tensor:
+    """``t`` in ``like``'s dtype on ``like``'s device: converted on its own device first (so a host
+    tensor crosses in the target dtype), then copied by :func:`to_device` without waiting."""
+    return to_device(t.to(like.dtype), like.device)
+
+
 def kept_like(owner, name: str, like: Tensor) -> Tensor:
     """``owner.<name>`` (a tensor) on ``like``'s device and in its dtype, copied there once and kept
     on ``owner`` while ``owner.<name>`` stays the same tensor: an operator's mask or matrix, a
@@ -36,8 +42,8 @@ def kept_like(owner, name: str, like: Tensor) -> Tensor:
     slot = f"_kept_{name}"
     kept = owner.__dict__.get(slot)
     if kept is None or kept[0] is not value or kept[1].device != like.device or kept[1].dtype != like.dtype:
-        kept = owner.__dict__[slot] = (value, to_device(value.to(like.dtype), like.device))
+        kept = owner.__dict__[slot] = (value, to_like(value, like))
     return kept[1]
 
 
-__all__ = ["kept_like", "to_device"]
+__all__ = ["kept_like", "to_device", "to_like"]

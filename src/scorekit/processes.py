@@ -42,7 +42,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .devices import to_device
+from .devices import to_like
 from .errors import ScorekitError, check_options, option_schema, positive_number
 
 Tensor = torch.Tensor
@@ -60,7 +60,7 @@ def _t64(t) -> Tensor:
 def expand_like(coef: Tensor, x: Tensor) -> Tensor:
     """Reshape a per-sample coefficient of shape (N,) (or a scalar) to broadcast against x, on x's
     device and in its dtype (a host coefficient is copied there without making the host wait)."""
-    coef = to_device(coef.to(x.dtype), x.device)
+    coef = to_like(coef, x)
     if coef.ndim == 0:
         return coef
     return coef.reshape(coef.shape + (1,) * (x.ndim - coef.ndim))

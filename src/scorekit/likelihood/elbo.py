@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..devices import to_device
+from ..devices import to_device, to_like
 from ..errors import ScorekitError, reads_are_free
 from ..processes import GaussianProcess, expand_like
 from ..variances import _grid_pairs, analytic_variance, fixed_variance, require_variance_head
@@ -91,7 +91,7 @@ def _like(value, like: Tensor) -> Tensor:
     """``value`` (a number or a tensor) as a tensor of ``like``'s dtype on its device: a number is
     filled in there and a host tensor copied without waiting (neither makes the host wait for a GPU)."""
     if isinstance(value, Tensor):
-        return to_device(value.to(like.dtype), like.device)
+        return to_like(value, like)
     return torch.full((), float(value), dtype=like.dtype, device=like.device)
 
 
