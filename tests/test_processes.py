@@ -190,6 +190,23 @@ def test_log_snr_inverse(p):
 
 
 @pytest.mark.parametrize("p", ALL, ids=repr)
+def test_infinite_log_snr_is_the_data_time(p):
+    """lambda = +inf (sigma = 0) maps to the data time, and a huge lambda just short of it."""
+    lam = torch.tensor([math.inf, 800.0], dtype=torch.float64)
+    t = p.t_from_log_snr(lam)
+    assert t[0].item() == p.t_data
+    assert torch.isfinite(t[1]) or p.t_data == -math.inf
+
+
+@pytest.mark.parametrize("p", [VPSDE(), SubVPSDE(), VPSDE(beta_min=0.5, beta_max=5.0)], ids=repr)
+def test_log_snr_inverse_near_the_data(p):
+    """Below t_min, where alpha^2 -> 1 and 1 - alpha^2 -> 0: lambda ~ -log B is well conditioned
+    (a relative error e in B gives ~e in t), so t comes back to near rounding."""
+    t = torch.logspace(-12, -3, 10, dtype=torch.float64)
+    assert torch.allclose(p.t_from_log_snr(p.log_snr(t)), t, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("p", ALL, ids=repr)
 def test_data_time_and_prior(p):
     assert p.alpha(p.t_data).item() == pytest.approx(1.0)
     assert p.sigma(p.t_data).item() == pytest.approx(0.0, abs=1e-12)

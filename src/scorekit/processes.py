@@ -486,11 +486,11 @@ class SubVPSDE(VPSDE):
         return self.beta(t) * -torch.expm1(-2 * self.integrated_beta(t))
 
     def t_from_log_snr(self, log_snr) -> Tensor:
-        # a = alpha^2 solves e^lambda (1 - a)^2 = a; the root in (0, 1), rationalised:
-        lam = _t64(log_snr)
-        e = torch.exp(lam)
-        a = 2 * e / (2 * e + 1 + torch.sqrt(4 * e + 1))
-        return self._t_from_integrated_beta(-torch.log(a))
+        # u = alpha^2 = e^-B solves (1 - u)^2 = q u with q = e^-lambda; its root in (0, 1] is
+        # u = 1 / (1 + (q + sqrt(q (q + 4))) / 2), so B = log1p((q + sqrt(q) sqrt(q + 4)) / 2):
+        # exact to rounding as B -> 0 and B = 0 at lambda = +inf (sqrt(q) sqrt(q + 4) cannot overflow)
+        q = torch.exp(-_t64(log_snr))
+        return self._t_from_integrated_beta(torch.log1p(0.5 * (q + torch.sqrt(q) * torch.sqrt(q + 4))))
 
     def config(self) -> dict:
         return {"kind": "SubVPSDE", "beta_min": self.beta_min, "beta_max": self.beta_max}
