@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 
-def closed_form_chain_terms(alpha, sigma, mu, s, D, variance, *, prior_std=1.0, first_small="next"):
+def closed_form_chain_terms(alpha, sigma, mu, s, D, variance, *, prior_std=1.0):
     """E[term] in nats of the chain t_K > ... > t_1 > data, from alpha_k, sigma_k at t_1 .. t_K
     (ascending; the data has alpha = 1, sigma = 0), for data N(mu, s^2 I_D) and the exact denoiser.
 
@@ -15,8 +15,8 @@ def closed_form_chain_terms(alpha, sigma, mu, s, D, variance, *, prior_std=1.0, 
     sigma_t^2); the model's mean differs by c_x0 (x_0 - E[x_0|x_t]), so
     E KL_t = D/2 (log(S_t / b~_t) + b~_t / S_t - 1) + c_x0^2 D v_t / (2 S_t) with S_t the model variance
     (b~ for "small", S2 for "large"); the decoder E[-log N(x_0; E[x_0|x_1], S_0)] = D/2 log(2 pi S_0)
-    + D v_1 / (2 S_0), with S_0 = S2 = sigma_1^2 for "large" and for "small" b~ of the next step
-    (first_small="next", discrete chains) or sigma_1^2 (first_small="transition", continuous ones);
+    + D v_1 / (2 S_0), with S_0 = S2 = sigma_1^2 for "large" and for "small" b~ of the chain's next
+    step t_2 -> t_1;
     the prior E KL(N(alpha_K x_0, sigma_K^2) || N(0, P^2)) = D/2 (log(P^2 / sigma_K^2)
     + (sigma_K^2 + alpha_K^2 (mu^2 + s^2)) / P^2 - 1).
     Returns (terms (K,), prior, (c_x0, b~, S, v)) -- the last for :func:`chain_gap`.
@@ -30,7 +30,7 @@ def closed_form_chain_terms(alpha, sigma, mu, s, D, variance, *, prior_std=1.0, 
     c_x0 = a_prev * trans / sigma ** 2
     S = post.copy() if variance == "small" else trans.copy()
     if variance == "small":
-        S[0] = post[1] if first_small == "next" else trans[0]
+        S[0] = post[1]
     v = s ** 2 * sigma ** 2 / (alpha ** 2 * s ** 2 + sigma ** 2)
     terms = np.empty_like(alpha)
     terms[1:] = D / 2 * (np.log(S[1:] / post[1:]) + post[1:] / S[1:] - 1) + c_x0[1:] ** 2 * D * v[1:] / (2 * S[1:])

@@ -241,6 +241,9 @@ def test_analytic_variances_match_the_closed_form_optimum(prediction_type):
     small = (1 - ab[i] / ab_s) * (1 - ab_s) / (1 - ab[i])
     want_ij = small + c ** 2 * var_x0[i]
     assert abs(short[2].item() - want_ij) < 5 * c ** 2 * (1 - ab[i]) / ab[i] * gamma[i] * math.sqrt(2 / (n * D))
+    # its decoder keeps beta~ of its own next step ts[1] -> ts[0], not beta~_1 of the whole chain
+    i, j = int(ts[1]), int(ts[0])
+    assert short[0].item() == pytest.approx((1 - ab[i] / ab[j]) * (1 - ab[j]) / (1 - ab[i]), rel=1e-12)
 
 
 def test_analytic_variances_give_an_elbo_no_worse_than_beta_or_beta_tilde():

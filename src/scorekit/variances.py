@@ -12,9 +12,12 @@ with ``mu_theta`` the posterior mean of ``q(x_s | x_t, x_0)`` at ``x_0 = x0_pred
 
 The first step (into the data, ``s = t_data``) has ``beta~ = 0``; as in improved-diffusion its
 "small" variance is ``beta~`` of the next step (``beta~_1``, Ho et al.'s ``t = 2``), while "large"
-keeps Ho et al.'s ``sigma_1^2 = beta_1`` (our ``beta_0``) there (:func:`fixed_variance`). For
-continuous data whose spread exceeds the first noise level, ``beta_0`` is the decoder's optimal
-variance and ``beta~_1`` about half of it.
+keeps Ho et al.'s ``sigma_1^2 = beta_1`` (our ``beta_0``) there (:func:`fixed_variance`). On a
+shorter grid ``t_K > ... > t_2 > t_1 > data`` the next step is the grid's own, ``t_2 -> t_1``, as
+improved-diffusion clips a respaced chain (:func:`data_step_variance`; the ELBO and
+:func:`analytic_variances` use it): ``beta~_1`` of the whole chain would give a decoder at ``t_1``
+far narrower than ``x_0 | x_{t_1}``. For continuous data whose spread exceeds the first noise
+level, the "large" ``sigma_{t_1}^2`` is the decoder's optimal variance and ``beta~`` about half of it.
 
 **Learned variances** (Nichol & Dhariwal 2021, eq. 15). The network returns ``2 C`` channels: its
 prediction, then a raw output ``r`` per dimension, mapped to ``v = (r + 1) / 2`` (so ``r = -1`` is
@@ -74,33 +77,49 @@ def _t64(t, device=None) -> Tensor:
     return torch.as_tensor(t, dtype=_F64, device=device)
 
 
-def variance_bounds(process: GaussianProcess, t, s) -> tuple[Tensor, Tensor]:
+def variance_bounds(process: GaussianProcess, t, s, *, data_step: float | None = None) -> tuple[Tensor, Tensor]:
     r"""``(beta~, beta)`` of the reverse step ``t -> s`` (float64; any broadcastable shapes).
 
     ``beta~ = sigma_{t|s}^2 sigma_s^2 / sigma_t^2`` (posterior variance) and ``beta = sigma_{t|s}^2``
-    (transition variance). Where ``s`` is the data time ``beta~`` is 0 and is replaced by ``beta~`` of
-    the step from ``t_min + 1`` to ``t_min`` (DDPM: ``beta~_1``; with a single step, ``beta_0``), as
-    improved-diffusion's ``posterior_log_variance_clipped``.
+    (transition variance). Where ``s`` is the data time ``beta~`` is 0 and is replaced by
+    ``data_step``: the "small" variance of the step into the data, which a grid gives
+    (:func:`data_step_variance`). Without one: for a discrete process ``beta~`` of the step from
+    ``t_min + 1`` to ``t_min`` (DDPM: ``beta~_1``; with a single step, ``beta_0``), as
+    improved-diffusion's ``posterior_log_variance_clipped``; for a continuous one ``sigma(t_min)^2``,
+    the variance of the step from ``t_min`` into the data.
     """
     t, s = _t64(t), _t64(s)
     _, _, small = process.posterior_coefficients(t, s)
     large = process.transition(t, s)[1] ** 2
-    first = float(process.t_min)
-    if process.discrete and process.t_max > first:
-        _, _, clip = process.posterior_coefficients(_t64(first + 1.0), _t64(first))
-    else:
-        clip = process.transition(_t64(first), _t64(process.t_data))[1] ** 2
-    small = torch.where(s <= process.t_data, clip.item(), small)       # a number: no copy to small's device
+    if data_step is None:
+        first = float(process.t_min)
+        if process.discrete and process.t_max > first:
+            _, _, clip = process.posterior_coefficients(_t64(first + 1.0), _t64(first))
+        else:
+            clip = process.transition(_t64(first), _t64(process.t_data))[1] ** 2
+        data_step = clip.item()
+    small = torch.where(s <= process.t_data, float(data_step), small)  # a number: no copy to small's device
     return small, large
 
 
-def fixed_variance(process: GaussianProcess, t, s, kind: str) -> Tensor:
+def data_step_variance(process: GaussianProcess, t_all: Tensor, s_all: Tensor) -> float | None:
+    r"""The "small" variance of the step ``t_1 -> data`` of a grid of reverse steps ``t_all -> s_all``
+    (ascending, entry 0 the step into the data, as :func:`scorekit.likelihood.elbo` takes them):
+    ``beta~`` of the grid's next step ``t_2 -> t_1``, as improved-diffusion clips a respaced chain's
+    posterior variance (``posterior_log_variance_clipped``). For the whole DDPM chain it is
+    ``beta~_1``; ``None`` (the rule of :func:`variance_bounds`) for a grid of one step."""
+    if t_all.numel() < 2:
+        return None
+    return process.posterior_coefficients(_t64(t_all[1]), _t64(s_all[1]))[2].item()
+
+
+def fixed_variance(process: GaussianProcess, t, s, kind: str, *, data_step: float | None = None) -> Tensor:
     """The fixed reverse variance ``"small"`` (``beta~``, clipped to ``beta~`` of the next step at
-    the first step) or ``"large"`` (``beta``, at every step: Ho et al.'s convention) of the step
-    ``t -> s`` (float64)."""
+    the first step: ``data_step``, see :func:`variance_bounds`) or ``"large"`` (``beta``, at every
+    step: Ho et al.'s convention) of the step ``t -> s`` (float64)."""
     if kind not in FIXED_VARIANCES:
         raise ScorekitError(f"unknown fixed variance {kind!r}; choose 'small' (beta~_t) or 'large' (beta_t)")
-    small, large = variance_bounds(process, t, s)
+    small, large = variance_bounds(process, t, s, data_step=data_step)
     return small if kind == "small" else large
 
 
@@ -192,14 +211,15 @@ def require_variance_head(denoiser) -> None:
                                 "one has no variance head)")
 
 
-def analytic_variance(process: GaussianProcess, t, s, gamma, *, data_radius: float | None = 1.0) -> Tensor:
+def analytic_variance(process: GaussianProcess, t, s, gamma, *, data_radius: float | None = 1.0,
+                      data_step: float | None = None) -> Tensor:
     r"""Bao et al. (2022) eq. 8-9 for the steps ``t -> s`` given ``Gamma_t = E||eps_theta||^2 / d``
     (float64): ``beta~ + c_x0^2 (sigma_t^2 / alpha_t^2)(1 - Gamma_t)``, the posterior-variance factor
     clipped to ``[0, data_radius^2]`` (Theorem 2; no upper clip if ``data_radius`` is None); the
-    first step into the data keeps ``beta~`` of the next step (module docstring)."""
+    first step into the data keeps ``beta~`` of the next step (``data_step``; module docstring)."""
     t, s, gamma = _t64(t), _t64(s), _t64(gamma)
     c_x0, _, _ = process.posterior_coefficients(t, s)
-    small, _ = variance_bounds(process, t, s)
+    small, _ = variance_bounds(process, t, s, data_step=data_step)
     var_x0 = torch.exp(-process.log_snr(t)) * (1 - gamma)        # E Var[x_0 | x_t] / d
     var_x0 = var_x0.clamp_min(0.0) if data_radius is None else var_x0.clamp(0.0, float(data_radius) ** 2)
     return torch.where(s <= process.t_data, small, small + c_x0 ** 2 * var_x0)
@@ -296,9 +316,10 @@ def analytic_variances(denoiser_or_eps_model, process: GaussianProcess, data: Te
             eps_pred = (x_t.to(_F64) - alpha * x0_pred.to(_F64)) / sigma
             total += float(eps_pred.pow(2).sum())
         gamma[i] = total / (num_samples * d)
-    return analytic_variance(process, t_all, s_all, gamma, data_radius=data_radius)
+    return analytic_variance(process, t_all, s_all, gamma, data_radius=data_radius,
+                             data_step=data_step_variance(process, t_all, s_all))
 
 
 __all__ = ["FIXED_VARIANCES", "LearnedVarianceDenoiser", "PredictionHead", "VARIANCES", "analytic_variance",
-           "analytic_variances", "fixed_variance", "learned_log_variance", "require_variance_head", "split_output",
+           "analytic_variances", "data_step_variance", "fixed_variance", "learned_log_variance", "require_variance_head", "split_output",
            "variance_bounds"]

@@ -42,7 +42,8 @@ import torch
 from ..devices import to_device, to_like
 from ..errors import ScorekitError, reads_are_free
 from ..processes import GaussianProcess, expand_like
-from ..variances import _grid_pairs, analytic_variance, fixed_variance, require_variance_head
+from ..variances import (_grid_pairs, analytic_variance, data_step_variance, fixed_variance,
+                         require_variance_head)
 
 Tensor = torch.Tensor
 
@@ -220,7 +221,8 @@ def _check_data(x0, data_bits) -> Tensor:
 def _variance_table(variance, process, t_all, s_all) -> Tensor | str:
     if isinstance(variance, str):
         if variance in ("small", "large"):
-            return fixed_variance(process, t_all, s_all, variance)
+            return fixed_variance(process, t_all, s_all, variance,
+                                  data_step=data_step_variance(process, t_all, s_all))
         if variance in ("learned", "analytic"):
             return variance
         raise ScorekitError(f"unknown variance {variance!r}; choose small, large, learned, analytic "
@@ -272,6 +274,7 @@ def elbo(denoiser, process: GaussianProcess, x0: Tensor, *, variance="small", da
     t_all, s_all = _grid_pairs(process, timesteps)
     K = t_all.numel()
     table = _variance_table(variance, process, t_all, s_all)
+    data_step = data_step_variance(process, t_all, s_all)
     mode = table if isinstance(table, str) else "table"
     if mode == "learned":
         require_variance_head(denoiser)
@@ -310,7 +313,7 @@ def elbo(denoiser, process: GaussianProcess, x0: Tensor, *, variance="small", da
                         eps_pred = (x_t[sl].to(_F64) - process.alpha(t).item() * x0_pred[sl].to(_F64)) \
                             / process.sigma(t).item()
                         gamma = eps_pred.pow(2).mean()
-                        var[j] = analytic_variance(process, t_all[i], s_all[i], gamma)
+                        var[j] = analytic_variance(process, t_all[i], s_all[i], gamma, data_step=data_step)
                 else:
                     var = table[idx]
                 log_var = to_device(torch.log(var), dev).repeat_interleave(N)
