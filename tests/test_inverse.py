@@ -277,6 +277,21 @@ def test_conformance(method, case, sigma_y):
     assert hasattr(solver, "solve")
 
 
+@pytest.mark.parametrize("sigma_y", NOISE)
+@pytest.mark.parametrize("method", sorted(INVERSE_METHODS))
+def test_values_outside_the_operators_range_are_ignored(method, sigma_y):
+    """A mask's y that holds values on the hidden pixels (the whole input image, as `scorekit edit`
+    passes it) solves exactly as the masked y: those values tell nothing about x. DPS's step size
+    zeta / ||y - A D|| would otherwise shrink with them."""
+    prior, A = gaussian_prior(seed=1), CASES["image-mask"][1]()
+    y = measurement(prior, A, sigma_y, n=3)
+    hidden = (1 - A.mask) * torch.full_like(y, 0.9)
+    kw = dict(method=method, sigma_y=sigma_y, num_steps=12, sampler="ddim")
+    x = solve_inverse(denoiser_of(prior), A, y, generator=gen(1), **kw)
+    x_full = solve_inverse(denoiser_of(prior), A, y + hidden, generator=gen(1), **kw)
+    torch.testing.assert_close(x_full, x, atol=1e-12, rtol=0)
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 def _bad(**kw):

@@ -123,6 +123,9 @@ def test_mask_keeps_known_pixels_and_refuses_bad_input():
     assert Mask(m)(x)[..., 2:, :].abs().max() == 0
     with pytest.raises(ScorekitError, match="mask"):
         Mask(torch.full((1, 1, 4, 4), 0.5))
+    with pytest.raises(ScorekitError, match="other values"):           # an 8-bit image of a mask: 0 / 255
+        Mask((255 * m).to(torch.uint8))
+    torch.testing.assert_close(Mask(m.to(torch.uint8))(x), Mask(m.bool())(x))
     with pytest.raises(ScorekitError, match="does not fit"):
         Mask(torch.ones(1, 1, 5, 5))(x)
     with pytest.raises(ScorekitError, match="multiples of 3"):

@@ -116,7 +116,10 @@ class PosteriorGuidance(DenoiserWrapper):
     Args:
         denoiser: the prior's denoiser (a :class:`~scorekit.prediction.Denoiser`, possibly wrapped).
         A: the measurement operator.
-        y: the measurements, ``(N, ...)`` (one per sample) or ``(1, ...)`` (one for all).
+        y: the measurements, ``(N, ...)`` (one per sample) or ``(1, ...)`` (one for all). Only their
+            part in ``A``'s range counts: ``y`` is kept as ``A A^+ y``, so values ``A`` cannot
+            produce (the pixels a :class:`~scorekit.tasks.operators.Mask` hides) are dropped; they
+            carry nothing about ``x``, and in DPS's ``||y - A D||`` they would shrink every step.
         sigma_y: the measurement noise's standard deviation, ``>= 0``.
     """
 
@@ -127,7 +130,8 @@ class PosteriorGuidance(DenoiserWrapper):
         super().__init__(denoiser)
         self.sigma_y = check_sigma_y(sigma_y)
         check_measurement(A, y)
-        self.A, self.y = A, y.detach()
+        with torch.no_grad():
+            self.A, self.y = A, A(A.pinv(y.detach()))
 
     def _measurement(self, x_t: Tensor) -> Tensor:
         n = x_t.shape[0]

@@ -111,7 +111,7 @@ class Mask(LinearOperator):
 
     def __init__(self, mask):
         mask = torch.as_tensor(mask)
-        if mask.is_floating_point() and not bool(((mask == 0) | (mask == 1)).all()):
+        if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
             raise ScorekitError("a mask holds 1 where a pixel is known and 0 where it is missing; "
                                 "this one has other values")
         self.mask = mask.to(torch.float32)
