@@ -399,6 +399,26 @@ def test_clipping_and_thresholding_bound_x0_pred():
     assert max(seen) <= 1.0 + 1e-6
 
 
+def test_dynamic_thresholding_is_imagens_uncapped_by_default():
+    """Saharia et al. (2022) sec. 2.3 by hand: s = max(P-quantile of |x0|, 1) per sample, x0 clamped to
+    [-s, s] and divided by s, with no cap on s unless threshold_max is given; so a sample inside
+    [-1, 1] is untouched and one far outside is shrunk, not just clipped."""
+    from scorekit.thresholding import dynamic_threshold
+
+    x0 = torch.stack([torch.linspace(-0.8, 0.9, 200, dtype=torch.float64),      # inside: s = 1
+                      torch.linspace(-4.0, 4.0, 200, dtype=torch.float64)])     # outside: s ~ 3.96
+    got = dynamic_threshold(x0, 0.995)
+    s = np.maximum(np.quantile(np.abs(x0.numpy()), 0.995, axis=1), 1.0)[:, None]
+    want = np.clip(x0.numpy(), -s, s) / s
+    assert s[1, 0] > 3.9
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(got[0], x0[0], rtol=0, atol=0)
+    assert not torch.allclose(got[1], x0[1].clamp(-1, 1))         # not the static clip
+    capped = dynamic_threshold(x0, 0.995, max_value=2.0)
+    np.testing.assert_allclose(capped[1].numpy(), np.clip(x0[1].numpy(), -2, 2) / 2, rtol=1e-12)
+    torch.testing.assert_close(dynamic_threshold(x0, 0.995, max_value=1.0), x0.clamp(-1, 1))
+
+
 # --- bad input ---------------------------------------------------------------------------------------
 
 def _model(x, t):

@@ -255,7 +255,7 @@ class ClassifierGuidance(DenoiserWrapper):
 
 def guided(denoiser, *, guidance_scale: float | None = None, guidance_interval=None,
            guidance_rescale: float = 0.0, classifier=None, classifier_scale: float = 1.0,
-           clip: float | None = None, threshold: float | None = None, threshold_max: float = 1.0):
+           clip: float | None = None, threshold: float | None = None, threshold_max: float | None = None):
     """``denoiser`` with the guidance and range wrappers that the arguments ask for, in the one
     order that makes sense: classifier guidance, then classifier-free guidance (which evaluates the
     inner ones under both conditions), then clipping or thresholding of the final ``x0_pred``."""

@@ -63,7 +63,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
            betas=None, alpha_bar=None, process: GaussianProcess | None = None,
            prediction_type: str = "eps", sampler: str = "ddim", num_steps: int = 50,
            spacing: str | None = None, timesteps=None, generator: torch.Generator | None = None,
-           clip: float | None = None, threshold: float | None = None, threshold_max: float = 1.0,
+           clip: float | None = None, threshold: float | None = None, threshold_max: float | None = None,
            callback: Callback | None = None, progress: bool = False,
            time_input: Callable[[Tensor], Tensor] | None = None, check_finite: bool = True,
            condition=None, guidance_scale: float | None = None, guidance_interval=None,
@@ -93,7 +93,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, *,
         generator: the only source of randomness (required by stochastic samplers).
         clip: clamp ``x0_pred`` to ``[-clip, clip]`` at every step.
         threshold: dynamic thresholding of ``x0_pred`` at this percentile (e.g. 0.995), with
-            ``threshold_max`` the largest threshold.
+            ``threshold_max`` the largest threshold (default: none, as in Imagen).
         callback: ``callback(i, t, x_t, x0_pred)`` after each network evaluation.
         progress: show a progress bar.
         time_input: maps process time to the model's time input (see :class:`Denoiser`).

@@ -31,10 +31,13 @@ def clip_x0(denoiser, limit: float = 1.0) -> ClipX0:
     return ClipX0(denoiser, limit)
 
 
-def dynamic_threshold(x0: Tensor, percentile: float = 0.995, max_value: float = 1.0) -> Tensor:
+def dynamic_threshold(x0: Tensor, percentile: float = 0.995, max_value: float | None = None) -> Tensor:
     r"""Imagen's dynamic thresholding (Saharia et al. 2022, sec. 2.3), per sample:
 
-        s = clamp(quantile(|x0|, percentile), 1, max_value),   x0 <- clamp(x0, -s, s) / s.
+        s = max(quantile(|x0|, percentile), 1),   x0 <- clamp(x0, -s, s) / s,
+
+    with ``s`` capped at ``max_value`` when one is given (diffusers' ``sample_max_value``). Imagen
+    sets no cap; a cap of 1 makes ``s = 1`` always, the static clip to ``[-1, 1]``.
     """
     flat = x0.reshape(x0.shape[0], -1)
     flat = flat.abs()
@@ -46,23 +49,25 @@ def dynamic_threshold(x0: Tensor, percentile: float = 0.995, max_value: float = 
 
 
 class ThresholdX0(DenoiserWrapper):
-    """A denoiser whose ``x0_pred`` is dynamically thresholded (see :func:`dynamic_threshold`)."""
+    """A denoiser whose ``x0_pred`` is dynamically thresholded (see :func:`dynamic_threshold`;
+    ``max_value=None``: no cap on the threshold, as in Imagen)."""
 
-    def __init__(self, denoiser, percentile: float = 0.995, max_value: float = 1.0):
+    def __init__(self, denoiser, percentile: float = 0.995, max_value: float | None = None):
         super().__init__(denoiser)
         percentile = positive_number(percentile, "the threshold percentile", "e.g. 0.995")
-        max_value = positive_number(max_value, "the threshold max_value", "e.g. 1")
         if not 0 < percentile <= 1:
             raise ScorekitError(f"the threshold percentile must lie in (0, 1], got {percentile}")
-        if not max_value >= 1:
-            raise ScorekitError(f"the threshold max_value must be >= 1, got {max_value}")
+        if max_value is not None:
+            max_value = positive_number(max_value, "the threshold max_value", "e.g. 2, or None for no cap")
+            if not max_value >= 1:
+                raise ScorekitError(f"the threshold max_value must be >= 1, got {max_value}")
         self.percentile, self.max_value = percentile, max_value
 
     def apply(self, x_t, t, condition, predict):
         return dynamic_threshold(predict(x_t, t, condition), self.percentile, self.max_value)
 
 
-def threshold_x0(denoiser, percentile: float = 0.995, max_value: float = 1.0) -> ThresholdX0:
+def threshold_x0(denoiser, percentile: float = 0.995, max_value: float | None = None) -> ThresholdX0:
     """A denoiser whose ``x0_pred`` is dynamically thresholded; see :class:`ThresholdX0`."""
     return ThresholdX0(denoiser, percentile, max_value)
 

@@ -81,8 +81,9 @@ def add_sampling_flags(p: argparse.ArgumentParser, *, default_num: int = 64, cou
     p.add_argument("--threshold", metavar="P", type=unit_interval("--threshold", closed_top=True),
                    help="dynamic thresholding of the predicted x_0 at percentile P of |x_0| per sample "
                         "(Imagen; e.g. 0.995): keeps large guidance scales in the data range")
-    p.add_argument("--threshold-max", metavar="M", type=positive_float("--threshold-max"), default=1.0,
-                   help="the largest threshold of --threshold (>= 1)")
+    p.add_argument("--threshold-max", metavar="M", type=positive_float("--threshold-max"),
+                   help="cap the threshold of --threshold at M >= 1 (default: no cap, as in Imagen; "
+                        "diffusers' sample_max_value; 1 is --clip 1)")
     g = p.add_argument_group(
         "guidance", "steer a class-conditional model towards --class (see docs/guidance.md)")
     g.add_argument("--guidance-scale", metavar="W", type=float,
