@@ -1,13 +1,17 @@
 """Malformed input, as a careless or adversarial user gives it, at every place a value enters:
 one :class:`ScorekitError` (on the command line: one line, exit status 2, no traceback, no files
 left behind) that names the input and the form it must have."""
+import math
 import os
 import re
 
 import pytest
 import torch
 
+import scorekit as _sk
 from cli_helpers import assert_one_line_error, run_main
+from scorekit import losses as _losses
+from scorekit import variances as _variances
 from scorekit.data import load_dataset
 from scorekit.errors import ScorekitError
 from scorekit.models import build_model, preset
@@ -111,6 +115,28 @@ def test_api_list_option_forms(written, expected):
      ["clip", "positive number", "'a'"]),
     (lambda: sample(lambda x, t: x, torch.zeros(2, 2), betas=torch.full((10,), 0.1), threshold="a"),
      ["threshold percentile", "positive number", "'a'"]),
+    # the processes' own constructors, called directly
+    (lambda: _sk.VPSDE(0.1, math.inf), ["beta_max must be a positive finite number", "inf"]),
+    (lambda: _sk.SubVPSDE(math.nan, 20.0), ["beta_min must be a positive finite number", "nan"]),
+    (lambda: _sk.VESDE(0.01, math.inf), ["sigma_max must be a positive finite number"]),
+    (lambda: _sk.EDM(0.002, math.inf), ["sigma_max must be a positive finite number"]),
+    (lambda: _sk.VPSDE("slow", 20.0), ["beta_min must be a positive number, got 'slow'"]),
+    (lambda: _sk.SimpleVE(2.7), ["num_steps must be a positive whole number, got 2.7"]),
+    (lambda: _sk.SimpleVE("x"), ["num_steps must be a positive whole number, got 'x'"]),
+    (lambda: _sk.DDPM(num_steps=10.9), ["num_steps must be a positive whole number, got 10.9"]),
+    (lambda: _sk.DDPM(betas=[0.1, 0.2], num_steps=5), ["num_steps=5 but the table has 2 steps"]),
+    (lambda: _sk.DDPM(alpha_bar=[0.9, 0.5], beta_end=0.2), ["beta_end: options of a named schedule", "alpha_bar"]),
+    (lambda: _sk.Denoiser(lambda x, t: x, "ddpm"), ["process must be a forward process", "got str 'ddpm'"]),
+    (lambda: _losses.diffusion_loss(lambda x, t, y: x, "ddpm", torch.zeros(2, 2), generator=torch.Generator()),
+     ["process must be a forward process", "got str"]),
+    (lambda: _losses.LogNormalTimesteps(_sk.EDM(), p_std="wide"), ["p_std must be a positive number, got 'wide'"]),
+    (lambda: _losses.LogNormalTimesteps(_sk.EDM(), p_mean=math.inf), ["p_mean must be a finite number"]),
+    (lambda: _losses.ImportanceTimesteps(_sk.DDPM(num_steps=4), uniform_prob="x"),
+     ["uniform_prob must be a number in [0, 1], got 'x'"]),
+    (lambda: _variances.analytic_variance(_sk.DDPM(), 5, 4, 0.5, data_radius=math.nan), ["data_radius"]),
+    (lambda: _variances.analytic_variance(_sk.DDPM(), 5, 4, 0.5, data_radius=-2), ["data_radius"]),
+    (lambda: _variances.analytic_variances(lambda x, t: x, _sk.DDPM(num_steps=4), torch.zeros(3, 2),
+                                           generator=torch.Generator(), batch_size="x"), ["batch_size"]),
 ])
 def test_api_option_of_the_wrong_form(make, fragments):
     with raises(*fragments):

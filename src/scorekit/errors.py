@@ -41,6 +41,16 @@ def positive_number(value, name: str, hint: str | None = None) -> float:
     return number
 
 
+def whole_number(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an ``int`` if it is a whole number ``>= minimum`` (``10`` or ``10.0``, not
+    ``10.9``, ``True`` or ``"10"``); otherwise a :class:`ScorekitError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value != int(value) or int(value) < minimum:
+        kind = "a positive whole number" if minimum == 1 else f"a whole number >= {minimum}"
+        raise ScorekitError(f"{name} must be {kind}, got {value!r}")
+    return int(value)
+
+
 class FileWriteError(ScorekitError):
     """A file could not be written (a full disk, a file-size limit, no permission, ...)."""
 

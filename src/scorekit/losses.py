@@ -93,7 +93,7 @@ import torch
 from .errors import ScorekitError, positive_number, reads_are_free
 from .precondition import resolve_sigma_data
 from .prediction import PREDICTION_TYPES, score_from_eps, to_x0, v_from_x0_eps
-from .processes import GaussianProcess, expand_like
+from .processes import GaussianProcess, check_process, expand_like
 from .variances import fixed_variance, learned_log_variance, split_output
 
 Tensor = torch.Tensor
@@ -199,8 +199,9 @@ class ImportanceTimesteps:
                                 f"{type(process).__name__}; use UniformTimesteps for continuous time")
         if isinstance(history, bool) or not isinstance(history, int) or history < 1:
             raise ScorekitError(f"history must be a positive integer, got {history!r}")
-        if not 0.0 <= float(uniform_prob) <= 1.0:
-            raise ScorekitError(f"uniform_prob must lie in [0, 1], got {uniform_prob!r}")
+        if isinstance(uniform_prob, bool) or not isinstance(uniform_prob, (int, float)) \
+                or not 0.0 <= uniform_prob <= 1.0:
+            raise ScorekitError(f"uniform_prob must be a number in [0, 1], got {uniform_prob!r}")
         self.process = process
         self.history = history
         self.uniform_prob = float(uniform_prob)
@@ -317,10 +318,14 @@ class LogNormalTimesteps:
     """
 
     def __init__(self, process: GaussianProcess, p_mean: float = -1.2, p_std: float = 1.2):
-        if not p_std > 0:
-            raise ScorekitError(f"p_std must be positive, got {p_std!r}")
-        self.process = process
-        self.p_mean, self.p_std = float(p_mean), float(p_std)
+        self.process = check_process(process)
+        self.p_std = positive_number(p_std, "p_std", "1.2 in EDM")
+        try:
+            self.p_mean = float(p_mean)
+        except (TypeError, ValueError):
+            self.p_mean = math.nan
+        if not math.isfinite(self.p_mean):
+            raise ScorekitError(f"p_mean must be a finite number (-1.2 in EDM), got {p_mean!r}")
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         n = _check_n(n)
@@ -550,6 +555,7 @@ def diffusion_loss(net: Callable, process: GaussianProcess, x0: Tensor, *, predi
             the process has one, else 0.5.
         hybrid_lambda: ``lambda`` of ``hybrid`` (0.001 in the paper).
     """
+    check_process(process)
     _check_prediction_type(prediction_type)
     _check_weighting(weighting)
     _check_generator(generator)

@@ -19,7 +19,7 @@ import torch
 
 from .devices import to_device
 from .errors import ScorekitError
-from .processes import GaussianProcess, expand_like
+from .processes import GaussianProcess, check_process, expand_like
 
 Tensor = torch.Tensor
 
@@ -170,7 +170,7 @@ class Denoiser:
         if not callable(model):
             raise ScorekitError("model must be callable as model(x_t, t)")
         self.model = model
-        self.process = process
+        self.process = check_process(process)
         self.prediction_type = prediction_type
         self.time_input = time_input
         self.num_classes = num_classes if num_classes is not None else model_num_classes(model)

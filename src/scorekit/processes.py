@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from .devices import to_like
-from .errors import ScorekitError, check_options, option_schema, positive_number
+from .errors import ScorekitError, check_options, option_schema, positive_number, whole_number
 
 Tensor = torch.Tensor
 
@@ -217,9 +217,7 @@ def beta_schedule(name: str, num_steps: int = 1000, *, beta_start: float | None 
     * ``sigmoid`` (GeoDiff): ``beta_t = sigmoid(u_t) (beta_end - beta_start) + beta_start``,
       ``u_t`` evenly spaced on ``[-6, 6]``.
     """
-    T = int(num_steps)
-    if T < 1:
-        raise ScorekitError(f"num_steps must be a positive integer, got {num_steps!r}")
+    T = whole_number(num_steps, "num_steps")
     if name == "linear":
         b0 = 1e-4 if beta_start is None else beta_start
         b1 = 0.02 if beta_end is None else beta_end
@@ -274,16 +272,19 @@ class DDPM(GaussianProcess):
     prior_std = 1.0
 
     def __init__(self, betas=None, *, alpha_bar=None, schedule: str | None = None,
-                 num_steps: int = 1000, **schedule_kwargs):
+                 num_steps: int | None = None, **schedule_kwargs):
         given = sum(v is not None for v in (betas, alpha_bar, schedule))
         if given > 1:
             raise ScorekitError("give only one of betas, alpha_bar or schedule")
         if given == 0:
             schedule = "linear"
+        if schedule is None and schedule_kwargs:
+            raise ScorekitError(f"{', '.join(sorted(schedule_kwargs))}: options of a named schedule, but the "
+                                f"schedule is given as a table ({'betas' if betas is not None else 'alpha_bar'})")
         if schedule is not None:
             schedule_kwargs = check_options(schedule_kwargs, option_schema(
                 beta_schedule, skip=("name", "num_steps")), f"{schedule} schedule option")
-            betas = beta_schedule(schedule, num_steps, **schedule_kwargs)
+            betas = beta_schedule(schedule, 1000 if num_steps is None else num_steps, **schedule_kwargs)
         elif alpha_bar is not None:
             ab = schedule_table(alpha_bar, "alpha_bar")
             if ab.numel() == 0 or not torch.all((ab > 0) & (ab <= 1)):
@@ -299,6 +300,9 @@ class DDPM(GaussianProcess):
             raise ScorekitError("every beta_t must lie in [0, 1)")
         if betas[0] <= 0:
             raise ScorekitError("beta_0 must be positive (otherwise x_0 is not noised at t = 0)")
+        if schedule is None and num_steps is not None and whole_number(num_steps, "num_steps") != betas.numel():
+            raise ScorekitError(f"num_steps={num_steps!r} but the table has {betas.numel()} steps "
+                                f"(num_steps may be left out: the table gives it)")
         self.schedule = schedule
         self.schedule_kwargs = dict(schedule_kwargs)
         self.betas = betas
@@ -390,9 +394,7 @@ class SimpleVE(GaussianProcess):
     t_min = 1.0
 
     def __init__(self, num_steps: int = 1000):
-        if int(num_steps) < 1:
-            raise ScorekitError(f"num_steps must be a positive integer, got {num_steps!r}")
-        self.num_steps = int(num_steps)
+        self.num_steps = whole_number(num_steps, "num_steps")
         self.t_max = float(self.num_steps)
         self.prior_std = math.sqrt(self.num_steps)
 
@@ -432,9 +434,11 @@ class VPSDE(GaussianProcess):
     t_max = 1.0
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
-        if not 0 < beta_min <= beta_max:
+        beta_min = positive_number(beta_min, "beta_min", "0.1 in Song et al.")
+        beta_max = positive_number(beta_max, "beta_max", "20 in Song et al.")
+        if not beta_min <= beta_max:
             raise ScorekitError(f"need 0 < beta_min <= beta_max, got {beta_min}, {beta_max}")
-        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        self.beta_min, self.beta_max = beta_min, beta_max
 
     def beta(self, t) -> Tensor:
         return self.beta_min + _t64(t) * (self.beta_max - self.beta_min)
@@ -510,9 +514,11 @@ class VESDE(GaussianProcess):
     t_max = 1.0
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
-        if not 0 < sigma_min < sigma_max:
+        sigma_min = positive_number(sigma_min, "sigma_min", "0.01 in Song et al.")
+        sigma_max = positive_number(sigma_max, "sigma_max", "50 in Song et al. for CIFAR-10")
+        if not sigma_min < sigma_max:
             raise ScorekitError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.prior_std = self.sigma_max
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
 
@@ -550,9 +556,11 @@ class EDM(GaussianProcess):
     default_spacing = "karras"      # EDM's own grid (Karras et al. 2022, eq. 5, rho = 7)
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5):
-        if not 0 < sigma_min < sigma_max:
+        sigma_min = positive_number(sigma_min, "sigma_min", "0.002 in EDM")
+        sigma_max = positive_number(sigma_max, "sigma_max", "80 in EDM")
+        if not sigma_min < sigma_max:
             raise ScorekitError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.sigma_data = positive_number(sigma_data, "sigma_data", "0.5 in EDM")
         self.t_min, self.t_max = self.sigma_min, self.sigma_max
         self.prior_std = self.sigma_max
@@ -578,6 +586,15 @@ class EDM(GaussianProcess):
 
 
 PROCESSES = {cls.__name__: cls for cls in (DDPM, SimpleVE, VPSDE, SubVPSDE, VESDE, EDM)}
+
+
+def check_process(process, what: str = "process") -> GaussianProcess:
+    """``process`` if it is a :class:`GaussianProcess` (``DDPM()``, ``VPSDE()``, ...); otherwise a
+    :class:`ScorekitError` that says what was given."""
+    if not isinstance(process, GaussianProcess):
+        raise ScorekitError(f"{what} must be a forward process such as scorekit.DDPM() or scorekit.VPSDE(), "
+                            f"got {type(process).__name__} {process!r}"[:300])
+    return process
 
 
 def process_from_config(config: dict) -> GaussianProcess:

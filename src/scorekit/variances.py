@@ -60,7 +60,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import ScorekitError
+from .errors import ScorekitError, positive_number, whole_number
 from .prediction import PREDICTION_TYPES, Denoiser, network_tensor, to_x0
 from .processes import GaussianProcess, expand_like
 
@@ -217,6 +217,8 @@ def analytic_variance(process: GaussianProcess, t, s, gamma, *, data_radius: flo
     (float64): ``beta~ + c_x0^2 (sigma_t^2 / alpha_t^2)(1 - Gamma_t)``, the posterior-variance factor
     clipped to ``[0, data_radius^2]`` (Theorem 2; no upper clip if ``data_radius`` is None); the
     first step into the data keeps ``beta~`` of the next step (``data_step``; module docstring)."""
+    if data_radius is not None:
+        data_radius = positive_number(data_radius, "data_radius", "1 for images in [-1, 1], or None for no upper clip")
     t, s, gamma = _t64(t), _t64(s), _t64(gamma)
     c_x0, _, _ = process.posterior_coefficients(t, s)
     small, _ = variance_bounds(process, t, s, data_step=data_step)
@@ -283,9 +285,7 @@ def analytic_variances(denoiser_or_eps_model, process: GaussianProcess, data: Te
         raise ScorekitError("data must be a floating-point tensor (M, ...) of training samples")
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ScorekitError(f"num_samples must be a positive integer, got {num_samples!r}")
-    batch_size = num_samples if batch_size is None else int(batch_size)
-    if batch_size < 1:
-        raise ScorekitError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = num_samples if batch_size is None else whole_number(batch_size, "batch_size")
     denoiser = _as_denoiser(denoiser_or_eps_model, process, prediction_type)
     t_all, s_all = _grid_pairs(process, timesteps)
     M = data.shape[0]
