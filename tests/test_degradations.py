@@ -122,3 +122,36 @@ def test_task_options_are_checked_against_the_constructors():
         degrade_images(clean() * 3, "sr2")
     with pytest.raises(ScorekitError, match="mask has shape"):
         build_degradation("inpaint").observe(clean(), torch.ones(8, 8))
+
+
+@pytest.mark.parametrize("task, kind", [("inpaint", "box"), ("inpaint", "strokes"), ("uncrop", "half"),
+                                        ("uncrop", "border")])
+@pytest.mark.parametrize("fill", ["zero", "noise"])
+def test_masked_observation_carries_nothing_of_the_hidden_pixels(task, kind, fill):
+    """observe(y, mask) ignores the pixels of y where the mask is 0 (its docstring): an image with
+    the same known pixels and anything else in the hidden ones gives the same condition, image and
+    measurement, bit for bit (the same generator for a noise fill), and the hidden pixels of the
+    condition image are the fill (0, or the generator's noise), not the truth. Otherwise the
+    ground truth to be restored leaks into the model's condition."""
+    d = build_degradation(task, {"kind": kind, "fill": fill})
+    x = clean(n=4)
+    mask = d.masks(4, 16, 16, torch.Generator().manual_seed(5))
+    hidden = (1 - mask).expand_as(x).bool()
+    assert bool(hidden.any()) and not bool(hidden.all())
+    other = torch.where(hidden, -x.flip(0) + 0.5, x)       # other hidden pixels, the same known ones
+    assert bool((other != x)[hidden].all())
+    a = d.observe(x, mask, generator=torch.Generator().manual_seed(6))
+    b = d.observe(other, mask, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a.cond, b.cond) and torch.equal(a.image, b.image)
+    assert torch.equal(a.measurement, b.measurement)
+    assert bool((a.measurement[hidden] == 0).all()) and torch.equal(a.measurement[~hidden], x[~hidden])
+    if fill == "zero":
+        assert bool((a.image[hidden] == 0).all())
+    else:                                                 # the generator's noise, drawn for the whole image
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(6))
+        assert torch.equal(a.image[hidden], noise[hidden])
+    # degrading the clean images (the mask drawn first, then any fill, from one generator) is
+    # observing them whole under that mask
+    g = torch.Generator().manual_seed(5)
+    whole = d.observe(x, d.masks(4, 16, 16, g), generator=g)
+    assert torch.equal(d(x, torch.Generator().manual_seed(5)).cond, whole.cond)

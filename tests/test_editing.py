@@ -173,6 +173,34 @@ def test_ilvr_with_an_empty_range_is_plain_sampling_bitwise():
     assert (phi.project(part) - phi.project(ref)).abs().max() > 1e-3
 
 
+def test_ilvr_refines_towards_the_reference_noised_to_the_steps_end():
+    """One ILVR step by hand (Choi et al. 2021, Alg. 1): a grid of one DDIM step 999 -> s = 300, ending
+    there, so the refinement x_s <- x_s - phi(x_s) + phi(y_s), y_s ~ q(y_s | y) = N(alpha_s y,
+    sigma_s^2 I), is the last thing done. Oracles: (1) the high frequencies are the plain DDIM step's
+    from the same x_T, to float64 rounding; (2) the 2x2 block means of the result are those of y_s:
+    per block, alpha_s mean(y) + sigma_s / 2 z with z ~ N(0, 1) independent over the n * 4 blocks
+    (a block averages 4 independent pixels of the noise). The z's mean is within 5 standard errors
+    1 / sqrt(4 n) of 0 and their standard deviation within 5 standard errors 1 / sqrt(2 * 4 n) of 1.
+    The clean reference (no scaling, no noise) would give z = (1 - alpha_s) mean(y) / (sigma_s / 2)
+    for every sample: a spread of 0."""
+    p, n, s = DDPM(), 2000, 300
+    mix = image_mixture(2, (1, 4, 4))
+    D = exact(mix, p)
+    ref = (mix.sample(1, generator=gen(0), dtype=F64) + 1.0).expand(n, 1, 4, 4).contiguous()
+    ts = torch.tensor([float(p.t_max), float(s)], dtype=F64)
+    out = ilvr(D, ref, factor=2, sampler="ddim", timesteps=ts, generator=gen(6))
+    phi = Downsample(2)
+    x_T = p.prior_sample(ref.shape, generator=gen(6), dtype=F64)
+    step = scorekit.SAMPLERS["ddim"](D, p, x_T, ts, generator=gen(7))
+    torch.testing.assert_close(phi.complement(out), phi.complement(step), rtol=0, atol=1e-12)
+    a, sig = p.alpha(torch.tensor(float(s), dtype=F64)).item(), p.sigma(torch.tensor(float(s), dtype=F64)).item()
+    z = ((phi(out) - a * phi(ref)) / (sig / 2)).flatten()
+    assert abs(z.mean().item()) < 5 / math.sqrt(z.numel())
+    assert abs(z.std().item() - 1) < 5 / math.sqrt(2 * z.numel())
+    # the reference's low frequencies are scaled by alpha_s: a clean one would be off by far more
+    assert ((1 - a) * phi(ref[:1]).abs() / (sig / 2)).min() > 10 / math.sqrt(z.numel())
+
+
 # --- RePaint ------------------------------------------------------------------------------------------
 
 def test_repaint_schedule_is_the_papers():

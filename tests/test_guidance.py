@@ -381,6 +381,37 @@ def test_wrappers_compose_and_rebind():
     assert guided(d, guidance_scale=2.0, clip=1.5).with_condition(LABELS)(x, t).equal(bound(x, t))
 
 
+@pytest.mark.parametrize("process", [DDPM(), VPSDE(), EDM()], ids=repr)
+def test_guided_puts_classifier_guidance_inside_classifier_free_guidance(process):
+    """guided()'s documented order: classifier guidance first, then classifier-free guidance, which
+    evaluates the classifier-guided denoiser under both conditions. With exact models the
+    classifier-guided denoiser under label c is D'(c) = D(c) + s (sigma^2 / alpha) grad log p(c | x_t)
+    and under the null label D'(null) = D(null) (no gradient), so
+
+        guided = D'(null) + w (D'(c) - D'(null)) = D(null) + w (D(c) + s k g - D(null)),
+
+    computed here by hand from the mixture's closed forms and autograd of its exact log p(c | x_t).
+    (The other order, CFG inside, would add s k g once instead of w times.) Float64 rounding of
+    closed forms, with the eps/v-free x0 model: 1e-9 relative to the data scale."""
+    lm = labelled_multiscale()
+    d = Denoiser(lm.model(process, "x0"), process, "x0")
+    w, s = 3.0, 0.5
+    g = guided(d, guidance_scale=w, classifier=lm.classifier(process), classifier_scale=s).with_condition(LABELS)
+    keep = LABELS != NULL_LABEL
+    for t in times(process):
+        x = points(process, t)
+        a, sig = process.alpha(t).item(), process.sigma(t).item()
+        xg = x.clone().requires_grad_(True)
+        logp = lm.log_class_posterior(xg, a, sig).gather(1, LABELS.clamp_min(0)[:, None])[:, 0]
+        (grad,) = torch.autograd.grad((logp * keep).sum(), xg)
+        d_c = lm.posterior_mean(x, a, sig, LABELS) + s * sig ** 2 / a * grad
+        d_u = lm.mixture.posterior_mean(x, a, sig)
+        want = d_u + w * (d_c - d_u)
+        assert torch.allclose(g(x, t), want, rtol=0, atol=1e-9 * (1 + sig ** 2)), (t, (g(x, t) - want).abs().max())
+        # the two orders differ by (w - 1) s k g: far above the tolerance at every time tested
+        assert ((w - 1) * s * sig ** 2 / a * grad).abs().max() > 1e-3
+
+
 # --- bad input ------------------------------------------------------------------------------------------------
 
 def test_guidance_refuses_bad_input():

@@ -238,6 +238,53 @@ def test_mixture_prior_mode_weights_move_towards_the_posterior():
 
 # --- conformance: every method, images and vectors, noisy and noiseless -----------------------
 
+@pytest.mark.parametrize("op", ["downsample", "projection"])
+def test_projection_step_is_the_documented_update(op):
+    """Projection.project at time t, by hand (Song, Shen, Xing & Ermon 2022, eq. 8, as its docstring
+    writes it): y_t = alpha_t y + sigma_t A eps with eps ~ N(0, I) the generator's next draw of x's
+    shape, then x <- x + lambda A^+ (y_t - A x), with A the operator's (m, D) matrix and A^+ its
+    Moore-Penrose pseudo-inverse (torch.linalg.pinv). At the data time (sigma = 0) nothing is drawn
+    and y_t = y. Float64 rounding of a 16-D linear map: 1e-12."""
+    prior, A = gaussian_prior(), OPERATORS[op]()
+    M = prior.measurement_matrix(A)
+    M_pinv = torch.linalg.pinv(M)
+    y = measurement(prior, A, 0.0, n=3)
+    x = torch.randn(3, *SHAPE, generator=gen(20), dtype=F64)
+    for strength in (0.0, 0.3, 1.0):
+        solver = INVERSE_METHODS["projection"](denoiser_of(prior), A, y, strength=strength)
+        for t in (900, 400, 50, int(PROCESS.t_data)):
+            a, s = PROCESS.alpha(t).item(), PROCESS.sigma(t).item()
+            eps = torch.randn(x.shape, generator=gen(t + 2), dtype=F64).flatten(1)
+            y_t = a * y.flatten(1) + s * eps @ M.T
+            want = x.flatten(1) + strength * (y_t - x.flatten(1) @ M.T) @ M_pinv.T
+            got = solver.project(x, t, gen(t + 2))
+            torch.testing.assert_close(got.flatten(1), want, rtol=0, atol=1e-12)
+            if s > 0 and strength > 0:            # the draw moves the result by lambda sigma A^+ A eps
+                assert (strength * s * eps @ M.T @ M_pinv.T).abs().max() > 1e-3
+    # strength 1 at the data time makes a noiseless measurement hold exactly
+    exact = INVERSE_METHODS["projection"](denoiser_of(prior), A, y).project(x, PROCESS.t_data, gen(0))
+    torch.testing.assert_close(A(exact), y, rtol=0, atol=1e-12)
+
+
+def test_projection_at_strength_zero_is_the_plain_sampler():
+    """lambda = 0 leaves every projection x + 0 A^+ (...) = x: the driver, which runs the sampler one
+    step at a time between projections, is then the unconstrained DDIM sampler (eta = 0: one-step,
+    deterministic, so segments of one step make the same grid walk) from the same x_T, to float64
+    rounding; at lambda = 1 it is not."""
+    import scorekit
+
+    prior, A = gaussian_prior(), Downsample(2)
+    y = measurement(prior, A, 0.0, n=4)
+    den = denoiser_of(prior)
+    x_T = PROCESS.prior_sample((4,) + SHAPE, generator=gen(30), dtype=F64)
+    ts = scorekit.make_timesteps(PROCESS, 8)
+    plain = scorekit.sample(den, x_T, timesteps=ts, sampler="ddim")
+    off = INVERSE_METHODS["projection"](den, A, y, strength=0.0).solve(x_T, ts, sampler="ddim", generator=gen(31))
+    torch.testing.assert_close(off, plain, rtol=0, atol=1e-12)
+    on = INVERSE_METHODS["projection"](den, A, y, strength=1.0).solve(x_T, ts, sampler="ddim", generator=gen(31))
+    assert (on - plain).abs().max() > 0.1
+
+
 CASES = {
     "image-mask": (SHAPE, lambda: Mask((torch.rand(1, 1, 4, 4, generator=gen(7)) < 0.5).double())),
     "image-downsample": (SHAPE, lambda: Downsample(2)),

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from scorekit import DDPM, EDM, VPSDE, ScorekitError, SimpleVE, make_timesteps
+from scorekit import DDPM, EDM, VPSDE, ScorekitError, SimpleVE, SubVPSDE, make_timesteps
 from scorekit.timesteps import check_timesteps, discrete_steps
 
 
@@ -22,6 +22,23 @@ def test_documented_formulas():
     assert discrete_steps(1000, 5, "linspace").tolist() == [999, 749, 500, 250, 0]
     q = discrete_steps(1000, 10, "quadratic")
     assert q[0] == int(np.sqrt(800) ** 2) and q[-1] == 0 and np.all(np.diff(q[::-1]) > 0)
+
+
+@pytest.mark.parametrize("process", [VPSDE(), EDM(), SubVPSDE()], ids=repr)
+def test_continuous_quadratic_grid_is_dense_near_the_data(process):
+    """The continuous ``quadratic`` spacing is DDIM's quadratic one (the discrete spacing above:
+    steps ``(linspace(0, sqrt(c), n))^2``) on [t_min, t_max]: the k-th time from the data end is
+    t_min + (t_max - t_min) (k / (n - 1))^2, k = 0 .. n - 1, by hand; so the gaps grow away from the
+    data (dense at low noise) and the ends are exactly t_max and t_min. Float64 rounding: 1e-12."""
+    n = 9
+    ts = make_timesteps(process, n, "quadratic")
+    assert len(ts) == n + 1 and ts[-1] == process.t_data
+    k = torch.arange(n - 1, -1, -1, dtype=torch.float64)
+    want = process.t_min + (process.t_max - process.t_min) * (k / (n - 1)) ** 2
+    torch.testing.assert_close(ts[:-1], want, rtol=1e-12, atol=1e-12)
+    assert ts[0] == process.t_max and ts[-2] == pytest.approx(process.t_min, rel=1e-12)
+    gaps = ts[:-2] - ts[1:-1]                      # from the noisiest step down to the data
+    assert torch.all(gaps[:-1] > gaps[1:])
 
 
 def test_full_grid_is_every_step():
@@ -60,7 +77,7 @@ def test_bad_requests(call, msg):
 
 # --- fractional spacings: karras, log_snr and uniform on every process ---------------------------
 
-from scorekit import SubVPSDE, VESDE  # noqa: E402
+from scorekit import VESDE  # noqa: E402
 from scorekit.timesteps import (CONTINUOUS_SPACINGS, DISCRETE_SPACINGS, edm_sigma,  # noqa: E402
                                 t_from_edm_sigma)
 

@@ -274,6 +274,40 @@ def test_analytic_variances_give_an_elbo_no_worse_than_beta_or_beta_tilde():
     assert abs(self_est.mean_bpd - bounds["analytic"].mean_bpd) < 0.01
 
 
+def test_analytic_variance_clips_the_posterior_variance_factor_to_the_data_range():
+    """Bao et al. (2022), Theorem 2: Var[x_0 | x_t] / d lies in [0, R^2] for data in [-R, R]^d, so the
+    factor (sigma_t^2 / alpha_t^2)(1 - Gamma_t) of sigma*^2 = beta~ + c_x0^2 (sigma_t^2 / alpha_t^2)(1 - Gamma_t)
+    is clipped there. By hand from the betas (hand_tables) on the whole chain t -> t - 1:
+    Gamma > 1 (an eps-model that overshoots) makes the factor negative: clipped to 0, sigma*^2 = beta~;
+    Gamma very negative makes it huge: clipped to R^2, sigma*^2 = beta~ + c_x0^2 R^2 for R = 1 and 0.5;
+    data_radius=None keeps the huge factor (no upper clip) but still the lower one; a Gamma inside the
+    range is left alone. The step into the data keeps beta~_1 throughout. Float64: rtol 1e-12."""
+    from scorekit.variances import analytic_variance
+
+    T = 50
+    process = DDPM(schedule="linear", num_steps=T)
+    post, _, c_x0, ab = hand_tables(process)
+    t = torch.arange(T, dtype=F64)
+    factor = lambda gamma: (1 - ab) / ab * (1 - gamma)
+
+    def check(gamma, want, **kw):
+        got = analytic_variance(process, t, t - 1, torch.full((T,), gamma, dtype=F64), **kw).numpy()
+        np.testing.assert_allclose(got[1:], want[1:], rtol=1e-12, atol=0)
+        assert got[0] == pytest.approx(post[0], rel=1e-12)
+
+    assert np.all(factor(1.5)[1:] < 0)
+    check(1.5, post)
+    check(1.5, post, data_radius=None)
+    huge = -1e4
+    for radius in (1.0, 0.5):
+        assert np.all(factor(huge)[1:] > radius ** 2)
+        check(huge, post + c_x0 ** 2 * radius ** 2, data_radius=radius)
+    check(huge, post + c_x0 ** 2 * factor(huge), data_radius=None)
+    inside = 0.9                                           # 0 < factor < 1 on this chain
+    assert np.all((factor(inside)[1:] > 0) & (factor(inside)[1:] < 1))
+    check(inside, post + c_x0 ** 2 * factor(inside))
+
+
 def test_analytic_variances_refuse_bad_input():
     process = DDPM(num_steps=10)
     data = torch.zeros(5, 2)
