@@ -201,7 +201,8 @@ def test_scaled_linear_default_range_differs():
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
 def test_spacings_match_diffusers_for_every_step_count(spacing):
     """scorekit's grid has diffusers' model times for every n = 1 .. T, except where diffusers'
-    'trailing' grid has an extra entry t = -1 (documented in the next test)."""
+    'trailing' grid has an extra entry t = -1 (documented in the next test), and 'linspace' with one
+    step, which diffusers takes at t = 0 (x_T treated as nearly clean) and scorekit at T - 1."""
     sched = DDPMScheduler(num_train_timesteps=T, timestep_spacing=spacing)
     process = scorekit.DDPM(schedule="linear", num_steps=T)
     extra = []
@@ -213,6 +214,9 @@ def test_spacings_match_diffusers_for_every_step_count(spacing):
         if len(theirs) == n + 1:
             extra.append(n)
             theirs = theirs[:n]
+        if n == 1 and spacing == "linspace":
+            assert theirs.tolist() == [0] and ours[:-1].tolist() == [T - 1]
+            continue
         np.testing.assert_array_equal(ours[:-1], theirs)
     assert extra == ([] if spacing != "trailing" else
                      [n for n in range(1, T + 1) if len(np.arange(T, 0, -T / n)) == n + 1])

@@ -13,6 +13,9 @@ def test_discrete_spacings_match_diffusers(spacing, n):
     from diffusers import DDIMScheduler
     ref = DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing)
     ref.set_timesteps(n)
+    if n == 1 and spacing == "linspace":            # diffusers' one step is t = 0 (test_one_step_...)
+        assert ref.timesteps.tolist() == [0] and discrete_steps(1000, 1, spacing).tolist() == [999]
+        return
     assert discrete_steps(1000, n, spacing).tolist() == ref.timesteps.tolist()
 
 
@@ -139,6 +142,13 @@ def test_uniform_spacing_of_discrete_process_is_fractional_linspace():
     torch.testing.assert_close(ts[:-1], torch.linspace(999, 0, 7, dtype=torch.float64), rtol=0, atol=1e-12)
     assert ts[-1] == -1
     assert make_timesteps(DDPM(), 1, "karras").tolist() == [999.0, -1.0]
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "trailing", "quadratic", "uniform", "log_snr", "karras"])
+def test_one_step_starts_from_the_noise(spacing):
+    """A one-step grid evaluates the model at t_max, where x_T ~ N(0, I) lives; a step from t = 0
+    would return the noise nearly unchanged. ('leading' is documented to start low.)"""
+    assert make_timesteps(DDPM(), 1, spacing).tolist() == [999.0, -1.0]
 
 
 def test_existing_defaults_unchanged_and_cli_offers_new_spacings():

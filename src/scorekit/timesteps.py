@@ -7,14 +7,15 @@ sampler) and the last entry is where sampling ends, normally the process's data 
 
 Spacings for discrete processes with steps ``first .. last`` (DDPM: ``0 .. T-1``, as in diffusers):
 
-* ``linspace``: ``round(linspace(last, first, n))`` -- both ends included.
+* ``linspace``: ``round(linspace(first, last, n))`` in descending order -- both ends included;
+  one step is ``last`` (diffusers' one step is ``first``, which treats ``x_T`` as nearly clean).
 * ``leading``: ``first + k * (T // n)`` for ``k = 0 .. n-1`` (DDIM paper, diffusers' default). The
   first call is at ``(n-1) (T // n)``, well below ``T - 1`` for small ``n``: ``x_T`` is then treated
   as less noisy than it is.
 * ``trailing``: ``round(T - k T / n) - 1`` for ``k = 0 .. n-1`` (Lin et al. 2024): starts at
   ``T - 1``; the default.
 * ``quadratic``: ``floor(linspace(0, sqrt(0.8 T), n)^2)`` (DDIM paper, for CIFAR-10): dense at low
-  noise.
+  noise; one step is ``last``.
 
 For continuous processes (times in ``[t_min, t_max]``): ``uniform`` in ``t``, ``quadratic`` in
 ``t``, ``log_snr`` (uniform in ``log(alpha^2 / sigma^2)``) and ``karras`` (Karras et al. 2022,
@@ -123,6 +124,8 @@ def discrete_steps(num_train_steps: int, num_steps: int, spacing: str = "trailin
     else:
         raise ScorekitError(f"unknown spacing {spacing!r} for a discrete process; choose one of "
                             f"{', '.join(DISCRETE_SPACINGS)}")
+    if n == 1 and spacing in ("linspace", "quadratic"):
+        steps = np.array([T - 1], dtype=np.int64)    # one step starts from the noise, as trailing does
     steps = np.sort(np.unique(steps))[::-1]
     if len(steps) != n:
         raise ScorekitError(f"spacing {spacing!r} gives only {len(steps)} distinct steps out of "
