@@ -104,34 +104,83 @@ def test_fid_bootstrap_stderr_matches_the_spread_of_independent_sets():
     assert spread_both / 1.6 < boot.scores["fid"].stderr < spread_both * 1.6
 
 
+@pytest.mark.parametrize("shift", [0.0, 0.05])
+def test_kid_stderr_matches_the_spread_of_independent_sets(shift):
+    """KID is the mean over S random subsets; its standard error must cover both the sets' own
+    noise (the jackknife of MMD^2_u on the whole sets, which the subset mean estimates) and the
+    subsets' (std^2 / S). With small subsets (25 of 400 points, S = 10) the second dominates: over 60
+    pairs of independent sets (the spread's relative error ~9%) the reported error is within a
+    factor 1.4 of the spread, at KID = 0 and above."""
+    values, errors = [], []
+    for i in range(60):
+        rep = evaluate(images(400, 2 * i, shift), images(400, 2 * i + 1), pixels(), metrics="kid",
+                       kid_subsets=10, kid_subset_size=25, seed=i)
+        values.append(rep.scores["kid"].value)
+        errors.append(rep.scores["kid"].stderr)
+    ratio = float(torch.tensor(values).std() / torch.tensor(errors).mean())
+    assert 1 / 1.4 < ratio < 1.4, ratio
+
+
 def test_precision_recall_find_a_missing_mode_and_far_samples():
     """Samples covering half of a two-mode reference: precision ~1, recall ~1/2; samples far
-    away: both 0. Binomial standard errors."""
+    away: both 0. Recall's standard error is binomial over the 300 samples; precision's, averaged
+    over two reference subsets, at most the binomial one (a share a_i in [0, 1] with mean p has
+    variance <= p (1 - p))."""
     ref = torch.cat([images(300, 1, -0.5), images(300, 2, 0.5)])
     half = images(300, 3, -0.5)
     rep = evaluate(half, ref, pixels(), metrics="pr")
     p, r = rep.scores["precision"], rep.scores["recall"]
     assert p.value > 0.9 and 0.35 < r.value < 0.6
-    assert p.stderr == pytest.approx(math.sqrt(p.value * (1 - p.value) / 300))
+    assert r.stderr == pytest.approx(math.sqrt(r.value * (1 - r.value) / 300))
+    assert 0 < p.stderr <= math.sqrt(p.value * (1 - p.value) / 299)
     far = evaluate(images(300, 4, 0.9) + 5, ref, pixels(), metrics="pr")
     assert far.scores["precision"].value == 0 and far.scores["recall"].value == 0
 
 
 def test_reference_subsets_for_precision_recall_are_disjoint_and_sized_like_the_samples(monkeypatch):
+    """Precision tests the samples against each reference subset's manifold, recall each subset
+    against the samples' manifold: three disjoint subsets of 100 from 350 reference points."""
     import scorekit.metrics as metrics
 
-    seen = []
-    real_pr = metrics.precision_recall
+    calls = []
+    real_membership = metrics.manifold_membership
 
-    def spy(real, fake, k=3):
-        seen.append(real.clone())
-        return real_pr(real, fake, k)
+    def spy(points, reference, k=3):
+        calls.append((points.clone(), reference.clone()))
+        return real_membership(points, reference, k)
 
-    monkeypatch.setattr(metrics, "precision_recall", spy)
+    monkeypatch.setattr(metrics, "manifold_membership", spy)
     evaluate(images(100, 0), images(350, 1), pixels(), metrics="pr")
-    assert [s.shape[0] for s in seen] == [100, 100, 100]
-    rows = torch.cat(seen)
-    assert torch.unique(rows, dim=0).shape[0] == 300
+    assert len(calls) == 6
+    samples = calls[0][0]
+    parts = [reference for _, reference in calls[:3]]
+    assert all(torch.equal(points, samples) for points, _ in calls[:3])
+    assert all(torch.equal(points, part) and torch.equal(reference, samples)
+               for (points, reference), part in zip(calls[3:], parts))
+    assert [part.shape[0] for part in parts] == [100, 100, 100]
+    assert torch.unique(torch.cat(parts), dim=0).shape[0] == 300
+
+
+def test_precision_recall_stderrs_match_the_spread_of_new_samples():
+    """Standard errors for new draws of the samples, the reference fixed: 60 repetitions of 200
+    samples (the spread's own relative error ~9%), against a reference of 200 points and of 1000
+    (five subsets). Precision's error follows each sample's share of the subsets whose manifold
+    holds it; recall's is binomial over the samples, which build its manifold (testing five times
+    as many reference points does not divide it by sqrt(5)). Each within a factor 1.6 of the spread."""
+    from scorekit.evaluation import _pr
+
+    D, n = 4, 200
+    g = torch.Generator().manual_seed(0)
+    for multiple in (1, 5):
+        real = torch.randn(n * multiple, D, generator=g, dtype=torch.float64)
+        values, errors = [], []
+        for rep in range(60):
+            fake = 1.1 * torch.randn(n, D, generator=g, dtype=torch.float64) + 0.2
+            scores = _pr(fake, real, 3, torch.Generator().manual_seed(rep))
+            values.append([s.value for s in scores])
+            errors.append([s.stderr for s in scores])
+        ratio = torch.tensor(values).std(0) / torch.tensor(errors).mean(0)
+        assert torch.all((ratio > 1 / 1.6) & (ratio < 1.6)), (multiple, ratio)
 
 
 def test_is_stderr_is_the_split_deviation_over_root_splits():
@@ -141,7 +190,8 @@ def test_is_stderr_is_the_split_deviation_over_root_splits():
     _, probs = ext.features_and_probabilities(x)
     ref = inception_score(probs, splits=10)
     assert rep.scores["is"].value == pytest.approx(ref.mean)
-    assert rep.scores["is"].stderr == pytest.approx(ref.std / math.sqrt(10))
+    # ref.std is the population deviation (ddof 0); the mean's error uses the unbiased variance
+    assert rep.scores["is"].stderr == pytest.approx(ref.std * math.sqrt(10 / 9) / math.sqrt(10))
     assert rep.scores["is"].std == pytest.approx(ref.std)
 
 

@@ -36,6 +36,22 @@ def test_splits_use_their_own_marginal():
     assert inception_score(p, splits=1).mean == pytest.approx(2.0)
 
 
+def test_mean_and_std_over_splits_as_the_reference_code_reports_them():
+    """Salimans et al.'s inception_score: each split's exp(mean KL(p(y|x) || p(y))) with numpy,
+    then the mean and np.std (population deviation, ddof 0) of the split scores."""
+    import numpy as np
+
+    logits = 3 * torch.randn(200, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    probs = torch.softmax(logits, 1)
+    scores = []
+    for part in np.array_split(probs.numpy(), 10):
+        py = part.mean(0, keepdims=True)
+        scores.append(np.exp(np.mean(np.sum(part * (np.log(part) - np.log(py)), 1))))
+    got = inception_score(probs, splits=10)
+    assert got.mean == pytest.approx(np.mean(scores), rel=1e-12)
+    assert got.std == pytest.approx(np.std(scores), rel=1e-9)
+
+
 @pytest.mark.parametrize("probs,splits,message", [
     (torch.ones(4, 1), 1, "K >= 2"),
     (torch.full((4, 2), 0.7), 1, "rows summing to 1"),

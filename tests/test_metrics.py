@@ -274,6 +274,20 @@ def test_precision_recall_match_a_brute_force_loop():
         assert precision_recall(real.numpy(), fake.tolist(), k, block=4) == pytest.approx(want, abs=0)
 
 
+def test_lists_of_features_are_read_in_float64():
+    """A point 1.0000000015 from a ball of radius 1.000000001 lies outside it; read through float32
+    (as torch.as_tensor reads Python floats) both would round to 1 and the point would be inside.
+    KID of lists equals KID of the same float64 tensors exactly."""
+    from scorekit.metrics import manifold_membership, mmd2_unbiased
+
+    reference = [[0.0], [1.000000001]]
+    assert manifold_membership([[-1.0000000015]], reference, 1).tolist() == [False]
+    assert manifold_membership(torch.tensor([[-1.0000000015]], dtype=torch.float32), reference, 1).tolist() == [True]
+    g = gen(5)
+    x, y = torch.randn(6, 3, generator=g, dtype=F64), torch.randn(5, 3, generator=g, dtype=F64)
+    assert mmd2_unbiased(x.tolist(), y.tolist()) == mmd2_unbiased(x, y)
+
+
 def test_precision_recall_bad_inputs():
     x = torch.zeros(5, 3)
     with pytest.raises(ScorekitError, match="same dimension"):

@@ -347,8 +347,15 @@ def _bootstrap_fid(fake: Tensor, real: Tensor, replicates: int, generator: torch
 
 def _pr(fake: Tensor, real: Tensor, k: int, generator: torch.Generator, max_subsets: int = 10):
     """Precision and recall against disjoint reference subsets of ``len(fake)`` points (all of the
-    reference when it is smaller), averaged; binomial standard errors."""
-    from .metrics import precision_recall
+    reference when it is smaller), averaged, with standard errors for new draws of the ``n``
+    samples (docs/evaluation.md):
+
+    * precision: each sample's share ``a_i`` of the reference subsets whose manifold holds it;
+      ``p = mean(a)``, standard error ``std(a) / sqrt(n)`` (binomial for one subset);
+    * recall: the share of tested reference points on the samples' manifold, with the binomial
+      error over the ``n`` samples, ``sqrt(r (1 - r) / n)``: the samples build the manifold, so
+      testing more reference points does not make recall more certain than that."""
+    from .metrics import manifold_membership
 
     n = fake.shape[0]
     if real.shape[0] <= n:
@@ -356,12 +363,11 @@ def _pr(fake: Tensor, real: Tensor, k: int, generator: torch.Generator, max_subs
     else:
         order = torch.randperm(real.shape[0], generator=generator)
         parts = [real[order[i * n:(i + 1) * n]] for i in range(min(real.shape[0] // n, max_subsets))]
-    pairs = [precision_recall(part, fake, k) for part in parts]
-    p = sum(a for a, _ in pairs) / len(pairs)
-    r = sum(b for _, b in pairs) / len(pairs)
-    tested_r = sum(part.shape[0] for part in parts)
-    return (Score(p, math.sqrt(max(p * (1 - p), 0.0) / n)),
-            Score(r, math.sqrt(max(r * (1 - r), 0.0) / tested_r)))
+    held = torch.stack([manifold_membership(fake, part, k) for part in parts]).double().mean(0)
+    reached = torch.cat([manifold_membership(part, fake, k) for part in parts]).double()
+    p, r = float(held.mean()), float(reached.mean())
+    return (Score(p, float(held.std()) / math.sqrt(n)),
+            Score(r, math.sqrt(max(r * (1 - r), 0.0) / n)))
 
 
 def _scores(fake_f: Tensor, fake_p: Tensor | None, real_f: Tensor, metrics, *, kid_subsets: int,
@@ -378,14 +384,19 @@ def _scores(fake_f: Tensor, fake_p: Tensor | None, real_f: Tensor, metrics, *, k
         elif m == "kid":
             kid = kernel_inception_distance(fake_f, real_f, num_subsets=kid_subsets,
                                             subset_size=kid_subset_size, generator=generator)
+            # the subsets' mean: its expectation over the subsets is MMD^2_u of the whole sets (a
+            # U-statistic), whose error the jackknife gives; the subsets add their own, std^2 / S
             blocks = min(10, fake_f.shape[0] // 2, real_f.shape[0] // 2)
-            stderr = mmd2_jackknife(fake_f, real_f, blocks=blocks, generator=generator)[1] if blocks >= 2 \
+            jackknife = mmd2_jackknife(fake_f, real_f, blocks=blocks, generator=generator)[1] if blocks >= 2 \
                 else float("nan")
-            out["kid"] = Score(kid.mean, stderr, kid.std)
+            subsets = kid.stderr if kid.num_subsets > 1 else 0.0
+            out["kid"] = Score(kid.mean, math.hypot(jackknife, subsets), kid.std)
         elif m == "is" and fake_p is not None:
             splits = min(is_splits, fake_p.shape[0])
             score = inception_score(fake_p, splits=splits)
-            out["is"] = Score(score.mean, score.std / math.sqrt(splits) if splits > 1 else float("nan"),
+            # score.std is the splits' spread as the reference code reports it (ddof 0); the mean's
+            # standard error takes the unbiased variance, std^2 S / (S - 1), over S
+            out["is"] = Score(score.mean, score.std / math.sqrt(splits - 1) if splits > 1 else float("nan"),
                               score.std)
         elif m == "pr":
             out["precision"], out["recall"] = _pr(fake_f, real_f, pr_k, generator)

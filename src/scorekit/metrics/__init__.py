@@ -28,7 +28,7 @@ from .frechet import feature_statistics, frechet_distance, frechet_distance_from
 from .inception import FIDInceptionV3, InceptionFeatures
 from .inception_score import InceptionScore, inception_score
 from .kid import KID, kernel_inception_distance, mmd2_jackknife, mmd2_unbiased
-from .precision_recall import knn_radii, manifold_coverage, precision_recall
+from .precision_recall import knn_radii, manifold_coverage, manifold_membership, precision_recall
 
 __all__ = [
     "sliced_wasserstein", "swd_noise_floor", "random_directions",
@@ -37,7 +37,7 @@ __all__ = [
     "feature_statistics", "frechet_distance", "frechet_distance_from_features",
     "KID", "kernel_inception_distance", "mmd2_jackknife", "mmd2_unbiased",
     "InceptionScore", "inception_score",
-    "knn_radii", "manifold_coverage", "precision_recall",
+    "knn_radii", "manifold_coverage", "manifold_membership", "precision_recall",
     "FeatureExtractor", "ModuleExtractor", "ClassifierFeatures", "DigitFeatures", "state_hash",
     "FEATURE_KINDS", "trained_feature_network", "load_feature_network",
     "FIDInceptionV3", "InceptionFeatures",

@@ -23,7 +23,8 @@ Tensor = torch.Tensor
 
 @dataclasses.dataclass
 class InceptionScore:
-    """What :func:`inception_score` returns: the mean and standard deviation over the splits."""
+    """What :func:`inception_score` returns: the mean and standard deviation over the splits (the
+    population deviation, ``np.std``, as Salimans et al.'s code reports the ``±``)."""
 
     mean: float
     std: float
@@ -48,7 +49,7 @@ def inception_score(probs, *, splits: int = 10) -> InceptionScore:
         raise ScorekitError(f"splits must be a whole number from 1 to the number of samples ({p.shape[0]}), "
                             f"got {splits!r}")
     scores = torch.tensor([_score(part) for part in torch.tensor_split(p, splits)], dtype=torch.float64)
-    return InceptionScore(float(scores.mean()), float(scores.std()) if splits > 1 else 0.0, splits)
+    return InceptionScore(float(scores.mean()), float(scores.std(unbiased=False)), splits)
 
 
 __all__ = ["InceptionScore", "inception_score"]

@@ -146,7 +146,8 @@ def mmd2_jackknife(x, y, *, blocks: int = 10, generator: torch.Generator | None 
 
 
 def _features(x, name: str) -> Tensor:
-    t = torch.as_tensor(x).detach().to("cpu", _F64)
+    # a list or array becomes float64 directly (through float32 it would lose digits)
+    t = (x.detach() if isinstance(x, Tensor) else torch.as_tensor(x, dtype=_F64)).to("cpu", _F64)
     if t.ndim != 2 or t.shape[0] < 2 or t.shape[1] < 1:
         raise ScorekitError(f"{name} must be features of shape (N, d) with N >= 2, got {tuple(t.shape)}")
     if not torch.isfinite(t).all():

@@ -35,7 +35,8 @@ Tensor = torch.Tensor
 
 def _features(value, name: str) -> Tensor:
     """``value`` as a finite ``(N, D)`` float64 CPU tensor."""
-    t = torch.as_tensor(value.detach() if isinstance(value, Tensor) else value)
+    # a list or array becomes float64 directly (through float32 it would lose digits of the distances)
+    t = value.detach() if isinstance(value, Tensor) else torch.as_tensor(value, dtype=torch.float64)
     if t.ndim != 2 or t.shape[0] < 1 or t.shape[1] < 1:
         raise ScorekitError(f"{name} must be features of shape (N, D) with N, D >= 1, got {tuple(t.shape)}")
     t = t.to("cpu", torch.float64)
@@ -80,13 +81,28 @@ def manifold_coverage(points, reference, k: int = 3, *, block: int = 1024) -> fl
     return _coverage(p, r, k, block, "reference")
 
 
-def _coverage(p: Tensor, r: Tensor, k, block: int, name: str) -> float:
+def manifold_membership(points, reference, k: int = 3, *, block: int = 1024) -> Tensor:
+    r"""Which of ``points`` ``(M, D)`` lie on the ``k``-NN manifold of ``reference`` ``(N, D)``:
+    ``(M,)`` bools, ``exists i: ||p_j - r_i|| <= NN_k(r_i)`` (module docstring); their mean is
+    :func:`manifold_coverage`."""
+    p = _features(points, "points")
+    r = _features(reference, "reference")
+    if p.shape[1] != r.shape[1]:
+        raise ScorekitError(f"points and reference must have the same dimension, got {p.shape[1]} and {r.shape[1]}")
+    return _inside(p, r, k, block, "reference")
+
+
+def _inside(p: Tensor, r: Tensor, k, block: int, name: str) -> Tensor:
     radii = _radii(r, k, block, name)
     inside = []
     for lo in range(0, p.shape[0], int(block)):
         d = torch.cdist(p[lo:lo + int(block)], r)
         inside.append((d <= radii[None, :]).any(dim=1))
-    return float(torch.cat(inside).double().mean())
+    return torch.cat(inside)
+
+
+def _coverage(p: Tensor, r: Tensor, k, block: int, name: str) -> float:
+    return float(_inside(p, r, k, block, name).double().mean())
 
 
 def precision_recall(real_features, fake_features, k: int = 3, *, block: int = 1024) -> tuple[float, float]:
@@ -111,4 +127,4 @@ def precision_recall(real_features, fake_features, k: int = 3, *, block: int = 1
     return _coverage(fake, real, k, block, "real_features"), _coverage(real, fake, k, block, "fake_features")
 
 
-__all__ = ["knn_radii", "manifold_coverage", "precision_recall"]
+__all__ = ["knn_radii", "manifold_coverage", "manifold_membership", "precision_recall"]
