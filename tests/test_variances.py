@@ -265,10 +265,18 @@ def test_analytic_variances_give_an_elbo_no_worse_than_beta_or_beta_tilde():
         diff = bounds["analytic"].total_bpd - bounds[other].total_bpd
         assert diff.mean() < 3 * diff.std() / math.sqrt(diff.numel()), (other, diff.mean())
     assert bounds["small"].mean_bpd - bounds["analytic"].mean_bpd > 0.1
-    # each KL term too, not just the sum (the decoder steps use the same variance for "small")
+    # each KL term too, not just the sum (the decoder steps use the same variance for "small"), up
+    # to the table's own Monte-Carlo error: Gamma from n = 2000 samples of d = 4 dimensions has error
+    # ~sqrt(2 / (n d)) (Gamma <= ~1), so the variance dS = c_x0^2 (sigma^2 / alpha^2) dGamma; a
+    # variance off its optimum by a factor 1 + e costs ~e^2 / 4 nats per dimension, which at the
+    # noisiest steps (where 1 - Gamma is below that error) can exceed what beta~ loses
     per_step = bounds["analytic"].terms_bpd - bounds["small"].terms_bpd
     se = (bounds["analytic"].sample_terms_bpd - bounds["small"].sample_terms_bpd).std(0) / math.sqrt(1000)
-    assert torch.all(per_step[1:] < 3 * se[1:] + 1e-12)
+    t = torch.arange(1, T, dtype=F64)
+    c_x0, _, small = process.posterior_coefficients(t, t - 1)
+    rel = c_x0 ** 2 * torch.exp(-process.log_snr(t)) * math.sqrt(2 / (2000 * 4)) / small
+    mc = (3 * rel) ** 2 / (4 * math.log(2))
+    assert torch.all(per_step[1:] < 3 * se[1:] + mc + 1e-12), (per_step[1:] - 3 * se[1:] - mc).max()
     # the "analytic" option estimates Gamma on the evaluated batch itself: close to the table's bound
     self_est = elbo(den, process, x0, variance="analytic", data_bits=None, generator=gen(3), batch_steps=10)
     assert abs(self_est.mean_bpd - bounds["analytic"].mean_bpd) < 0.01

@@ -211,6 +211,14 @@ def beta_schedule(name: str, num_steps: int = 1000, *, beta_start: float | None 
       ``beta_end = 0.02``.
     * ``scaled_linear`` (latent diffusion): ``sqrt(beta_t)`` evenly spaced from
       ``sqrt(0.00085)`` to ``sqrt(0.012)``.
+
+    These defaults are the papers' values for ``T = 1000``. For another ``T`` they are scaled by
+    ``1000 / T`` (Nichol & Dhariwal 2021's extension of the linear schedule to any number of steps,
+    also score SDE's ``beta_min / T .. beta_max / T``) and capped at ``max_beta``, so that every
+    ``T`` discretises the same VP SDE and ends near ``N(0, I)``; unscaled, ``T = 100`` would end
+    at ``alpha_bar = 0.36`` and samplers starting from ``N(0, I)`` would miss the data. diffusers
+    keeps the ``T = 1000`` values for every ``T``: give ``beta_start`` and ``beta_end`` to get them
+    (given values are used as they are).
     * ``cosine`` (Nichol & Dhariwal 2021, eq. 17): ``alpha_bar(t) = h(t) / h(0)`` with
       ``h(t) = cos^2(pi/2 (t/T + s) / (1 + s))``, ``beta_t = 1 - alpha_bar(t+1) / alpha_bar(t)``
       clipped at ``max_beta``.
@@ -218,25 +226,28 @@ def beta_schedule(name: str, num_steps: int = 1000, *, beta_start: float | None 
       ``u_t`` evenly spaced on ``[-6, 6]``.
     """
     T = whole_number(num_steps, "num_steps")
+    scale = 1000 / T                    # the defaults are the papers' values for T = 1000
     if name == "linear":
-        b0 = 1e-4 if beta_start is None else beta_start
-        b1 = 0.02 if beta_end is None else beta_end
+        b0 = 1e-4 * scale if beta_start is None else beta_start
+        b1 = 0.02 * scale if beta_end is None else beta_end
         betas = np.linspace(b0, b1, T, dtype=np.float64)
     elif name == "scaled_linear":
-        b0 = 0.00085 if beta_start is None else beta_start
-        b1 = 0.012 if beta_end is None else beta_end
+        b0 = 0.00085 * scale if beta_start is None else beta_start
+        b1 = 0.012 * scale if beta_end is None else beta_end
         betas = np.linspace(b0 ** 0.5, b1 ** 0.5, T, dtype=np.float64) ** 2
     elif name == "cosine":
         steps = np.arange(T + 1, dtype=np.float64) / T
         h = np.cos((steps + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
         betas = np.minimum(1 - h[1:] / h[:-1], max_beta)
     elif name == "sigmoid":
-        b0 = 1e-4 if beta_start is None else beta_start
-        b1 = 0.02 if beta_end is None else beta_end
+        b0 = 1e-4 * scale if beta_start is None else beta_start
+        b1 = 0.02 * scale if beta_end is None else beta_end
         u = np.linspace(-6, 6, T, dtype=np.float64)
         betas = 1 / (1 + np.exp(-u)) * (b1 - b0) + b0
     else:
         raise ScorekitError(f"unknown beta schedule {name!r}; choose one of {', '.join(BETA_SCHEDULES)}")
+    if name != "cosine" and (beta_start is None or beta_end is None):
+        betas = np.minimum(betas, max_beta)             # scaled defaults of a short chain (T < 50)
     return torch.from_numpy(betas)
 
 
