@@ -180,6 +180,21 @@ def test_vp_sde_is_the_limit_of_linear_ddpm():
     assert torch.allclose(d.alpha(t), c.alpha((t + 1) / 1000), atol=2e-3)
 
 
+@pytest.mark.parametrize("T", [50, 100, 250, 1000])
+def test_linear_ddpm_of_any_length_discretises_the_same_vp_sde(T):
+    """The default linear betas of a T-step chain are score SDE's beta_min / T .. beta_max / T
+    (0.1 and 20; Ho et al.'s 1e-4 .. 0.02 at T = 1000), so alpha(t) follows the VP SDE's at
+    (t + 1) / T -- to O(1 / T) (sum of beta^2 / 2 in log alpha_bar) -- and the chain ends near N(0, I)."""
+    d, c = DDPM(num_steps=T), VPSDE(0.1, 20.0)
+    torch.testing.assert_close(d.betas, torch.linspace(0.1 / T, 20.0 / T, T, dtype=torch.float64),
+                               rtol=1e-12, atol=0)
+    t = torch.arange(0, T, dtype=torch.float64)
+    assert torch.allclose(d.alpha(t), c.alpha((t + 1) / T), atol=2.0 / T)
+    assert d.alpha_bar_table[-1] < 1e-3
+    # diffusers' values for every T, when asked for
+    assert DDPM(num_steps=T, beta_start=1e-4, beta_end=0.02).betas[-1].item() == pytest.approx(0.02)
+
+
 @pytest.mark.parametrize("p", ALL, ids=repr)
 def test_log_snr_inverse(p):
     t = interior_times(p)
