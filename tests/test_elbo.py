@@ -124,6 +124,23 @@ def test_every_term_matches_its_closed_form(variance):
     torch.testing.assert_close(out.total_bpd, out.sample_prior_bpd + out.sample_terms_bpd.sum(1))
 
 
+def test_stderr_is_the_standard_error_of_the_per_sample_bounds():
+    """Elbo.stderr_bpd and SampledElbo.stderr_bpd are documented as the sample standard deviation of
+    total_bpd over sqrt(N) (unbiased, as for ode_likelihood): recomputed here from the returned
+    per-sample bounds, equal to float64 rounding; a single sample has no standard error (nan)."""
+    process, data = gaussian_setup(20)
+    x0 = data.sample(9, generator=gen(0), dtype=F64)
+    full = elbo(data.denoiser(process), process, x0, data_bits=None, generator=gen(1))
+    sampled = sampled_elbo(data.denoiser(process), process, x0, strata=4, variances=("small", "large"),
+                           data_bits=None, generator=gen(2))
+    for r in (full, *sampled.values()):
+        assert r.total_bpd.std().item() > 0
+        assert r.stderr_bpd == pytest.approx(r.total_bpd.std(unbiased=True).item() / math.sqrt(9), rel=1e-12)
+    assert math.isnan(elbo(data.denoiser(process), process, x0[:1], data_bits=None, generator=gen(1)).stderr_bpd)
+    one = sampled_elbo(data.denoiser(process), process, x0[:1], strata=4, data_bits=None, generator=gen(2))
+    assert all(math.isnan(r.stderr_bpd) for r in one.values())
+
+
 def test_the_bound_is_above_the_true_nll_and_tightens_with_T():
     """Cosine schedule, T = 10, 100, 1000, the same data, Ho et al.'s variances beta_t (whose decoder
     variance beta_0 matches data much wider than the first noise level): each bound's closed form is

@@ -137,6 +137,29 @@ def test_precision_recall_find_a_missing_mode_and_far_samples():
     assert far.scores["precision"].value == 0 and far.scores["recall"].value == 0
 
 
+@pytest.mark.parametrize("n_ref", [100, 350, 1500])
+def test_precision_recall_stderrs_follow_their_formulas(n_ref):
+    """Documented standard errors, by hand from the manifolds (metrics.precision_recall on each
+    reference subset): precision's std(a) / sqrt(n), a_i the share of the subsets whose manifold
+    holds sample i (disjoint subsets of 100: all of the reference when it is no larger, else
+    floor(n_ref / 100) of them, at most 10); recall's sqrt(r (1 - r) / n) over the n = 100 samples."""
+    from scorekit.metrics import manifold_membership
+
+    n = 100
+    samples, reference = images(n, 0, 0.1), images(n_ref, 1)
+    rep = evaluate(samples, reference, pixels(), metrics="pr", seed=4)
+    p, r = rep.scores["precision"], rep.scores["recall"]
+    assert 0 < p.value < 1 and 0 < r.value < 1
+    order = torch.randperm(n_ref, generator=gen(4)) if n_ref > n else torch.arange(n_ref)
+    parts = [reference.flatten(1)[order[i * n:(i + 1) * n]] for i in range(max(1, min(n_ref // n, 10)))]
+    held = torch.stack([manifold_membership(samples.flatten(1), part) for part in parts]).double().mean(0)
+    assert p.value == pytest.approx(float(held.mean()), rel=1e-12)
+    assert p.stderr == pytest.approx(float(held.std()) / math.sqrt(n), rel=1e-12)
+    if len(parts) == 1:                                          # one subset: binomial
+        assert p.stderr == pytest.approx(math.sqrt(p.value * (1 - p.value) / (n - 1)), rel=1e-12)
+    assert r.stderr == pytest.approx(math.sqrt(r.value * (1 - r.value) / n), rel=1e-12)
+
+
 def test_reference_subsets_for_precision_recall_are_disjoint_and_sized_like_the_samples(monkeypatch):
     """Precision tests the samples against each reference subset's manifold, recall each subset
     against the samples' manifold: three disjoint subsets of 100 from 350 reference points."""
@@ -212,6 +235,25 @@ def test_per_class_scores_see_swapped_labels_that_the_overall_scores_miss():
         (good.per_class[0]["fid"].value + good.per_class[1]["fid"].value) / 2)
 
 
+def test_the_mean_over_classes_has_the_standard_error_of_a_mean_of_independent_scores():
+    """Each class is scored on its own samples and reference images, so the K per-class scores are
+    independent: their mean has value sum_k v_k / K and standard error sqrt(sum_k e_k^2) / K,
+    computed here from the per-class scores the report returns, for every metric in the mean."""
+    ref = torch.cat([images(150, 1, -0.5), images(150, 2, 0.5), images(150, 5, 0.0)])
+    ref_y = torch.tensor([0] * 150 + [1] * 150 + [2] * 150)
+    x = torch.cat([images(100, 3, -0.5), images(100, 4, 0.5), images(100, 6, 0.1)])
+    y = torch.tensor([0] * 100 + [1] * 100 + [2] * 100)
+    rep = evaluate(x, reference_statistics(ref, pixels(), labels=ref_y), pixels(), metrics="fid,kid,pr",
+                   sample_labels=y, per_class=True, fid_bootstrap=5, kid_subsets=5, kid_subset_size=50)
+    mean = rep.per_class["mean"]
+    assert set(mean) == {"fid", "kid", "precision", "recall"}
+    for key, score in mean.items():
+        parts = [rep.per_class[c][key] for c in (0, 1, 2)]
+        assert all(math.isfinite(s.stderr) and s.stderr > 0 for s in parts), key
+        assert score.value == pytest.approx(sum(s.value for s in parts) / 3, rel=1e-12, abs=1e-15), key
+        assert score.stderr == pytest.approx(math.sqrt(sum(s.stderr ** 2 for s in parts)) / 3, rel=1e-12), key
+
+
 def test_class_accuracy_counts_samples_the_extractor_puts_in_their_class():
     ext = ModuleExtractor(WithLogits(classes=2), name="two", logits=True)
     ref = images(200, 1)
@@ -224,6 +266,29 @@ def test_class_accuracy_counts_samples_the_extractor_puts_in_their_class():
     labels[:60] = 1 - labels[:60]                               # 60 of 300 asked for the other class
     rep = evaluate(x, stats, ext, metrics="fid", sample_labels=labels)
     assert rep.scores["class_accuracy"].value == pytest.approx(0.8)
+    # a share of the 300 samples: the binomial standard error sqrt(a (1 - a) / n)
+    assert rep.scores["class_accuracy"].stderr == pytest.approx(math.sqrt(0.8 * 0.2 / 300), rel=1e-9)
+
+
+def test_samples_outside_the_pixel_range_are_scored_as_their_clamped_values():
+    """docs/evaluation.md: "evaluate clamps samples to [-1, 1], as saving them as images would".
+    Samples with a third of their pixels beyond +-1 get exactly the report of the clamped samples
+    (same seed, so the same subsets and replicates), for every metric and through the class
+    probabilities too (class accuracy, IS); the unclamped pixels would give other features."""
+    ext = ModuleExtractor(WithLogits(), name="pix+logits", logits=True)
+    ref = images(200, 1)
+    ref_y = ext.features_and_probabilities(ref)[1].argmax(1)
+    stats = reference_statistics(ref, ext, labels=ref_y)
+    x = images(200, 2) * 6                                         # std 1.2: ~40% of pixels outside
+    outside = (x.abs() > 1).double().mean().item()
+    assert outside > 0.3
+    y = ext.features_and_probabilities(x.clamp(-1, 1))[1].argmax(1)
+    run = lambda s: evaluate(s, stats, ext, sample_labels=y, fid_bootstrap=3, kid_subsets=5,
+                             kid_subset_size=100, seed=4).to_dict()
+    clamped = run(x.clamp(-1, 1))
+    assert run(x)["metrics"] == clamped["metrics"]
+    assert set(clamped["metrics"]) == {"fid", "kid", "is", "precision", "recall", "class_accuracy"}
+    assert not torch.equal(ext.features(x), ext.features(x.clamp(-1, 1)))
 
 
 def test_reference_statistics_are_cached_and_read_back(tmp_path):

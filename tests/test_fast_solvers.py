@@ -115,17 +115,20 @@ def test_step_weights_match_quadrature(eta):
         assert out.item() == pytest.approx(exact, rel=1e-11), (t_s, t_t)
 
 
+@pytest.mark.parametrize("eta", [0.5, 1.0, 2.0])
 @pytest.mark.parametrize("name", ["dpmpp_2m_sde", "dpmpp_3m_sde"])
-def test_sde_keeps_the_marginal_of_a_point_mass(name):
+def test_sde_keeps_the_marginal_of_a_point_mass(name, eta):
     """Data = one point c (D = c): from x_s ~ N(alpha_s c, sigma_s^2) every SDE step gives exactly
-    N(alpha_t c, sigma_t^2). 20000 samples over 30 steps to t = 100: the standardised samples have
-    mean 0 and variance 1 within 5 standard errors."""
+    N(alpha_t c, sigma_t^2), for every eta: the shrunk state keeps variance sigma_t^2 e^{-2 eta h}
+    and the noise adds sigma_t^2 (1 - e^{-2 eta h}) (eta = 1 alone would not tell the noise's
+    eta-dependence apart from e.g. 1 - e^{-2 h}). 20000 samples over 30 steps to t = 100: the
+    standardised samples have mean 0 and variance 1 within 5 standard errors."""
     p, c, n = DDPM(), 0.7, 20000
     ts = make_timesteps(p, 30)
     ts[-1] = 100.0
     ts = ts[ts >= 100.0]
     x_T = p.alpha(ts[0]).item() * c + p.sigma(ts[0]).item() * torch.randn(n, 1, generator=gen(11), dtype=F64)
-    out = SAMPLERS[name](lambda x, t: torch.full_like(x, c), p, x_T, ts, generator=gen(12))
+    out = SAMPLERS[name](lambda x, t: torch.full_like(x, c), p, x_T, ts, eta=eta, generator=gen(12))
     z = (out - p.alpha(100.0).item() * c) / p.sigma(100.0).item()
     assert abs(z.mean().item()) < 5 / math.sqrt(n)
     assert abs(z.var().item() - 1) < 5 * math.sqrt(2 / n)
@@ -415,6 +418,32 @@ def test_dpmpp_2m_matches_diffusers(diffusers, solver_type, variant, n):
     model = MIXTURE.eps_model(p)
     x_T = torch.randn(SHAPE, generator=gen(n), dtype=F64)
     assert_same(run_ours("dpmpp_2m", p, model, x_T, ts, variant=variant), run_diffusers(sched, model, x_T),
+                MULTISTEP_RTOL)
+
+
+@pytest.mark.parametrize("solver_type,variant", [("heun", "taylor"), ("midpoint", "midpoint")])
+@pytest.mark.parametrize("n", [6, 20])
+def test_dpmpp_2m_sde_matches_diffusers(diffusers, solver_type, variant, n):
+    """SDE-DPM-Solver++(2M), eta = 1, against diffusers' algorithm_type="sde-dpmsolver++" on the
+    same noise: ours draws one N(0, I) per step that does not end at the data from its generator;
+    the same draws go to diffusers' step() as variance_noise (zeros on the step to the data, where
+    diffusers multiplies it by sigma_t = 0). diffusers writes the midpoint weight of D1 = h x0' as
+    (1 - e^{-2h}) / 2 = psi_0(c h) / 2 and the heun one as (1 - e^{-2h}) / (-2h) + 1 = psi_1(c h) / (c h),
+    c = 2: the second-order terms are checked at every step, not only the eta = 0 ODE weights.
+    Tolerance as for the ODE solver: diffusers rounds the state and the noise to float32."""
+    ts = make_timesteps(DDPM(), n)
+    sched, p = diffusers_scheduler(diffusers.DPMSolverMultistepScheduler, ts[:-1], algorithm_type="sde-dpmsolver++",
+                                   solver_order=2, solver_type=solver_type)
+    model = MIXTURE.eps_model(p)
+    x_T = torch.randn(SHAPE, generator=gen(n), dtype=F64)
+    noise_gen = gen(100 + n)
+    noises = [torch.randn(SHAPE, generator=noise_gen, dtype=F64) for _ in range(n - 1)]
+    noises.append(torch.zeros(SHAPE, dtype=F64))
+    xs, x = [], x_T
+    for t, z in zip(sched.timesteps, noises):
+        xs.append(x)
+        x = sched.step(model(x, t), t, x, variance_noise=z).prev_sample
+    assert_same(run_ours("dpmpp_2m_sde", p, model, x_T, ts, variant=variant, generator=gen(100 + n)), (xs, x),
                 MULTISTEP_RTOL)
 
 

@@ -50,6 +50,25 @@ def test_kid_over_subsets():
     assert whole.subset_size == 50
 
 
+def test_kid_mean_std_and_stderr_over_the_subsets():
+    """The subsets by hand (each a random 30 of each set, drawn as documented), their MMD^2_u with
+    numpy's statistics: KID's mean, its std the population deviation np.std (ddof 0, as the paper's
+    code and torch-fidelity report it), its stderr the standard error of the mean,
+    np.std(ddof=1) / sqrt(S) (not std itself, the spread of one subset's estimate)."""
+    import numpy as np
+
+    x, y = torch.randn(60, 3, generator=gen(7)), torch.randn(50, 3, generator=gen(8)) + 0.3
+    for subsets in (4, 25):
+        kid = kernel_inception_distance(x, y, num_subsets=subsets, subset_size=30, generator=gen(10))
+        g, values = gen(10), []
+        for _ in range(subsets):
+            xi, yi = torch.randperm(60, generator=g)[:30], torch.randperm(50, generator=g)[:30]
+            values.append(mmd2_unbiased(x[xi].double(), y[yi].double()))
+        assert kid.mean == pytest.approx(np.mean(values), rel=1e-12)
+        assert kid.std == pytest.approx(np.std(values), rel=1e-12)
+        assert kid.stderr == pytest.approx(np.std(values, ddof=1) / math.sqrt(subsets), rel=1e-12)
+
+
 @pytest.mark.parametrize("args,message", [
     ((torch.zeros(1, 3), torch.zeros(4, 3)), "N >= 2"),
     ((torch.zeros(4, 3), torch.zeros(4, 2)), "3 and 2 dimensions"),

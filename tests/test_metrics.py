@@ -288,6 +288,33 @@ def test_lists_of_features_are_read_in_float64():
     assert mmd2_unbiased(x.tolist(), y.tolist()) == mmd2_unbiased(x, y)
 
 
+def test_points_on_a_ball_boundary_lie_on_the_manifold():
+    """The balls are closed: a point at exactly NN_k(phi_i) from phi_i is on the manifold
+    (``||phi - phi_i|| <= NN_k``, Kynkaanniemi et al. eq. 1). Integer lattice points, so every squared
+    distance is an integer and many points sit exactly on a sphere: the oracle decides membership
+    in exact integer arithmetic, d^2 <= r^2 (float64 sqrt of equal integers is equal, so the
+    comparison in the library is exact too)."""
+    g = gen(5)
+    lattice = torch.cartesian_prod(torch.arange(-2, 9), torch.arange(-2, 9))
+    real = lattice[torch.randperm(len(lattice), generator=g)[:25]]
+    fake = lattice[torch.randperm(len(lattice), generator=g)[:40]]
+
+    def coverage(points, ref, k):
+        d2 = ((points[:, None, :] - ref[None, :, :]) ** 2).sum(-1)          # exact integers
+        r2 = ((ref[:, None, :] - ref[None, :, :]) ** 2).sum(-1).sort(1).values[:, k]
+        inside = (d2 <= r2[None, :]).any(1)
+        on_boundary_only = inside & ~(d2 < r2[None, :]).any(1)
+        return inside.double().mean().item(), int(on_boundary_only.sum())
+
+    boundary_points = 0
+    for k in (1, 3):
+        (p, p_edge), (r, r_edge) = coverage(fake, real, k), coverage(real, fake, k)
+        boundary_points += p_edge + r_edge
+        assert precision_recall(real.double(), fake.double(), k) == (p, r)
+        assert manifold_coverage(fake.double(), real.double(), k) == p
+    assert boundary_points > 0          # points only a closed ball admits are present
+
+
 def test_precision_recall_bad_inputs():
     x = torch.zeros(5, 3)
     with pytest.raises(ScorekitError, match="same dimension"):

@@ -52,6 +52,50 @@ def test_heun_evaluates_twice_per_step_but_once_onto_the_data(process, sampler):
     assert counted_sample(MIX.eps_model(process), process, sampler, n) == 2 * n - 1
 
 
+# The NFE each sampler's docstring promises for ``n`` model times, on a grid that ends at the data
+# and on one that ends at sigma > 0: one evaluation per model time, except
+# * Heun (ode_heun, edm_heun, edm): two per step, but one on a step onto sigma = 0 (``2 n - 1``);
+# * pc: ``n * (1 + corrector_steps)`` (corrector_steps = 1 by default);
+# * ode_adaptive: chosen by the solver; the docstring promises only that the callback fires at
+#   every evaluation (None here: the count is checked against the callback alone).
+DOCUMENTED_NFE = {
+    "ode_heun": (lambda n: 2 * n - 1, lambda n: 2 * n),
+    "edm_heun": (lambda n: 2 * n - 1, lambda n: 2 * n),
+    "edm": (lambda n: 2 * n - 1, lambda n: 2 * n),
+    "pc": (lambda n: 2 * n, lambda n: 2 * n),
+    "ode_adaptive": (lambda n: None, lambda n: None),
+}
+ONE_PER_MODEL_TIME = (lambda n: n, lambda n: n)
+
+
+@pytest.mark.parametrize("process", [DDPM(), VPSDE()], ids=["ddpm", "vp"])
+@pytest.mark.parametrize("sampler", list(scorekit.SAMPLERS))
+def test_every_sampler_calls_the_denoiser_as_often_as_documented_and_reports_each_call(process, sampler):
+    """The denoiser itself counts its calls (a plain closure, no scorekit counter): that count equals
+    the number of callback reports ("once per network evaluation", numbered 0, 1, ...) and the
+    documented NFE above, for 1 and 4 model times, on the default grid (ending at the data) and on
+    one ending at a model time, with sigma > 0 (where the Heun samplers correct the last step too).
+    An extra or skipped network call anywhere shows up here, whatever the samples are."""
+    denoiser = MIX.denoiser(process)
+    for n in (1, 4):
+        # to sigma > 0: the grid of n + 1 model times stopped at its last one (inside the model's range)
+        for end, grid in ((0, make_timesteps(process, n)), (1, make_timesteps(process, n + 1)[:-1])):
+            assert (process.sigma(grid[-1]).item() == 0) == (end == 0)
+            calls, reports = [], []
+
+            def counting(x, t):
+                calls.append(t)
+                return denoiser(x, t)
+
+            scorekit.SAMPLERS[sampler](counting, process, prior(process, 4).double(), grid,
+                                       generator=torch.Generator().manual_seed(1),
+                                       callback=lambda i, t, x, x0: reports.append(i))
+            expected = DOCUMENTED_NFE.get(sampler, ONE_PER_MODEL_TIME)[end](n)
+            assert len(calls) > 0 and reports == list(range(len(calls))), (n, end, len(calls), reports)
+            if expected is not None:
+                assert len(calls) == expected, (n, end)
+
+
 def test_a_denoiser_is_counted_at_its_network_and_left_unchanged():
     process = DDPM()
     model = MIX.eps_model(process)

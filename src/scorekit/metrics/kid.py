@@ -9,9 +9,9 @@ samples ``x_1..x_m`` and ``y_1..y_n``,
 an unbiased estimate of ``MMD^2`` (Gretton et al. 2012, Lemma 6): its expectation is zero when
 both sets come from one distribution, so unlike the Fréchet distance it has no bias that depends
 on the sample size, and it can be negative. KID is reported as the mean of the estimate over
-``num_subsets`` random subsets of ``subset_size`` samples from each set, with the standard
-deviation over the subsets (the convention of the paper's code and of torch-fidelity / clean-fid).
-Everything is computed in float64.
+``num_subsets`` random subsets of ``subset_size`` samples from each set, with the population
+standard deviation over the subsets (ddof 0: the convention of the paper's code and of
+torch-fidelity). Everything is computed in float64.
 """
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ class KID:
 
     #: the mean of MMD^2_u over the subsets
     mean: float
-    #: its standard deviation over the subsets
+    #: its standard deviation over the subsets: the population deviation (``np.std``, ddof 0),
+    #: as the paper's code and torch-fidelity report the ``±``
     std: float
     #: the number of subsets and the samples per set in each
     num_subsets: int
@@ -66,9 +67,10 @@ class KID:
 
     @property
     def stderr(self) -> float:
-        """``std / sqrt(num_subsets)`` (the subsets overlap, so this understates the spread of the
-        estimate between independent sample sets; the paper's convention reports ``std``)."""
-        return self.std / math.sqrt(self.num_subsets)
+        """The standard error of the mean over the subsets for these two sets, ``std / sqrt(num_subsets
+        - 1)`` (the unbiased variance over ``num_subsets``). It leaves out the sets' own noise, which
+        :func:`mmd2_jackknife` estimates; :func:`scorekit.evaluate` reports both together."""
+        return self.std / math.sqrt(self.num_subsets - 1) if self.num_subsets > 1 else float("nan")
 
 
 def kernel_inception_distance(x, y, *, num_subsets: int = 100, subset_size: int = 1000,
@@ -90,7 +92,7 @@ def kernel_inception_distance(x, y, *, num_subsets: int = 100, subset_size: int 
         yi = torch.randperm(y.shape[0], generator=generator)[:size]
         values.append(mmd2_unbiased(x[xi], y[yi], **kernel))
     v = torch.tensor(values, dtype=_F64)
-    return KID(float(v.mean()), float(v.std()) if num_subsets > 1 else float("nan"), num_subsets, size)
+    return KID(float(v.mean()), float(v.std(unbiased=False)) if num_subsets > 1 else float("nan"), num_subsets, size)
 
 
 def _block_sums(a: Tensor, b: Tensor, ia: Tensor, ib: Tensor, blocks: int, chunk: int, **kernel) -> Tensor:
