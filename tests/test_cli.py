@@ -45,6 +45,19 @@ def test_demo_help_describes_every_option(capsys):
         assert option in out
 
 
+@pytest.mark.parametrize("command", ["train", "sample", "nll", "eval", "demo", "restore", "edit", "tune"])
+def test_help_shows_every_value_default_and_no_empty_ones(command, capsys):
+    """An option's default is shown when it is a value -- 0 and 0.0 included (--seed 0), though
+    they compare equal to False -- and not for flags (False) or repeatable options given no times."""
+    import re
+
+    code, out, _ = run_main(capsys, [command, "--help"])
+    assert code == 0
+    assert "(default: False)" not in out and "(default: True)" not in out and "(default: [])" not in out
+    if command != "eval":
+        assert re.search(r"--seed S(?:(?!\n  -).)*?\(default: 0\)", out, re.S), "--seed has no default shown"
+
+
 def test_no_command_prints_help(capsys):
     code, out, _ = run_main(capsys, [])
     assert code == 0 and "demo" in out

@@ -108,6 +108,10 @@ def test_8bit_images_are_dequantised(runs, capsys, tmp_path):
     (["--method", "elbo", "--variance", "learned"], ["--variance learned needs a model trained with --variance learned"]),
     (["--num", "0"], ["--num must be from 1"]),
     (["--t-eps=-5"], ["t_eps=-5.0 must be a time with sigma > 0"]),
+    (["--t-eps", "nan"], ["t_eps=nan must be a time with sigma > 0"]),
+    (["--method", "elbo", "--rtol", "1e-3", "--t-eps", "0.5"],
+     ["--method elbo does not use --rtol, --t-eps; they are for --method ode (or both)"]),
+    (["--elbo-steps", "10"], ["--method ode does not use --elbo-steps; it is for --method elbo (or both)"]),
 ])
 def test_bad_input_gives_one_line(runs, capsys, extra, fragments):
     code, _, err = run_main(capsys, ["nll", runs["points"], "--num", "2", "--no-progress", *extra])

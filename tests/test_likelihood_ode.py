@@ -183,6 +183,14 @@ def test_bad_arguments_are_named(kwargs, msg):
         ode_likelihood(mix.denoiser(VPSDE()), VPSDE(), x, **kwargs)
 
 
+@pytest.mark.parametrize("t_eps", [math.nan, "soon", math.inf])
+def test_a_time_that_is_not_a_number_is_named_on_a_discrete_process(t_eps):
+    """DDPM reads sigma from a table: a NaN time must be refused before it indexes it."""
+    mix, p = gaussian(), DDPM()
+    with pytest.raises(ScorekitError, match="must be a time with sigma > 0"):
+        ode_likelihood(mix.denoiser(p), p, torch.zeros(2, 3, dtype=torch.float64), divergence="exact", t_eps=t_eps)
+
+
 def test_a_denoiser_without_gradients_is_refused():
     p = VPSDE()
     with pytest.raises(ScorekitError, match="gradient with respect to x_t"):

@@ -28,8 +28,11 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings \
-                and "%(default)" not in text:
+        # `is`, not `in`: a default of 0 equals False but is a value to show (--seed 0); an empty
+        # list (a repeatable option given no times) is not
+        shown = not any(action.default is v for v in (None, False, True, argparse.SUPPRESS)) \
+            and action.default != []
+        if shown and action.option_strings and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text
 

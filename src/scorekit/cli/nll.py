@@ -77,19 +77,24 @@ def add(commands) -> None:
     g = p.add_argument_group("method")
     g.add_argument("--method", choices=list(NLL_METHODS), default="ode",
                    help="the exact ODE likelihood, the ELBO, or both")
-    g.add_argument("--divergence", choices=list(DIVERGENCES), default="hutchinson",
-                   help="ODE: Hutchinson's estimate or the exact trace (one backward pass per dimension)")
-    g.add_argument("--probe", choices=list(PROBES), default="rademacher", help="ODE: Hutchinson's probes")
-    g.add_argument("--num-probes", metavar="K", type=int_in(1, 4096, "--num-probes"), default=1,
-                   help="ODE: probes per evaluation")
-    g.add_argument("--rtol", metavar="R", type=positive_float("--rtol"), default=1e-5,
-                   help="ODE: relative tolerance")
-    g.add_argument("--atol", metavar="A", type=positive_float("--atol"), default=1e-5,
-                   help="ODE: absolute tolerance")
+    # the method-specific flags default to None so that a flag the chosen method does not use can be
+    # refused (_method_flags); their defaults are METHOD_DEFAULTS
+    d = METHOD_DEFAULTS
+    g.add_argument("--divergence", choices=list(DIVERGENCES),
+                   help=f"ODE: Hutchinson's estimate or the exact trace (one backward pass per dimension) "
+                        f"(default: {d['divergence']})")
+    g.add_argument("--probe", choices=list(PROBES), help=f"ODE: Hutchinson's probes (default: {d['probe']})")
+    g.add_argument("--num-probes", metavar="K", type=int_in(1, 4096, "--num-probes"),
+                   help=f"ODE: probes per evaluation (default: {d['num_probes']})")
+    g.add_argument("--rtol", metavar="R", type=positive_float("--rtol"),
+                   help=f"ODE: relative tolerance (default: {d['rtol']:g})")
+    g.add_argument("--atol", metavar="A", type=positive_float("--atol"),
+                   help=f"ODE: absolute tolerance (default: {d['atol']:g})")
     g.add_argument("--t-eps", metavar="T", type=float,
                    help="ODE: start time of the integral (default: the process's t_min)")
-    g.add_argument("--variance", choices=list(VARIANCES), default="small",
-                   help="ELBO: the reverse variance (learned: a model trained with --variance learned)")
+    g.add_argument("--variance", choices=list(VARIANCES),
+                   help=f"ELBO: the reverse variance (learned: a model trained with --variance learned) "
+                        f"(default: {d['variance']})")
     g.add_argument("--elbo-steps", metavar="N", type=int_in(1, 100000, "--elbo-steps"),
                    help=f"ELBO: reverse steps of the chain (default: a discrete process's whole chain of "
                         f"T steps; a continuous one's {DEFAULT_CHAIN_STEPS} steps uniform in log-SNR)")
@@ -150,6 +155,27 @@ def _nll_method(method, args, denoiser, x, labels, data_bits, elbo_grid) -> dict
             "batches": len(r.calls), "seconds": r.seconds, "bits_per_dim": r.bits_per_dim.tolist()}
 
 
+#: the defaults of the flags that only one method uses
+METHOD_DEFAULTS = {"divergence": "hutchinson", "probe": "rademacher", "num_probes": 1, "rtol": 1e-5,
+                   "atol": 1e-5, "t_eps": None, "variance": "small", "elbo_steps": None, "elbo_strata": None}
+_ODE_FLAGS = ("divergence", "probe", "num_probes", "rtol", "atol", "t_eps")
+_ELBO_FLAGS = ("variance", "elbo_steps", "elbo_strata")
+
+
+def _method_flags(args: argparse.Namespace) -> None:
+    """Refuse flags of the method that does not run (as `scorekit sample` refuses options its
+    sampler does not take), then fill in the defaults of the rest."""
+    unused = {"ode": _ELBO_FLAGS, "elbo": _ODE_FLAGS}.get(args.method, ())
+    given = [f"--{name.replace('_', '-')}" for name in unused if getattr(args, name) is not None]
+    if given:
+        other = "elbo (or both)" if args.method == "ode" else "ode (or both)"
+        raise ScorekitError(f"--method {args.method} does not use {', '.join(given)}; "
+                            f"{'they are' if len(given) > 1 else 'it is'} for --method {other}")
+    for name, value in METHOD_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -159,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.checkpoint import load_denoiser
 
     check_json_out(args.out)
+    _method_flags(args)
     if args.elbo_strata is not None and args.variance == "analytic":
         raise ScorekitError("--elbo-strata needs --variance small, large or learned: the analytic variance "
                             "is estimated from every step of the chain")

@@ -270,9 +270,13 @@ def _check_bits(data_bits) -> int:
 
 
 def _check_t_eps(process: GaussianProcess, t_eps) -> float:
-    t = float(process.t_min if t_eps is None else t_eps)
-    sigma = process.sigma(torch.tensor(t, dtype=torch.float64)).item()
-    if not (math.isfinite(t) and process.t_data < t < process.t_max and sigma > 0):
+    try:
+        t = float(process.t_min if t_eps is None else t_eps)
+    except (TypeError, ValueError):
+        t = math.nan
+    # sigma is read only at a finite time inside the range (a NaN time would index DDPM's table)
+    if not (math.isfinite(t) and process.t_data < t < process.t_max
+            and process.sigma(torch.tensor(t, dtype=torch.float64)).item() > 0):
         raise ScorekitError(f"t_eps={t_eps} must be a time with sigma > 0 between the data time "
                             f"{process.t_data} and t_max={process.t_max} (default: t_min={process.t_min})")
     return t
