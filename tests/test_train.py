@@ -363,6 +363,23 @@ def test_a_diverging_learning_rate_is_caught_before_the_step_is_applied(tmp_path
     assert load_checkpoint(run).step == 1
 
 
+def test_a_run_stopped_before_its_first_checkpoint_starts_anew(tmp_path, monkeypatch):
+    """The loss turns NaN at step 2, before any checkpoint (every 4 steps): the folder keeps only
+    the config and an empty log, so the same command -- with a fix, without resume -- starts the
+    run anew there, as the error says; once a checkpoint exists a fresh start is refused again."""
+    poison_loss(monkeypatch, 2)
+    run = str(tmp_path / "run")
+    with pytest.raises(ScorekitError, match="no checkpoint was saved before it.*run the command again"):
+        train(small_2d(steps=8, checkpoint_every=4), run, progress=False)
+    assert list_checkpoints(run) == [] and os.path.isfile(os.path.join(run, "config.json"))
+    monkeypatch.undo()
+    result = train(small_2d(steps=4, checkpoint_every=4, lr=5e-4), run, progress=False)
+    assert result.step == 4 and load_checkpoint(run).config["train"]["lr"] == 5e-4
+    assert [r["step"] for r in read_metrics(os.path.join(run, "metrics.jsonl"))][0] == 1
+    with pytest.raises(ScorekitError, match="already holds a training run"):
+        train(small_2d(steps=4, checkpoint_every=4), run, progress=False)
+
+
 # --- EMA -----------------------------------------------------------------------------------------------
 
 def test_ema_decay_warmup_values():

@@ -328,6 +328,8 @@ class _Trainer:
         self.saved_run = None
         if os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
             raise ScorekitError(f"the run folder {self.out_dir!r} is an existing file; give a folder")
+        if exists and not resume and not ckpt_io.list_checkpoints(self.out_dir):
+            exists = False          # a run stopped before its first checkpoint: nothing to lose, start anew
         if exists and not resume:
             taken = f"{self.out_dir!r} already holds a training run; continue it with"
             raise ScorekitError(f"{taken} resume=True or choose another out_dir",
@@ -575,7 +577,7 @@ class _Trainer:
         if self.last_checkpoint:
             where = (f"the last good checkpoint is at {self.last_checkpoint}", "then resume from it")
         else:
-            where = ("no checkpoint was saved before it", "then start again")
+            where = ("no checkpoint was saved before it", "then run the command again (it starts anew)")
         stopped = f"{what} became {kind} at step {step} (learning rate {lr:.3g}{extra}); {where[0]}."
         raise ScorekitError(
             f"{stopped} Lower the learning rate (lr), clip gradients (grad_clip) or check the data, {where[1]}",
