@@ -48,6 +48,7 @@ DIGITS = ["--data", "digits", "--data-option", "stop=16", "--model", "tiny", "--
     (POINTS, ["--data-option", "seed=[1]"], ["moons data option seed=[1]", "expected a whole number"]),
     (POINTS, ["--data-option", "colour=2"], ["unknown moons data option colour", "valid: n, seed, noise"]),
     (DIGITS, ["--data-option", "flip=yes"], ["digits data option flip=yes", "expected true or false"]),
+    (DIGITS, ["--model-option", "channel_mults=[]"], ["channel_mults must be a non-empty list", "got []"]),
     (POINTS, ["--process-option", "num_steps=abc"], ["DDPM process option num_steps=abc", "whole number"]),
     (POINTS, ["--process-option", "beta_end=x"], ["DDPM process option beta_end=x", "a number or null"]),
     (POINTS, ["--process-option", "foo=1"], ["unknown DDPM process option foo", "valid: betas, alpha_bar"]),

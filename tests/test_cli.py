@@ -275,3 +275,27 @@ def test_keyboard_interrupt_is_reported_briefly(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(scorekit.demo, "run_demo", interrupted)
     code, out, err = run_main(capsys, ["demo", "--out", str(tmp_path / "o"), "--no-progress"])
     assert code == 130 and err == "scorekit: interrupted\n" and "Traceback" not in err
+
+
+def test_keyboard_interrupt_while_starting_up_is_reported_briefly(capsys, monkeypatch):
+    """Ctrl-C while the commands' modules are imported (building the parser takes a moment)."""
+    import scorekit.cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scorekit.cli, "build_parser", interrupted)
+    code, _, err = run_main(capsys, ["demo", "--help"])
+    assert code == 130 and err == "scorekit: interrupted\n"
+
+
+def test_running_out_of_memory_is_one_line(capsys, monkeypatch, tmp_path):
+    """numpy's MemoryError for an impossible size (e.g. --data-option pad_to=100000) is named."""
+    import scorekit.demo
+
+    def too_big(*args, **kwargs):
+        raise MemoryError("Unable to allocate 90.9 TiB for an array with shape (70000, 1, 100000, 100000)")
+
+    monkeypatch.setattr(scorekit.demo, "run_demo", too_big)
+    code, _, err = run_main(capsys, ["demo", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert code == 2 and err.count("\n") == 1 and "not enough memory: Unable to allocate 90.9 TiB" in err

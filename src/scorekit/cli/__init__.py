@@ -63,13 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``scorekit`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = build_parser()
     try:
+        parser = build_parser()                        # imports the commands' modules: a moment
         args = parser.parse_args(None if argv is None else list(argv))
     except UsageError as err:
         return fail(str(err))
     except SystemExit as exit_:                        # --help and --version
         return exit_.code if isinstance(exit_.code, int) else 0
+    except KeyboardInterrupt:                          # Ctrl-C while starting up
+        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+        return 130
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
@@ -81,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return handler(args)
     except ScorekitError as err:
         return fail(err.for_cli())
+    except MemoryError as err:                         # e.g. numpy's "Unable to allocate 91 TiB ..."
+        detail = f": {err}" if str(err) else ""
+        return fail(f"not enough memory{detail}; use smaller sizes or batches")
     except KeyboardInterrupt as err:                   # Ctrl-C, or SIGTERM (see below)
         signum = getattr(err, "signum", None)
         if signum is None:

@@ -202,8 +202,9 @@ def _check_data_fits(dataset, net_config: dict) -> None:
     from ..models import IMAGE_KINDS
 
     if net_config["kind"] in IMAGE_KINDS:
+        levels = len(net_config["channel_mults"])    # none: the network's own check names it
         check_compatible(dataset, channels=net_config["in_channels"],
-                         multiple_of=2 ** (len(net_config["channel_mults"]) - 1),
+                         multiple_of=2 ** (levels - 1) if levels else None,
                          num_classes=net_config.get("num_classes"))
     else:
         check_compatible(dataset, dim=net_config["dim"], num_classes=net_config.get("num_classes"))
