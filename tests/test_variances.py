@@ -289,7 +289,8 @@ def test_analytic_variance_clips_the_posterior_variance_factor_to_the_data_range
     Gamma > 1 (an eps-model that overshoots) makes the factor negative: clipped to 0, sigma*^2 = beta~;
     Gamma very negative makes it huge: clipped to R^2, sigma*^2 = beta~ + c_x0^2 R^2 for R = 1 and 0.5;
     data_radius=None keeps the huge factor (no upper clip) but still the lower one; a Gamma inside the
-    range is left alone. The step into the data keeps beta~_1 throughout. Float64: rtol 1e-12."""
+    range (per step, the Gamma that makes the factor 1/2) is left alone. The step into the data keeps
+    beta~_1 throughout. Float64: rtol 1e-12."""
     from scorekit.variances import analytic_variance
 
     T = 50
@@ -299,7 +300,7 @@ def test_analytic_variance_clips_the_posterior_variance_factor_to_the_data_range
     factor = lambda gamma: (1 - ab) / ab * (1 - gamma)
 
     def check(gamma, want, **kw):
-        got = analytic_variance(process, t, t - 1, torch.full((T,), gamma, dtype=F64), **kw).numpy()
+        got = analytic_variance(process, t, t - 1, torch.as_tensor(gamma, dtype=F64).expand(T), **kw).numpy()
         np.testing.assert_allclose(got[1:], want[1:], rtol=1e-12, atol=0)
         assert got[0] == pytest.approx(post[0], rel=1e-12)
 
@@ -311,8 +312,8 @@ def test_analytic_variance_clips_the_posterior_variance_factor_to_the_data_range
         assert np.all(factor(huge)[1:] > radius ** 2)
         check(huge, post + c_x0 ** 2 * radius ** 2, data_radius=radius)
     check(huge, post + c_x0 ** 2 * factor(huge), data_radius=None)
-    inside = 0.9                                           # 0 < factor < 1 on this chain
-    assert np.all((factor(inside)[1:] > 0) & (factor(inside)[1:] < 1))
+    inside = 1 - 0.5 * ab / (1 - ab)                      # factor 1/2 at every step
+    np.testing.assert_allclose(factor(inside)[1:], 0.5, rtol=1e-9)   # 1 - Gamma ~ ab: cancellation
     check(inside, post + c_x0 ** 2 * factor(inside))
 
 
