@@ -231,3 +231,41 @@ def test_inversion_refuses_a_model_without_labels(tmp_path, capsys):
                                      "--class", "1", "--out", tmp_path / "out", *FAST])
     assert_one_line_error(code, err, "trained without labels", "labelled data")
     assert not os.path.exists(tmp_path / "out" / "edits.npz")
+
+
+def test_an_out_folder_inside_a_file_is_refused_before_editing(run, tmp_path, capsys, monkeypatch):
+    from scorekit.tasks import editing
+
+    def never(*args, **kwargs):
+        raise AssertionError("edited before refusing --out")
+
+    monkeypatch.setattr(editing, "edit", never)
+    (tmp_path / "file.txt").write_text("x")
+    inputs = _pngs(tmp_path / "in", 1)
+    for out in (tmp_path / "file.txt" / "sub", tmp_path / "file.txt" / "sub" / "deeper"):
+        code, _, err = run_main(capsys, ["edit", run, "sdedit", "--input", inputs, "--out", out, *FAST])
+        assert_one_line_error(code, err, "lies inside", "file.txt', which is a file")
+    code, _, err = run_main(capsys, ["edit", run, "sdedit", "--input", inputs, "--out", tmp_path / "file.txt", *FAST])
+    assert_one_line_error(code, err, "is a file; give a folder")
+    assert (tmp_path / "file.txt").read_text() == "x"
+
+
+def test_a_failed_write_leaves_out_as_it_was(run, tmp_path, capsys, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    inputs = _pngs(tmp_path / "in", 3)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("mine")
+    argv = ["edit", run, "sdedit", "--input", inputs, "--out", dest, *FAST]
+    monkeypatch.setattr(np, "savez", full)
+    code, _, err = run_main(capsys, argv)
+    assert_one_line_error(code, err, "cannot write", "edits.npz", "the disk is full", "--out is as it was")
+    assert os.listdir(dest) == ["notes.txt"] and (dest / "notes.txt").read_text() == "mine"
+    monkeypatch.undo()
+    code, _, err = run_main(capsys, argv)
+    assert code == 0, err
+    assert sorted(os.listdir(dest)) == ["0000.png", "0001.png", "0002.png", "edits.npz", "notes.txt"]

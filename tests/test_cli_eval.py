@@ -163,3 +163,24 @@ def test_eval_samples_a_run(files, scored, capsys, tmp_path):
     written = json.load(open(tmp_path / "s.json"))
     assert written["samples"]["nfe"] == 3 and written["samples"]["steps"] == 3
     assert written["reference"]["num"] == 64 and "per_class" in written
+
+
+def test_a_cache_that_cannot_be_a_folder_is_refused_before_any_work(files, capsys, tmp_path, monkeypatch):
+    """A file as --cache, a --cache inside a file, or a file where its sub-folder goes: one line
+    before the feature network is trained, the file left as it was."""
+    from scorekit.metrics import feature_nets
+
+    def never(*args, **kwargs):
+        raise AssertionError("trained before refusing --cache")
+
+    monkeypatch.setattr(feature_nets, "train_image_classifier", never)
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "features").write_text("x")
+    for cache, fragments in ((tmp_path / "file.txt", ["--cache", "file.txt' is a file"]),
+                             (tmp_path / "file.txt" / "sub", ["lies inside", "file.txt', which is a file"]),
+                             (tmp_path / "cache", ["holds a file 'features'"])):
+        code, out, err = run_main(capsys, ["eval", files / "noise.npz", "--ref", "digits", "--features", "digits",
+                                           "--features-epochs", "1", "--cache", cache, "--no-progress"])
+        assert_one_line_error(code, err, *fragments)
+    assert (tmp_path / "file.txt").read_text() == "x" and os.listdir(tmp_path / "cache") == ["features"]

@@ -142,3 +142,82 @@ def test_the_library_restores_any_observation_with_any_sampler_reproducibly(runs
                                        generator=torch.Generator().manual_seed(5)), a)
     with pytest.raises(ScorekitError, match="trained for task 'sr2', not 'inpaint'"):
         restore(runs["sr2"], degraded, task="inpaint")
+
+
+def _failing_savez(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _listing(folder):
+    """Every file under ``folder`` (hidden ones too) with its bytes."""
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, fs in os.walk(folder) for f in fs}
+
+
+def test_a_failed_write_leaves_out_as_it_was(runs, tmp_path, capsys, monkeypatch):
+    """The PNGs and restored.npz are written all or nothing: when the last write fails (a full
+    disk), the PNGs written before it are gone, and the files that were in --out stay as they were."""
+    low = digits_png(str(tmp_path / "low"), n=3, size=4)
+    dest = tmp_path / "restored"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("mine")
+    (dest / "digit0.png").write_bytes(b"an older restoration")
+    before = _listing(dest)
+    def argv(out):
+        return ["restore", runs["sr2"], "--input", low, "--out", out, "--steps", "2", "--no-progress"]
+
+    monkeypatch.setattr(np, "savez", _failing_savez)
+    code, out, err = run_main(capsys, argv(dest))
+    assert_one_line_error(code, err, "cannot write", "restored.npz", "the disk is full", "--out is as it was")
+    assert _listing(dest) == before and sorted(os.listdir(dest)) == ["digit0.png", "notes.txt"]
+    code, out, err = run_main(capsys, argv(tmp_path / "new"))
+    assert_one_line_error(code, err, "cannot write", "the disk is full", "nothing was written")
+    assert not (tmp_path / "new").exists()
+    monkeypatch.undo()
+    # a folder where restored.npz goes: refused, nothing written beside it
+    (tmp_path / "blocked" / "restored.npz").mkdir(parents=True)
+    code, out, err = run_main(capsys, argv(tmp_path / "blocked"))
+    assert_one_line_error(code, err, "holds a folder 'restored.npz'")
+    assert os.listdir(tmp_path / "blocked") == ["restored.npz"] and not os.listdir(tmp_path / "blocked" / "restored.npz")
+    # and with nothing in the way the same command writes everything, replacing the older PNG
+    code, out, err = run_main(capsys, argv(dest))
+    assert code == 0, err
+    assert sorted(os.listdir(dest)) == ["digit0.png", "digit1.png", "digit2.png", "notes.txt", "restored.npz"]
+    assert (dest / "notes.txt").read_text() == "mine" and (dest / "digit0.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_inputs_that_share_a_name_get_an_output_each(runs, tmp_path, capsys):
+    folder = tmp_path / "same"
+    folder.mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8), mode="L").save(folder / "a.png")
+    Image.fromarray(np.full((4, 4), 255, np.uint8), mode="L").save(folder / "a.bmp")
+    Image.fromarray(np.full((4, 4), 128, np.uint8), mode="L").save(folder / "b.png")
+    code, out, err = run_main(capsys, ["restore", runs["sr2"], "--input", folder, "--out", tmp_path / "out",
+                                       "--steps", "2", "--no-progress"])
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path / "out")) == ["a_bmp.png", "a_png.png", "b.png", "restored.npz"]
+    for name, grey in (("a_bmp", 255), ("a_png", 0)):                 # each input in its own PNG
+        with Image.open(tmp_path / "out" / f"{name}.png") as img:
+            assert np.asarray(img.convert("L"))[20, 20] == grey
+    from scorekit.data.user_images import unique_names
+
+    assert unique_names(["d/a.png", "d/a.bmp", "d/a_png.jpg", "e/c.png"]) == ["a_png", "a_bmp", "a_png_2", "c"]
+    assert unique_names(["x/a.png", "y/a.png"]) == ["a_png", "a_png_2"]
+
+
+def test_an_npz_mask_that_is_not_numbers_is_refused(runs, tmp_path, capsys):
+    x = load_dataset("digits", stop=2).x.numpy()
+    np.savez(tmp_path / "text.npz", x=x, mask=np.array(["a", "b"]))
+    _bad(capsys, tmp_path, [runs["inpaint"], "--input", tmp_path / "text.npz"], "text.npz: mask must hold numbers",
+         "<U1")
+
+
+def test_an_out_folder_inside_a_file_is_refused_before_restoring(runs, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("x")
+    low = digits_png(str(tmp_path / "low"), n=1, size=4)
+    for out in (tmp_path / "file.txt" / "sub", tmp_path / "file.txt" / "sub" / "deeper"):
+        code, _, err = run_main(capsys, ["restore", runs["sr2"], "--input", low, "--out", out, "--no-progress"])
+        assert_one_line_error(code, err, "lies inside", "file.txt', which is a file")
+    assert (tmp_path / "file.txt").read_text() == "x"

@@ -215,3 +215,14 @@ def test_digits_kind_reaches_98_percent_on_held_out_mnist(tmp_path):
     # trained with outliers, it does not take noise for a digit
     noise = torch.randn(200, 1, 28, 28, generator=torch.Generator().manual_seed(3)).clamp(-1, 1)
     assert confident_share(ex.probabilities(noise)) < 0.05
+
+
+def test_saving_into_a_path_inside_a_file_is_one_error_and_writes_nothing(tmp_path):
+    from scorekit.errors import FileWriteError
+    from scorekit.metrics.feature_nets import ImageClassifier, save_classifier
+
+    (tmp_path / "file.txt").write_text("x")
+    net = ImageClassifier(in_channels=1, image_size=(8, 8), widths=(4, 4), feature_dim=8)
+    with pytest.raises(FileWriteError, match=r"cannot write the classifier folder .*file.txt.*Not a directory"):
+        save_classifier(net, tmp_path / "file.txt" / "cache" / "digits-0")
+    assert sorted(os.listdir(tmp_path)) == ["file.txt"] and (tmp_path / "file.txt").read_text() == "x"

@@ -3,10 +3,12 @@ the one-line error report, SIGTERM as an interrupt, and the flags of the command
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
 import sys
+from typing import Iterator
 
 from ..errors import ScorekitError
 
@@ -150,6 +152,103 @@ def check_json_out(out: str | None) -> None:
         raise ScorekitError(f"--out {out!r} is a folder; give a file name ending in .json")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         raise ScorekitError(f"the folder of --out {out!r} does not exist; create it first")
+
+
+def file_above(path: str) -> str | None:
+    """The file that ``path`` would lie inside (``a.txt`` for ``a.txt/sub/x``): the nearest of
+    its parents that exists, if that is not a folder; ``None`` otherwise."""
+    above = os.path.normpath(path)
+    while True:
+        up = os.path.dirname(above)
+        if up == above or not up:
+            return None
+        above = up
+        if os.path.lexists(above):
+            return above if os.path.exists(above) and not os.path.isdir(above) else None
+
+
+def check_out_folder(out: str, flag: str = "--out") -> None:
+    """Refuse an ``--out DIR`` that cannot become a folder of outputs before any work starts: a
+    file, a path inside a file, or one whose parent folder does not exist."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ScorekitError(f"{flag} {out!r} is a file; give a folder")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        above = file_above(out)
+        if above is not None:
+            raise ScorekitError(f"{flag} {out!r} lies inside {above!r}, which is a file, not a folder; give a folder")
+        raise ScorekitError(f"the folder that would hold {flag} {out!r} does not exist; create it first")
+    where = out if os.path.isdir(out) else parent
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise ScorekitError(f"no permission to write into {where!r} (for {flag} {out!r})")
+
+
+@contextlib.contextmanager
+def staged_outputs(out: str, flag: str = "--out") -> Iterator[str]:
+    """Write a command's output files all or nothing: yield a new hidden folder inside ``out``
+    (``out`` is created if need be) to write them into; when the block ends, move each into
+    ``out`` (replacing a file of the same name, as a rerun does) and remove the hidden folder.
+
+    If the block or a move fails or is interrupted, ``out`` is left as it was: the new files are
+    removed, the files they replaced put back, and ``out`` removed again if this call created it.
+    Other files in ``out`` are never touched. A failed write (a full disk, a file-size limit, no
+    permission) becomes one :class:`ScorekitError` naming the file and the cause. Check ``out``
+    with :func:`check_out_folder` first."""
+    import shutil
+    import tempfile
+
+    from ..errors import FileWriteError, write_failure
+
+    created = not os.path.isdir(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+        stage = os.path.join(out, os.path.basename(tempfile.mkdtemp(prefix=f".{PROG}-", suffix=".tmp", dir=out)))
+    except OSError as err:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(out)
+        raise ScorekitError(f"cannot write into {flag} {out!r}: {write_failure(err)}") from None
+    backup = os.path.join(stage, ".replaced")
+    moved, replaced = [], []
+    try:
+        yield stage
+        names = sorted(n for n in os.listdir(stage) if n != ".replaced")
+        for name in names:
+            dest = os.path.join(out, name)
+            if os.path.isdir(dest):
+                raise ScorekitError(f"{flag} {out!r} holds a folder {name!r} where an output file goes; "
+                                    f"move it away or give another {flag}")
+        for name in names:
+            dest = os.path.join(out, name)
+            if os.path.lexists(dest):
+                os.makedirs(backup, exist_ok=True)
+                os.replace(dest, os.path.join(backup, name))
+                replaced.append(name)
+            os.replace(os.path.join(stage, name), dest)
+            moved.append(name)
+    except BaseException as err:
+        for name in moved:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(out, name))
+        for name in replaced:
+            with contextlib.suppress(OSError):
+                os.replace(os.path.join(backup, name), os.path.join(out, name))
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(out)
+        kept = "nothing was written" if created else f"{flag} is as it was"
+        if isinstance(err, FileWriteError):
+            # a failed write inside the block names the hidden folder: name the output instead
+            raise FileWriteError(f"{str(err).replace(os.path.join(stage, ''), os.path.join(out, ''))}; "
+                                 f"{kept}") from None
+        if isinstance(err, ScorekitError):
+            raise
+        cause = write_failure(err)
+        if cause is None:
+            raise
+        raise ScorekitError(f"cannot write into {flag} {out!r}: {cause}; {kept}") from None
+    shutil.rmtree(stage, ignore_errors=True)
 
 
 def fail(message: str) -> int:

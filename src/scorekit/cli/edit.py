@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 from ..errors import ScorekitError
-from ._common import PROG, Formatter, add_run_flags, int_in, unit_interval
+from ._common import PROG, Formatter, add_run_flags, check_out_folder, int_in, staged_outputs, unit_interval
 
 #: the editing methods the command offers
 EDITS = ("sdedit", "ilvr", "repaint", "interpolate", "inversion")
@@ -64,8 +64,8 @@ def add(commands) -> None:
             The edited images must have the model's size and channels. Writes one PNG per input
             into --out (the input, then its --num edits side by side; a measurement is shown
             through the operator's pseudo-inverse; for interpolate the frames from the input to
-            its partner) and edits.npz (input and edits as float32 in [-1, 1]). The noise comes
-            from --seed."""),
+            its partner) and edits.npz (input and edits as float32 in [-1, 1]), all or nothing: if
+            a write fails (a full disk), --out is left as it was. The noise comes from --seed."""),
         epilog=textwrap.dedent(f"""\
             examples:
               {PROG} edit runs/mnist sdedit --input strokes/ --strength 0.5 --num 4 --out edits
@@ -212,8 +212,7 @@ def run(args: argparse.Namespace) -> int:
     from ._sampler_flags import sampler_options_from
     from .sample import _class_labels, _guidance, _sample_steps
 
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise ScorekitError(f"--out {args.out!r} is a file; give a folder")
+    check_out_folder(args.out)
     if args.unconditional and args.label is not None:
         raise ScorekitError("give either --class or --unconditional, not both")
     args.sampler = args.sampler or ("ddim" if args.method in DDIM_EDITS else "ddpm")
@@ -327,7 +326,6 @@ def _write(args: argparse.Namespace, x, out, options) -> int:
 
     from ..plotting import atomic_path, image_grid
 
-    os.makedirs(args.out, exist_ok=True)
     n = x.shape[0]
     measurement = x
     if "A" in options:                                    # a measurement: shown through A^+
@@ -336,12 +334,6 @@ def _write(args: argparse.Namespace, x, out, options) -> int:
         rows = out.reshape(n, -1, *x.shape[1:])                           # (N, K, C, H, W)
     else:
         rows = torch.cat([x[:, None], out.reshape(n, args.num, *x.shape[1:])], dim=1)
-    written = []
-    for i in range(n):
-        path = os.path.join(args.out, f"{i:04d}.png")
-        image_grid(rows[i].clamp(-1, 1), path, nrow=rows.shape[1])
-        written.append(path)
-    npz = os.path.join(args.out, "edits.npz")
     arrays = {"input": x.numpy().astype(np.float32), "edits": out.numpy().astype(np.float32)}
     if "mask" in options:
         arrays["mask"] = options["mask"].numpy()
@@ -349,9 +341,14 @@ def _write(args: argparse.Namespace, x, out, options) -> int:
         arrays["measurement"] = measurement.numpy().astype(np.float32)
         if hasattr(options["A"], "mask"):
             arrays["mask"] = options["A"].mask.numpy()
-    with atomic_path(npz) as tmp:
-        with open(tmp, "wb") as fh:
+    pngs = [f"{i:04d}.png" for i in range(n)]
+    with staged_outputs(args.out) as stage:            # all or nothing: --out unchanged on a failure
+        for i, name in enumerate(pngs):
+            image_grid(rows[i].clamp(-1, 1), os.path.join(stage, name), nrow=rows.shape[1])
+        with atomic_path(os.path.join(stage, "edits.npz")) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
+    written = [os.path.join(args.out, name) for name in pngs]
+    npz = os.path.join(args.out, "edits.npz")
     print(f"edited {n} image(s) with {args.method}" + (f", {args.num} edits each" if args.num > 1 else ""))
     print("wrote:")
     print(f"  {written[0]}" + (f" .. {os.path.basename(written[-1])}" if n > 1 else ""))

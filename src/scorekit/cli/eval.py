@@ -8,7 +8,7 @@ import textwrap
 import time
 
 from ..errors import ScorekitError
-from ._common import PROG, Formatter, add_run_flags, check_json_out, int_in, key_value
+from ._common import PROG, Formatter, add_run_flags, check_json_out, file_above, int_in, key_value
 from .sample import add_sampling_flags, add_speed_flags
 
 #: --features names besides a path
@@ -223,6 +223,20 @@ def _extractor(args: argparse.Namespace, reference, image_shape, cache: str, log
                         f"feature network folder or .safetensors weights file")
 
 
+def _check_cache(cache: str, what: str) -> None:
+    """Refuse a cache folder that cannot hold the feature networks and reference statistics
+    (a file, a path inside a file, or a file where one of its sub-folders goes) before any work."""
+    if os.path.exists(cache) and not os.path.isdir(cache):
+        raise ScorekitError(f"{what} {cache!r} is a file; give a folder")
+    for sub in ("features", "reference"):
+        if os.path.exists(os.path.join(cache, sub)) and not os.path.isdir(os.path.join(cache, sub)):
+            raise ScorekitError(f"{what} {cache!r} holds a file {sub!r} where its sub-folder goes; move it "
+                                f"away or give another folder")
+    above = file_above(cache)
+    if above is not None:
+        raise ScorekitError(f"{what} {cache!r} lies inside {above!r}, which is a file, not a folder; give a folder")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -243,6 +257,7 @@ def _run(args: argparse.Namespace) -> int:
     metrics = parse_metrics(args.metrics)
     check_json_out(args.out)
     cache = os.path.abspath(os.path.expanduser(args.cache)) if args.cache else default_cache_dir()
+    _check_cache(cache, "--cache" if args.cache else "the cache folder ($SCOREKIT_CACHE or ~/.cache/scorekit)")
 
     def log(message: str) -> None:
         print(message, flush=True)

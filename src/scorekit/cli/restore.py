@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 from ..errors import ScorekitError
-from ._common import PROG, Formatter, add_run_flags, int_in
+from ._common import PROG, Formatter, add_run_flags, check_out_folder, int_in, staged_outputs
 from ._sampler_flags import sampler_options_from
 
 
@@ -31,9 +31,11 @@ def add(commands) -> None:
             white where a pixel is known, black where it is to be filled (or 'mask' in the .npz, 1
             = known).
 
-            Writes into --out (created): one PNG per input, side by side: the input as the network
-            sees it | the samples | the truth (with --degrade); and restored.npz with x (N, K, C, H,
-            W) float32 samples, input, measurement, mask and truth (with --degrade)."""),
+            Writes into --out (created): one PNG per input, named after it (a.png -> a.png; two
+            inputs a.png and a.bmp -> a_png.png and a_bmp.png), side by side: the input as the
+            network sees it | the samples | the truth (with --degrade); and restored.npz with x (N,
+            K, C, H, W) float32 samples, input, measurement, mask and truth (with --degrade). All or
+            nothing: if a write fails (a full disk), --out is left as it was."""),
         epilog=textwrap.dedent(f"""\
             examples:
               {PROG} restore runs/digits-sr2 --input low-res/ --out restored/
@@ -64,11 +66,7 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise ScorekitError("--spacing tuned is not available for restore; choose a spacing rule")
     if getattr(args, "opt_variance", None) == "analytic":
         raise ScorekitError("--variance analytic is not available for restore; use small, large or learned")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise ScorekitError(f"--out {args.out!r} is a file; give a folder")
-    parent = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(parent):
-        raise ScorekitError(f"the folder that would hold --out {args.out!r} does not exist; create it first")
+    check_out_folder(args.out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,25 +125,18 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads_before)
     n, k = len(degraded), args.num_samples
     samples = result.x.reshape(n, k, *model.sample_shape)
-    os.makedirs(args.out, exist_ok=True)
-    written = []
-    try:
-        for i, name in enumerate(names):
+    arrays = {"x": samples.numpy().astype(np.float32), "input": degraded.image.cpu().numpy(),
+              "measurement": degraded.measurement.cpu().numpy(), "mask": degraded.mask.cpu().numpy()}
+    if truth is not None:
+        arrays["truth"] = truth.numpy()
+    files = [f"{name}.png" for name in names] + ["restored.npz"]
+    with staged_outputs(args.out) as stage:            # all or nothing: --out unchanged on a failure
+        for i, name in enumerate(files[:-1]):
             row = [degraded.image[i:i + 1].cpu(), samples[i]] + ([truth[i:i + 1]] if truth is not None else [])
-            path = os.path.join(args.out, f"{name}.png")
-            image_grid(torch.cat(row), path, nrow=k + 1 + (truth is not None))
-            written.append(path)
-        arrays = {"x": samples.numpy().astype(np.float32), "input": degraded.image.cpu().numpy(),
-                  "measurement": degraded.measurement.cpu().numpy(), "mask": degraded.mask.cpu().numpy()}
-        if truth is not None:
-            arrays["truth"] = truth.numpy()
-        npz = os.path.join(args.out, "restored.npz")
-        with atomic_path(npz) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-        written.append(npz)
-    except OSError as err:
-        raise ScorekitError(f"cannot write into --out {args.out!r}: {err.strerror or err}") from None
+            image_grid(torch.cat(row), os.path.join(stage, name), nrow=k + 1 + (truth is not None))
+        with atomic_path(os.path.join(stage, files[-1])) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    written = [os.path.join(args.out, name) for name in files]
     print(f"restored {n} input(s) x {k} sample(s) by {task} in {result.seconds:.2f} s with {args.sampler} "
           f"(NFE {result.nfe:g} per sample) from step {ckpt.step} of {ckpt.path}")
     print("wrote:")

@@ -47,8 +47,9 @@ def read_images(path, what: str = "the input") -> tuple[Tensor, list[str], Tenso
     Grey images have 1 channel, every other image 3 (RGB); all must have one size and channel
     count. Nothing is resized: check the sizes against the model's afterwards
     (:func:`check_images`, or :func:`scorekit.tasks.restore.check_observation`). ``names`` are
-    the file names without extension (``0000``, ... for an ``.npz``); ``mask`` is ``None`` unless
-    the ``.npz`` holds one. ``what`` names the input in messages (``"--with"``, ...).
+    the file names without extension, distinct (:func:`unique_names`: ``a_png`` and ``a_bmp`` for
+    ``a.png`` and ``a.bmp``; ``0000``, ... for an ``.npz``); ``mask`` is ``None`` unless the
+    ``.npz`` holds one. ``what`` names the input in messages (``"--with"``, ...).
     """
     import numpy as np
 
@@ -77,8 +78,13 @@ def read_images(path, what: str = "the input") -> tuple[Tensor, list[str], Tenso
         from ..tasks.degradations import check_clean
 
         images = check_clean(to_tensor(x), f"the images of {path}")
-        return images, [f"{i:04d}" for i in range(len(images))], \
-            None if mask is None else torch.as_tensor(np.asarray(mask, dtype=np.float32))
+        if mask is not None:
+            if mask.dtype != np.bool_ and not np.issubdtype(mask.dtype, np.integer) \
+                    and not np.issubdtype(mask.dtype, np.floating):
+                raise ScorekitError(f"{path}: mask must hold numbers, 1 where a pixel is known and 0 where it is to "
+                                    f"be filled; got {mask.dtype}")
+            mask = torch.as_tensor(mask.astype(np.float32))
+        return images, [f"{i:04d}" for i in range(len(images))], mask
     if os.path.isdir(path):
         exts = image_extensions()
         files = sorted(os.path.join(path, f) for f in os.listdir(path)
@@ -94,8 +100,27 @@ def read_images(path, what: str = "the input") -> tuple[Tensor, list[str], Tenso
         if p.shape != first:
             raise ScorekitError(f"the input images differ in size or channels: {files[0]} has {shape_text(first)}, {f} has "
                                 f"{shape_text(p.shape)}; give images of one size")
-    names = [os.path.splitext(os.path.basename(f))[0] for f in files]
-    return to_tensor(np.stack(pixels)), names, None
+    return to_tensor(np.stack(pixels)), unique_names(files), None
+
+
+def unique_names(files) -> list[str]:
+    """A distinct name for each of ``files``, to write an output per file: its name without the
+    extension (``a`` for ``in/a.png``); where two files share that (``a.png`` and ``a.bmp``) the
+    extension is kept after an underscore (``a_png``, ``a_bmp``), and a name still taken gets
+    ``_2``, ``_3``, ..."""
+    from collections import Counter
+
+    parts = [os.path.splitext(os.path.basename(os.fspath(f))) for f in files]
+    counts = Counter(stem for stem, _ in parts)
+    names, taken = [], set()
+    for stem, ext in parts:
+        name = stem if counts[stem] == 1 or not ext else f"{stem}_{ext[1:]}"
+        base, k = name, 2
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 def check_images(x: Tensor, shape, path, what: str = "the input") -> Tensor:
@@ -126,4 +151,4 @@ def read_mask(file, size, what: str = "the mask") -> Tensor:
     return torch.from_numpy((mask >= 128).astype("float32"))[None]
 
 
-__all__ = ["check_images", "read_image_file", "read_images", "read_mask", "shape_text"]
+__all__ = ["check_images", "read_image_file", "read_images", "read_mask", "shape_text", "unique_names"]

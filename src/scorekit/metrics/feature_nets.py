@@ -432,10 +432,10 @@ def save_classifier(net: ImageClassifier, path, *, extra: dict | None = None,
     the new one discarded). Returns ``path`` (absolute)."""
     path = os.path.abspath(os.fspath(path))
     parent, name = os.path.split(path)
-    os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
+        os.makedirs(parent, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
         _write_weights(state, os.path.join(tmp, WEIGHTS_FILE))
