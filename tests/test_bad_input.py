@@ -257,6 +257,114 @@ def test_resuming_a_run_from_a_newer_format_is_refused(run, tmp_path, capsys):
     assert_one_line_error(code, err, "newer scorekit (format 99;")
 
 
+# --- hand-edited entries of config.json, trainer.json and schedules.json --------------------------
+
+BROKEN_ENTRIES = [
+    ("config.json", "sample_shape", None, "a list of positive whole numbers"),
+    ("config.json", "sample_shape", "abc", "a list of positive whole numbers"),
+    ("config.json", "sample_shape", [1, -8, 8], "a list of positive whole numbers"),
+    ("config.json", "sample_shape", [1, 8.5, 8], "a list of positive whole numbers"),
+    ("config.json", "sample_shape", [], "a list of positive whole numbers"),
+    ("config.json", "data", "moons", "an object (the dataset configuration)"),
+    ("config.json", "loss", "simple", "an object"),
+    ("config.json", "loss", {"options": [1]}, "an object"),
+    ("config.json", "train", [1], "an object (the training options)"),
+    ("config.json", "class_names", 5, "a list of class names (strings) or null"),
+    ("config.json", "label_dropout", "abc", "a number from 0 up to (not including) 1 or null"),
+    ("config.json", "label_dropout", True, "a number from 0 up to (not including) 1 or null"),
+    ("config.json", "ema", "x", "an object (the EMA settings)"),
+    ("config.json", "task", "sr2", "an object with the task's name"),
+    ("config.json", "model", {"hidden": 16}, "a model configuration with a 'kind'"),
+    ("trainer.json", "data", "x", "an object (the data order"),
+    ("trainer.json", "data", {"epoch": "a", "position": 0, "size": 64}, "an object (the data order"),
+    ("trainer.json", "ema", [0.999], "an object (the EMA"),
+    ("trainer.json", "ema", {"decay": 0.999, "num_updates": "2"}, "an object (the EMA"),
+]
+
+
+@pytest.mark.parametrize("command", ["info", "sample", "guided"])
+@pytest.mark.parametrize("name,key,value,form", BROKEN_ENTRIES,
+                         ids=[f"{n}-{k}-{v!r}" for n, k, v, _ in BROKEN_ENTRIES])
+def test_entries_of_the_wrong_type_are_named(run, tmp_path, capsys, command, name, key, value, form):
+    """An entry a user edited into the wrong type: one line naming the file, the entry and the
+    form it must have (each of these was a traceback: TypeError, AttributeError)."""
+    import json
+
+    ckpt = _copy_checkpoint(run, tmp_path)
+    data = json.loads((ckpt / name).read_text())
+    data[key] = value
+    (ckpt / name).write_text(json.dumps(data))
+    out = tmp_path / "s.png"
+    argv = {"info": ["info", ckpt],
+            "sample": ["sample", ckpt, "--num", "4", "--steps", "2", "--no-progress", "--out", out],
+            "guided": ["sample", ckpt, "--class", "0", "--guidance-scale", "2", "--num", "4", "--steps", "2",
+                       "--no-progress", "--out", out]}[command]
+    code, _, err = run_main(capsys, argv)
+    assert_one_line_error(code, err, f"{ckpt / name}: {key!r} must be {form}", "the file is corrupt")
+    assert not out.exists()
+
+
+def _tuned(run, tmp_path, damage):
+    """A copy of the run's checkpoint whose schedules.json holds ddim's 3-step grid under its key,
+    then ``damage(entry, schedules)``: the folder and the key."""
+    import json
+
+    from scorekit.schedule_tuning import SCHEDULES_FILE, TunedSchedule, save_tuned
+    from scorekit.timesteps import make_timesteps
+    from scorekit.train import load_checkpoint
+
+    ckpt = _copy_checkpoint(run, tmp_path)
+    grid = make_timesteps(load_checkpoint(ckpt).process, 3)
+    tuned = TunedSchedule(timesteps=grid, sampler="ddim", nfe=3, error_default=0.2, error_tuned=0.1)
+    file = save_tuned(ckpt, tuned)
+    data = json.loads((ckpt / SCHEDULES_FILE).read_text())
+    damage(data["schedules"][tuned.key], data["schedules"], tuned.key)
+    (ckpt / SCHEDULES_FILE).write_text(json.dumps(data))
+    return ckpt, file, tuned.key
+
+
+def _set(**changes):
+    return lambda entry, schedules, key: entry.update(changes)
+
+
+BROKEN_SCHEDULES = {
+    "intact": (lambda entry, schedules, key: None, None),
+    "not-an-object": (lambda entry, schedules, key: schedules.__setitem__(key, [1, 2]), "must be an object"),
+    "one-step-grid": (lambda entry, schedules, key: entry.update(timesteps=entry["timesteps"][-2:], steps=1),
+                      "holds 1 model time(s), on which ddim makes 1 network evaluations, not 3"),
+    "steps-disagree": (lambda entry, schedules, key: entry.update(timesteps=entry["timesteps"][-2:]),
+                       "'steps' is 3 but 'timesteps' holds 1 model time(s)"),
+    "increasing": (lambda entry, schedules, key: entry.update(timesteps=entry["timesteps"][::-1]),
+                   "'timesteps': timesteps must be strictly decreasing"),
+    "not-numbers": (_set(timesteps="abc"), "'timesteps' must be a list of numbers (times), got 'abc'"),
+    "a-string-time": (lambda entry, schedules, key: entry["timesteps"].__setitem__(1, "5"),
+                      "'timesteps' must be a list of numbers"),
+    "nan": (lambda entry, schedules, key: entry["timesteps"].__setitem__(1, float("nan")),
+            "'timesteps': timesteps contain NaN"),
+    "other-nfe": (_set(nfe=4), "holds the grid of 'ddim nfe=4"),
+    "nfe-not-whole": (_set(nfe=3.5), "'nfe' must be a positive whole number, got 3.5"),
+    "unknown-sampler": (_set(sampler="nope"), "unknown sampler 'nope'"),
+    "default-grid": (_set(default_timesteps=[1, 2]), "'default_timesteps': timesteps must be strictly decreasing"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_SCHEDULES))
+def test_a_hand_edited_tuned_schedule_is_checked(run, tmp_path, capsys, case):
+    """scorekit sample --spacing tuned: a schedules.json entry that is not a grid of this sampler's
+    NFE is refused with one line naming the file and the entry (a 1-step grid kept under
+    'ddim nfe=3' was sampled on while 3 steps were reported)."""
+    damage, fragment = BROKEN_SCHEDULES[case]
+    ckpt, file, key = _tuned(run, tmp_path, damage)
+    out = tmp_path / "s.png"
+    code, _, err = run_main(capsys, ["sample", ckpt, "--sampler", "ddim", "--steps", "3", "--spacing", "tuned",
+                                     "--num", "4", "--no-progress", "--out", out])
+    if fragment is None:
+        assert code == 0 and out.exists(), err
+        return
+    assert_one_line_error(code, err, f"{file}: the tuned schedule {key!r}", fragment, "run scorekit tune again")
+    assert not out.exists()
+
+
 def _no_such_cuda():
     return "cuda:7" if torch.cuda.device_count() < 8 else "cuda:99"
 

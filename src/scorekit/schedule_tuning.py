@@ -122,22 +122,59 @@ class TunedSchedule:
         }
 
     @classmethod
-    def from_json(cls, entry: dict, source: str = SCHEDULES_FILE) -> "TunedSchedule":
+    def from_json(cls, entry: dict, source: str = SCHEDULES_FILE, key: str | None = None) -> "TunedSchedule":
+        """The grid of one entry of ``schedules.json`` (``key`` its name there), checked: an object
+        naming a known sampler, its options and NFE, whose grids are strictly decreasing finite times
+        (the end time may be ``-inf``), ``steps`` model times then the end time."""
+        what = f"{source}: the tuned schedule {key!r}" if key is not None else f"{source}: a tuned schedule"
+        if not isinstance(entry, dict):
+            raise ScorekitError(f"{what} must be an object (sampler, nfe, timesteps, ...), got "
+                                f"{type(entry).__name__}; {_RETUNE}")
         try:
             default = entry.get("default_timesteps")
-            return cls(
-                timesteps=_decode_times(entry["timesteps"]), sampler=str(entry["sampler"]),
+            schedule = cls(
+                timesteps=_decode_grid(entry["timesteps"], "timesteps", what), sampler=str(entry["sampler"]),
                 nfe=int(entry["nfe"]), error_default=float(entry["error_default"]),
                 error_tuned=float(entry["error_tuned"]), options=dict(entry.get("options", {})),
-                default_timesteps=None if default is None else _decode_times(default),
+                default_timesteps=None if default is None else _decode_grid(default, "default_timesteps", what),
                 error_init=None if entry.get("error_init") is None else float(entry["error_init"]),
                 init=str(entry.get("init", "default")),
                 evaluations=int(entry.get("evaluations", 0)),
                 num_samples=int(entry.get("num_samples", 0)), metric=str(entry.get("metric", "mse")),
                 seconds=float(entry.get("seconds", 0.0)))
         except (KeyError, TypeError, ValueError) as err:
-            raise ScorekitError(f"{source}: a tuned schedule entry is corrupt ({type(err).__name__}: "
-                                f"{err}); run scorekit tune again") from None
+            raise ScorekitError(f"{what} is corrupt ({type(err).__name__}: {err}); {_RETUNE}") from None
+        if not isinstance(entry["sampler"], str) or entry["sampler"] not in SAMPLERS:
+            raise ScorekitError(f"{what}: unknown sampler {entry['sampler']!r}; {_RETUNE}")
+        if isinstance(entry["nfe"], bool) or not isinstance(entry["nfe"], int) or entry["nfe"] < 1:
+            raise ScorekitError(f"{what}: 'nfe' must be a positive whole number, got {entry['nfe']!r}; {_RETUNE}")
+        steps = entry.get("steps", schedule.steps)
+        if steps != schedule.steps:
+            raise ScorekitError(f"{what}: 'steps' is {steps!r} but 'timesteps' holds {schedule.steps} model "
+                                f"time(s) and the end time; {_RETUNE}")
+        try:
+            schedule.key
+        except ScorekitError as err:
+            raise ScorekitError(f"{what}: 'options': {err}; {_RETUNE}") from None
+        return schedule
+
+
+_RETUNE = "the file is corrupt: run scorekit tune again"
+
+
+def _decode_grid(values, name: str, what: str) -> Tensor:
+    """A grid of ``schedules.json``: a list of numbers (the end time may be the string "-inf"),
+    strictly decreasing and finite but for that end time."""
+    from .train.checkpoint import short_repr
+
+    if not isinstance(values, list) or not all(v == "-inf" or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                                               for v in values):
+        raise ScorekitError(f"{what}: {name!r} must be a list of numbers (times), got "
+                            f"{short_repr(values)}; {_RETUNE}")
+    try:
+        return check_timesteps(_decode_times(values))
+    except ScorekitError as err:
+        raise ScorekitError(f"{what}: {name!r}: {err}; {_RETUNE}") from None
 
 
 def _encode_times(ts: Tensor) -> list:
@@ -562,14 +599,23 @@ def load_tuned(run_dir, sampler: str, nfe: int, **options) -> TunedSchedule:
                             f"x_T{args}))",
                             cli=f"{missing}{' with' + flags if flags else ''} in {where}; run 'scorekit "
                                 f"tune {where} --sampler {sampler} --nfe {nfe}{flags}' first")
-    return TunedSchedule.from_json(entry, file)
+    schedule = TunedSchedule.from_json(entry, file, key)
+    if schedule.key != key:
+        raise ScorekitError(f"{file}: the tuned schedule {key!r} holds the grid of {schedule.key!r}; {_RETUNE}")
+    return schedule
 
 
 def load_tuned_for_steps(run_dir, process: GaussianProcess, sampler: str, steps: int,
                          **options) -> TunedSchedule:
     """The saved grid of ``steps`` model times for ``sampler`` (its NFE is counted first)."""
     nfe = count_nfe(sampler, process, steps, **options)
-    return load_tuned(run_dir, sampler, nfe, **options)
+    schedule = load_tuned(run_dir, sampler, nfe, **options)
+    made = nfe if schedule.steps == steps else count_nfe(sampler, process, schedule.steps, **options)
+    if made != nfe:
+        raise ScorekitError(f"{schedules_path(run_dir)}: the tuned schedule {schedule.key!r} holds {schedule.steps} "
+                            f"model time(s), on which {sampler} makes {made} network evaluations, not {nfe}; "
+                            f"{_RETUNE}")
+    return schedule
 
 
 __all__ = ["DEFAULT_MAX_EVALS", "INITS", "LogSNRGrid", "SCHEDULES_FILE", "TunedSchedule",

@@ -424,11 +424,8 @@ class Checkpoint:
     def task(self) -> dict | None:
         """The trained image-to-image task (``{"name", "options", "cond_dropout", "cond_channels"}``,
         :mod:`scorekit.tasks.degradations`), or ``None`` for a generative model."""
-        task = self.config.get("task")
-        if task is not None and not (isinstance(task, dict) and isinstance(task.get("name"), str)):
-            raise ScorekitError(f"{self.path}: 'task' must be an object with the task's name, got {task!r}; "
-                                f"the configuration is corrupt")
-        return task
+        check_entries(self.config, _CONFIG_FORMS, os.path.join(self.path, CONFIG_FILE), keys=("task",))
+        return self.config.get("task")
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -437,6 +434,60 @@ class Checkpoint:
 
 
 _REQUIRED = ("model", "process", "prediction_type", "sample_shape")
+
+
+def _whole(value, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _object(value) -> bool:
+    return isinstance(value, dict)
+
+
+#: entry -> (test, the form it must have) of config.json: what the commands read from it
+_CONFIG_FORMS = {
+    "model": (lambda v: isinstance(v, dict) and "kind" in v, "a model configuration with a 'kind'"),
+    "sample_shape": (lambda v: isinstance(v, list) and len(v) > 0 and all(_whole(s, 1) for s in v),
+                     "a list of positive whole numbers"),
+    "train": (_object, "an object (the training options)"),
+    "data": (lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("spec"), str)),
+             "an object (the dataset configuration) with a 'spec' string or null"),
+    "loss": (lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("options", {}), dict)),
+             "an object (the loss weighting, its options and the time steps)"),
+    "label_dropout": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and 0 <= v < 1),
+                      "a number from 0 up to (not including) 1 or null"),
+    "class_names": (lambda v: v is None or (isinstance(v, list) and all(isinstance(n, str) for n in v)),
+                    "a list of class names (strings) or null"),
+    "ema": (_object, "an object (the EMA settings)"),
+    "task": (lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("name"), str)
+                                     and isinstance(v.get("options", {}), dict)),
+             "an object with the task's name (and its options, an object) or null"),
+}
+
+#: the same for trainer.json
+_TRAINER_FORMS = {
+    "data": (lambda v: isinstance(v, dict) and all(_whole(v.get(k, 0)) for k in ("epoch", "position", "size")),
+             "an object (the data order: epoch, position and size, whole numbers)"),
+    "ema": (lambda v: isinstance(v, dict) and _whole(v.get("num_updates", 0)),
+            "an object (the EMA's decay, warmup and num_updates, a whole number)"),
+}
+
+
+def short_repr(value, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (for messages naming a corrupt entry)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def check_entries(data: dict, forms: dict, path: str, keys=None) -> None:
+    """Raise :class:`ScorekitError` naming ``path`` and the first entry of ``data`` (of ``keys``,
+    all of ``forms`` by default) that is present but not of the form ``forms`` gives it."""
+    for key in forms if keys is None else keys:
+        fits, form = forms[key]
+        if key in data and not fits(data[key]):
+            raise ScorekitError(f"{path}: {key!r} must be {form}, got {short_repr(data[key])}; the file is "
+                                f"corrupt: restore it or use another checkpoint")
 
 
 def check_format_version(data: dict, path: str) -> None:
@@ -459,6 +510,7 @@ def read_trainer_info(ckpt_dir: str) -> dict:
         raise ScorekitError(f"trainer state {path} is corrupt (a JSON {type(info).__name__}, not an "
                             f"object); restore it or use another checkpoint")
     check_format_version(info, path)
+    check_entries(info, _TRAINER_FORMS, path)
     return info
 
 
@@ -477,8 +529,7 @@ def read_config(ckpt_dir: str) -> dict:
     if missing:
         raise ScorekitError(f"{path} lacks the entr{'y' if len(missing) == 1 else 'ies'} "
                             f"{', '.join(missing)}; the configuration is corrupt")
-    if not isinstance(config["model"], dict) or "kind" not in config["model"]:
-        raise ScorekitError(f"{path}: 'model' must be a model configuration with a 'kind'")
+    check_entries(config, _CONFIG_FORMS, path)
     return config
 
 
