@@ -153,6 +153,37 @@ def test_compile_compiles_once_and_batches_reuse_it():
     assert denoiser.model is net                                  # the denoiser given is unchanged
 
 
+class Scaled:
+    """A model whose network is a bound method: every instance shares the function ``predict``."""
+
+    def __init__(self, factor):
+        self.factor = factor
+
+    def predict(self, x, t):
+        return self.factor * x
+
+
+def test_compiled_bound_methods_of_two_objects_stay_apart_and_a_compiled_network_copies():
+    """A bound method's ``__dict__`` is its function's, shared by every instance of the class: the
+    compiled code is kept on the object, so the second object is not run through the first one's.
+    A network compiled for sampling can still be deep-copied (as EMA does): the copy starts
+    without the compiled code, which wraps the original."""
+    import copy
+
+    a, b = Scaled(1.0), Scaled(-5.0)
+    x, t = torch.ones(2, 2), torch.zeros(2)
+    assert compiled(a.predict, "aot_eager") is not compiled(b.predict, "aot_eager")
+    assert torch.equal(compiled(b.predict, "aot_eager")(x, t), b.predict(x, t))
+    assert compiled(a.predict, "aot_eager") is compiled(a.predict, "aot_eager")     # kept on a
+    net = Net()
+    process = DDPM(betas=BETAS)
+    x_T = process.prior_sample((4, 2), generator=torch.Generator().manual_seed(0))
+    out = scorekit.sample(net, x_T, process=process, num_steps=5, compile="aot_eager")
+    twin = copy.deepcopy(net)
+    assert "aot_eager" not in twin.__dict__.get("_scorekit_compiled", {})
+    assert torch.equal(scorekit.sample(twin, x_T, process=process, num_steps=5), out)
+
+
 def test_compile_with_inductor_matches_to_rounding():
     net = Net()
     process = DDPM(betas=BETAS)

@@ -85,15 +85,36 @@ class Autocast:
         return f"Autocast({self.__wrapped__!r}, {self.dtype})"
 
 
+class _CompiledCache(dict):
+    """{backend: compiled network}, kept on a network; a copy of the network starts without it
+    (a deep copy or a pickle must not carry compiled code that wraps the original)."""
+
+    def __deepcopy__(self, memo):
+        return _CompiledCache()
+
+    def __reduce__(self):
+        return (_CompiledCache, ())
+
+
 def compiled(network: Callable, backend: str = DEFAULT_BACKEND) -> Callable:
     """``torch.compile(network, backend=backend)``, made once and kept on ``network`` (outside an
-    ``nn.Module``'s parameters and state dict), so that later calls reuse the compiled code."""
-    cache = getattr(network, "__dict__", {}).get(_CACHE)
-    if cache is not None and backend in cache:
-        return cache[backend]
+    ``nn.Module``'s parameters and state dict), so that later calls reuse the compiled code. A
+    bound method is cached on its object (its ``__dict__`` is the function's, shared by every
+    instance), keyed by the method's name."""
+    import inspect
+
+    owner, key = network, backend
+    if inspect.ismethod(network):
+        owner, key = network.__self__, (network.__func__.__qualname__, backend)
+    store = getattr(owner, "__dict__", None)
+    cache = store.get(_CACHE) if isinstance(store, dict) else None
+    if cache is not None and key in cache:
+        return cache[key]
     out = torch.compile(network, backend=backend)
-    if hasattr(network, "__dict__"):
-        network.__dict__.setdefault(_CACHE, {})[backend] = out
+    if isinstance(store, dict):
+        if not isinstance(cache, _CompiledCache):
+            cache = store[_CACHE] = _CompiledCache()
+        cache[key] = out
     return out
 
 

@@ -34,7 +34,7 @@ whatever process trained it (the process only decides which noise levels are tra
 tie to one schedule's time axis, and ``ln sigma~`` resolves the small noise levels that fine detail
 needs, where a time such as EDM's ``t = sigma`` crowds them near zero. scorekit's networks embed
 ``c_noise`` as EDM's networks do, unscaled (``time_scale = 1``; the sinusoidal embedding's
-frequencies run from 1 to 1e-4, as in EDM's positional embedding).
+frequencies run from 1 down to ``10000^{-(h-1)/h}`` for ``h`` of them, close to EDM's 1e-4).
 """
 from __future__ import annotations
 

@@ -3,8 +3,11 @@ r"""Building blocks of the denoising networks: time embeddings, residual and att
 A network sees the process time ``t`` only as a number to embed; it knows nothing of
 ``alpha(t)`` or ``sigma(t)``. Two embeddings are offered:
 
-* sinusoidal (Vaswani et al. 2017; Ho et al. 2020), for integer DDPM steps or any time scaled
-  to a range of hundreds: ``[sin(t w_k), cos(t w_k)]`` with ``w_k = P^{-k/(d/2)}``, ``P = 10000``;
+* sinusoidal (Vaswani et al. 2017), for integer DDPM steps or any time scaled to a range of
+  hundreds: ``[sin(t w_k), cos(t w_k)]`` with ``w_k = P^{-k/(d/2)}``, ``P = 10000``, as in
+  improved-diffusion / ADM (diffusers' ``freq_shift=0``). Ho et al.'s DDPM code divides by
+  ``d/2 - 1`` instead (its lowest frequency is exactly ``1/P``), so DDPM's own weights would need
+  that variant; a network trained here is unaffected;
 * random Fourier features (Tancik et al. 2020; Song et al. 2021), for continuous time in
   ``[0, 1]`` or a log noise level: ``[sin(2 pi t b_k), cos(2 pi t b_k)]`` with fixed Gaussian
   frequencies ``b_k ~ N(0, s^2)`` drawn from a seed, so a rebuilt network has the same ones.
@@ -133,7 +136,8 @@ def label_vector(y, batch: int, num_classes: int | None, device) -> Tensor | Non
     # The range is checked where reading the labels is free: on the CPU, outside torch.compile.
     # Labels already on a GPU are not read back (that would make the host wait for the device at
     # every call): the trainer's labels are in range by construction, and a Denoiser checks the
-    # labels it is bound to once (conditioning.check_labels_for).
+    # labels it is bound to once (conditioning.check_labels_for). A compiled network called directly
+    # with labels out of range gets torch's own index error instead of this message.
     if y.numel() and reads_are_free(y) and not torch.compiler.is_compiling() \
             and (int(y.min()) < 0 or int(y.max()) > num_classes):
         bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
