@@ -23,13 +23,18 @@ Standard errors (``Score.stderr``):
 * FID: the standard deviation of the FID over ``fid_bootstrap`` bootstrap replicates (both sets
   resampled with replacement, Efron & Tibshirani 1993). Replicates hold repeated points, so their
   FIDs are larger than the estimate; their spread is what the standard error uses.
-* KID: the delete-a-group jackknife of ``MMD^2_u`` on the whole sets
-  (:func:`scorekit.metrics.kid.mmd2_jackknife`, 10 groups). The standard deviation over the
-  subsets, which the paper reports as ``+-``, is ``std`` in :meth:`EvalReport.to_dict`: it
-  measures a subset's spread, and it is 0 when a subset holds every sample.
-* IS: the standard deviation over the splits divided by the square root of their number.
-* Precision and recall: the binomial ``sqrt(p (1 - p) / n)`` of the ``n`` points tested, the
-  manifolds taken as fixed.
+* KID: ``sqrt(J^2 + s^2 / S)``. The mean over ``S`` random subsets estimates ``MMD^2_u`` of the
+  whole sets (a U-statistic), whose error ``J`` is the delete-a-group jackknife
+  (:func:`scorekit.metrics.kid.mmd2_jackknife`, 10 groups); ``s^2 / S`` is the subsets' own noise
+  (``s`` their standard deviation, ddof 1). The population deviation over the subsets, which the
+  paper reports as ``+-``, is ``std`` in :meth:`EvalReport.to_dict`: it measures a subset's
+  spread, and it is 0 when a subset holds every sample.
+* IS: the splits' standard deviation (ddof 1) divided by the square root of their number;
+  ``std`` is the population deviation that Salimans et al.'s code prints.
+* Precision: ``std(a) / sqrt(n)``, ``a_i`` the share of the reference subsets whose manifold holds
+  sample ``i`` (the binomial ``sqrt(p (1 - p) / n)`` for one subset).
+* Recall: the binomial ``sqrt(r (1 - r) / n)`` over the ``n`` samples, which build the manifold
+  that recall tests (testing more reference points does not make it more certain).
 
 **Per class** (``per_class=True``, when both sets have labels): every metric but IS within each
 class, the samples asked for class ``k`` against the reference images of class ``k`` (the

@@ -51,7 +51,11 @@ bound it: the posterior variance lies in ``[0, ((b - a) / 2)^2]`` for data in ``
 and the estimate is clipped to that range (``data_radius = 1`` for images in ``[-1, 1]``; ``None``
 uses the distribution-free upper bound ``Gamma = 0``). The same formula holds for any pair ``s < t``
 of a shorter trajectory (their sec. 4). As in their code, the first step into the data keeps the
-"small" decoder variance ``beta~_1``.
+"small" decoder variance: ``beta~`` of the grid's next step (``beta~_1`` for the whole chain).
+
+A learned variance interpolates, at every step of any grid, between the bounds of that step;
+at the step into the data its lower end is the process's own clip (``beta~_1`` for DDPM), also on
+a shorter grid, where :func:`data_step_variance` serves the fixed and analytic variances.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ def ddim(denoiser, process: GaussianProcess, x_T: Tensor, timesteps, *, eta: flo
     ``eta = 0`` is the deterministic DDIM map, Euler's method for the probability-flow ODE in the
     variables ``x / alpha`` and ``sigma / alpha``; ``eta = 1`` gives exactly the ancestral step
     with the posterior variance ``beta~``. Values above 1 are allowed while ``c <= sigma_s``. A
-    clipped or thresholded ``x0_pred`` (see :mod:`scorekit.guidance`) also changes ``eps_pred``,
+    clipped or thresholded ``x0_pred`` (see :mod:`scorekit.thresholding`) also changes ``eps_pred``,
     keeping the two consistent.
 
     Args:
