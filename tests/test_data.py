@@ -467,6 +467,31 @@ def test_folder_mixed_sizes_and_empty(tmp_path):
         load_dataset(f"folder:{both}")
 
 
+def test_sixteen_bit_grey_keeps_its_top_eight_bits_and_float_pixels_are_refused(tmp_path):
+    """16-bit grey comes as mode I;16 (PNG, TIFF with Pillow >= 10.3) or I (PGM, and PNG on older
+    Pillow); both keep the top 8 bits, v >> 8, so 0, 16384, 32768, 65535 read as levels 0, 64,
+    128, 255 -- not PIL's clip to 255. Mode F (float TIFF) has no standard range: refused,
+    naming the file. A hand-written binary PGM (P5, maxval 65535, big-endian) is the oracle."""
+    values = np.array([[0, 16384, 32768, 65535]], dtype=">u2")
+    f = tmp_path / "g"
+    f.mkdir()
+    (f / "a.pgm").write_bytes(b"P5\n4 1\n65535\n" + values.tobytes())
+    with Image.open(f / "a.pgm") as img:
+        assert img.mode in ("I", "I;16", "I;16B")
+    d = load_dataset(f"folder:{f}")
+    assert torch.equal(d.x[0, 0, 0], as_unit(np.array([0, 64, 128, 255], dtype=np.uint8)))
+    Image.fromarray(values.astype(np.int32), mode="I").save(f / "a.pgm")    # the same, as mode I
+    with Image.open(f / "a.pgm") as img:
+        assert img.mode == "I"
+    assert torch.equal(load_dataset(f"folder:{f}").x, d.x)
+    t = tmp_path / "t"
+    t.mkdir()
+    Image.fromarray(np.array([[0.0, 0.25, 0.5, 1.0]], dtype=np.float32), mode="F").save(t / "f.tif")
+    with raises(str(t / "f.tif")) as err:
+        load_dataset(f"folder:{t}")
+    assert "floating-point" in str(err.value)
+
+
 def test_folder_corrupt_files(tmp_path):
     f = tmp_path / "c"
     imgs = rng_images(3, 8, 8, 3)
@@ -550,6 +575,18 @@ def test_npz_float_taken_as_is_and_npy(tmp_path):
     assert torch.equal(load_dataset(f"npz:{tmp_path / 'pts.npy'}").x, d.x)
     with raises("channels"):
         load_dataset(f"npz:{tmp_path / 'pts.npz'}", channels=3)
+
+
+def test_npz_float_images_find_their_channel_axis_like_uint8_ones(tmp_path):
+    """Float (N, H, W, 3) images load as (N, 3, H, W), as uint8 ones do; (N, C, H, W) with any C
+    (4 latent channels) stays as it is."""
+    x = np.random.RandomState(1).uniform(-1, 1, (4, 5, 6, 3)).astype(np.float32)
+    np.savez(tmp_path / "hwc.npz", x=x)
+    d = load_dataset(f"npz:{tmp_path / 'hwc.npz'}")
+    assert d.x.shape == (4, 3, 5, 6) and torch.equal(d.x, torch.from_numpy(x).permute(0, 3, 1, 2))
+    latents = np.zeros((2, 4, 8, 8), dtype=np.float32)
+    np.savez(tmp_path / "latents.npz", x=latents)
+    assert load_dataset(f"npz:{tmp_path / 'latents.npz'}").x.shape == (2, 4, 8, 8)
 
 
 def test_npz_bad_inputs(tmp_path):

@@ -292,14 +292,24 @@ def _natural_channels(mode: str) -> int:
 
 def _convert(img, channels: int):
     """A PIL image in mode ``'L'`` (channels 1) or ``'RGB'`` (channels 3), by PIL's conversion;
-    16-bit grey keeps its top 8 bits (PIL would clip it)."""
+    16-bit grey keeps its top 8 bits (PIL would clip it to 255): modes ``I;16*`` and ``I``, which
+    Pillow gives 16-bit PGM files (and 16-bit PNG files before Pillow 10.3), its values in
+    ``0..65535``. Floating-point pixels (mode ``F``) and 32-bit values beyond 16 bits have no known
+    range and are refused."""
     from PIL import Image
 
     mode = "L" if channels == 1 else "RGB"
     if img.mode == mode:
         return img
-    if img.mode.startswith("I;16"):
-        grey = Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8))
+    if img.mode == "F":
+        raise ValueError("its pixels are floating-point numbers (mode F), which have no standard range; "
+                         "save it as an 8- or 16-bit image")
+    if img.mode.startswith("I;16") or img.mode == "I":
+        a = np.asarray(img)
+        if a.size and (int(a.min()) < 0 or int(a.max()) > 65535):
+            raise ValueError(f"its 32-bit integer pixels run {int(a.min())}..{int(a.max())}, beyond 16 bits, "
+                             f"which have no standard range; save it as an 8- or 16-bit image")
+        grey = Image.fromarray((a.astype(np.uint32) >> 8).astype(np.uint8))
         return grey if channels == 1 else grey.convert("RGB")
     return img.convert(mode)
 
@@ -452,7 +462,9 @@ def load_npz(path, *, layout: str = "auto", num_classes: int | None = None) -> R
       channel axis is found from the shape, or given by ``layout``) are returned as
       ``(N, C, H, W)`` uint8 (scaled to ``[-1, 1]`` later).
     * float arrays are taken as they are (no scaling): ``(N, D)`` vectors, ``(N, C, H, W)``
-      images, or ``(N, H, W)`` greyscale images (given a channel axis).
+      images (any ``C``, e.g. 4 latent channels), ``(N, H, W, C)`` ones whose last axis is 1 or 3
+      and whose second is neither (or with ``layout='NHWC'``), or ``(N, H, W)`` greyscale images
+      (given a channel axis).
 
     ``num_classes`` defaults to ``largest label + 1``; labels must then be class indices, with
     ``largest label + 1`` at most the number of samples (or 256): labels such as {0, 10^9} are
@@ -511,8 +523,9 @@ def load_npz(path, *, layout: str = "auto", num_classes: int | None = None) -> R
         elif x.ndim > 4:
             raise ScorekitError(f"{path}: float array {key!r} must be shaped (N, D), (N, H, W) or "
                                 f"(N, C, H, W); got shape {x.shape}")
-        elif x.ndim == 4 and layout == "NHWC":
-            x = x.transpose(0, 3, 1, 2)
+        elif x.ndim == 4 and (layout == "NHWC" or layout == "auto" and x.shape[3] in (1, 3)
+                                and x.shape[1] not in (1, 3)):
+            x = x.transpose(0, 3, 1, 2)        # a last axis of 1 or 3 and a first of neither: NHWC
     else:
         raise ScorekitError(f"{path}: array {key!r} has dtype {x.dtype}; store images as uint8 "
                             "(0..255) or data as float")
