@@ -614,6 +614,10 @@ def test_npz_bad_inputs(tmp_path):
     np.savez(tmp_path / "fy.npz", x=np.zeros((3, 4), dtype=np.float32), y=np.zeros(3))
     with raises("integer"):
         load_dataset(f"npz:{tmp_path / 'fy.npz'}")
+    np.savez(tmp_path / "uy.npz", x=np.zeros((3, 4), dtype=np.float32),
+             y=np.array([0, 1, 2 ** 64 - 1], dtype=np.uint64))          # would wrap to -1 as int64
+    with raises(f"found {2 ** 64 - 1}"):
+        load_dataset(f"npz:{tmp_path / 'uy.npz'}")
     (tmp_path / "junk.npz").write_bytes(b"not numpy at all")
     with raises(str(tmp_path / "junk.npz")):
         load_dataset(f"npz:{tmp_path / 'junk.npz'}")

@@ -539,6 +539,8 @@ def load_npz(path, *, layout: str = "auto", num_classes: int | None = None) -> R
             raise ScorekitError(f"{path}: {y.shape[0]} labels 'y' for {x.shape[0]} samples in {key!r}")
         if y.min() < 0:
             raise ScorekitError(f"{path}: labels 'y' must be >= 0, found {int(y.min())}")
+        if int(y.max()) > np.iinfo(np.int64).max:            # uint64 beyond int64 would wrap
+            raise ScorekitError(f"{path}: labels 'y' must be class indices, found {int(y.max())}")
         y = y.astype(np.int64)
         largest = int(y.max())
         if num_classes is None:
