@@ -122,6 +122,29 @@ def test_time_limit_stops_with_a_checkpoint_and_resumes_exactly(tmp_path):
         train(cfg, str(tmp_path / "bad"), progress=False, max_seconds=0)
 
 
+def test_a_run_saved_before_the_scaled_betas_keeps_its_own_process(tmp_path):
+    """A run of a linear DDPM of T = 100 steps saves the betas it used (beta_start / beta_end), so
+    it reloads identically. One saved before the default betas were scaled by 1000 / T names only
+    schedule and num_steps, and meant Ho et al.'s 1e-4 .. 0.02: loading it gives those, and so does
+    resuming it (it continues its own process, whatever its options mean today)."""
+    cfg = small_2d(steps=2, process_options={"schedule": "linear", "num_steps": 100})
+    run = str(tmp_path / "run")
+    train(cfg, run, progress=False)
+    saved = json.load(open(os.path.join(run, "config.json")))["process"]
+    assert saved["beta_start"] == pytest.approx(1e-3) and saved["beta_end"] == pytest.approx(0.2)
+    assert torch.equal(load_checkpoint(run).process.betas, scorekit.DDPM(num_steps=100).betas)
+    for path in [os.path.join(run, "config.json")] + [os.path.join(run, "checkpoints", d, "config.json")
+                                                      for d in os.listdir(os.path.join(run, "checkpoints"))]:
+        data = json.load(open(path))
+        data["process"] = {"kind": "DDPM", "schedule": "linear", "num_steps": 100}      # as written before
+        json.dump(data, open(path, "w"))
+    old = torch.linspace(1e-4, 0.02, 100, dtype=torch.float64)
+    torch.testing.assert_close(load_checkpoint(run).process.betas, old, rtol=1e-12, atol=0)
+    train(small_2d(steps=4, process_options={"schedule": "linear", "num_steps": 100}), run, progress=False,
+          resume=True)
+    torch.testing.assert_close(load_checkpoint(run).process.betas, old, rtol=1e-12, atol=0)
+
+
 def test_resume_refuses_changed_settings_and_fresh_runs_refuse_a_used_folder(tmp_path):
     run = str(tmp_path / "run")
     train(small_2d(steps=2), run, progress=False)

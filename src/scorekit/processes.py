@@ -49,6 +49,9 @@ Tensor = torch.Tensor
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine", "sigmoid")
 
+#: the papers' (beta_start, beta_end) at T = 1000 of the schedules whose defaults scale by 1000 / T
+SCALED_DEFAULTS = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012), "sigmoid": (1e-4, 0.02)}
+
 
 def _t64(t) -> Tensor:
     """Time as a float64 tensor (scalars become 0-d tensors)."""
@@ -211,44 +214,61 @@ def beta_schedule(name: str, num_steps: int = 1000, *, beta_start: float | None 
       ``beta_end = 0.02``.
     * ``scaled_linear`` (latent diffusion): ``sqrt(beta_t)`` evenly spaced from
       ``sqrt(0.00085)`` to ``sqrt(0.012)``.
-
-    These defaults are the papers' values for ``T = 1000``. For another ``T`` they are scaled by
-    ``1000 / T`` (Nichol & Dhariwal 2021's extension of the linear schedule to any number of steps,
-    also score SDE's ``beta_min / T .. beta_max / T``) and capped at ``max_beta``, so that every
-    ``T`` discretises the same VP SDE and ends near ``N(0, I)``; unscaled, ``T = 100`` would end
-    at ``alpha_bar = 0.36`` and samplers starting from ``N(0, I)`` would miss the data. diffusers
-    keeps the ``T = 1000`` values for every ``T``: give ``beta_start`` and ``beta_end`` to get them
-    (given values are used as they are).
     * ``cosine`` (Nichol & Dhariwal 2021, eq. 17): ``alpha_bar(t) = h(t) / h(0)`` with
       ``h(t) = cos^2(pi/2 (t/T + s) / (1 + s))``, ``beta_t = 1 - alpha_bar(t+1) / alpha_bar(t)``
       clipped at ``max_beta``.
     * ``sigmoid`` (GeoDiff): ``beta_t = sigmoid(u_t) (beta_end - beta_start) + beta_start``,
-      ``u_t`` evenly spaced on ``[-6, 6]``.
+      ``u_t`` evenly spaced on ``[-6, 6]``, with ``linear``'s defaults.
+
+    The defaults of ``linear``, ``scaled_linear`` and ``sigmoid`` are the papers' values for
+    ``T = 1000``. For another ``T`` they are scaled by ``1000 / T`` (Nichol & Dhariwal 2021's
+    extension of the linear schedule to any number of steps; score SDE's ``beta_min / T ..
+    beta_max / T``), so that every ``T`` discretises the same VP SDE and ends near ``N(0, I)``
+    (unscaled, ``T = 100`` would end at ``alpha_bar = 0.36``, and samplers starting from
+    ``N(0, I)`` would miss the data). diffusers keeps the ``T = 1000`` values for every ``T``:
+    give ``beta_start`` and ``beta_end`` to get them (given values are used as they are). Every
+    schedule is capped at ``max_beta``.
     """
     T = whole_number(num_steps, "num_steps")
-    scale = 1000 / T                    # the defaults are the papers' values for T = 1000
+    if name in SCALED_DEFAULTS:
+        b0, b1 = scaled_beta_range(name, T, beta_start, beta_end)
     if name == "linear":
-        b0 = 1e-4 * scale if beta_start is None else beta_start
-        b1 = 0.02 * scale if beta_end is None else beta_end
         betas = np.linspace(b0, b1, T, dtype=np.float64)
     elif name == "scaled_linear":
-        b0 = 0.00085 * scale if beta_start is None else beta_start
-        b1 = 0.012 * scale if beta_end is None else beta_end
         betas = np.linspace(b0 ** 0.5, b1 ** 0.5, T, dtype=np.float64) ** 2
     elif name == "cosine":
         steps = np.arange(T + 1, dtype=np.float64) / T
         h = np.cos((steps + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
         betas = np.minimum(1 - h[1:] / h[:-1], max_beta)
     elif name == "sigmoid":
-        b0 = 1e-4 * scale if beta_start is None else beta_start
-        b1 = 0.02 * scale if beta_end is None else beta_end
         u = np.linspace(-6, 6, T, dtype=np.float64)
         betas = 1 / (1 + np.exp(-u)) * (b1 - b0) + b0
     else:
         raise ScorekitError(f"unknown beta schedule {name!r}; choose one of {', '.join(BETA_SCHEDULES)}")
-    if name != "cosine" and (beta_start is None or beta_end is None):
-        betas = np.minimum(betas, max_beta)             # scaled defaults of a short chain (T < 50)
+    if name != "cosine":
+        betas = np.minimum(betas, max_beta)             # the scaled defaults of a short chain (T < 50)
     return torch.from_numpy(betas)
+
+
+def scaled_beta_range(name: str, num_steps: int, beta_start=None, beta_end=None) -> tuple[float, float]:
+    """``(beta_start, beta_end)`` of schedule ``name`` (a key of :data:`SCALED_DEFAULTS`) for
+    ``num_steps`` steps: the given values, else the papers' ``T = 1000`` ones times ``1000 / T``."""
+    start, end = SCALED_DEFAULTS[name]
+    scale = 1000 / num_steps
+    return (start * scale if beta_start is None else beta_start,
+            end * scale if beta_end is None else beta_end)
+
+
+def unscaled_ddpm_config(config: dict) -> dict:
+    """A saved DDPM process config as it was meant when written: configs saved before the default
+    betas scaled by ``1000 / T`` name a scaled schedule of ``T != 1000`` steps without
+    ``beta_start`` / ``beta_end`` (a DDPM saves the values it used since), and meant the ``T = 1000``
+    values; those are filled in. Every other config is returned as it is."""
+    name, steps = config.get("schedule"), config.get("num_steps", 1000)
+    if config.get("kind") != "DDPM" or name not in SCALED_DEFAULTS or steps == 1000:
+        return config
+    start, end = SCALED_DEFAULTS[name]
+    return {"beta_start": start, "beta_end": end, **config}
 
 
 def schedule_table(values, name: str) -> Tensor:
@@ -295,7 +315,11 @@ class DDPM(GaussianProcess):
         if schedule is not None:
             schedule_kwargs = check_options(schedule_kwargs, option_schema(
                 beta_schedule, skip=("name", "num_steps")), f"{schedule} schedule option")
-            betas = beta_schedule(schedule, 1000 if num_steps is None else num_steps, **schedule_kwargs)
+            T = 1000 if num_steps is None else num_steps
+            betas = beta_schedule(schedule, T, **schedule_kwargs)
+            if schedule in SCALED_DEFAULTS and T != 1000:        # saved explicitly: the values used
+                schedule_kwargs["beta_start"], schedule_kwargs["beta_end"] = scaled_beta_range(
+                    schedule, T, schedule_kwargs.get("beta_start"), schedule_kwargs.get("beta_end"))
         elif alpha_bar is not None:
             ab = schedule_table(alpha_bar, "alpha_bar")
             if ab.numel() == 0 or not torch.all((ab > 0) & (ab <= 1)):

@@ -233,7 +233,13 @@ class _Trainer:
             self.dataset = load_dataset(cfg.data, **{**cfg.data_options, **quiet})
         if len(self.dataset) < 1:
             raise ScorekitError(f"{cfg.data}: the dataset is empty")
-        self.process = build_process(cfg.process, cfg.process_options)
+        if self.saved_run is not None and isinstance(self.saved_run.get("process"), dict):
+            from ..processes import process_from_config, unscaled_ddpm_config
+
+            # resuming: the run's own process, as it was saved (its options may mean other betas now)
+            self.process = process_from_config(unscaled_ddpm_config(dict(self.saved_run["process"])))
+        else:
+            self.process = build_process(cfg.process, cfg.process_options)
         if cfg.sample_steps is not None:
             from ..timesteps import check_step_count
 
