@@ -12,6 +12,9 @@ minutes each time. These tests count what dynamo does, on the CPU, with its coun
 * the training loop compiles the network it trains once, across steps, checkpoints and sample
   grids, for the training set-ups that call the network differently.
 """
+import os
+import sys
+
 import pytest
 import torch
 import torch._dynamo as dynamo
@@ -22,6 +25,9 @@ from scorekit import EDM, VPSDE, SimpleVE
 from scorekit.models import build_model, preset
 from scorekit.samplers import SAMPLERS
 from scorekit.train import TrainConfig, train
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_models import perturbed   # noqa: E402
 
 BETAS = torch.linspace(1e-4, 0.02, 1000)
 FIXED_STEP = sorted(s for s in SAMPLERS if s != "ode_adaptive")     # ode_adaptive runs SciPy's solver
@@ -47,29 +53,49 @@ def _counted(net):
 
 @pytest.mark.parametrize("variant", ["plain", "labels", "cond", "learned_variance", "classifier"])
 def test_every_unet_variant_is_one_graph(variant):
-    """``fullgraph=True`` raises at the first graph break; the count says it is one graph."""
-    x, t = torch.randn(3, 1, 8, 8), torch.randint(0, 1000, (3,))
-    kwargs = {}
+    """``fullgraph=True`` raises at the first graph break; the count says it is one graph. The
+    compiled network computes what the network does: its outputs, at the first times and at
+    others, equal the eager ones. The weights are perturbed first (``perturbed``): an untrained
+    U-Net's zero-initialised output layer makes every output exactly 0, which any compiled graph
+    would match; perturbed, the outputs are non-zero and depend on the time, the label and the
+    condition image, which is checked. Tolerance: ``CompileCounter`` runs the traced graph
+    eagerly, the same operations as the network, so float32's default ``assert_close``
+    tolerances (1.3e-6 relative, 1e-5 absolute) are generous; the perturbed outputs move by
+    more than 1e-2 (asserted) when the time, label or condition changes."""
+    gen = torch.Generator().manual_seed(0)
+    x, t = torch.randn(3, 1, 8, 8, generator=gen), torch.randint(0, 1000, (3,), generator=gen)
+    t2 = torch.randint(0, 1000, (3,), generator=gen)
+    kwargs, other = {}, {}
     if variant == "classifier":
         net = build_model(preset("classifier-tiny", in_channels=1)).eval()
     elif variant == "labels":
         net = _tiny_unet(num_classes=10)
         kwargs["y"] = torch.tensor([0, 9, 10])                 # 10: the null label
+        other["y"] = torch.tensor([10, 3, 4])
     elif variant == "cond":
         net = _tiny_unet(cond_channels=1)
-        kwargs["cond"] = torch.randn(3, 1, 8, 8)
+        kwargs["cond"] = torch.randn(3, 1, 8, 8, generator=gen)
+        other["cond"] = torch.randn(3, 1, 8, 8, generator=gen)
     elif variant == "learned_variance":
         net = _tiny_unet(learn_variance=True)
     else:
         net = _tiny_unet()
+    perturbed(net)
     counter = CompileCounter()
     compiled = torch.compile(net, backend=counter, fullgraph=True)
     with torch.no_grad():
-        expected = net(x, t, **kwargs)
+        expected, expected_t2 = net(x, t, **kwargs), net(x, t2, **kwargs)
         out = compiled(x, t, **kwargs)
-        compiled(x, torch.randint(0, 1000, (3,)), **kwargs)        # other times: no new graph
+        out_t2 = compiled(x, t2, **kwargs)                          # other times: no new graph
+        assert expected.abs().min() > 0
+        assert (expected - expected_t2).abs().max() > 1e-2
+        if other:
+            expected_other = net(x, t, **other)
+            assert (expected - expected_other).abs().amax(dim=tuple(range(1, expected.ndim))).min() > 1e-2
+            torch.testing.assert_close(compiled(x, t, **other), expected_other)
     assert counter.frame_count == 1
     torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out_t2, expected_t2)
 
 
 def _mlp():

@@ -254,6 +254,35 @@ def test_res_block_matches_formula(conditioning):
     assert torch.allclose(block(x, emb), skip + h, atol=1e-5)
 
 
+@pytest.mark.parametrize("conditioning", ["add", "adagn"])
+def test_res_block_dropout_sits_between_the_second_activation_and_the_last_convolution(conditioning):
+    """DDPM's position of dropout (Ho et al. 2020; Nichol & Dhariwal 2021):
+    ``skip(x) + conv2(dropout(SiLU(h)))``, not on the input, the skip path or the residual sum.
+    A train-mode block with p = 0.5 is run with torch's generator seeded, then the output is rebuilt
+    by hand from the block's own layers (whose formula test_res_block_matches_formula checks) with
+    ``F.dropout`` at that position, from the same seed: the same Bernoulli mask, so the same output
+    up to float32 rounding (the block's fused ``addcmul`` rounds once where the rebuild rounds
+    twice; outputs reach about 13, where float32's spacing is 1e-6, so 1e-5 relative and
+    absolute). The mask makes a difference: the output moves by several units between train and
+    eval mode (asserted above 1e-2), and a dropout elsewhere in the block changes it by as much."""
+    block = perturbed(ResBlock(4, 6, 5, groups=2, dropout=0.5, conditioning=conditioning), scale=0.3)
+    x, emb = randn(2, 4, 5, 5), randn(2, 5, seed=1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        out = block.train()(x, emb)
+        torch.manual_seed(7)
+        h = block.conv1(F.silu(block.norm1(x)))
+        e = block.emb_proj(F.silu(emb))[:, :, None, None]
+        if conditioning == "add":
+            h = block.norm2(h + e)
+        else:
+            scale, shift = e.chunk(2, dim=1)
+            h = block.norm2(h) * (1 + scale) + shift
+        expected = block.skip(x) + block.conv2(F.dropout(F.silu(h), p=0.5, training=True))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert (out - block.eval()(x, emb)).abs().max() > 1e-2
+
+
 @pytest.mark.parametrize("fused_layout", ["auto", True])
 @pytest.mark.parametrize("num_heads", [1, 2])
 def test_attention_block_matches_softmax_formula(num_heads, fused_layout, monkeypatch):

@@ -24,8 +24,10 @@ from scorekit.metrics.distribution import (mode_weights, sliced_wasserstein, swd
                                            within_mode_spread)
 from scorekit.train import (EMA, TrainConfig, checkpoint_denoiser, ema_decay, learning_rate,
                             list_checkpoints, load_checkpoint, read_metrics, train)
+from scorekit.train import trainer as trainer_module
 from scorekit.train.checkpoint import (flatten_optimizer_state, resolve_checkpoint,
                                        unflatten_optimizer_state)
+from scorekit.train.state import DataOrder, seeded_generator
 
 WALL_CLOCK = ("seconds", "images_per_second")
 
@@ -47,6 +49,48 @@ def strip_clock(rows):
 def tensors_of(ckpt_dir):
     return {name: load_file(os.path.join(ckpt_dir, f"{name}.safetensors"))
             for name in ("model", "ema", "trainer")}
+
+
+# --- data order ----------------------------------------------------------------------------------
+
+def test_data_order_visits_every_sample_once_per_epoch_reshuffled_and_seeded():
+    """Sampling without replacement, epoch by epoch: 12 samples drawn in batches of uneven sizes
+    that straddle the epoch ends (the draws are concatenated, so batch boundaries do not matter).
+    Each consecutive block of 12 indices is a permutation of 0..11 (with replacement, 12 draws
+    hold all 12 values with probability 12!/12^12 = 5e-5); consecutive epochs are ordered
+    differently (a fixed order, or the same permutation again, has them equal; two independent
+    permutations agree with probability 1/12!); the same seed gives the same sequence, another
+    seed another one."""
+    n, sizes = 12, (5, 9, 3, 12, 7, 4, 8)                          # 48 indices: 4 epochs
+    order = DataOrder(n, seeded_generator(3, "data"))
+    drawn = torch.cat([order.next(k) for k in sizes])
+    assert drawn.dtype == torch.long and drawn.numel() == 4 * n
+    assert (order.epoch, order.position) == (3, n)
+    epochs = drawn.view(4, n)
+    for e in range(4):
+        assert sorted(epochs[e].tolist()) == list(range(n)), (e, epochs[e].tolist())
+    for e in range(3):
+        assert not torch.equal(epochs[e], epochs[e + 1]), e
+    again = DataOrder(n, seeded_generator(3, "data"))
+    assert torch.equal(torch.cat([again.next(k) for k in reversed(sizes)]), drawn)
+    other = DataOrder(n, seeded_generator(4, "data"))
+    assert not torch.equal(other.next(4 * n), drawn)
+
+
+def test_data_order_state_continues_the_same_sequence_across_epochs():
+    """The saved state (epoch, position, permutation and the generator's state) put into a
+    DataOrder built on a fresh generator continues exactly where the original goes on, also into
+    the epochs whose permutations are drawn after the save: saved in the 2nd epoch of 10 samples,
+    the next 25 indices cross two epoch ends."""
+    n = 10
+    order = DataOrder(n, seeded_generator(0, "data"))
+    order.next(14)                                                   # epoch 1, position 4
+    tensors, info = order.state()
+    assert (info["epoch"], info["position"]) == (1, 4)
+    resumed = DataOrder(n, seeded_generator(0, "data"))              # its generator has drawn epoch 0 only
+    resumed.load(tensors, info)
+    assert torch.equal(resumed.next(25), order.next(25))
+    assert (resumed.epoch, resumed.position) == (order.epoch, order.position) == (3, 9)
 
 
 # --- exact resumption ---------------------------------------------------------------------------
@@ -102,6 +146,30 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
     assert [r["step"] for r in rows_b] == list(range(1, 9))
     assert strip_clock(rows_a) == strip_clock(rows_b)
     assert not [n for n in os.listdir(os.path.join(stopped, "checkpoints")) if n.startswith(".")]
+
+
+def test_a_run_resumed_inside_a_later_epoch_equals_an_uninterrupted_run(tmp_path):
+    """24 points in batches of 8: an epoch every 3 steps. The run stops at step 4 (inside the 2nd
+    epoch) and resumes to step 10, which draws the permutations of the 3rd and 4th epochs after
+    the resumption; those come from the data generator, which only a restored generator state
+    draws as the uninterrupted run does. The checkpoints and the logged metrics must be the same
+    bit for bit (a CPU run is deterministic)."""
+    cfg = small_2d(data_options={"n": 24}, batch_size=8, steps=10, checkpoint_every=100)
+    straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
+    train(cfg, straight, progress=False)
+    train(cfg, stopped, progress=False, stop_at_step=4)
+    info = json.load(open(os.path.join(stopped, "checkpoints", "step-0000004", "trainer.json")))
+    assert info["data"] == {"epoch": 1, "position": 8, "size": 24}
+    train(cfg, stopped, progress=False, resume=True)
+    end = os.path.join("checkpoints", "step-0000010")
+    assert json.load(open(os.path.join(straight, end, "trainer.json")))["data"]["epoch"] == 3
+    a, b = tensors_of(os.path.join(straight, end)), tensors_of(os.path.join(stopped, end))
+    for name in ("model", "ema", "trainer"):
+        assert a[name].keys() == b[name].keys()
+        different = [k for k in a[name] if not torch.equal(a[name][k], b[name][k])]
+        assert not different, f"{name}: {different[:5]}"
+    assert strip_clock(read_metrics(os.path.join(straight, "metrics.jsonl"))) == \
+        strip_clock(read_metrics(os.path.join(stopped, "metrics.jsonl")))
 
 
 def test_time_limit_stops_with_a_checkpoint_and_resumes_exactly(tmp_path):
@@ -414,6 +482,33 @@ def test_ema_decay_warmup_values():
     assert ema_decay(0, 0.999, warmup=False) == 0.999
 
 
+def test_ema_warmup_setting_chooses_the_decay_the_trainer_applies(tmp_path):
+    """ema_decay=0.9 for 3 steps, with and without warm-up. Row k of metrics.jsonl logs the decay
+    of the next update, d_k = min(0.9, (1 + k)/(10 + k)) (0.18, 0.25, 0.31: all below 0.9) with
+    warm-up, 0.9 without. The saved averages obey the update of step 2 (k = 1) with that decay:
+    ema_2 = d_1 ema_1 + (1 - d_1) w_2, from the checkpoints of steps 1 and 2. Tolerance: the
+    float32 interpolation rounds a few times (1e-6 relative, 1e-7 absolute); the two decays differ
+    by 0.72 x |ema_1 - w_2| (about 1e-3: Adam moves each weight by about lr = 1e-3 per step)."""
+    for warmup in (False, True):
+        run = str(tmp_path / f"warmup-{warmup}")
+        train(small_2d(steps=3, ema_decay=0.9, ema_warmup=warmup, warmup_steps=0, checkpoint_every=1),
+              run, progress=False)
+        rows = read_metrics(os.path.join(run, "metrics.jsonl"))
+        expected = [ema_decay(k, 0.9, warmup=warmup) for k in (1, 2, 3)]
+        assert [r["ema_decay"] for r in rows] == pytest.approx(expected)
+        assert expected == (pytest.approx([2 / 11, 3 / 12, 4 / 13]) if warmup else [0.9] * 3)
+        one = tensors_of(os.path.join(run, "checkpoints", "step-0000001"))
+        two = tensors_of(os.path.join(run, "checkpoints", "step-0000002"))
+        d = expected[0]
+        gap = max((one["ema"][k] - two["model"][k]).abs().max().item() for k in one["ema"])
+        assert gap > 1e-4                               # the decay makes a visible difference
+        for k in one["ema"]:
+            torch.testing.assert_close(two["ema"][k], d * one["ema"][k] + (1 - d) * two["model"][k],
+                                       rtol=1e-6, atol=1e-7, msg=lambda m: f"warmup={warmup} {k}: {m}")
+        info = json.load(open(os.path.join(run, "checkpoints", "step-0000003", "trainer.json")))
+        assert info["ema"] == {"decay": 0.9, "warmup": warmup, "num_updates": 3}
+
+
 def test_ema_update_matches_hand_computed_averages():
     net = nn.Linear(1, 1, bias=False)
     net.register_buffer("count", torch.tensor(0))
@@ -521,6 +616,60 @@ def test_two_micro_batches_equal_one_batch_of_twice_the_size(tmp_path, monkeypat
         assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5)
         assert r2["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-4)
     assert rows1[0]["grad_norm"] > 0
+
+
+def spy_on_the_trained_network(monkeypatch, watch):
+    """Call ``watch(net, optimizer)`` with the network the trainer trains and its optimiser, once
+    they are built (through ``make_optimizer``, which receives that network)."""
+    real = trainer_module.make_optimizer
+
+    def make_and_watch(net, config):
+        optimizer = real(net, config)
+        watch(net, optimizer)
+        return optimizer
+
+    monkeypatch.setattr(trainer_module, "make_optimizer", make_and_watch)
+
+
+def test_gradient_clipping_scales_the_gradient_adamw_receives_and_logs_the_norm_before(tmp_path, monkeypatch):
+    """grad_clip=c with the semantics of clip_grad_norm_: the optimiser receives g min(1, c / (|g|
+    + 1e-6)), g the accumulated gradient of all parameters and |g| its 2-norm, and metrics.jsonl
+    logs |g|, the norm before clipping. Recorded per step: g when backward has accumulated it into
+    each parameter, and what AdamW sees when it steps. c = 1e-3 is hundreds of times below the
+    run's gradient norms (0.6-1.9; asserted at least 10x), so a missing clip would hand AdamW a
+    gradient that many times too large. (Comparing weights would hardly show it: Adam's step is
+    nearly invariant to the gradient's scale.) Tolerances: the trainer's norm is a float32 sum over
+    about 5700 entries, here summed in float64 (1e-5 relative covers the float32 rounding); the
+    factor inherits that, and the scaling adds one float32 multiplication."""
+    clip = 1e-3
+    accumulated, seen = [], []
+
+    def watch(net, optimizer):
+        params = list(net.parameters())
+        current = {}
+        for i, p in enumerate(params):
+            p.register_post_accumulate_grad_hook(lambda p, i=i: current.__setitem__(i, p.grad.detach().clone()))
+
+        def before_step(opt, args, kwargs):
+            accumulated.append([current[i] for i in range(len(params))])
+            seen.append([p.grad.detach().clone() for p in params])
+
+        optimizer.register_step_pre_hook(before_step)
+
+    spy_on_the_trained_network(monkeypatch, watch)
+    run = str(tmp_path / "run")
+    train(small_2d(steps=3, grad_clip=clip, checkpoint_every=3), run, progress=False)
+    rows = read_metrics(os.path.join(run, "metrics.jsonl"))
+    assert len(accumulated) == len(seen) == len(rows) == 3
+    for row, raw, given in zip(rows, accumulated, seen):
+        norm = torch.linalg.vector_norm(torch.stack([g.double().norm() for g in raw])).item()
+        assert norm > 10 * clip
+        assert row["grad_norm"] == pytest.approx(norm, rel=1e-5)
+        factor = min(1.0, clip / (norm + 1e-6))
+        for g, h in zip(raw, given):
+            torch.testing.assert_close(h, g * factor, rtol=1e-5, atol=0)
+        total = torch.linalg.vector_norm(torch.stack([h.double().norm() for h in given])).item()
+        assert total == pytest.approx(norm * factor, rel=1e-5) and total <= clip
 
 
 # --- labels ----------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from scorekit.train import trainer as trainer_module
 from scorekit.train.config import resolve_compile, resolve_mixed_precision, settings_changed
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_train import poison_loss, small_2d, strip_clock, tensors_of   # noqa: E402
+from test_train import (poison_loss, small_2d, spy_on_the_trained_network, strip_clock,  # noqa: E402
+                        tensors_of)
 
 
 def images(**overrides) -> TrainConfig:
@@ -175,6 +176,42 @@ def test_mixed_precision_auto_is_recorded_resolved_and_kept_on_resume(tmp_path, 
     assert resolve_mixed_precision("auto", "cuda:0") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolve_mixed_precision("auto", "cuda:0") == "no"
+
+
+def test_bf16_on_a_cpu_computes_the_network_in_bfloat16_and_keeps_float32_weights(tmp_path, monkeypatch):
+    """mixed_precision="bf16" runs the loss under torch.autocast on the CPU too: every Linear layer
+    of the trained network returns bfloat16 (autocast's rule for linear layers), while with "no" it
+    returns float32; the weights and their gradients stay float32 in both (autocast casts copies
+    for the computation). The bf16 run therefore trains differently from the float32 one: with the
+    same seed, other losses from step 2 on (at step 1 the zero-initialised output layer makes the
+    network output exactly 0 in either precision) and other weights (bf16 keeps 8 significant
+    bits; a deterministic CPU run repeated in the same precision differs by exactly 0)."""
+    seen = {}
+
+    def watch(net, optimizer):
+        layers = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+        assert layers
+        for layer in layers:
+            layer.register_forward_hook(lambda m, args, out: seen[mode].add(out.dtype))
+
+        def before_step(opt, args, kwargs):
+            seen[mode].update(f"param {p.dtype}, grad {p.grad.dtype}" for p in net.parameters())
+
+        optimizer.register_step_pre_hook(before_step)
+
+    spy_on_the_trained_network(monkeypatch, watch)
+    runs = {}
+    for mode in ("no", "bf16"):
+        seen[mode] = set()
+        run = str(tmp_path / mode)
+        train(small_2d(steps=3, mixed_precision=mode, checkpoint_every=3), run, progress=False)
+        runs[mode] = (tensors_of(os.path.join(run, "checkpoints", "step-0000003")), losses_of(run))
+    assert seen["no"] == {torch.float32, "param torch.float32, grad torch.float32"}
+    assert seen["bf16"] == {torch.bfloat16, "param torch.float32, grad torch.float32"}
+    (full, full_losses), (half, half_losses) = runs["no"], runs["bf16"]
+    assert all(a != b for a, b in zip(full_losses[1:], half_losses[1:]))   # (step 1: both output 0)
+    assert all(half["model"][k].dtype == torch.float32 for k in half["model"])
+    assert any(not torch.equal(full["model"][k], half["model"][k]) for k in full["model"])
 
 
 # --- data placement ----------------------------------------------------------------------------------
