@@ -483,9 +483,10 @@ def test_ema_decay_warmup_values():
 
 
 def test_ema_warmup_setting_chooses_the_decay_the_trainer_applies(tmp_path):
-    """ema_decay=0.9 for 3 steps, with and without warm-up. Row k of metrics.jsonl logs the decay
-    of the next update, d_k = min(0.9, (1 + k)/(10 + k)) (0.18, 0.25, 0.31: all below 0.9) with
-    warm-up, 0.9 without. The saved averages obey the update of step 2 (k = 1) with that decay:
+    """ema_decay=0.9 for 3 steps, with and without warm-up. The row of step k + 1 of metrics.jsonl
+    logs the decay its update used, d_k = min(0.9, (1 + k)/(10 + k)) (0.1, 0.18, 0.25: all below
+    0.9) with warm-up, 0.9 without -- as its lr is the rate that step used. The saved averages obey
+    the update of step 2 (k = 1) with that decay:
     ema_2 = d_1 ema_1 + (1 - d_1) w_2, from the checkpoints of steps 1 and 2. Tolerance: the
     float32 interpolation rounds a few times (1e-6 relative, 1e-7 absolute); the two decays differ
     by 0.72 x |ema_1 - w_2| (about 1e-3: Adam moves each weight by about lr = 1e-3 per step)."""
@@ -494,12 +495,12 @@ def test_ema_warmup_setting_chooses_the_decay_the_trainer_applies(tmp_path):
         train(small_2d(steps=3, ema_decay=0.9, ema_warmup=warmup, warmup_steps=0, checkpoint_every=1),
               run, progress=False)
         rows = read_metrics(os.path.join(run, "metrics.jsonl"))
-        expected = [ema_decay(k, 0.9, warmup=warmup) for k in (1, 2, 3)]
+        expected = [ema_decay(k, 0.9, warmup=warmup) for k in (0, 1, 2)]
         assert [r["ema_decay"] for r in rows] == pytest.approx(expected)
-        assert expected == (pytest.approx([2 / 11, 3 / 12, 4 / 13]) if warmup else [0.9] * 3)
+        assert expected == (pytest.approx([1 / 10, 2 / 11, 3 / 12]) if warmup else [0.9] * 3)
         one = tensors_of(os.path.join(run, "checkpoints", "step-0000001"))
         two = tensors_of(os.path.join(run, "checkpoints", "step-0000002"))
-        d = expected[0]
+        d = expected[1]                                 # step 2's update
         gap = max((one["ema"][k] - two["model"][k]).abs().max().item() for k in one["ema"])
         assert gap > 1e-4                               # the decay makes a visible difference
         for k in one["ema"]:

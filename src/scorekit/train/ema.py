@@ -60,6 +60,10 @@ class EMA:
         """The decay the next update will use."""
         return ema_decay(self.num_updates, self.decay, warmup=self.warmup)
 
+    def last_decay(self) -> float:
+        """The decay the last update used (before any update, the first one's)."""
+        return ema_decay(max(self.num_updates - 1, 0), self.decay, warmup=self.warmup)
+
     def _pairs(self, net: nn.Module):
         """``(average, current)`` tensor pairs, parameters then buffers, matched by name."""
         mine = dict(self.net.named_parameters())

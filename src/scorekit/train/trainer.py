@@ -598,7 +598,7 @@ class _Trainer:
                **{k: v / n for k, v in self.interval.items() if k not in _INTERVAL_KEYS},
                "lr": self.optimizer.param_groups[0]["lr"],
                "grad_norm": self.interval["grad_norm"] / n,
-               "ema_decay": self.ema.current_decay(),
+               "ema_decay": self.ema.last_decay(),      # like lr: what the logged step used
                "images_per_second": round(images_per_second, 3),
                "seconds": round(self.elapsed, 3)}
         self.interval = dict(_INTERVAL_KEYS)
