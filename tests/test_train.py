@@ -111,6 +111,7 @@ def resume_config(**overrides) -> TrainConfig:
     return TrainConfig(**base)
 
 
+@pytest.mark.filterwarnings("ignore:DDPM's smallest noise level")   # a few-step chain, on purpose
 def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
     straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
     rng_before = torch.get_rng_state()
@@ -929,6 +930,7 @@ def test_torchrun_processes_stop_together_on_sigterm_with_one_checkpoint(tmp_pat
 
 # --- learned variances (Improved DDPM) ------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore:DDPM's smallest noise level")   # a few-step chain, on purpose
 def test_learned_variance_run_round_trips_and_samples_with_its_variances(tmp_path):
     """variance="learned" + the hybrid loss: the network gets a variance head, the checkpoint's
     denoiser is a LearnedVarianceDenoiser whose (x0_pred, log variance) equal those computed from the

@@ -226,6 +226,7 @@ def test_data_stay_the_datasets_own_tensors_on_a_cpu():
 
 # --- channels-last and deterministic kernels ------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore:DDPM's smallest noise level")   # a few-step chain, on purpose
 def test_channels_last_trains_the_same_images_and_resumes_exactly(tmp_path):
     """NHWC weights and batches: the same maths with other summation orders in the convolutions,
     so the losses agree to float32 rounding grown over 4 AdamW steps (rel 1e-4); the checkpoints
@@ -242,6 +243,7 @@ def test_channels_last_trains_the_same_images_and_resumes_exactly(tmp_path):
         strip_clock(read_metrics(os.path.join(stopped, "metrics.jsonl")))
 
 
+@pytest.mark.filterwarnings("ignore:DDPM's smallest noise level")   # a few-step chain, on purpose
 def test_deterministic_kernels_run_resume_bit_for_bit_and_are_restored(tmp_path):
     before = torch.are_deterministic_algorithms_enabled()
     env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
