@@ -3,7 +3,8 @@
 # benchmark, then the README's CIFAR-10 GPU commands.
 # Run from the repository root on a machine with a CUDA torch:
 #   OUT=/tmp/gpu-out bash benchmarks/gpu_session.sh
-# Inputs that are not in the repository, for a machine without internet:
+# Inputs that are not in the repository, for a machine without internet (benchmarks/gpu_prepare.sh
+# gathers both into .device/, which git ignores; the device tool carries it with carry [".device"]):
 #   WHEELS (default .device/whl): wheels installed into SITE first, e.g. diffusers
 #     (pip download --no-deps -d .device/whl diffusers==0.42.1); may be empty.
 #   ../shared/data/cifar10-test-jpg.tar.gz, copied from .device/data when it is missing.
