@@ -66,6 +66,16 @@ def test_tune_then_sample_with_the_tuned_grid(run, capsys, tmp_path):
     ts = tuned.timesteps
     assert ts[0] == ckpt.process.t_max and ts[-1] == ckpt.process.t_data
     assert torch.all(ts[1:] < ts[:-1]) and ts[:-1].min() >= ckpt.process.t_min
+    # on so short a run the search may keep the default grid itself: to see that --spacing tuned
+    # samples on the saved grid, move one of its times (a grid no other spacing gives)
+    moved = ts.clone()
+    moved[2] = 0.5 * (ts[1] + ts[2])
+    data = json.loads(open(file).read())
+    data["schedules"]["ddim nfe=4 eta=0.0"]["timesteps"] = moved.tolist()
+    with open(file, "w") as fh:
+        json.dump(data, fh)
+    ts = load_tuned(run, "ddim", 4).timesteps
+    assert torch.equal(ts, moved) and not torch.equal(ts, tuned.default_timesteps)
 
     code, out, err = run_main(capsys, ["sample", run, "--steps", "4", "--spacing", "tuned", "--num", "24",
                                        "--seed", "5", "--out", tmp_path / "tuned.png", "--no-progress"])
@@ -78,11 +88,10 @@ def test_tune_then_sample_with_the_tuned_grid(run, capsys, tmp_path):
     expected = scorekit.sample(d.model, x_T, process=ckpt.process, prediction_type=d.prediction_type,
                                sampler="ddim", timesteps=ts)
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
-    if not torch.equal(ts, tuned.default_timesteps):
-        code, _, err = run_main(capsys, ["sample", run, "--steps", "4", "--num", "24", "--seed", "5",
-                                         "--out", tmp_path / "default.png", "--no-progress"])
-        assert code == 0, err
-        assert not np.allclose(np.load(tmp_path / "default.npz")["x"], got)
+    code, _, err = run_main(capsys, ["sample", run, "--steps", "4", "--num", "24", "--seed", "5",
+                                     "--out", tmp_path / "default.png", "--no-progress"])
+    assert code == 0, err
+    assert not np.allclose(np.load(tmp_path / "default.npz")["x"], got)
 
     # the deprecated --schedule: the same samples, and one line on stderr naming --spacing
     code, out, err = run_main(capsys, ["sample", run, "--steps", "4", "--schedule", "tuned", "--num", "24",

@@ -176,6 +176,17 @@ def test_without_evaluations_the_default_grid_comes_back():
     assert tuned.error_tuned == tuned.error_default and tuned.evaluations == 0
 
 
+def test_options_are_taken_in_every_form_that_sample_takes():
+    """``order=3.0`` and ``order="3"`` are the whole number 3 for ``scorekit.sample``; tuning takes
+    them the same way (its grid and key are those of ``order=3``)."""
+    p = DDPM()
+    x_T = p.prior_sample((8, 2), generator=gen(4), dtype=torch.float64)
+    runs = [tune_timesteps(MIX.denoiser(p), p, "unipc", 5, x_T, init="default", max_evals=0, order=order)
+            for order in (3, 3.0, "3")]
+    assert all(torch.equal(r.timesteps, runs[0].timesteps) and r.key == runs[0].key for r in runs)
+    assert all(r.error_default == runs[0].error_default for r in runs)
+
+
 # --- bad input ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sampler, options, match", [

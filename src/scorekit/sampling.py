@@ -287,9 +287,11 @@ def sample_batches(model, x_T: Tensor, *, batch_size: int, condition=None, devic
             batch, and every batch reuses it.
         generator: given to every batch in turn. A stochastic sampler draws from it batch after
             batch, so its samples depend on ``batch_size`` (and are reproducible from the
-            generator's state); a deterministic one (``ddim`` with ``eta = 0``, the ODE solvers)
-            gives the samples of one :func:`sample` call on all of ``x_T``, whatever ``batch_size``
-            (up to rounding where the network's arithmetic depends on the batch size).
+            generator's state); a deterministic one on a fixed grid (``ddim`` with ``eta = 0``, the
+            fixed-step ODE solvers) gives the samples of one :func:`sample` call on all of ``x_T``,
+            whatever ``batch_size`` (up to rounding where the network's arithmetic depends on the
+            batch size). ``ode_adaptive`` chooses one step size for its whole batch, so its samples
+            agree across batch sizes only to within its ``rtol`` / ``atol``.
         **kwargs: the other arguments of :func:`sample`, the same for every batch: ``process``,
             ``sampler``, ``num_steps``, ``spacing`` or ``timesteps``, guidance, ``clip``,
             ``progress`` (a bar per batch), ``check_finite``, the sampler's options, ...

@@ -429,6 +429,7 @@ def tune_timesteps(denoiser, process: GaussianProcess, sampler: str, nfe: int, x
     started = time.perf_counter()
     fn = _sampler(sampler)
     options = _options(sampler, sampler_options)
+    sampler_options = check_sampler_options(sampler, sampler_options)   # converted, as sample() uses them
     nfe = _check_nfe(nfe)
     if init not in INITS:
         raise ScorekitError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
@@ -607,7 +608,10 @@ def load_tuned(run_dir, sampler: str, nfe: int, **options) -> TunedSchedule:
 
 def load_tuned_for_steps(run_dir, process: GaussianProcess, sampler: str, steps: int,
                          **options) -> TunedSchedule:
-    """The saved grid of ``steps`` model times for ``sampler`` (its NFE is counted first)."""
+    """The saved grid of ``steps`` model times for ``sampler`` (its NFE is counted first), checked
+    against ``process``: it starts at ``t_max``, ends at the data time and stays in
+    ``[t_min, t_max]`` in between, as :func:`tune_timesteps` makes every grid."""
+    options = check_sampler_options(sampler, options)
     nfe = count_nfe(sampler, process, steps, **options)
     schedule = load_tuned(run_dir, sampler, nfe, **options)
     made = nfe if schedule.steps == steps else count_nfe(sampler, process, schedule.steps, **options)
@@ -615,6 +619,12 @@ def load_tuned_for_steps(run_dir, process: GaussianProcess, sampler: str, steps:
         raise ScorekitError(f"{schedules_path(run_dir)}: the tuned schedule {schedule.key!r} holds {schedule.steps} "
                             f"model time(s), on which {sampler} makes {made} network evaluations, not {nfe}; "
                             f"{_RETUNE}")
+    ts = schedule.timesteps
+    if ts[0].item() != float(process.t_max) or ts[-1].item() != float(process.t_data) \
+            or bool((ts[:-1] < float(process.t_min)).any()):
+        raise ScorekitError(f"{schedules_path(run_dir)}: the tuned schedule {schedule.key!r} runs from "
+                            f"t = {ts[0].item():g} to {ts[-1].item():g}, not from t_max = {process.t_max:g} "
+                            f"to the data time {process.t_data:g} within [t_min, t_max]; {_RETUNE}")
     return schedule
 
 

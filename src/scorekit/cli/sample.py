@@ -28,8 +28,9 @@ def add(commands) -> None:
             throughput (samples and network calls per second).
 
             Class-conditional models sample the classes in turn (0, 1, ..., one column each) unless
-            --class names one. The noise comes from --seed; a deterministic sampler (DDIM with
-            eta 0) gives the same samples whatever the --batch-size.
+            --class names one. The noise comes from --seed; a deterministic sampler on a fixed grid
+            (DDIM with eta 0) gives the same samples whatever the --batch-size (ode_adaptive: to
+            within its --rtol/--atol, its steps being chosen for the whole batch).
 
             On a GPU: --batch-size is the knob of throughput (each step evaluates the network once
             for the whole batch, so take the largest batch that fits in memory), --compile compiles
