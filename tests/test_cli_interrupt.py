@@ -211,18 +211,26 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(
     assert [s for s, _ in list_checkpoints(run)] == [2, 4]
 
 
-def test_a_full_disk_while_sampling_is_one_line_and_leaves_no_files(two_step_run, tmp_path):
-    """The .npz fits under the limit, the PNG does not: one line naming the PNG, and the .npz
-    already written is removed again."""
+@pytest.mark.parametrize("earlier", [False, True])
+def test_a_full_disk_while_sampling_is_one_line_and_leaves_no_files(two_step_run, tmp_path, earlier):
+    """The .npz fits under the limit, the PNG does not: one line naming the PNG, and the new .npz
+    is not kept. Outputs of an earlier run under the same name stay as they were, both of them."""
     out = tmp_path / "out"
     out.mkdir()
+    if earlier:
+        (out / "x.png").write_bytes(b"an earlier png")
+        (out / "x.npz").write_bytes(b"an earlier npz")
     proc = start([sys.executable, "-m", "scorekit", "sample", two_step_run[0], "--num", "20", "--steps",
                   "2", "--no-progress", "--out", str(out / "x.png")], preexec_fn=file_size_limit(4000))
     code, _, err = finish(proc)
     assert code == 2, err
     line = one_error_line(err)
     assert f"cannot write {out / 'x.png'}: File too large (the disk is full" in line, line
-    assert os.listdir(out) == []
+    if earlier:
+        assert sorted(os.listdir(out)) == ["x.npz", "x.png"]
+        assert (out / "x.png").read_bytes() == b"an earlier png" and (out / "x.npz").read_bytes() == b"an earlier npz"
+    else:
+        assert os.listdir(out) == []
 
 
 class SafetensorError(Exception):

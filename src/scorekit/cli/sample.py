@@ -411,16 +411,14 @@ def run(args: argparse.Namespace) -> int:
         arrays = {"x": x0.numpy().astype(np.float32)}
         if labels is not None:
             arrays["y"] = labels.numpy()
+        # the .npz is renamed into place only once the PNG (itself written atomically) is: a
+        # failure leaves both as they were
         with atomic_path(npz) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
-        try:
             write_samples(x0, out, data=data, title=title,
                           nrow=None if labels is None or classes is not None and len(classes) == 1
                           else len(classes or range(num_classes)))
-        except BaseException:
-            os.remove(npz)
-            raise
     except OSError as err:
         raise ScorekitError(f"cannot write {out!r}: {err.strerror or err}") from None
     print(f"sampled {args.num} in {drawn.result.seconds:.2f} s with {drawn.cost(args)} "
