@@ -155,3 +155,26 @@ def test_masked_observation_carries_nothing_of_the_hidden_pixels(task, kind, fil
     g = torch.Generator().manual_seed(5)
     whole = d.observe(x, d.masks(4, 16, 16, g), generator=g)
     assert torch.equal(d(x, torch.Generator().manual_seed(5)).cond, whole.cond)
+
+
+@pytest.mark.parametrize("task, options", [("sr2", {"upsample": "nearest"}), ("inpaint", {"fill": "noise"}),
+                                           ("jpeg", {"quality_min": 5, "quality_max": 6})])
+def test_a_degraded_batch_is_conditioned_as_the_run_was_trained(task, options):
+    """A batch made by ``degrade_images(x, task)`` with the default options, restored by a run
+    trained with other options: the condition is built again from its measurement (and mask, and
+    JPEG quality) by the run's own degradation -- what that run saw in training -- not taken as the
+    defaults built it (bicubic where the run upsampled nearest, zeros where it filled noise)."""
+    from scorekit.tasks.restore import TaskModel, observe
+
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    mine = build_degradation(task, options)
+    model = TaskModel(denoiser=None, degradation=mine, sample_shape=(1, 8, 8))
+    given = degrade_images(x, task, seed=1)
+    got = observe(model, given, generator=torch.Generator().manual_seed(2))
+    want = mine.observe(given.measurement, given.mask if mine.needs_mask else None,
+                        generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(got.cond, want.cond, rtol=0, atol=0)
+    assert got.params == {**want.params, **given.params}
+    torch.testing.assert_close(got.measurement, given.measurement, rtol=0, atol=0)
+    if task != "jpeg":                                  # jpeg's condition is its measurement either way
+        assert not torch.equal(got.cond, given.cond)

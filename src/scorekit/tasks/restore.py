@@ -123,8 +123,12 @@ def check_observation(model: TaskModel, y: Tensor, *, clean: bool = False) -> No
 
 
 def observe(model: TaskModel, y, mask=None, *, generator: torch.Generator | None = None) -> Degraded:
-    """The condition of an observation ``y`` (a :class:`~scorekit.tasks.degradations.Degraded` is
-    taken as it is), its shape checked against ``model``'s."""
+    """The condition of an observation ``y``, its shape checked against ``model``'s. A
+    :class:`~scorekit.tasks.degradations.Degraded` gives its measurement (and mask, and what was
+    drawn for it, such as a JPEG quality), and the condition is built again from them with the run's
+    own degradation: one made by ``degrade_images(x, "sr4")`` with the default options would
+    otherwise condition a run trained with others (``upsample=nearest``, ``fill=noise``) on images
+    it never saw."""
     if isinstance(y, Degraded):
         if mask is not None:
             raise ScorekitError("the degraded batch carries its own mask; give no mask with it")
@@ -132,7 +136,9 @@ def observe(model: TaskModel, y, mask=None, *, generator: torch.Generator | None
             raise ScorekitError(f"the inputs were degraded for task {y.task!r} but the model restores "
                                 f"{model.degradation.name!r}")
         check_observation(model, y.measurement)
-        return y
+        rebuilt = model.degradation.observe(y.measurement, y.mask if model.degradation.needs_mask else None,
+                                            generator=generator)
+        return dataclasses.replace(rebuilt, params={**rebuilt.params, **y.params})
     check_observation(model, y)
     return model.degradation.observe(y, mask, generator=generator)
 
