@@ -17,13 +17,14 @@ TINY = ["--data", "digits", "--data-option", "stop=64", "--model-option", "base_
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Tiny runs trained through the command line: sr2, inpaint and a plain generative one."""
+    """Tiny runs trained through the command line: sr2 (also with nearest upsampling), inpaint and
+    a plain generative one."""
     root = tmp_path_factory.mktemp("runs")
     out = {}
     from scorekit.cli import main
 
     for name, extra in (("sr2", ["--task", "sr2"]), ("inpaint", ["--task", "inpaint", "--task-option", "kind=box"]),
-                        ("plain", [])):
+                        ("plain", []), ("sr2-nearest", ["--task", "sr2", "--task-option", "upsample=nearest"])):
         folder = str(root / name)
         assert main(["train", *TINY, *extra, "--out", folder]) == 0
         out[name] = folder
@@ -221,3 +222,17 @@ def test_an_out_folder_inside_a_file_is_refused_before_restoring(runs, tmp_path,
         code, _, err = run_main(capsys, ["restore", runs["sr2"], "--input", low, "--out", out, "--no-progress"])
         assert_one_line_error(code, err, "lies inside", "file.txt', which is a file")
     assert (tmp_path / "file.txt").read_text() == "x"
+
+
+def test_restore_conditions_on_the_runs_own_task_options(runs):
+    """A run trained with upsample=nearest restores with it: its task model's degradation has the
+    recorded option, and a low-resolution input becomes the block-constant image (A^+ y) it was
+    trained on, not a bicubic one."""
+    from scorekit.tasks.restore import load_task_model, observe
+
+    model = load_task_model(runs["sr2-nearest"])
+    assert model.degradation.upsample == "nearest"
+    low = torch.rand(2, *model.observation_shapes[0], generator=torch.Generator().manual_seed(0)) * 2 - 1
+    image = observe(model, low).image
+    torch.testing.assert_close(image, low.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1),
+                               rtol=0, atol=0)
