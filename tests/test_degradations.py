@@ -106,6 +106,10 @@ def test_jpeg_round_trip_is_pillows_and_qualities_are_drawn_in_range(channels):
     a = degrade_images(x, "jpeg", quality_min=7, quality_max=9, seed=3)
     q = a.params["quality"]
     assert q.shape == (5,) and int(q.min()) >= 7 and int(q.max()) <= 9
+    # the range is inclusive at both ends: over 300 draws every quality appears (each is missed
+    # with probability (2/3)^300)
+    many = degrade_images(clean(n=300, c=channels), "jpeg", quality_min=7, quality_max=9, seed=4)
+    assert sorted(torch.unique(many.params["quality"]).tolist()) == [7, 8, 9]
     assert torch.equal(a.measurement, jpeg_roundtrip(x, q))
     assert float((a.image - x).abs().mean()) > 0                      # it did lose something
 
@@ -178,3 +182,19 @@ def test_a_degraded_batch_is_conditioned_as_the_run_was_trained(task, options):
     torch.testing.assert_close(got.measurement, given.measurement, rtol=0, atol=0)
     if task != "jpeg":                                  # jpeg's condition is its measurement either way
         assert not torch.equal(got.cond, given.cond)
+
+
+def test_colourisation_makes_a_colour_observation_grey_with_the_training_luma():
+    """A colour image given to a colourisation model is made grey by the same luma (BT.601, as
+    PIL's convert("L")) that training measured: the condition equals that of its grey measurement,
+    and a PIL grey PNG of it lies within one 8-bit level."""
+    from scorekit.tasks.operators import Greyscale
+
+    col = build_degradation("colorize")
+    rgb = clean(n=4, c=3)
+    torch.testing.assert_close(col.observe(rgb).cond, col.observe(Greyscale()(rgb)).cond, rtol=0, atol=0)
+    pixels = torch.round((rgb.double() + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
+    for i in range(4):
+        grey = np.asarray(Image.fromarray(pixels[i].transpose(1, 2, 0), mode="RGB").convert("L"))
+        ours = (col.observe(rgb[i:i + 1]).measurement[0, 0].double().numpy() + 1) * 127.5
+        assert np.abs(ours - grey).max() <= 1.0 + 1e-6
