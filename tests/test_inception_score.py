@@ -50,6 +50,8 @@ def test_mean_and_std_over_splits_as_the_reference_code_reports_them():
     got = inception_score(probs, splits=10)
     assert got.mean == pytest.approx(np.mean(scores), rel=1e-12)
     assert got.std == pytest.approx(np.std(scores), rel=1e-9)
+    assert got.stderr == pytest.approx(np.std(scores, ddof=1) / math.sqrt(10), rel=1e-9)
+    assert math.isnan(inception_score(probs, splits=1).stderr)
 
 
 @pytest.mark.parametrize("probs,splits,message", [

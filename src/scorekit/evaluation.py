@@ -399,10 +399,7 @@ def _scores(fake_f: Tensor, fake_p: Tensor | None, real_f: Tensor, metrics, *, k
         elif m == "is" and fake_p is not None:
             splits = min(is_splits, fake_p.shape[0])
             score = inception_score(fake_p, splits=splits)
-            # score.std is the splits' spread as the reference code reports it (ddof 0); the mean's
-            # standard error takes the unbiased variance, std^2 S / (S - 1), over S
-            out["is"] = Score(score.mean, score.std / math.sqrt(splits - 1) if splits > 1 else float("nan"),
-                              score.std)
+            out["is"] = Score(score.mean, score.stderr, score.std)
         elif m == "pr":
             out["precision"], out["recall"] = _pr(fake_f, real_f, pr_k, generator)
     return out

@@ -218,11 +218,10 @@ def _check_data(x0, data_bits) -> Tensor:
     return x0
 
 
-def _variance_table(variance, process, t_all, s_all) -> Tensor | str:
+def _variance_table(variance, process, t_all, s_all, data_step: float | None) -> Tensor | str:
     if isinstance(variance, str):
         if variance in ("small", "large"):
-            return fixed_variance(process, t_all, s_all, variance,
-                                  data_step=data_step_variance(process, t_all, s_all))
+            return fixed_variance(process, t_all, s_all, variance, data_step=data_step)
         if variance in ("learned", "analytic"):
             return variance
         raise ScorekitError(f"unknown variance {variance!r}; choose small, large, learned, analytic "
@@ -273,8 +272,8 @@ def elbo(denoiser, process: GaussianProcess, x0: Tensor, *, variance="small", da
         raise ScorekitError(f"batch_steps must be a positive integer, got {batch_steps!r}")
     t_all, s_all = _grid_pairs(process, timesteps)
     K = t_all.numel()
-    table = _variance_table(variance, process, t_all, s_all)
     data_step = data_step_variance(process, t_all, s_all)
+    table = _variance_table(variance, process, t_all, s_all, data_step)
     mode = table if isinstance(table, str) else "table"
     if mode == "learned":
         require_variance_head(denoiser)
@@ -445,7 +444,8 @@ def sampled_elbo(denoiser, process: GaussianProcess, x0: Tensor, *, strata=50, v
     if not named:
         raise ScorekitError(f"variances must be a non-empty tuple of names (small, large, learned) or a mapping "
                             f"from names to tables, got {variances!r}")
-    tables = {name: _variance_table(v, process, t_all, s_all) for name, v in named.items()}
+    data_step = data_step_variance(process, t_all, s_all)
+    tables = {name: _variance_table(v, process, t_all, s_all, data_step) for name, v in named.items()}
     if any(isinstance(tb, str) and tb == "analytic" for tb in tables.values()):
         raise ScorekitError("variance 'analytic' is estimated from every step of the chain; pass the table "
                             "scorekit.variances.analytic_variances(...) under a name of its own")

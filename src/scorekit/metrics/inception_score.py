@@ -13,6 +13,7 @@ Computed in float64, with ``0 log 0 = 0``.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -29,6 +30,12 @@ class InceptionScore:
     mean: float
     std: float
     splits: int
+
+    @property
+    def stderr(self) -> float:
+        """The standard error of the mean over the splits, ``std / sqrt(splits - 1)`` (the unbiased
+        variance over ``splits``); NaN for one split."""
+        return self.std / math.sqrt(self.splits - 1) if self.splits > 1 else float("nan")
 
 
 def _score(p: Tensor) -> float:

@@ -530,13 +530,17 @@ def read_config(ckpt_dir: str) -> dict:
         raise ScorekitError(f"{path} lacks the entr{'y' if len(missing) == 1 else 'ies'} "
                             f"{', '.join(missing)}; the configuration is corrupt")
     check_entries(config, _CONFIG_FORMS, path)
+    if isinstance(config["process"], dict):
+        from ..processes import unscaled_ddpm_config
+
+        config["process"] = unscaled_ddpm_config(config["process"])     # as meant when it was written
     return config
 
 
 def build_from_config(config: dict, source: str = "config.json"):
     """``(net, process)`` built from a run configuration (random initial weights)."""
     from ..models import build_model
-    from ..processes import process_from_config, unscaled_ddpm_config
+    from ..processes import process_from_config
 
     try:
         net = build_model(dict(config["model"]))
@@ -546,7 +550,7 @@ def build_from_config(config: dict, source: str = "config.json"):
         raise ScorekitError(f"{source}: cannot build the model ({type(err).__name__}: {err}); "
                             f"the configuration is corrupt") from None
     try:
-        process = process_from_config(unscaled_ddpm_config(dict(config["process"])))
+        process = process_from_config(dict(config["process"]))
     except ScorekitError as err:
         raise ScorekitError(f"{source}: {err}") from None
     except (TypeError, ValueError, KeyError) as err:

@@ -234,10 +234,11 @@ class _Trainer:
         if len(self.dataset) < 1:
             raise ScorekitError(f"{cfg.data}: the dataset is empty")
         if self.saved_run is not None and isinstance(self.saved_run.get("process"), dict):
-            from ..processes import process_from_config, unscaled_ddpm_config
+            from ..processes import process_from_config
 
-            # resuming: the run's own process, as it was saved (its options may mean other betas now)
-            self.process = process_from_config(unscaled_ddpm_config(dict(self.saved_run["process"])))
+            # resuming: the run's own process, as it was saved (its options may mean other betas now;
+            # read_config gave a config saved before the 1000 / T scaling the betas it meant)
+            self.process = process_from_config(dict(self.saved_run["process"]))
         else:
             self.process = build_process(cfg.process, cfg.process_options)
         if cfg.sample_steps is not None:
